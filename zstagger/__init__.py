@@ -1,0 +1,62 @@
+"""zstagger: zero-shot image tagging with CLIP-family models, taxonomies as plugins.
+
+    from zstagger import Tagger
+    results = Tagger().tag(["photo.jpg"], taxonomy="moderation")
+
+Heavy parts (torch, transformers) are imported on first use, so ``import zstagger`` and
+plugin modules stay cheap.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    ConfigurationError,
+    ImageLoadError,
+    ModelLoadError,
+    ModelNotFoundError,
+    PluginError,
+    TaxonomyError,
+    UnknownTaxonomyError,
+    ZstaggerError,
+)
+from .hookspecs import hookimpl
+from .results import ErrorInfo, LabelScore, TagResult
+from .taxonomy import Label, Taxonomy
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "Tagger": "zstagger.tagger",
+    "ClipEncoder": "zstagger.engine.model",
+    "ImagePolicy": "zstagger.images",
+    "Settings": "zstagger.settings",
+    "get_taxonomy": "zstagger.plugins",
+    "registered_taxonomies": "zstagger.plugins",
+    "load_plugins": "zstagger.plugins",
+}
+
+if TYPE_CHECKING:
+    from .engine.model import ClipEncoder
+    from .images import ImagePolicy
+    from .plugins import get_taxonomy, load_plugins, registered_taxonomies
+    from .settings import Settings
+    from .tagger import Tagger
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'zstagger' has no attribute {name!r}")
+
+
+__all__ = [
+    "ClipEncoder", "ConfigurationError", "ErrorInfo", "ImageLoadError", "ImagePolicy", "Label", "LabelScore",
+    "ModelLoadError", "ModelNotFoundError", "PluginError", "Settings", "TagResult", "Tagger", "Taxonomy",
+    "TaxonomyError", "UnknownTaxonomyError", "ZstaggerError", "get_taxonomy", "hookimpl", "load_plugins",
+    "registered_taxonomies", "__version__",
+]

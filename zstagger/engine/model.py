@@ -1,0 +1,291 @@
+"""Loading a CLIP-family checkpoint and encoding texts and images with it.
+
+:class:`ClipEncoder` wraps any model that transformers'
+``AutoModelForZeroShotImageClassification`` loads (CLIP, SigLIP, SigLIP 2, ALIGN, AltCLIP,
+Chinese-CLIP...). It returns L2-normalised float32 embeddings and the model's logit scale
+and bias; everything about labels and thresholds lives elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import torch
+
+from ..errors import ConfigurationError, ModelLoadError, ModelNotFoundError
+from ..settings import DEFAULT_MODEL, DEVICES, PRECISIONS
+from .preprocess import Preprocessor, UnsupportedProcessor
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Modules only the image side uses: reduced precision applies to these, the text tower
+# stays fp32 (it runs once per taxonomy, so its precision is free).
+_VISION_MODULES = ("vision_model", "visual_projection", "vision_projection", "image_projection")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise ConfigurationError(f"unknown device {device!r}: use one of {', '.join(DEVICES)}")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigurationError("--device cuda was requested but PyTorch sees no CUDA GPU; use --device cpu or auto")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigurationError("--device mps was requested but MPS is not available; use --device cpu or auto")
+    return torch.device(device)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU executes bf16 matmuls natively (AVX512-BF16 or AMX).
+
+    Without them oneDNN emulates bf16 and it is slower than fp32, so ``auto`` keeps fp32.
+    """
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on CPUs with native bf16, fp16 on CUDA and MPS, otherwise fp32."""
+    if precision not in PRECISIONS:
+        raise ConfigurationError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return _DTYPES[precision]
+    if device.type in ("cuda", "mps"):
+        return torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+def _features(output) -> torch.Tensor:
+    # transformers 4.x returns the projected tensor; 5.x a ModelOutput whose pooler_output holds it.
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+@dataclass
+class ClipEncoder:
+    """A loaded CLIP-family model: texts and images in, normalised embeddings out."""
+
+    name: str
+    model: torch.nn.Module
+    tokenizer: object
+    image_processor: object
+    device: torch.device
+    dtype: torch.dtype
+    logit_scale: float
+    logit_bias: float | None
+    uses_sigmoid: bool
+    text_padding: str
+    text_max_length: int
+    fingerprint: str
+
+    def __post_init__(self) -> None:
+        try:
+            self.preprocessor: Preprocessor | None = Preprocessor.from_hf(self.image_processor)
+        except (UnsupportedProcessor, KeyError, TypeError) as exc:
+            log.warning("%s: image processor options not reproduced by the fast path (%s); using it directly", self.name, exc)
+            self.preprocessor = None
+        if self.preprocessor is not None:
+            scale, shift = self.preprocessor.affine()
+            self._scale = torch.from_numpy(scale).view(1, 3, 1, 1).to(self.device)
+            self._shift = torch.from_numpy(shift).view(1, 3, 1, 1).to(self.device)
+        self._vision_cast = any(hasattr(self.model, m) for m in _VISION_MODULES)
+
+    # -- loading ----------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, model: str = DEFAULT_MODEL, device: str = "auto", precision: str = "auto") -> ClipEncoder:
+        """Load from a local directory or a Hugging Face Hub id (cache first, then the Hub)."""
+        from transformers import AutoModelForZeroShotImageClassification, AutoProcessor
+        from transformers.utils import logging as hf_logging
+
+        dev = resolve_device(device)
+        dtype = resolve_precision(precision, dev)
+        hf_logging.disable_progress_bar()
+        source = _locate(model)
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # e.g. "requires torchvision, falling back": not the user's concern
+        try:
+            hf_model = _from_pretrained(AutoModelForZeroShotImageClassification, source)
+            processor = _from_pretrained(AutoProcessor, source)
+        except ModelNotFoundError:
+            raise
+        except (ValueError, KeyError, OSError, ImportError) as exc:
+            raise ModelLoadError(
+                f"{model} was found but could not be loaded as a zero-shot image classification model "
+                f"(CLIP, SigLIP, ALIGN, ...): {exc}"
+            ) from None
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        hf_model.eval().requires_grad_(False)
+        hf_model.to(dev)
+        for module in _VISION_MODULES:
+            if hasattr(hf_model, module):
+                getattr(hf_model, module).to(dtype)
+        model_type = hf_model.config.model_type
+        scale, bias = _logit_scale_and_bias(hf_model, model)
+        text_cfg = getattr(hf_model.config, "text_config", hf_model.config)
+        max_len = int(getattr(text_cfg, "max_position_embeddings", 77))
+        siglip = "siglip" in model_type
+        return cls(
+            name=model,
+            model=hf_model,
+            tokenizer=processor.tokenizer,
+            image_processor=processor.image_processor,
+            device=dev,
+            dtype=dtype,
+            logit_scale=scale,
+            logit_bias=bias,
+            # The HF pipeline uses the sigmoid for SigLIP-family models and softmax otherwise.
+            uses_sigmoid=siglip,
+            # SigLIP was trained on fixed-length (64) padded text and pools the last token.
+            text_padding="max_length" if siglip else "longest",
+            text_max_length=64 if siglip else max_len,
+            fingerprint=_fingerprint(model, source, hf_model),
+        )
+
+    # -- encoding ---------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def encode_text(self, prompts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """Embed prompts: float32 tensor (len(prompts), dim), rows L2-normalised, on CPU."""
+        chunks = []
+        for start in range(0, len(prompts), batch_size):
+            batch = list(prompts[start : start + batch_size])
+            tokens = self.tokenizer(
+                batch, padding=self.text_padding, truncation=True, max_length=self.text_max_length, return_tensors="pt"
+            ).to(self.device)
+            feats = _features(self.model.get_text_features(**tokens)).float()
+            chunks.append(torch.nn.functional.normalize(feats, dim=-1).cpu())
+        if not chunks:
+            return torch.empty(0, 0)
+        return torch.cat(chunks)
+
+    def preprocess(self, image) -> np.ndarray:
+        """RGB PIL image -> model-ready pixels (uint8 HWC on the fast path)."""
+        if self.preprocessor is not None:
+            return self.preprocessor(image)
+        out = self.image_processor(images=[image], return_tensors="np")
+        return out["pixel_values"][0].astype(np.float32)
+
+    @property
+    def min_decode_size(self) -> int | None:
+        return self.preprocessor.min_decode_size if self.preprocessor is not None else None
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Embed a batch from :meth:`preprocess` (stacked): float32 (batch, dim), normalised, on CPU."""
+        x = torch.as_tensor(pixels)
+        if x.dtype == torch.uint8:  # fast path: (B, H, W, 3) uint8 -> normalised (B, 3, H, W)
+            x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+            x = x * self._scale + self._shift
+        else:
+            x = x.to(self.device)
+        if self._vision_cast:
+            feats = _features(self.model.get_image_features(pixel_values=x.to(self.dtype)))
+        else:
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                feats = _features(self.model.get_image_features(pixel_values=x))
+        return torch.nn.functional.normalize(feats.float(), dim=-1).cpu()
+
+
+def _logit_scale_and_bias(model, name: str) -> tuple[float, float | None]:
+    bias = getattr(model, "logit_bias", None)
+    bias = float(bias.detach().float().reshape(-1)[0]) if bias is not None else None
+    if getattr(model, "logit_scale", None) is not None:
+        return float(model.logit_scale.detach().float().exp().reshape(-1)[0]), bias
+    if getattr(model, "temperature", None) is not None:  # ALIGN divides by a temperature
+        return 1.0 / float(model.temperature.detach().float().reshape(-1)[0]), bias
+    raise ModelLoadError(f"{name} has no logit_scale or temperature: it is not a CLIP-style contrastive model")
+
+
+# -- finding the checkpoint -------------------------------------------------------------
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith((os.sep, ".", "~")) or os.path.isdir(model) or (os.altsep and model.startswith(os.altsep))
+
+
+def _locate(model: str) -> str:
+    if not model:
+        raise ConfigurationError("no model given: pass --model (a Hub id or a local directory)")
+    if _looks_like_path(model):
+        path = Path(model).expanduser()
+        if not path.is_dir():
+            raise ModelNotFoundError(f"model directory {model} does not exist")
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(
+                f"{model} has no config.json: it is not a saved transformers checkpoint "
+                "(create one with model.save_pretrained(dir) and processor.save_pretrained(dir))"
+            )
+        return str(path)
+    return model
+
+
+def _from_pretrained(loader, source: str):
+    """Cache (or local dir) first and fast; only then the Hub, if it can be reached at all."""
+    try:
+        return loader.from_pretrained(source, local_files_only=True)
+    except OSError:
+        if os.path.isdir(source):
+            raise
+    from huggingface_hub import constants
+
+    offline = constants.HF_HUB_OFFLINE
+    if not offline and _hub_reachable(constants.ENDPOINT):
+        try:
+            return loader.from_pretrained(source)
+        except OSError as exc:
+            raise ModelNotFoundError(
+                f"model {source!r} could not be downloaded from the Hugging Face Hub: {str(exc).splitlines()[0]}\n"
+                "Check the model id, or pass a local directory with --model /path/to/model (or ZSTAGGER_MODEL)."
+            ) from None
+    why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub cannot be reached"
+    raise ModelNotFoundError(
+        f"model {source!r} is not in the local Hugging Face cache and {why}.\n"
+        f"Download it on a connected machine (huggingface-cli download {source}) and copy the cache "
+        "(HF_HOME) here, or save it to a directory and pass --model /path/to/model (or set ZSTAGGER_MODEL)."
+    )
+
+
+def _hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    parts = urlsplit(endpoint)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _fingerprint(name: str, source: str, model) -> str:
+    """Identifies the exact weights, for keying cached text embeddings."""
+    h = hashlib.sha256()
+    h.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
+    commit = getattr(model.config, "_commit_hash", None)
+    if commit:
+        h.update(commit.encode())
+    if os.path.isdir(source):
+        for weights in sorted(Path(source).glob("*.safetensors")) + sorted(Path(source).glob("*.bin")):
+            st = weights.stat()
+            h.update(f"{weights.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,122 @@
+"""Image preprocessing that reproduces a checkpoint's own image processor.
+
+CLIP-family processors resize (shortest edge, or to a fixed size), center-crop, rescale to
+[0, 1] and normalize. The geometric part is done here per image with Pillow, exactly as
+transformers' Pillow backend does it (same size arithmetic, same filter, same crop
+offsets), producing uint8 pixels; the arithmetic part runs once per batch as a tensor op in
+:meth:`~zstagger.engine.model.ClipEncoder.encode_images`. Processors with options this
+cannot reproduce fall back to calling the Hugging Face processor itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+
+class UnsupportedProcessor(ValueError):
+    """The image processor uses options the fast path does not reproduce."""
+
+
+@dataclass(frozen=True)
+class Preprocessor:
+    """Geometry (resize + crop) plus the normalisation constants of one checkpoint."""
+
+    shortest_edge: int | None  # resize so the short side has this length, keep aspect
+    resize_to: tuple[int, int] | None  # or resize to exactly (height, width)
+    crop: tuple[int, int] | None  # center crop (height, width) after resizing
+    resample: int
+    rescale_factor: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @classmethod
+    def from_hf(cls, processor) -> Preprocessor:
+        """Read the settings of a transformers image processor (CLIP, SigLIP, ALIGN, ...)."""
+        get = lambda name, default=None: getattr(processor, name, default)  # noqa: E731
+        for flag in ("do_pad", "do_image_splitting", "do_reduce_labels"):
+            if get(flag):
+                raise UnsupportedProcessor(f"{flag}=True")
+        size = _as_dict(get("size"))
+        shortest = resize_to = crop = None
+        if not get("do_resize", True):
+            raise UnsupportedProcessor("do_resize=False")
+        if size.get("shortest_edge") and not size.get("longest_edge"):
+            shortest = int(size["shortest_edge"])
+        elif size.get("height") and size.get("width"):
+            resize_to = (int(size["height"]), int(size["width"]))
+        else:
+            raise UnsupportedProcessor(f"size={size}")
+        if get("do_center_crop", False):
+            crop_size = _as_dict(get("crop_size"))
+            crop = (int(crop_size["height"]), int(crop_size["width"]))
+            bound = shortest if shortest else min(resize_to)  # type: ignore[arg-type]
+            if max(crop) > bound:
+                raise UnsupportedProcessor("crop larger than the resized image (would need padding)")
+        elif shortest is not None:
+            raise UnsupportedProcessor("shortest_edge resize without center crop gives unequal sizes")
+        rescale = float(get("rescale_factor", 1 / 255)) if get("do_rescale", True) else 1.0
+        if get("do_normalize", True):
+            mean, std = _triple(get("image_mean")), _triple(get("image_std"))
+        else:
+            mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        resample = get("resample", Image.BICUBIC)
+        resample = int(getattr(resample, "value", resample))
+        return cls(shortest, resize_to, crop, resample, rescale, mean, std)
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        return self.crop or self.resize_to  # type: ignore[return-value]
+
+    @property
+    def min_decode_size(self) -> int:
+        """Smallest side length decoding must keep for this geometry to be reproduced."""
+        return self.shortest_edge or max(self.resize_to)  # type: ignore[arg-type]
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) after the resize step, with transformers' arithmetic."""
+        if self.resize_to is not None:
+            return self.resize_to[1], self.resize_to[0]
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = self.shortest_edge, int(self.shortest_edge * long / short)  # type: ignore[operator]
+        return (new_short, new_long) if width <= height else (new_long, new_short)
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """RGB PIL image -> uint8 array (height, width, 3) of :attr:`output_size`."""
+        new_w, new_h = self.resized_size(*image.size)
+        if (new_w, new_h) != image.size:
+            image = image.resize((new_w, new_h), resample=self.resample)
+        if self.crop is not None:
+            crop_h, crop_w = self.crop
+            top, left = (new_h - crop_h) // 2, (new_w - crop_w) // 2
+            if (crop_w, crop_h) != image.size:
+                image = image.crop((left, top, left + crop_w, top + crop_h))
+        return np.asarray(image, dtype=np.uint8)
+
+    def affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """(scale, shift) per channel so that ``pixels * scale + shift`` is the model input."""
+        std = np.asarray(self.std, dtype=np.float64)
+        scale = self.rescale_factor / std
+        shift = -np.asarray(self.mean, dtype=np.float64) / std
+        return scale.astype(np.float32), shift.astype(np.float32)
+
+
+def _as_dict(value) -> dict:
+    if value is None:
+        return {}
+    if isinstance(value, int):
+        return {"shortest_edge": value}
+    if isinstance(value, dict):
+        return value
+    return {k: getattr(value, k) for k in ("shortest_edge", "longest_edge", "height", "width") if getattr(value, k, None)}
+
+
+def _triple(value) -> tuple[float, float, float]:
+    if isinstance(value, (int, float)):
+        return (float(value),) * 3  # type: ignore[return-value]
+    values = tuple(float(v) for v in value)
+    if len(values) != 3:
+        raise UnsupportedProcessor(f"expected 3 channel values, got {values}")
+    return values  # type: ignore[return-value]

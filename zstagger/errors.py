@@ -1,0 +1,48 @@
+"""Errors a user can meet. Each says what happened and what to do about it."""
+
+from __future__ import annotations
+
+
+class ZstaggerError(Exception):
+    """Base class for every error zstagger raises on purpose."""
+
+
+class ConfigurationError(ZstaggerError, ValueError):
+    """A setting or option has a value zstagger cannot use."""
+
+
+class ModelNotFoundError(ZstaggerError):
+    """The model could not be found locally, in the Hugging Face cache, or on the Hub."""
+
+
+class ModelLoadError(ZstaggerError):
+    """The model was found but is not a checkpoint zstagger can score with."""
+
+
+class TaxonomyError(ZstaggerError, ValueError):
+    """A taxonomy spec is invalid, or two plugins registered the same name."""
+
+
+class UnknownTaxonomyError(ZstaggerError, KeyError):
+    """No registered taxonomy has the requested name."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class PluginError(ZstaggerError):
+    """A plugin could not be loaded or implements a hook wrongly."""
+
+
+class ImageLoadError(ZstaggerError):
+    """One image could not be read. It becomes an error record; the batch goes on.
+
+    ``kind`` is a short stable code ("not_found", "invalid_image", ...) reported as the
+    error ``type``. ``transient`` marks failures worth retrying (network timeouts).
+    """
+
+    def __init__(self, kind: str, message: str, *, transient: bool = False):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.transient = transient

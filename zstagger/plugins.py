@@ -1,0 +1,195 @@
+"""The plugin manager: built-in and third-party plugins, loaded the same way.
+
+Built-in taxonomies are plugins listed in :data:`BUILTIN_PLUGINS`. Third-party ones come
+from the ``zstagger`` entry-point group, ``*.py`` files in ``ZSTAGGER_PLUGINS_DIR``, and
+taxonomy files (YAML/JSON) in ``ZSTAGGER_TAXONOMY_PATH``. ``ZSTAGGER_BLOCK_PLUGINS`` (comma
+separated) blocks plugins by name. Loading is lazy (:func:`load_plugins`) so importing
+zstagger, or forking a Celery worker, does no plugin work.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginError, TaxonomyError, UnknownTaxonomyError
+from .settings import Settings
+from .taxonomy import Taxonomy
+
+BUILTIN_PLUGINS = (
+    "zstagger.builtin.moderation",
+    "zstagger.builtin.ecommerce",
+    "zstagger.builtin.medical",
+    "zstagger.builtin.taxonomy_files",
+)
+ENTRY_POINT_GROUP = "zstagger"
+
+pm = pluggy.PluginManager("zstagger")
+pm.add_hookspecs(hookspecs)
+
+_loaded = False
+_lock = threading.Lock()
+
+
+def load_plugins(settings: Settings | None = None) -> None:
+    """Register built-in plugins, entry points and the plugins directory (once per process)."""
+    global _loaded
+    with _lock:
+        if _loaded:
+            return
+        settings = settings or Settings()
+        for name in settings.block_plugins:
+            pm.set_blocked(name)
+        for module_name in BUILTIN_PLUGINS:
+            if not pm.is_blocked(module_name) and pm.get_plugin(module_name) is None:
+                pm.register(importlib.import_module(module_name), name=module_name)
+        # Tests set this so that whatever is installed in the environment stays out of the run.
+        if not getattr(sys, "_zstagger_testing", False):
+            try:
+                pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+            except Exception as exc:
+                raise PluginError(f"a plugin from the {ENTRY_POINT_GROUP!r} entry-point group failed to load: {exc!r}") from exc
+        if settings.plugins_dir:
+            _load_plugins_dir(Path(settings.plugins_dir))
+        check_hooks()
+        _loaded = True
+
+
+def _load_plugins_dir(directory: Path) -> None:
+    if not directory.is_dir():
+        raise PluginError(f"ZSTAGGER_PLUGINS_DIR={directory} is not a directory")
+    for path in sorted(directory.glob("*.py")):
+        name = f"{directory.name}/{path.name}"
+        if pm.is_blocked(path.stem) or pm.get_plugin(name) is not None:
+            continue
+        spec = importlib.util.spec_from_file_location(f"zstagger_plugins_dir.{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        try:
+            spec.loader.exec_module(module)  # type: ignore[union-attr]
+        except Exception as exc:
+            raise PluginError(f"plugin file {path} failed to import: {exc!r}") from exc
+        pm.register(module, name=name)
+
+
+def check_hooks() -> None:
+    """Fail loudly on a hook implementation that matches no spec (a misspelled name)."""
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        known = ", ".join(sorted(name for name in dir(hookspecs) if name.startswith("register_")))
+        raise PluginError(f"{exc}. Known hooks: {known}") from None
+
+
+def register(plugin: Any, name: str | None = None) -> str:
+    """Register a plugin object at run time (tests, notebooks); returns its name."""
+    load_plugins()
+    registered = pm.register(plugin, name=name)
+    if registered is None:
+        raise PluginError(f"plugin {name or plugin!r} is blocked or already registered")
+    check_hooks_for(plugin)
+    return registered
+
+
+def check_hooks_for(plugin: Any) -> None:
+    try:
+        check_hooks()
+    except PluginError:
+        pm.unregister(plugin)
+        raise
+
+
+def unregister(name_or_plugin: Any) -> None:
+    if isinstance(name_or_plugin, str):
+        pm.unregister(name=name_or_plugin)
+    else:
+        pm.unregister(name_or_plugin)
+
+
+class DuplicateTaxonomyError(TaxonomyError):
+    """Two plugins registered taxonomies with the same name."""
+
+
+@dataclass(frozen=True)
+class RegisteredTaxonomy:
+    taxonomy: Taxonomy
+    plugin: str
+    source: str | None = None
+
+    @property
+    def origin(self) -> str:
+        return f"{self.plugin} ({self.source})" if self.source else self.plugin
+
+
+def registered_taxonomies() -> dict[str, RegisteredTaxonomy]:
+    """Every taxonomy every plugin registers, by name. Duplicates are an error naming both."""
+    load_plugins()
+    found: dict[str, RegisteredTaxonomy] = {}
+    for impl in pm.hook.register_taxonomies.get_hookimpls():  # in registration order
+
+        def add(taxonomy: Taxonomy | dict, source: str | None = None, _plugin: str = impl.plugin_name) -> None:
+            if isinstance(taxonomy, dict):
+                taxonomy = Taxonomy.parse(taxonomy, source=source)
+            if not isinstance(taxonomy, Taxonomy):
+                raise TaxonomyError(f"plugin {_plugin} registered {type(taxonomy).__name__}, not a zstagger.Taxonomy")
+            entry = RegisteredTaxonomy(taxonomy, _plugin, source)
+            if taxonomy.name in found:
+                raise DuplicateTaxonomyError(
+                    f"taxonomy {taxonomy.name!r} is registered twice: by {found[taxonomy.name].origin} and by "
+                    f"{entry.origin}; rename one, or block a plugin with ZSTAGGER_BLOCK_PLUGINS"
+                )
+            found[taxonomy.name] = entry
+
+        try:
+            impl.function(register=add)
+        except DuplicateTaxonomyError:
+            raise
+        except TaxonomyError as exc:
+            raise TaxonomyError(f"plugin {impl.plugin_name}: {exc}") from None
+        except Exception as exc:
+            raise PluginError(f"plugin {impl.plugin_name} failed while registering taxonomies: {exc!r}") from exc
+    return found
+
+
+def get_taxonomy(name: str) -> Taxonomy:
+    taxonomies = registered_taxonomies()
+    if name in taxonomies:
+        return taxonomies[name].taxonomy
+    close = difflib.get_close_matches(name, taxonomies, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    available = ", ".join(sorted(taxonomies)) or "none"
+    raise UnknownTaxonomyError(
+        f"unknown taxonomy {name!r}.{hint} Available: {available}. "
+        "Run `zstagger taxonomies` to list them, or install/register a plugin that provides it."
+    )
+
+
+def plugin_hooks() -> list[dict[str, Any]]:
+    """Name and implemented hooks of every registered plugin (for ``zstagger plugins``)."""
+    load_plugins()
+    out = []
+    for plugin in pm.get_plugins():
+        name = pm.get_name(plugin)
+        hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])
+        out.append({"name": name, "hooks": hooks, "builtin": name in BUILTIN_PLUGINS})
+    return sorted(out, key=lambda p: (not p["builtin"], p["name"]))
+
+
+def _reset_for_tests() -> None:
+    global _loaded
+    with _lock:
+        for name, plugin in list(pm.list_name_plugin()):
+            if plugin is None:
+                pm.unblock(name)
+            else:
+                pm.unregister(plugin)
+        _loaded = False

@@ -1,0 +1,59 @@
+"""All of zstagger's configuration, read from ``ZSTAGGER_*`` environment variables.
+
+Command-line options override these; these override the defaults below. ``zstagger
+settings`` prints the values in effect.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .images import ImagePolicy
+
+DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ZSTAGGER_", extra="ignore")
+
+    # engine
+    model: str = Field(DEFAULT_MODEL, description="Hub id or local directory of a CLIP-family checkpoint.")
+    device: str = Field("auto", description="auto, cpu, cuda or mps.")
+    precision: str = Field("auto", description="auto, fp32, bf16 or fp16 (auto: bf16 on CPUs with native bf16, fp16 on GPUs).")
+    batch_size: int = Field(32, ge=1, description="Images per forward pass.")
+    loader_threads: int = Field(0, ge=0, description="Image decoding threads (0: one per CPU core, at most 4).")
+    # plugins and taxonomies
+    taxonomy_path: str = Field("", description=f"Directories of taxonomy YAML/JSON files, separated by {os.pathsep!r}.")
+    plugins_dir: str = Field("", description="Directory of one-off plugin .py files.")
+    block_plugins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Comma-separated plugin names not to load.")
+    # image reading
+    url_timeout: float = Field(10.0, gt=0, description="Seconds allowed to download one image URL.")
+    max_image_bytes: int = Field(50 * 1024 * 1024, gt=0, description="Largest image download or upload, in bytes.")
+    max_image_pixels: int = Field(64_000_000, gt=0, description="Largest image (width x height) decoded; guards against decompression bombs.")
+    allow_private_urls: bool = Field(False, description="Allow URLs that resolve to private, loopback or link-local addresses.")
+
+    @field_validator("block_plugins", mode="before")
+    @classmethod
+    def _split_commas(cls, value):
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @property
+    def taxonomy_dirs(self) -> list[str]:
+        return [p for p in self.taxonomy_path.split(os.pathsep) if p]
+
+    @property
+    def image_policy(self) -> ImagePolicy:
+        return ImagePolicy(
+            url_timeout=self.url_timeout,
+            max_bytes=self.max_image_bytes,
+            max_pixels=self.max_image_pixels,
+            allow_private_urls=self.allow_private_urls,
+        )
