@@ -120,13 +120,15 @@ def decode(fp, policy: ImagePolicy = ImagePolicy(), min_size: int | None = None)
         raise ImageLoadError("invalid_image", "not an image, or a format Pillow cannot read") from None
     except Image.DecompressionBombError as exc:
         raise ImageLoadError("too_many_pixels", str(exc)) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:  # a damaged header
+        raise ImageLoadError("invalid_image", f"could not read image header: {exc}") from None
     _check_pixels(im, policy)
     try:
         if min_size and im.format == "JPEG":
             im.draft("RGB", (min_size, min_size))
         im = ImageOps.exif_transpose(im)
         return to_rgb(im)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         raise ImageLoadError("invalid_image", f"could not decode image: {exc}") from None
 
 
@@ -227,8 +229,9 @@ def _read_capped(
         raise ImageLoadError("too_large", f"{url} is {int(length):,} bytes, over the {policy.max_bytes:,}-byte limit")
     chunks, total = [], 0
     while True:
-        if conn.sock is not None:  # the timeout bounds the whole download, not each read
-            conn.sock.settimeout(_remaining(deadline, url))
+        # The timeout bounds the whole download, not each read. (http.client may already
+        # have handed the socket over to the response, so use the one we connected.)
+        conn.pinned_socket.settimeout(_remaining(deadline, url))  # type: ignore[attr-defined]
         chunk = resp.read1(min(1 << 16, policy.max_bytes + 1 - total))
         if not chunk:
             return b"".join(chunks)
@@ -273,7 +276,7 @@ class _PinnedHTTP(http.client.HTTPConnection):
     pinned_address: str
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self.pinned_address, self.port), self.timeout)
+        self.sock = self.pinned_socket = socket.create_connection((self.pinned_address, self.port), self.timeout)
 
 
 class _PinnedHTTPS(http.client.HTTPSConnection):
@@ -281,4 +284,4 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
 
     def connect(self) -> None:
         sock = socket.create_connection((self.pinned_address, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        self.sock = self.pinned_socket = self._context.wrap_socket(sock, server_hostname=self.host)

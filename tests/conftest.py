@@ -1,0 +1,40 @@
+import os
+import sys
+
+import pytest
+
+# Keep whatever third-party plugins happen to be installed out of the test run.
+sys._zstagger_testing = True
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+pytest_plugins = ["zstagger.testing"]
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip_dir(tmp_path_factory):
+    from zstagger.testing import make_tiny_checkpoint
+
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("tiny-siglip"), kind="siglip")
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    """No ZSTAGGER_* settings from the developer's shell leak into a test."""
+    for key in list(os.environ):
+        if key.startswith("ZSTAGGER_"):
+            monkeypatch.delenv(key)
+    return monkeypatch
+
+
+@pytest.fixture
+def image_dir(tmp_path):
+    """A directory of small varied images (RGB JPEG, PNG with alpha, grayscale)."""
+    from zstagger.testing import sample_image
+
+    sample_image(1, (120, 90)).save(tmp_path / "a.jpg", quality=92)
+    sample_image(2, (64, 100), mode="RGBA").save(tmp_path / "b.png")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    sample_image(3, (80, 80), mode="L").save(sub / "c.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    return tmp_path

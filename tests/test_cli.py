@@ -1,0 +1,147 @@
+"""The `zstagger` command-line contract, run as a real subprocess where exit codes matter."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from zstagger.testing import sample_image
+
+SCHEMA_KEYS = ["image", "taxonomy", "scores", "tags", "verdict", "error"]
+
+
+def zstagger(*args, stdin=None, env=None):
+    exe = shutil.which("zstagger") or [sys.executable, "-m", "zstagger.cli"]
+    cmd = [exe, *args] if isinstance(exe, str) else [*exe, *args]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+    full_env.update(env or {})
+    return subprocess.run(cmd, input=stdin, capture_output=True, text=True, env=full_env, timeout=300)
+
+
+def lines(stdout):
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def test_tag_directory_with_a_taxonomy_prints_jsonl_in_input_order(image_dir, tiny_model_dir):
+    result = zstagger("tag", str(image_dir), "-t", "moderation", "--model", str(tiny_model_dir), "--format", "jsonl")
+    assert result.returncode == 0, result.stderr
+    records = lines(result.stdout)
+    assert [r["image"] for r in records] == [str(image_dir / "a.jpg"), str(image_dir / "b.png"), str(image_dir / "sub" / "c.png")]
+    for record in records:
+        assert list(record) == SCHEMA_KEYS
+        assert record["taxonomy"] == "moderation" and record["error"] is None
+        assert record["verdict"] in ("allow", "review", "block")
+        scores = [s["score"] for s in record["scores"]]
+        assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+        assert all(set(s) == {"label", "score", "cosine"} for s in record["scores"])
+        assert "safe" not in {s["label"] for s in record["scores"]}  # background: a rival, not a result
+
+
+def test_labels_template_top_k_and_stdin(image_dir, tiny_model_dir):
+    refs = f"{image_dir / 'a.jpg'}\n\n{image_dir / 'b.png'}\n"
+    result = zstagger("tag", "-", "--labels", "cat, dog,bird", "--template", "a picture of {}", "--top-k", "2",
+                      "--model", str(tiny_model_dir), "--batch-size", "1", stdin=refs)
+    assert result.returncode == 0, result.stderr  # not a TTY: jsonl by default
+    records = lines(result.stdout)
+    assert [r["image"] for r in records] == [str(image_dir / "a.jpg"), str(image_dir / "b.png")]
+    for record in records:
+        assert record["taxonomy"] == "labels" and record["verdict"] is None
+        assert len(record["scores"]) == 2 and record["tags"] == [record["scores"][0]["label"]]
+        assert {s["label"] for s in record["scores"]} <= {"cat", "dog", "bird"}
+
+
+def test_failed_inputs_exit_1_and_still_print_every_line(image_dir, tiny_model_dir, tmp_path):
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    result = zstagger("tag", str(image_dir / "a.jpg"), str(tmp_path / "broken.jpg"), str(tmp_path / "gone.png"),
+                      "--labels", "a,b", "--model", str(tiny_model_dir))
+    assert result.returncode == 1
+    records = lines(result.stdout)
+    assert [r["error"]["type"] if r["error"] else None for r in records] == [None, "invalid_image", "not_found"]
+    assert "2 of 3 inputs could not be tagged" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["x.jpg", "-t", "no-such-taxonomy"], "unknown taxonomy 'no-such-taxonomy'"),
+        (["x.jpg"], "exactly one of -t/--taxonomy"),
+        (["x.jpg", "-t", "moderation", "--labels", "a"], "exactly one of"),
+        (["x.jpg", "-t", "moderation", "--template", "{}"], "--template only applies to --labels"),
+        (["x.jpg", "--labels", "a", "--batch-size", "0"], "0 is not in the range"),
+        (["x.jpg", "--labels", "a", "--format", "xml"], "'xml' is not one of"),
+        (["x.jpg", "--labels", "a", "--model", "/definitely/not/here"], "model directory /definitely/not/here does not exist"),
+        (["x.jpg", "--labels", "a", "--device", "tpu"], "unknown device 'tpu'"),
+    ],
+)
+def test_usage_errors_exit_2_with_a_clear_message(args, message):
+    result = zstagger("tag", *args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_uncached_hub_model_exits_2_with_instructions(tmp_path):
+    result = zstagger("tag", "x.jpg", "--labels", "a", "--model", "openai/clip-vit-base-patch32",
+                      env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)})
+    assert result.returncode == 2
+    assert "not in the local Hugging Face cache" in result.stderr and "--model /path/to/model" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_model_from_environment(image_dir, tiny_model_dir):
+    result = zstagger("tag", str(image_dir / "a.jpg"), "--labels", "a,b", env={"ZSTAGGER_MODEL": str(tiny_model_dir)})
+    assert result.returncode == 0, result.stderr
+
+
+def test_table_format(image_dir, tiny_model_dir):
+    result = zstagger("tag", str(image_dir / "a.jpg"), "-t", "ecommerce", "--format", "table", "--model", str(tiny_model_dir))
+    assert result.returncode == 0
+    assert str(image_dir / "a.jpg") in result.stdout and "tags=" in result.stdout
+
+
+def test_progress_goes_to_stderr_only(image_dir, tiny_model_dir):
+    result = zstagger("tag", str(image_dir), "--labels", "a,b", "--progress", "--model", str(tiny_model_dir))
+    assert result.returncode == 0
+    assert "tagging" in result.stderr and "3/3" in result.stderr
+    assert len(lines(result.stdout)) == 3
+
+
+def test_taxonomies_list_and_show():
+    listing = zstagger("taxonomies")
+    assert listing.returncode == 0
+    header, *rows = listing.stdout.splitlines()
+    assert header.split() == ["NAME", "MODE", "LABELS", "PLUGIN"]
+    assert any(row.split()[:2] == ["moderation", "multi"] for row in rows)
+    shown = zstagger("taxonomies", "show", "moderation", "--json")
+    spec = json.loads(shown.stdout)
+    assert spec["name"] == "moderation" and spec["mode"] == "multi" and len(spec["labels"]) >= 10
+    missing = zstagger("taxonomies", "show", "nope")
+    assert missing.returncode == 2 and "unknown taxonomy 'nope'" in missing.stderr
+
+
+def test_plugins_lists_hooks():
+    result = zstagger("plugins", "--json")
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["zstagger.builtin.ecommerce"]["hooks"] == ["register_taxonomies"]
+
+
+def test_python_api_matches_cli_output(image_dir, tiny_model_dir, tiny_tagger):
+    cli = lines(zstagger("tag", str(image_dir), "-t", "medical", "--model", str(tiny_model_dir), "--precision", "fp32").stdout)
+    api = [json.loads(r.model_dump_json()) for r in tiny_tagger.tag([str(image_dir)], taxonomy="medical")]
+    assert [r["image"] for r in cli] == [r["image"] for r in api]
+    for a, b in zip(cli, api):
+        assert a["tags"] == b["tags"]
+        assert [s["label"] for s in a["scores"]] == [s["label"] for s in b["scores"]]
+        assert [s["score"] for s in a["scores"]] == pytest.approx([s["score"] for s in b["scores"]], abs=1e-5)
+
+
+def test_public_api_reexports():
+    import zstagger
+
+    for name in ["Tagger", "Taxonomy", "Label", "TagResult", "hookimpl", "get_taxonomy", "ModelNotFoundError"]:
+        assert getattr(zstagger, name) is not None
+    tagged = sample_image(0)
+    assert tagged.mode == "RGB"

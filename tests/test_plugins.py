@@ -1,0 +1,148 @@
+"""The plugin manager: built-ins, registration, duplicates, misspelled hooks, blocking, files."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zstagger import Label, PluginError, Taxonomy, TaxonomyError, UnknownTaxonomyError, get_taxonomy, hookimpl
+from zstagger import hookspecs, plugins
+from zstagger.plugins import registered_taxonomies
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class BirdsPlugin:
+    BIRDS = Taxonomy(name="birds", labels=[Label(name="owl"), Label(name="heron")])
+
+    @hookimpl
+    def register_taxonomies(self, register):
+        register(self.BIRDS)
+
+
+def run_cli(*args, env=None):
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "zstagger.cli", *args], capture_output=True, text=True, env=full_env, cwd=ROOT)
+
+
+def test_builtins_are_registered_like_any_plugin():
+    found = registered_taxonomies()
+    assert {"moderation", "ecommerce", "medical"} <= set(found)
+    assert found["moderation"].plugin == "zstagger.builtin.moderation"
+    names = {p["name"]: p for p in plugins.plugin_hooks()}
+    assert names["zstagger.builtin.moderation"]["hooks"] == ["register_taxonomies"]
+    assert names["zstagger.builtin.moderation"]["builtin"]
+
+
+def test_registering_a_plugin_adds_its_taxonomies_and_unregistering_removes_them(zstagger_plugin):
+    with zstagger_plugin(BirdsPlugin(), name="birds-plugin"):
+        assert get_taxonomy("birds") is BirdsPlugin.BIRDS
+        assert registered_taxonomies()["birds"].plugin == "birds-plugin"
+    with pytest.raises(UnknownTaxonomyError, match="unknown taxonomy 'birds'"):
+        get_taxonomy("birds")
+
+
+def test_unknown_taxonomy_suggests_a_close_name():
+    with pytest.raises(UnknownTaxonomyError, match="Did you mean 'moderation'"):
+        get_taxonomy("moderaton")
+
+
+def test_duplicate_taxonomy_names_are_an_error_naming_both_plugins(zstagger_plugin):
+    class Clash:
+        @hookimpl
+        def register_taxonomies(self, register):
+            register(Taxonomy(name="moderation", labels=[Label(name="x")]))
+
+    with zstagger_plugin(Clash(), name="clash-plugin"):
+        with pytest.raises(TaxonomyError) as info:
+            registered_taxonomies()
+    message = str(info.value)
+    assert "'moderation' is registered twice" in message
+    assert "zstagger.builtin.moderation" in message and "clash-plugin" in message
+
+
+def test_invalid_taxonomy_in_a_plugin_names_plugin_taxonomy_and_label(zstagger_plugin):
+    class Broken:
+        @hookimpl
+        def register_taxonomies(self, register):
+            register({"name": "broken", "labels": [{"name": "a", "threshold": 7}]})
+
+    with zstagger_plugin(Broken(), name="broken-plugin"):
+        with pytest.raises(TaxonomyError, match=r"plugin broken-plugin: taxonomy 'broken': label 'a': threshold 7"):
+            registered_taxonomies()
+
+
+def test_misspelled_hook_fails_loudly():
+    class Typo:
+        @hookimpl
+        def register_taxonomy(self, register):  # missing "ies"
+            pass
+
+    with pytest.raises(PluginError, match="register_taxonomy") as info:
+        plugins.register(Typo(), name="typo-plugin")
+    assert "register_taxonomies" in str(info.value)  # lists the real hook names
+    assert plugins.pm.get_plugin("typo-plugin") is None  # and is not left half-registered
+
+
+def test_taxonomy_files_from_the_taxonomy_path(tmp_path, clean_env):
+    (tmp_path / "fruit.yaml").write_text("name: fruit\ntemplates: ['a photo of {}.']\nlabels:\n  - name: apple\n  - name: pear\n")
+    clean_env.setenv("ZSTAGGER_TAXONOMY_PATH", str(tmp_path))
+    found = registered_taxonomies()
+    assert found["fruit"].source == str(tmp_path / "fruit.yaml")
+    assert [label.name for label in found["fruit"].taxonomy.labels] == ["apple", "pear"]
+    (tmp_path / "zbad.yml").write_text("name: veg\nlabels:\n  - name: leek\n    parent: onion\n")
+    with pytest.raises(TaxonomyError, match=r"zbad.yml: taxonomy 'veg': label 'leek': parent 'onion'"):
+        registered_taxonomies()
+
+
+def test_blocking_a_plugin_by_name():
+    result = run_cli("taxonomies", "--json", env={"ZSTAGGER_BLOCK_PLUGINS": "zstagger.builtin.medical, nothing"})
+    assert result.returncode == 0, result.stderr
+    assert {row["name"] for row in json.loads(result.stdout)} >= {"moderation", "ecommerce"}
+    assert "medical" not in {row["name"] for row in json.loads(result.stdout)}
+
+
+def test_plugins_dir_loads_one_off_plugin_files(tmp_path):
+    (tmp_path / "tools.py").write_text(
+        "from zstagger import Label, Taxonomy, hookimpl\n"
+        "@hookimpl\n"
+        "def register_taxonomies(register):\n"
+        "    register(Taxonomy(name='tools', labels=[Label(name='hammer'), Label(name='saw')]))\n"
+    )
+    result = run_cli("taxonomies", "--json", env={"ZSTAGGER_PLUGINS_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["tools"]["plugin"] == f"{tmp_path.name}/tools.py"
+    listed = run_cli("plugins", "--json", env={"ZSTAGGER_PLUGINS_DIR": str(tmp_path)})
+    assert f"{tmp_path.name}/tools.py" in {p["name"] for p in json.loads(listed.stdout)}
+
+
+def test_a_broken_plugin_file_is_a_clear_cli_error(tmp_path):
+    (tmp_path / "bad.py").write_text("import does_not_exist\n")
+    result = run_cli("taxonomies", env={"ZSTAGGER_PLUGINS_DIR": str(tmp_path)})
+    assert result.returncode == 2
+    assert "bad.py failed to import" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_register_commands_hook_adds_cli_commands(tmp_path):
+    (tmp_path / "hello.py").write_text(
+        "import click\nfrom zstagger import hookimpl\n"
+        "@hookimpl\ndef register_commands(cli):\n"
+        "    @cli.command()\n    def hello():\n        click.echo('hello from a plugin')\n"
+    )
+    result = run_cli("hello", env={"ZSTAGGER_PLUGINS_DIR": str(tmp_path)})
+    assert result.returncode == 0 and result.stdout.strip() == "hello from a plugin"
+
+
+def test_every_hook_is_documented_in_the_plugin_guide():
+    guide = (ROOT / "plugins" / "README.md").read_text()
+    hooks = [name for name in dir(hookspecs) if name.startswith("register_")]
+    assert hooks
+    for hook in hooks:
+        assert re.search(rf"^### `?{hook}\(", guide, re.M), f"hook {hook} is not documented in plugins/README.md"
+        assert getattr(hookspecs, hook).__doc__, f"hook {hook} has no docstring"

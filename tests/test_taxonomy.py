@@ -1,0 +1,129 @@
+import json
+
+import pytest
+
+from zstagger import Label, Taxonomy, TaxonomyError
+from zstagger.builtin import packaged_taxonomy
+from zstagger.taxonomy import DEFAULT_TEMPLATE
+
+
+def shop(**overrides):
+    spec = dict(
+        name="shop",
+        mode="single",
+        templates=["a photo of {}.", "a product shot of {}."],
+        labels=[
+            Label(name="apparel"),
+            Label(name="apparel/shoes", parent="apparel", synonyms=["sneakers"], threshold=0.1),
+            Label(name="toys"),
+            Label(name="other", background=True),
+        ],
+    )
+    spec.update(overrides)
+    return Taxonomy(**spec)
+
+
+def test_valid_taxonomy_and_prompts():
+    tax = shop()
+    shoes = tax.label("apparel/shoes")
+    assert shoes.prompt_text == "shoes"
+    assert tax.prompts_for(shoes) == [
+        "a photo of shoes.", "a product shot of shoes.", "a photo of sneakers.", "a product shot of sneakers.",
+    ]
+    assert tax.threshold_of(shoes) == 0.1 and tax.threshold_of(tax.label("toys")) == 0.0
+    assert tax.path_of("apparel/shoes") == ["apparel", "apparel/shoes"]
+    assert not tax.has_actions
+
+
+def test_explicit_prompts_are_used_verbatim_and_underscores_read_as_spaces():
+    tax = Taxonomy(name="t", templates=["{}"], labels=[Label(name="hate_symbols", prompts=["a swastika flag"])])
+    assert tax.prompts_for(tax.labels[0]) == ["hate symbols", "a swastika flag"]
+
+
+def test_fingerprint_is_stable_and_tracks_the_spec():
+    assert shop().fingerprint == shop().fingerprint
+    assert shop().fingerprint != shop(templates=["a photo of {}."]).fingerprint
+    assert len(shop().fingerprint) == 16
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (dict(labels=[Label(name="a"), Label(name="a")]), "label 'a': duplicate label name"),
+        (dict(templates=["a photo of a thing"]), "template 'a photo of a thing' must contain exactly one '{}'"),
+        (dict(templates=["{} and {}"]), "must contain exactly one '{}'"),
+        (dict(labels=[Label(name="a", threshold=1.5)]), "label 'a': threshold 1.5 is outside [0, 1]"),
+        (dict(default_threshold=-0.1), "default_threshold -0.1 is outside [0, 1]"),
+        (dict(labels=[Label(name="b", parent="nope")]), "label 'b': parent 'nope' is not a label of this taxonomy"),
+        (dict(labels=[Label(name="x", parent="y"), Label(name="y", parent="x")]), "label 'x': parent chain loops back"),
+        (dict(mode="multi", labels=[Label(name="gun")]), "label 'gun': multi-label scoring needs something to compare"),
+        (dict(labels=[Label(name="bg", background=True)]), "every label is a background label"),
+        (dict(labels=[]), "has no labels"),
+    ],
+)
+def test_invalid_specs_name_taxonomy_label_and_problem(change, expected):
+    with pytest.raises(TaxonomyError) as info:
+        shop(**change)
+    message = str(info.value)
+    assert "taxonomy 'shop'" in message
+    assert expected in message
+
+
+def test_all_problems_are_reported_at_once():
+    with pytest.raises(TaxonomyError) as info:
+        shop(labels=[Label(name="a", threshold=2), Label(name="b", parent="zz")])
+    assert "label 'a'" in str(info.value) and "label 'b'" in str(info.value)
+
+
+def test_field_type_errors_name_the_label():
+    with pytest.raises(TaxonomyError) as info:
+        Taxonomy.parse({"name": "mod", "labels": [{"name": "gun", "action": "nuke"}]})
+    message = str(info.value)
+    assert "taxonomy 'mod': label 'gun': action" in message and "allow" in message
+
+
+def test_unknown_fields_are_rejected():
+    with pytest.raises(TaxonomyError, match="treshold"):
+        Taxonomy.parse({"name": "t", "labels": [{"name": "a", "treshold": 0.3}]})
+
+
+def test_from_file_yaml_and_json(tmp_path):
+    (tmp_path / "t.yaml").write_text("name: birds\nlabels:\n  - name: owl\n  - name: heron\n")
+    (tmp_path / "t.json").write_text(json.dumps({"name": "fish", "labels": [{"name": "cod"}]}))
+    assert [l.name for l in Taxonomy.from_file(tmp_path / "t.yaml").labels] == ["owl", "heron"]
+    assert Taxonomy.from_file(tmp_path / "t.json").name == "fish"
+    (tmp_path / "bad.yaml").write_text("name: x\nlabels: [\n")
+    with pytest.raises(TaxonomyError, match="bad.yaml"):
+        Taxonomy.from_file(tmp_path / "bad.yaml")
+    (tmp_path / "invalid.yaml").write_text("name: x\nlabels:\n  - name: a\n    threshold: 3\n")
+    with pytest.raises(TaxonomyError, match=r"invalid.yaml: taxonomy 'x': label 'a': threshold 3"):
+        Taxonomy.from_file(tmp_path / "invalid.yaml")
+
+
+def test_adhoc_labels_match_the_hf_pipeline_convention():
+    tax = Taxonomy.from_labels(["cat", " dog ", "cat", "hot_dog"])
+    assert [l.name for l in tax.labels] == ["cat", "dog", "hot_dog"]
+    assert tax.templates == [DEFAULT_TEMPLATE] == ["This is a photo of {}."]
+    assert tax.prompts_for(tax.labels[2]) == ["This is a photo of hot_dog."]  # used exactly as given
+
+
+def test_builtin_taxonomies_have_real_content():
+    moderation = packaged_taxonomy("moderation.yaml")
+    assert moderation.mode == "multi" and moderation.has_actions
+    actions = {l.action for l in moderation.labels}
+    assert actions == {"allow", "review", "block"}
+    names = {l.name for l in moderation.labels}
+    assert {"explicit_nudity", "graphic_violence", "firearms", "drugs", "self_harm", "hate_symbols"} <= names
+    assert any(l.background for l in moderation.labels)
+    assert all(l.negatives for l in moderation.labels if not l.background)
+
+    ecommerce = packaged_taxonomy("ecommerce.yaml")
+    tops = [l for l in ecommerce.labels if l.parent is None and not l.background]
+    assert len(tops) >= 19
+    assert any(l.parent == "apparel_accessories" for l in ecommerce.labels)
+
+    medical = packaged_taxonomy("medical.yaml")
+    assert "NOT for diagnosis" in medical.description
+    texts = " ".join(l.text or "" for l in medical.labels)
+    for term in ("X-ray", "CT", "MRI", "ultrasound", "histopathology", "dermoscopy", "fundus", "endoscopy"):
+        assert term in texts
