@@ -26,7 +26,17 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageLoadError
 
-ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image]
+
+
+@dataclass(frozen=True)
+class NamedBytes:
+    """Encoded image bytes that keep a name (an uploaded file's path) for results."""
+
+    name: str
+    data: bytes
+
+
+ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, NamedBytes]
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff",
@@ -58,11 +68,20 @@ def is_url(ref: object) -> bool:
 
 def describe(ref: ImageInput) -> str:
     """The string that identifies an input in results: its path or URL, or a content hash."""
+    if isinstance(ref, NamedBytes):
+        return ref.name
     if isinstance(ref, (bytes, bytearray, memoryview)):
         return "bytes:sha256:" + hashlib.sha256(ref).hexdigest()[:16]
     if isinstance(ref, Image.Image):
         return "pil:" + hashlib.sha256(ref.tobytes()).hexdigest()[:16]
     return os.fspath(ref)
+
+
+def iter_inputs(images: ImageInput | Iterable[ImageInput]) -> Iterator[ImageInput]:
+    """One reference or many, with directories expanded (see :func:`expand_inputs`)."""
+    if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image, NamedBytes)):
+        images = [images]
+    return expand_inputs(images)
 
 
 def expand_inputs(inputs: Iterable[ImageInput]) -> Iterator[ImageInput]:
@@ -97,6 +116,8 @@ def load_image(ref: ImageInput, policy: ImagePolicy = ImagePolicy(), min_size: i
     if isinstance(ref, Image.Image):
         _check_pixels(ref, policy)
         return to_rgb(ref)
+    if isinstance(ref, NamedBytes):
+        ref = ref.data
     if isinstance(ref, (bytes, bytearray, memoryview)):
         return decode(io.BytesIO(ref), policy, min_size)
     if is_url(ref):

@@ -15,6 +15,7 @@ import importlib.util
 import os
 import sys
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,9 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import PluginError, TaxonomyError, UnknownTaxonomyError
+from .errors import ConfigurationError, PluginError, TaxonomyError, UnknownTaxonomyError
 from .settings import Settings
-from .taxonomy import Taxonomy
+from .taxonomy import DEFAULT_TEMPLATE, Taxonomy
 
 BUILTIN_PLUGINS = (
     "zstagger.builtin.moderation",
@@ -158,6 +159,23 @@ def registered_taxonomies() -> dict[str, RegisteredTaxonomy]:
         except Exception as exc:
             raise PluginError(f"plugin {impl.plugin_name} failed while registering taxonomies: {exc!r}") from exc
     return found
+
+
+def resolve_taxonomy(
+    taxonomy: str | Taxonomy | None = None, labels: Sequence[str] | str | None = None, template: str | None = None
+) -> Taxonomy:
+    """The taxonomy to tag with: a registered name, a Taxonomy, or ad-hoc labels (+ template)."""
+    if (taxonomy is None) == (labels is None):
+        raise ConfigurationError("give exactly one of taxonomy=NAME or labels=[...]")
+    if labels is not None:
+        if isinstance(labels, str):
+            labels = labels.split(",")
+        if not any(label.strip() for label in labels):
+            raise ConfigurationError("labels=[...] needs at least one non-empty label")
+        return Taxonomy.from_labels(labels, template or DEFAULT_TEMPLATE)
+    if template is not None:
+        raise ConfigurationError("template= only applies to ad-hoc labels; a taxonomy brings its own templates")
+    return taxonomy if isinstance(taxonomy, Taxonomy) else get_taxonomy(taxonomy)  # type: ignore[arg-type]
 
 
 def get_taxonomy(name: str) -> Taxonomy:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class LabelScore(BaseModel):
@@ -18,6 +18,8 @@ class ErrorInfo(BaseModel):
 
     type: str  # stable code: not_found, invalid_image, too_many_pixels, url_blocked, fetch_timeout, ...
     message: str
+    # Worth retrying (a network timeout)? Used by queue workers; not part of the JSON output.
+    transient: bool = Field(False, exclude=True)
 
 
 class TagResult(BaseModel):
@@ -37,5 +39,5 @@ class TagResult(BaseModel):
         return self.error is None
 
     @classmethod
-    def failed(cls, image: str, taxonomy: str, kind: str, message: str) -> TagResult:
-        return cls(image=image, taxonomy=taxonomy, error=ErrorInfo(type=kind, message=message))
+    def failed(cls, image: str, taxonomy: str, kind: str, message: str, transient: bool = False) -> TagResult:
+        return cls(image=image, taxonomy=taxonomy, error=ErrorInfo(type=kind, message=message, transient=transient))

@@ -37,8 +37,21 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(50 * 1024 * 1024, gt=0, description="Largest image download or upload, in bytes.")
     max_image_pixels: int = Field(64_000_000, gt=0, description="Largest image (width x height) decoded; guards against decompression bombs.")
     allow_private_urls: bool = Field(False, description="Allow URLs that resolve to private, loopback or link-local addresses.")
+    # queue
+    redis_url: str = Field("redis://localhost:6379/0", description="Broker and job store (redis:// or rediss://, password in the URL).")
+    queues: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["interactive", "bulk"], description="Queues a worker consumes, comma-separated, highest priority first."
+    )
+    concurrency: int = Field(1, ge=1, description="Worker processes per `zstagger worker` (each loads the model).")
+    chunk_size: int = Field(32, ge=1, le=1024, description="Images per queued task (one forward pass each).")
+    visibility_timeout: int = Field(
+        600, ge=1, description="Seconds before an unacknowledged chunk (its worker died) is redelivered; must exceed the longest chunk."
+    )
+    result_ttl: int = Field(7 * 24 * 3600, ge=60, description="Seconds job results are kept in Redis.")
+    max_retries: int = Field(3, ge=0, description="Retries of transient failures (URL timeouts, Redis blips) before they become error records.")
+    max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Largest image sent through the queue as bytes.")
 
-    @field_validator("block_plugins", mode="before")
+    @field_validator("block_plugins", "queues", mode="before")
     @classmethod
     def _split_commas(cls, value):
         if isinstance(value, str):

@@ -20,11 +20,11 @@ import torch
 from .classifier import TaxonomyClassifier
 from .engine.model import ClipEncoder
 from .errors import ConfigurationError, ImageLoadError
-from .images import ImageInput, ImagePolicy, describe, expand_inputs, load_image
-from .plugins import get_taxonomy
-from .results import ErrorInfo, LabelScore, TagResult
+from .images import ImageInput, ImagePolicy, describe, iter_inputs, load_image
+from .plugins import resolve_taxonomy
+from .results import LabelScore, TagResult
 from .settings import Settings
-from .taxonomy import DEFAULT_TEMPLATE, Taxonomy
+from .taxonomy import Taxonomy
 
 _PREFETCH_BATCHES = 2
 
@@ -64,20 +64,7 @@ class Tagger:
 
     # -- taxonomies -------------------------------------------------------------------
 
-    @staticmethod
-    def resolve(
-        taxonomy: str | Taxonomy | None = None, labels: Sequence[str] | None = None, template: str | None = None
-    ) -> Taxonomy:
-        """The taxonomy to tag with: a registered name, a Taxonomy, or ad-hoc labels."""
-        if (taxonomy is None) == (labels is None):
-            raise ConfigurationError("give exactly one of taxonomy=NAME or labels=[...]")
-        if labels is not None:
-            if isinstance(labels, str):
-                labels = labels.split(",")
-            return Taxonomy.from_labels(labels, template or DEFAULT_TEMPLATE)
-        if template is not None:
-            raise ConfigurationError("template= only applies to ad-hoc labels; a taxonomy brings its own templates")
-        return taxonomy if isinstance(taxonomy, Taxonomy) else get_taxonomy(taxonomy)  # type: ignore[arg-type]
+    resolve = staticmethod(resolve_taxonomy)
 
     def classifier(self, taxonomy: Taxonomy) -> TaxonomyClassifier:
         """The compiled taxonomy; its text embeddings are computed on first use only."""
@@ -122,12 +109,12 @@ class Tagger:
         if top_k is not None and top_k < 1:
             raise ConfigurationError(f"top_k must be at least 1, got {top_k}")
         compiled = self.classifier(spec)
-        for refs, embeds, errors in self.embed_batches(_as_inputs(images)):
+        for refs, embeds, errors in self.embed_batches(iter_inputs(images)):
             done = iter(compiled.classify(embeds, top_k) if embeds is not None else [])
             for ref, error in zip(refs, errors):
                 name = describe(ref)
                 if error is not None:
-                    yield TagResult(image=name, taxonomy=spec.name, error=ErrorInfo(type=error.kind, message=error.message))
+                    yield TagResult.failed(name, spec.name, error.kind, error.message, error.transient)
                     continue
                 c = next(done)
                 yield TagResult(
@@ -196,11 +183,3 @@ class Tagger:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _as_inputs(images: ImageInput | Iterable[ImageInput]) -> Iterator[ImageInput]:
-    from PIL import Image
-
-    if isinstance(images, (str, os.PathLike, bytes, bytearray, memoryview, Image.Image)):
-        images = [images]
-    return expand_inputs(images)

@@ -1,0 +1,161 @@
+"""Real processes for queue tests: a redis-server on a free loopback port, `zstagger worker`s,
+and a loopback HTTP server that serves images slowly (so a worker can be caught mid-chunk)."""
+
+from __future__ import annotations
+
+import http.server
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class RedisServer:
+    """redis-server on 127.0.0.1 with an append-only file, so a restart keeps the queue."""
+
+    def __init__(self, directory: Path):
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server); the queue tests need it")
+        self.exe, self.dir, self.port = exe, directory, free_port()
+        self.proc: subprocess.Popen | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        self.proc = subprocess.Popen(
+            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
+             "--appendfsync", "always", "--dir", str(self.dir), "--protected-mode", "yes"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_for(self._ping, 10, "redis-server to accept connections")
+        return self
+
+    def _ping(self) -> bool:
+        try:
+            return redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
+        except redis.RedisError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: redis flushes the AOF and exits
+            self.proc.wait(10)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+
+class Worker:
+    """`zstagger worker` as its own process group (so kill -9 takes the pool children too)."""
+
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path, args: tuple[str, ...] = ()):
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        exe = shutil.which("zstagger")
+        cmd = [exe] if exe else [sys.executable, "-m", "zstagger.cli"]
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+        full_env.update(env)
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [*cmd, "worker", "-n", f"{name}@%h", "--loglevel", "INFO", *args],
+            env=full_env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT,
+        )
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text()
+
+    def wait_ready(self, timeout: float = 120) -> Worker:
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker {self.name} exited ({self.proc.returncode}):\n{self.output()}")
+            text = self.output()
+            return "zstagger: loaded" in text and " ready." in text
+
+        wait_for(ready, timeout, f"worker {self.name} to load its model")
+        return self
+
+    def chunks_done(self) -> int:
+        return self.output().count("] succeeded in")
+
+    def kill9(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # Celery: warm shutdown
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.log.close()
+        return self.proc.returncode
+
+
+class SlowImageServer:
+    """Serves PNGs on 127.0.0.1; ``/slow/<seconds>/<name>.png`` waits before answering."""
+
+    def __init__(self):
+        from zstagger.testing import sample_image
+
+        images = {}
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                parts = self.path.strip("/").split("/")
+                if parts[0] == "slow":
+                    time.sleep(float(parts[1]))
+                    parts = parts[2:]
+                if parts[0] == "missing":
+                    self.send_error(404)
+                    return
+                seed = sum(map(ord, parts[-1])) % 50
+                if seed not in images:
+                    buf = io.BytesIO()
+                    sample_image(seed, (90, 70)).save(buf, format="PNG")
+                    images[seed] = buf.getvalue()
+                body = images[seed]
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()

@@ -1,0 +1,291 @@
+"""The queue end to end: a real redis-server, real `zstagger worker` processes, no eager mode."""
+
+import base64
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+
+from harness import RedisServer, SlowImageServer, Worker, wait_for
+from zstagger import ConfigurationError, UnknownTaxonomyError
+from zstagger.queue import Job, JobTimeout, QueueUnavailableError, UnknownJobError, enqueue
+from zstagger.settings import Settings
+from zstagger.testing import sample_image
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def slow_server():
+    server = SlowImageServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def queue_env(redis_server, tiny_model_dir):
+    return {
+        "ZSTAGGER_REDIS_URL": redis_server.url,
+        "ZSTAGGER_MODEL": str(tiny_model_dir),
+        "ZSTAGGER_PRECISION": "fp32",
+        "ZSTAGGER_ALLOW_PRIVATE_URLS": "1",  # the test image server is on loopback
+        "ZSTAGGER_URL_TIMEOUT": "5",
+        "ZSTAGGER_VISIBILITY_TIMEOUT": "6",
+        "ZSTAGGER_MAX_RETRIES": "1",
+    }
+
+
+@pytest.fixture
+def workers(queue_env, tmp_path):
+    started = []
+
+    def start(name, extra_env=None, args=()):
+        worker = Worker(name, {**queue_env, **(extra_env or {})}, tmp_path, args)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.terminate(timeout=20)
+
+
+@pytest.fixture
+def settings(queue_env, monkeypatch):
+    for key, value in queue_env.items():
+        monkeypatch.setenv(key, value)
+    return Settings()
+
+
+def cli(*args, env, stdin=None, timeout=180):
+    exe = shutil.which("zstagger")
+    cmd = [exe, *args] if exe else [sys.executable, "-m", "zstagger.cli", *args]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+    full_env.update(env)
+    return subprocess.run(cmd, env=full_env, input=stdin, capture_output=True, text=True, timeout=timeout)
+
+
+def write_images(directory, count):
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = directory / f"img{i:03d}.{'png' if i % 3 else 'jpg'}"
+        sample_image(i, (60 + i, 48 + (i * 7) % 40)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def test_end_to_end_two_workers_every_result_once_in_order_matching_tag(queue_env, workers, tmp_path):
+    paths = write_images(tmp_path / "images", 45)
+    a, b = workers("a"), workers("b")
+    a.wait_ready(), b.wait_ready()
+    enqueued = cli("enqueue", str(tmp_path / "images"), "-t", "ecommerce", "--chunk-size", "4", env=queue_env)
+    assert enqueued.returncode == 0, enqueued.stderr
+    job_id = enqueued.stdout.strip()
+    assert len(enqueued.stdout.splitlines()) == 1 and len(job_id) == 32
+
+    got = cli("results", job_id, "--wait", "--timeout", "120", env=queue_env)
+    assert got.returncode == 0, got.stderr
+    queued = [json.loads(line) for line in got.stdout.splitlines()]
+    assert [r["image"] for r in queued] == paths  # all, in input order, each exactly once
+
+    status = json.loads(cli("status", job_id, env=queue_env).stdout)
+    assert status == {"job_id": job_id, "state": "done", "total": 45, "done": 45, "failed": 0, "pending": 0}
+    assert a.chunks_done() >= 1 and b.chunks_done() >= 1 and a.chunks_done() + b.chunks_done() == 12
+
+    direct = cli("tag", *paths, "-t", "ecommerce", "--format", "jsonl", env=queue_env)
+    assert direct.returncode == 0, direct.stderr
+    for q, d in zip(queued, (json.loads(line) for line in direct.stdout.splitlines())):
+        assert q["image"] == d["image"] and q["tags"] == d["tags"] and q["error"] is None
+        assert [s["label"] for s in q["scores"]] == [s["label"] for s in d["scores"]]
+        assert [s["score"] for s in q["scores"]] == pytest.approx([s["score"] for s in d["scores"]], abs=1e-5)
+
+
+def test_python_api_with_bytes_and_urls(settings, workers, slow_server):
+    workers("api").wait_ready()
+    png = base64.b64decode(base64.b64encode(open(__file__, "rb").read()))  # not an image: an error record
+    image = sample_image(3)
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    job = enqueue([buf.getvalue(), f"{slow_server.url}/a.png", png], labels=["cat", "dog"], settings=settings)
+    results = job.results(wait=True, timeout=60)
+    assert [r.error.type if r.error else None for r in results] == [None, None, "invalid_image"]
+    assert results[0].image.startswith("bytes:sha256:") and results[1].image == f"{slow_server.url}/a.png"
+    assert results[0].tags and results[0].taxonomy == "labels"
+    assert job.status()["state"] == "done"
+
+
+def test_worker_killed_mid_chunk_its_chunk_is_redelivered(queue_env, workers, slow_server, settings):
+    refs = [f"{slow_server.url}/slow/1.5/k{i}.png" for i in range(6)]
+    victim = workers("victim", {"ZSTAGGER_LOADER_THREADS": "1"}).wait_ready()
+    job = enqueue(refs, labels=["a", "b"], chunk_size=3, settings=settings)
+    wait_for(lambda: job.status()["state"] == "running", 30, "the victim to start a chunk")
+    time.sleep(0.5)
+    assert job.status()["done"] == 0  # it holds a chunk, nothing stored yet
+    victim.kill9()
+
+    rescuer = workers("rescuer").wait_ready()
+    results = job.results(wait=True, timeout=90)
+    assert [r.image for r in results] == refs and all(r.error is None for r in results)
+    client = redis.Redis.from_url(settings.redis_url)
+    assert client.hlen(f"zstagger:job:{job.id}:results") == 6
+    assert rescuer.chunks_done() == 2
+
+
+def test_redis_restart_while_workers_run(redis_server, queue_env, workers, slow_server, settings):
+    workers("steady").wait_ready()
+    refs = [f"{slow_server.url}/slow/0.4/r{i}.png" for i in range(12)]
+    job = enqueue(refs, labels=["a", "b"], chunk_size=2, settings=settings)
+    wait_for(lambda: job.status()["done"] >= 2, 60, "some progress before the restart")
+    redis_server.stop()
+    time.sleep(1.5)
+    redis_server.start()
+    results = job.results(wait=True, timeout=120)
+    assert [r.image for r in results] == refs and all(r.error is None for r in results)
+
+
+def test_good_broken_and_unreachable_inputs_all_end_as_records(queue_env, workers, slow_server, tmp_path, settings):
+    workers("mixed").wait_ready()
+    good = write_images(tmp_path / "good", 2)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    refs = [good[0], str(tmp_path / "broken.jpg"), "http://127.0.0.1:1/unreachable.png",
+            f"{slow_server.url}/missing/x.png", str(tmp_path / "gone.png"), good[1]]
+    job = enqueue(refs, taxonomy="moderation", chunk_size=4, settings=settings)
+    got = cli("results", job.id, "--wait", "--timeout", "90", env=queue_env)
+    assert got.returncode == 1  # some inputs failed
+    records = [json.loads(line) for line in got.stdout.splitlines()]
+    kinds = [r["error"]["type"] if r["error"] else None for r in records]
+    assert kinds == [None, "invalid_image", "fetch_failed", "fetch_failed", "not_found", None]
+    assert "gave up after 2 attempts" in records[2]["error"]["message"]  # retried once (ZSTAGGER_MAX_RETRIES=1)
+    assert "404" in records[3]["error"]["message"] and "gave up" not in records[3]["error"]["message"]
+    assert records[0]["verdict"] in ("allow", "review", "block")
+    assert job.status() == {"job_id": job.id, "state": "done", "total": 6, "done": 2, "failed": 4, "pending": 0}
+
+
+def test_pickle_messages_are_refused_not_executed(queue_env, workers, settings, tmp_path):
+    worker = workers("safe").wait_ready()
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    from kombu import Connection
+
+    with Connection(settings.redis_url) as conn:
+        producer = conn.Producer()
+        producer.publish(
+            pickle.dumps(((Exploit(),), {}, {})), routing_key="bulk", exchange="",
+            headers={"lang": "py", "task": "zstagger.tag_chunk", "id": "evil-1", "argsrepr": "", "kwargsrepr": ""},
+            content_type="application/x-python-serialize", content_encoding="binary",
+        )
+    wait_for(lambda: "ContentDisallowed" in worker.output() or "Refusing to deserialize" in worker.output(),
+             30, "the worker to refuse the pickle message")
+    assert not marker.exists()
+    job = enqueue([sample_image_path(tmp_path)], labels=["a", "b"], settings=settings)
+    assert job.results(wait=True, timeout=60)[0].error is None  # the worker is still serving
+
+
+def sample_image_path(tmp_path):
+    path = tmp_path / "one.png"
+    sample_image(1).save(path)
+    return str(path)
+
+
+def test_queues_keep_interactive_work_apart_from_bulk(queue_env, workers, settings, tmp_path):
+    workers("fast-lane", args=("--queues", "interactive")).wait_ready()
+    path = sample_image_path(tmp_path)
+    bulk = enqueue([path], labels=["a", "b"], queue="bulk", settings=settings)
+    interactive = enqueue([path], labels=["a", "b"], queue="interactive", settings=settings)
+    assert interactive.results(wait=True, timeout=60)[0].error is None
+    assert bulk.status()["state"] == "pending"  # nobody consumes bulk
+
+
+def test_sigterm_finishes_the_chunk_in_hand(queue_env, workers, slow_server, settings):
+    worker = workers("graceful", {"ZSTAGGER_LOADER_THREADS": "1"}).wait_ready()
+    refs = [f"{slow_server.url}/slow/1.0/g{i}.png" for i in range(3)]
+    job = enqueue(refs, labels=["a", "b"], chunk_size=3, settings=settings)
+    wait_for(lambda: job.status()["state"] == "running", 30, "the worker to start the chunk")
+    assert worker.terminate(timeout=60) == 0
+    assert job.status()["done"] == 3  # finished and stored before exiting
+
+
+def test_enqueue_validates_before_writing_anything(redis_server, queue_env, settings, tmp_path):
+    client = redis_server.client()
+    (tmp_path / "empty").mkdir()
+    for args, message in [
+        (["x.png", "-t", "no-such"], "unknown taxonomy 'no-such'"),
+        ([str(tmp_path / "empty"), "--labels", "a"], "nothing to enqueue"),
+        (["ftp://example.com/a.png", "--labels", "a"], "unsupported URL scheme"),
+        (["http:///nohost.png", "--labels", "a"], "no host"),
+        (["x.png", "--labels", "a", "--queue", "bad queue"], "invalid queue name"),
+        (["x.png"], "exactly one of -t/--taxonomy"),
+    ]:
+        result = cli("enqueue", *args, env=queue_env)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert message in result.stderr and result.stdout == ""
+    with pytest.raises(ConfigurationError, match="ZSTAGGER_MAX_UPLOAD_BYTES"):
+        enqueue([b"x" * 2000], labels=["a"], settings=Settings(max_upload_bytes=1000, redis_url=redis_server.url))
+    with pytest.raises(UnknownTaxonomyError):
+        enqueue(["x.png"], taxonomy="nope", settings=settings)
+    assert client.dbsize() == 0  # nothing was enqueued by any of the failures
+
+
+def test_unreachable_redis_and_unknown_jobs_are_clear_errors(queue_env, redis_server):
+    down = {**queue_env, "ZSTAGGER_REDIS_URL": "redis://127.0.0.1:1/0"}
+    result = cli("enqueue", "x.png", "--labels", "a", env=down)
+    assert result.returncode == 2 and "cannot reach Redis at redis://127.0.0.1:1/0" in result.stderr
+    assert "Traceback" not in result.stderr
+    for command in (["status", "f" * 32], ["results", "f" * 32]):
+        result = cli(*command, env=queue_env)
+        assert result.returncode == 2 and "no job 'ffff" in result.stderr
+
+
+def test_results_wait_timeout_exits_3(queue_env, settings, tmp_path):
+    job = enqueue([sample_image_path(tmp_path)], labels=["a"], settings=settings)  # no worker is running
+    result = cli("results", job.id, "--wait", "--timeout", "1", env=queue_env)
+    assert result.returncode == 3 and "not done after 1s" in result.stderr
+    assert json.loads(cli("status", job.id, env=queue_env).stdout)["state"] == "pending"
+    with pytest.raises(JobTimeout):
+        job.results(wait=True, timeout=0.5)
+    with pytest.raises(UnknownJobError):
+        Job("nope", settings).status()
+
+
+def test_results_expire_after_the_ttl(redis_server, settings, tmp_path):
+    job = enqueue([sample_image_path(tmp_path)], labels=["a"], settings=Settings(redis_url=redis_server.url, result_ttl=3600))
+    ttl = redis_server.client().ttl(f"zstagger:job:{job.id}")
+    assert 3590 <= ttl <= 3600
+
+
+def test_redeliveries_never_duplicate_results(redis_server):
+    from zstagger.queue.store import JobStore
+    from zstagger.results import TagResult
+
+    store = JobStore(redis_server.client())
+    store.create("j", 3, int(time.time()) + 60)
+    first = [(0, TagResult(image="a", taxonomy="t")), (1, TagResult.failed("b", "t", "not_found", "gone"))]
+    store.save("j", first, int(time.time()) + 60)
+    store.save("j", first, int(time.time()) + 60)  # the same chunk again
+    store.save("j", [(1, TagResult(image="b", taxonomy="t"))], int(time.time()) + 60)
+    assert store.status("j") == {"job_id": "j", "state": "running", "total": 3, "done": 2, "failed": 0, "pending": 1}
+    assert store.missing("j", [0, 1, 2]) == [2]
+
+
+def test_store_reports_unreachable_redis_quickly():
+    start = time.monotonic()
+    with pytest.raises(QueueUnavailableError, match="cannot reach Redis"):
+        Job("x", Settings(redis_url="redis://127.0.0.1:1/0")).status()
+    assert time.monotonic() - start < 15

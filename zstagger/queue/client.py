@@ -1,0 +1,166 @@
+"""The producer side: ``job = enqueue(images, taxonomy=...)``, ``job.status()``, ``job.results()``."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import redis
+
+from ..errors import ConfigurationError
+from ..images import ImageInput, NamedBytes, iter_inputs
+from ..plugins import resolve_taxonomy
+from ..results import TagResult
+from ..settings import Settings
+from ..taxonomy import Taxonomy
+from .celery_app import TASK_NAME, app_for
+from .messages import encode_ref
+from .store import JobStore, QueueUnavailableError, connect, describe_url
+
+_QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+class JobTimeout(TimeoutError):
+    """``results(wait=True, timeout=...)`` ran out of time before the job finished."""
+
+
+class Job:
+    """A handle on an enqueued job; cheap to create from a job id alone."""
+
+    def __init__(self, job_id: str, settings: Settings | None = None, store: JobStore | None = None):
+        self.id = job_id
+        self.settings = settings or Settings()
+        self._store = store
+
+    @property
+    def store(self) -> JobStore:
+        if self._store is None:
+            self._store = open_store(self.settings)
+        return self._store
+
+    def status(self) -> dict[str, Any]:
+        """``{"job_id", "state": "pending|running|done", "total", "done", "failed", "pending"}``."""
+        return _reachable(self.settings, lambda: self.store.status(self.id))
+
+    def wait(self, timeout: float | None = None, poll: float = 0.25) -> dict[str, Any]:
+        """Block until the job is done; raises :class:`JobTimeout` after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            status = self.status()
+            if status["state"] == "done":
+                return status
+            if deadline is not None and time.monotonic() >= deadline:
+                raise JobTimeout(f"job {self.id} not done after {timeout:g}s: {status['pending']} of {status['total']} pending")
+            time.sleep(poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic())))
+
+    def result_lines(self) -> Iterator[str]:
+        """JSON of each finished result, in input order (unfinished inputs are skipped)."""
+        total = self.status()["total"]
+        for _, line in self.store.iter_results(self.id, total):
+            if line is not None:
+                yield line
+
+    def results(self, wait: bool = False, timeout: float | None = None) -> list[TagResult]:
+        """One :class:`~zstagger.TagResult` per finished input, in input order."""
+        if wait:
+            self.wait(timeout)
+        return [TagResult.model_validate_json(line) for line in self.result_lines()]
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r})"
+
+
+def open_store(settings: Settings) -> JobStore:
+    store = JobStore(connect(settings.redis_url, retries=2))
+    _reachable(settings, store.redis.ping)
+    return store
+
+
+def _reachable(settings: Settings, call):
+    try:
+        return call()
+    except redis.RedisError as exc:
+        raise QueueUnavailableError(
+            f"cannot reach Redis at {describe_url(settings.redis_url)} ({exc}). "
+            "Start redis-server, or point ZSTAGGER_REDIS_URL at yours (redis://[:password@]host:port/db)."
+        ) from None
+
+
+def enqueue(
+    images: ImageInput | Iterable[ImageInput],
+    taxonomy: str | Taxonomy | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    template: str | None = None,
+    top_k: int | None = None,
+    chunk_size: int | None = None,
+    queue: str = "bulk",
+    settings: Settings | None = None,
+) -> Job:
+    """Validate, split into chunks and enqueue images for the workers; returns the :class:`Job`.
+
+    Everything is checked before anything is written: an unknown taxonomy, no images, a
+    malformed reference or an oversized upload raise and leave Redis untouched.
+    Directories are expanded here, on the producer. Paths are read by the workers, so
+    they must be on storage the workers share; send bytes (or URLs) otherwise.
+    """
+    settings = settings or Settings()
+    spec = resolve_taxonomy(taxonomy, labels, template)
+    chunk_size = chunk_size or settings.chunk_size
+    if chunk_size < 1:
+        raise ConfigurationError(f"chunk size must be at least 1, got {chunk_size}")
+    if top_k is not None and top_k < 1:
+        raise ConfigurationError(f"top_k must be at least 1, got {top_k}")
+    if not _QUEUE_NAME.match(queue or ""):
+        raise ConfigurationError(f"invalid queue name {queue!r}")
+    encoded = [encode_ref(ref, settings.max_upload_bytes) for ref in iter_inputs(images)]
+    if not encoded:
+        raise ConfigurationError("nothing to enqueue: no images in the inputs")
+
+    store = open_store(settings)
+    job_id = uuid.uuid4().hex
+    expires_at = int(time.time() + settings.result_ttl)
+    chunks = [[[i, ref] for i, ref in enumerate(encoded[start : start + chunk_size], start)]
+              for start in range(0, len(encoded), chunk_size)]
+    spec_json = spec.model_dump(mode="json")
+    _reachable(settings, lambda: store.create(
+        job_id, len(encoded), expires_at, chunks=len(chunks), queue=queue, taxonomy=spec.name, fingerprint=spec.fingerprint
+    ))
+    app = app_for(settings)
+    try:
+        with app.producer_or_acquire() as producer:
+            for items in chunks:
+                app.send_task(
+                    TASK_NAME,
+                    args=(job_id, items, spec_json),
+                    kwargs={"top_k": top_k, "expires_at": expires_at},
+                    queue=queue,
+                    producer=producer,
+                )
+    except Exception as exc:  # kombu wraps connection failures in its own types
+        raise QueueUnavailableError(
+            f"job {job_id} was created but enqueueing its chunks failed: {exc}. "
+            f"Check Redis at {describe_url(settings.redis_url)} and enqueue again."
+        ) from exc
+    return Job(job_id, settings, store)
+
+
+def load_refs_for_upload(refs: Iterable[ImageInput], max_bytes: int) -> Iterator[ImageInput]:
+    """Replace local file paths by their bytes (``zstagger enqueue --upload``)."""
+    from ..images import is_url
+
+    for ref in refs:
+        if isinstance(ref, str) and not is_url(ref):
+            try:
+                with open(ref, "rb") as fh:
+                    data = fh.read(max_bytes + 1)
+            except OSError as exc:
+                raise ConfigurationError(f"cannot read {ref} for upload: {exc.strerror}") from None
+            if len(data) > max_bytes:
+                raise ConfigurationError(f"{ref} is over the {max_bytes:,}-byte upload limit (ZSTAGGER_MAX_UPLOAD_BYTES)")
+            yield NamedBytes(ref, data)
+        else:
+            yield ref
