@@ -141,7 +141,7 @@ def test_python_api_matches_cli_output(image_dir, tiny_model_dir, tiny_tagger):
 def test_public_api_reexports():
     import zstagger
 
-    for name in ["Tagger", "Taxonomy", "Label", "TagResult", "hookimpl", "get_taxonomy", "ModelNotFoundError"]:
+    for name in ["Tagger", "Taxonomy", "Label", "TagResult", "hookimpl", "get_taxonomy", "ModelNotFoundError", "enqueue", "Job"]:
         assert getattr(zstagger, name) is not None
     tagged = sample_image(0)
     assert tagged.mode == "RGB"

@@ -36,12 +36,15 @@ _LAZY = {
     "get_taxonomy": "zstagger.plugins",
     "registered_taxonomies": "zstagger.plugins",
     "load_plugins": "zstagger.plugins",
+    "enqueue": "zstagger.queue.client",
+    "Job": "zstagger.queue.client",
 }
 
 if TYPE_CHECKING:
     from .engine.model import ClipEncoder
     from .images import ImagePolicy
     from .plugins import get_taxonomy, load_plugins, registered_taxonomies
+    from .queue.client import Job, enqueue
     from .settings import Settings
     from .tagger import Tagger
 
@@ -55,7 +58,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "ClipEncoder", "ConfigurationError", "ErrorInfo", "ImageLoadError", "ImagePolicy", "Label", "LabelScore",
+    "ClipEncoder", "ConfigurationError", "ErrorInfo", "Job", "enqueue", "ImageLoadError", "ImagePolicy", "Label", "LabelScore",
     "ModelLoadError", "ModelNotFoundError", "PluginError", "Settings", "TagResult", "Tagger", "Taxonomy",
     "TaxonomyError", "UnknownTaxonomyError", "ZstaggerError", "get_taxonomy", "hookimpl", "load_plugins",
     "registered_taxonomies", "__version__",
