@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 
 import pytest
 
@@ -8,6 +9,9 @@ sys._zstagger_testing = True
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 pytest_plugins = ["zstagger.testing"]
+
+# Text-embedding caches and the like go to a throwaway directory (worker subprocesses too).
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="zstagger-test-cache-")
 
 
 @pytest.fixture(scope="session")

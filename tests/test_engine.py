@@ -33,7 +33,7 @@ def hf_pipeline_for():
 def test_adhoc_labels_equal_the_hf_pipeline(kind, tiny_model_dir, tiny_siglip_dir, hf_pipeline_for):
     path = tiny_model_dir if kind == "clip" else tiny_siglip_dir
     pipe = hf_pipeline_for(path)
-    tagger = Tagger(str(path), device="cpu", precision="fp32", batch_size=3)
+    tagger = Tagger(str(path), device="cpu", precision="fp32", batch_size=3, exact_preprocessing=True)
     images = [sample_image(seed, size) for seed, size in enumerate([(96, 72), (50, 130), (300, 200), (64, 64)])]
     ours = tagger.tag(images, labels=LABELS)
     for image, result in zip(images, ours):
@@ -45,14 +45,19 @@ def test_adhoc_labels_equal_the_hf_pipeline(kind, tiny_model_dir, tiny_siglip_di
         assert sum(s.score for s in ours[0].scores) != pytest.approx(1.0)
 
 
-def test_custom_template_equals_the_pipelines_hypothesis_template(tiny_tagger, tiny_model_dir, hf_pipeline_for):
+@pytest.fixture(scope="module")
+def exact_tagger(tiny_model_dir):
+    return Tagger(str(tiny_model_dir), device="cpu", precision="fp32", exact_preprocessing=True)
+
+
+def test_custom_template_equals_the_pipelines_hypothesis_template(exact_tagger, tiny_model_dir, hf_pipeline_for):
     image = sample_image(7)
     reference = hf_pipeline_for(tiny_model_dir)(image, candidate_labels=LABELS, hypothesis_template="a {} in the wild")
-    ours = tiny_tagger.tag([image], labels=LABELS, template="a {} in the wild")[0]
+    ours = exact_tagger.tag([image], labels=LABELS, template="a {} in the wild")[0]
     np.testing.assert_allclose([s.score for s in ours.scores], [r["score"] for r in reference], atol=2e-6)
 
 
-def test_matches_manual_processor_and_model(tiny_tagger, tiny_model_dir):
+def test_matches_manual_processor_and_model(exact_tagger, tiny_model_dir):
     from transformers import AutoModelForZeroShotImageClassification, AutoProcessor
 
     processor = AutoProcessor.from_pretrained(tiny_model_dir)
@@ -61,7 +66,7 @@ def test_matches_manual_processor_and_model(tiny_tagger, tiny_model_dir):
     texts = [f"This is a photo of {label}." for label in LABELS]
     with torch.no_grad():
         probs = model(**processor(images=images, text=texts, padding=True, return_tensors="pt")).logits_per_image.softmax(-1)
-    for row, result in zip(probs, tiny_tagger.tag(images, labels=LABELS)):
+    for row, result in zip(probs, exact_tagger.tag(images, labels=LABELS)):
         by_label = {s.label: s.score for s in result.scores}
         np.testing.assert_allclose([by_label[label] for label in LABELS], row.numpy(), atol=2e-6)
 
@@ -97,6 +102,48 @@ def test_preprocessing_reproduces_the_checkpoints_image_processor(which, tiny_mo
         torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
 
 
+def jpeg_bytes(image, quality=90):
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def test_fast_preprocessing_stays_within_a_level_of_pillow_on_decoded_pixels(tiny_model_dir):
+    """Fast mode's resize kernel (torch's antialiased uint8 bicubic) against Pillow's."""
+    from zstagger.images import to_rgb
+
+    encoder = ClipEncoder.load(str(tiny_model_dir), device="cpu", precision="fp32")
+    for image in varied_images():
+        rgb = to_rgb(image)
+        exact = encoder.preprocess(rgb, exact=True).astype(int)
+        fast = encoder.preprocess(rgb, exact=False).astype(int)
+        diff = np.abs(exact - fast)
+        assert diff.max() <= 1 and diff.mean() < 0.02
+
+
+def test_fast_jpeg_decoding_is_close_to_a_full_decode(tiny_model_dir):
+    """Reduced-scale JPEG decoding keeps at least twice the model's input size.
+
+    Tolerance: libjpeg's DCT-domain 2x downscale is not Pillow's bicubic filter, so pixels
+    move by a few levels (mean <= 4 of 255, 99th percentile <= 16) on photos carrying
+    heavy sensor-like noise, the worst case for any two downscalers; smooth content moves
+    far less. On the vitb32 checkpoint this kept embeddings at cosine >= 0.996 to the
+    exact pipeline (benchmarks/README.md).
+    """
+    from zstagger.images import load_image
+
+    tagger = Tagger(str(tiny_model_dir), device="cpu", precision="fp32")  # default: fast
+    assert tagger.decode_size == 2 * 64  # twice the tiny model's input size
+    for seed, size in [(0, (1280, 960)), (1, (960, 1280)), (2, (1600, 900)), (3, (700, 500)), (4, (300, 200))]:
+        data = jpeg_bytes(sample_image(seed, size))
+        exact = tagger.encoder.preprocess(load_image(data), exact=True).astype(int)
+        fast = tagger.encoder.preprocess(load_image(data, min_size=tagger.decode_size), exact=False).astype(int)
+        diff = np.abs(exact - fast)
+        assert diff.mean() <= 4 and np.percentile(diff, 99) <= 16, (size, diff.mean(), np.percentile(diff, 99))
+
+
 def test_preprocessor_reads_real_clip_settings():
     from transformers import CLIPImageProcessor
 
@@ -106,7 +153,9 @@ def test_preprocessor_reads_real_clip_settings():
 
 
 def test_text_embeddings_are_computed_once_per_taxonomy(tiny_model_dir, monkeypatch):
-    tagger = Tagger(str(tiny_model_dir), device="cpu", precision="fp32", batch_size=2)
+    from zstagger.settings import Settings
+
+    tagger = Tagger(str(tiny_model_dir), device="cpu", precision="fp32", batch_size=2, settings=Settings(cache_dir=""))
     calls = []
     original = tagger.encoder.encode_text
     monkeypatch.setattr(tagger.encoder, "encode_text", lambda prompts: calls.append(len(prompts)) or original(prompts))
@@ -118,7 +167,7 @@ def test_text_embeddings_are_computed_once_per_taxonomy(tiny_model_dir, monkeypa
 
 
 def test_one_vision_forward_per_batch(tiny_model_dir, monkeypatch):
-    tagger = Tagger(str(tiny_model_dir), device="cpu", precision="fp32", batch_size=4)
+    tagger = Tagger(str(tiny_model_dir), device="cpu", precision="fp32", batch_size=4, lanes=1)
     batches = []
     original = tagger.encoder.model.get_image_features
     monkeypatch.setattr(tagger.encoder.model, "get_image_features",
@@ -127,9 +176,29 @@ def test_one_vision_forward_per_batch(tiny_model_dir, monkeypatch):
     assert batches == [4, 4, 2]
 
 
-def test_results_do_not_depend_on_batch_size(tiny_model_dir):
+def test_text_embeddings_are_cached_on_disk_keyed_by_model_and_prompts(tiny_model_dir, tmp_path, monkeypatch):
+    from zstagger import Label, Taxonomy
+    from zstagger.settings import Settings
+
+    settings = Settings(cache_dir=str(tmp_path))
+    tax = Taxonomy(name="t", labels=[Label(name="cat"), Label(name="dog")])
+    first = Tagger(str(tiny_model_dir), device="cpu", precision="fp32", settings=settings)
+    cold = first.classifier(tax).plan.label_embeds
+    second = Tagger(str(tiny_model_dir), device="cpu", precision="fp32", settings=settings)
+    monkeypatch.setattr(second.encoder, "encode_text", lambda prompts: pytest.fail("should come from the disk cache"))
+    assert torch.equal(second.classifier(tax).plan.label_embeds, cold)
+    assert len(list((tmp_path / "text-embeddings").glob("*.npy"))) == 1
+    changed = Taxonomy(name="t", labels=[Label(name="cat"), Label(name="dog", synonyms=["puppy"])])
+    calls = []
+    monkeypatch.setattr(second.encoder, "encode_text", lambda prompts: calls.append(prompts) or first.encoder.encode_text(prompts))
+    second.classifier(changed)
+    assert calls and "This is a photo of puppy." in calls[0]  # a changed taxonomy misses the cache
+
+
+@pytest.mark.parametrize("lanes", [1, 3])
+def test_results_do_not_depend_on_batch_size_or_lanes(tiny_model_dir, lanes):
     images = [sample_image(i, (80 + i * 13, 60)) for i in range(7)]
-    a = Tagger(str(tiny_model_dir), device="cpu", precision="fp32", batch_size=1).tag(images, taxonomy="ecommerce")
+    a = Tagger(str(tiny_model_dir), device="cpu", precision="fp32", batch_size=1, lanes=lanes).tag(images, taxonomy="ecommerce")
     b = Tagger(str(tiny_model_dir), device="cpu", precision="fp32", batch_size=5).tag(images, taxonomy="ecommerce")
     for x, y in zip(a, b):
         assert x.tags == y.tags

@@ -222,6 +222,31 @@ def results(job_id, wait, timeout):
     sys.exit(EXIT_FAILED_INPUTS if state["failed"] else EXIT_OK)
 
 
+@cli.command()
+@click.option("--model", help="Checkpoint to measure (ZSTAGGER_MODEL); a local directory works offline.")
+@taxonomy_options
+@click.option("--images", type=click.Path(exists=True, file_okay=False), help="Directory of images (default: 64 generated 1280x960 JPEGs).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Passes per measurement; the best counts.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+@reports_errors
+def bench(model, taxonomy, labels, template, images, batch_size, repeats, as_json):
+    """Measure throughput: HF pipeline, bare forward, decode, end to end, start-up, precision.
+
+    Progress goes to stderr, the report to stdout.
+    """
+    from .bench import dump, format_table, run_bench
+
+    if taxonomy is None and labels is None:
+        taxonomy = "moderation"
+    check_taxonomy_choice(taxonomy, labels, template)
+    report = run_bench(
+        model or Settings().model, images, taxonomy, labels.split(",") if labels else None,
+        batch_size=batch_size, repeats=repeats, log=lambda msg: click.echo(f"bench: {msg}...", err=True),
+    )
+    click.echo(dump(report) if as_json else format_table(report))
+
+
 @cli.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="JSON output.")
 @click.pass_context

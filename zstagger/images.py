@@ -44,6 +44,7 @@ IMAGE_EXTENSIONS = frozenset(
 )
 
 _MAX_REDIRECTS = 5
+_ORIENTATION = 0x0112
 _USER_AGENT = "zstagger (+https://pypi.org/project/zstagger/)"
 
 
@@ -147,7 +148,8 @@ def decode(fp, policy: ImagePolicy = ImagePolicy(), min_size: int | None = None)
     try:
         if min_size and im.format == "JPEG":
             im.draft("RGB", (min_size, min_size))
-        im = ImageOps.exif_transpose(im)
+        if im.getexif().get(_ORIENTATION, 1) != 1:  # exif_transpose copies the image even when upright
+            im = ImageOps.exif_transpose(im)
         return to_rgb(im)
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
         raise ImageLoadError("invalid_image", f"could not decode image: {exc}") from None

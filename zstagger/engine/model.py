@@ -166,7 +166,7 @@ class ClipEncoder:
     # -- encoding ---------------------------------------------------------------------
 
     @torch.inference_mode()
-    def encode_text(self, prompts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    def encode_text(self, prompts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
         """Embed prompts: float32 tensor (len(prompts), dim), rows L2-normalised, on CPU."""
         chunks = []
         for start in range(0, len(prompts), batch_size):
@@ -180,10 +180,10 @@ class ClipEncoder:
             return torch.empty(0, 0)
         return torch.cat(chunks)
 
-    def preprocess(self, image) -> np.ndarray:
-        """RGB PIL image -> model-ready pixels (uint8 HWC on the fast path)."""
+    def preprocess(self, image, exact: bool = True) -> np.ndarray:
+        """RGB PIL image -> model-ready pixels (uint8 HWC on the fast path; see Preprocessor)."""
         if self.preprocessor is not None:
-            return self.preprocessor(image)
+            return self.preprocessor(image, exact)
         out = self.image_processor(images=[image], return_tensors="np")
         return out["pixel_values"][0].astype(np.float32)
 

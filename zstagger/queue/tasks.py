@@ -112,7 +112,10 @@ def tag_chunk(
 
     pending = [(index, ref) for index, ref in items if index in todo]
     spec = _taxonomy(json.dumps(taxonomy, sort_keys=True))
-    results = worker_tagger().tag([decode_ref(ref) for _, ref in pending], taxonomy=spec, top_k=top_k) if pending else []
+    tagger = worker_tagger()
+    # Split the chunk so that every encoder lane gets a share of it.
+    share = max(1, -(-len(pending) // tagger.lanes))
+    results = tagger.tag([decode_ref(ref) for _, ref in pending], taxonomy=spec, top_k=top_k, batch_size=share) if pending else []
 
     final: list[tuple[int, TagResult]] = []
     again: list[list[Any]] = []
