@@ -214,7 +214,8 @@ def test_precision_auto_and_fp32_stays_selectable(tiny_model_dir):
     bf16 = Tagger(str(tiny_model_dir), device="cpu", precision="bf16")
     assert fp32.encoder.dtype == torch.float32 and bf16.encoder.dtype == torch.bfloat16
     assert bf16.encoder.model.vision_model.embeddings.patch_embedding.weight.dtype == torch.bfloat16
-    assert bf16.encoder.model.text_model.embeddings.token_embedding.weight.dtype == torch.float32  # text stays fp32
+    assert bf16.encoder.model.text_model.embeddings.token_embedding.weight.dtype == torch.bfloat16  # one copy, all bf16
+    assert bf16.encoder.logit_scale == pytest.approx(fp32.encoder.logit_scale, rel=1e-6)  # read before the cast
     images = [sample_image(i) for i in range(4)]
     for a, b in zip(fp32.tag(images, labels=LABELS), bf16.tag(images, labels=LABELS)):
         assert max(abs(x.cosine - y.cosine) for x, y in zip(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import socket
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import torch
+import transformers
 
 from ..errors import ConfigurationError, ModelLoadError, ModelNotFoundError
 from ..settings import DEFAULT_MODEL, DEVICES, PRECISIONS
@@ -28,9 +30,6 @@ from .preprocess import Preprocessor, UnsupportedProcessor
 log = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Modules only the image side uses: reduced precision applies to these, the text tower
-# stays fp32 (it runs once per taxonomy, so its precision is free).
-_VISION_MODULES = ("vision_model", "visual_projection", "vision_projection", "image_projection")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -108,7 +107,6 @@ class ClipEncoder:
             scale, shift = self.preprocessor.affine()
             self._scale = torch.from_numpy(scale).view(1, 3, 1, 1).to(self.device)
             self._shift = torch.from_numpy(shift).view(1, 3, 1, 1).to(self.device)
-        self._vision_cast = any(hasattr(self.model, m) for m in _VISION_MODULES)
 
     # -- loading ----------------------------------------------------------------------
 
@@ -125,7 +123,12 @@ class ClipEncoder:
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # e.g. "requires torchvision, falling back": not the user's concern
         try:
-            hf_model = _from_pretrained(AutoModelForZeroShotImageClassification, source)
+            # In reduced precision the weights are cast tensor by tensor while loading (one
+            # copy in memory, never fp32 + bf16 at once), when the checkpoint's fp32 logit
+            # scale can be read on its own: exp() of a bf16-rounded log-scale is ~1% off.
+            exact = _exact_scalars(source) if dtype != torch.float32 else {}
+            load_dtype = dtype if exact is not None else torch.float32
+            hf_model = _from_pretrained(AutoModelForZeroShotImageClassification, source, dtype=load_dtype)
             processor = _from_pretrained(AutoProcessor, source)
         except ModelNotFoundError:
             raise
@@ -137,12 +140,11 @@ class ClipEncoder:
         finally:
             hf_logging.set_verbosity(verbosity)
         hf_model.eval().requires_grad_(False)
-        hf_model.to(dev)
-        for module in _VISION_MODULES:
-            if hasattr(hf_model, module):
-                getattr(hf_model, module).to(dtype)
+        scale, bias = _logit_scale_and_bias(hf_model, model, exact or {})
+        # The whole model runs in one precision, the text tower too: text embeddings in bf16
+        # stay at cosine > 0.9999 to fp32, and one copy of the weights stays in memory.
+        hf_model.to(device=dev, dtype=dtype)
         model_type = hf_model.config.model_type
-        scale, bias = _logit_scale_and_bias(hf_model, model)
         text_cfg = getattr(hf_model.config, "text_config", hf_model.config)
         max_len = int(getattr(text_cfg, "max_position_embeddings", 77))
         siglip = "siglip" in model_type
@@ -200,22 +202,53 @@ class ClipEncoder:
             x = x * self._scale + self._shift
         else:
             x = x.to(self.device)
-        if self._vision_cast:
-            feats = _features(self.model.get_image_features(pixel_values=x.to(self.dtype)))
-        else:
-            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-                feats = _features(self.model.get_image_features(pixel_values=x))
+        feats = _features(self.model.get_image_features(pixel_values=x.to(self.dtype)))
         return torch.nn.functional.normalize(feats.float(), dim=-1).cpu()
 
 
-def _logit_scale_and_bias(model, name: str) -> tuple[float, float | None]:
-    bias = getattr(model, "logit_bias", None)
-    bias = float(bias.detach().float().reshape(-1)[0]) if bias is not None else None
-    if getattr(model, "logit_scale", None) is not None:
-        return float(model.logit_scale.detach().float().exp().reshape(-1)[0]), bias
-    if getattr(model, "temperature", None) is not None:  # ALIGN divides by a temperature
-        return 1.0 / float(model.temperature.detach().float().reshape(-1)[0]), bias
+_SCALARS = ("logit_scale", "logit_bias", "temperature")
+
+
+def _logit_scale_and_bias(model, name: str, exact: dict[str, float]) -> tuple[float, float | None]:
+    def value(attr: str) -> float | None:
+        if attr in exact:
+            return exact[attr]
+        param = getattr(model, attr, None)
+        return float(param.detach().float().reshape(-1)[0]) if param is not None else None
+
+    bias = value("logit_bias")
+    if value("logit_scale") is not None:
+        return math.exp(value("logit_scale")), bias  # type: ignore[arg-type]
+    if value("temperature") is not None:  # ALIGN divides by a temperature
+        return 1.0 / value("temperature"), bias  # type: ignore[operator]
     raise ModelLoadError(f"{name} has no logit_scale or temperature: it is not a CLIP-style contrastive model")
+
+
+def _exact_scalars(source: str) -> dict[str, float] | None:
+    """The fp32 logit scale/bias/temperature straight from the safetensors file, or None."""
+    try:
+        from safetensors import safe_open
+        from transformers.utils import cached_file
+
+        index = cached_file(source, "model.safetensors.index.json", local_files_only=True,
+                            _raise_exceptions_for_missing_entries=False)
+        if index:
+            weight_map = json.loads(Path(index).read_text())["weight_map"]
+            files = {weight_map[k] for k in _SCALARS if k in weight_map}
+        else:
+            files = {"model.safetensors"}
+        found: dict[str, float] = {}
+        for filename in files:
+            path = cached_file(source, filename, local_files_only=True, _raise_exceptions_for_missing_entries=False)
+            if not path:
+                return None
+            with safe_open(path, framework="pt") as fh:
+                for key in _SCALARS:
+                    if key in fh.keys():
+                        found[key] = float(fh.get_tensor(key).float().reshape(-1)[0])
+        return found if ("logit_scale" in found or "temperature" in found) else None
+    except Exception:  # any surprise: load in fp32 and read the values from the model instead
+        return None
 
 
 # -- finding the checkpoint -------------------------------------------------------------
@@ -241,10 +274,12 @@ def _locate(model: str) -> str:
     return model
 
 
-def _from_pretrained(loader, source: str):
+def _from_pretrained(loader, source: str, **kwargs):
     """Cache (or local dir) first and fast; only then the Hub, if it can be reached at all."""
+    if "dtype" in kwargs and int(transformers.__version__.split(".")[0]) < 5:
+        kwargs["torch_dtype"] = kwargs.pop("dtype")  # the 4.x name
     try:
-        return loader.from_pretrained(source, local_files_only=True)
+        return loader.from_pretrained(source, local_files_only=True, **kwargs)
     except OSError:
         if os.path.isdir(source):
             raise
@@ -253,7 +288,7 @@ def _from_pretrained(loader, source: str):
     offline = constants.HF_HUB_OFFLINE
     if not offline and _hub_reachable(constants.ENDPOINT):
         try:
-            return loader.from_pretrained(source)
+            return loader.from_pretrained(source, **kwargs)
         except OSError as exc:
             raise ModelNotFoundError(
                 f"model {source!r} could not be downloaded from the Hugging Face Hub: {str(exc).splitlines()[0]}\n"
