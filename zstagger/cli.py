@@ -153,6 +153,14 @@ def worker(concurrency, queues, model, precision, device, hostname, loglevel, po
         if value is not None:
             os.environ[f"ZSTAGGER_{key}"] = str(value)
     settings = Settings()
+    from .engine.locate import check_available
+    from .errors import ZstaggerError
+
+    try:  # before forking: a missing model is one clear line, not a pool of failing processes
+        check_available(settings.model)
+    except ZstaggerError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
     from .queue.celery_app import app
 
     argv = ["worker", f"--loglevel={loglevel}", f"--concurrency={settings.concurrency}",
@@ -245,6 +253,41 @@ def bench(model, taxonomy, labels, template, images, batch_size, repeats, as_jso
         batch_size=batch_size, repeats=repeats, log=lambda msg: click.echo(f"bench: {msg}...", err=True),
     )
     click.echo(dump(report) if as_json else format_table(report))
+
+
+@cli.command()
+@click.option("--worker", "worker_name", help="Celery node name, e.g. zstagger@$(hostname) (default: any worker).")
+@click.option("--local", is_flag=True, help="Liveness on this machine: the worker's heartbeat file is fresh (no Redis needed).")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=2.0, show_default=True, help="Seconds to wait for a ping reply.")
+def health(worker_name, local, timeout):
+    """Exit 0 if Redis answers and a worker has its model loaded and answers; else 1 and why.
+
+    For probes: readiness `zstagger health --worker zstagger@$(hostname)`, liveness the
+    same with --local.
+    """
+    from .queue.monitoring import check_health, check_local
+
+    settings = Settings()
+    if local:
+        if not worker_name:
+            raise click.UsageError("--local needs --worker NAME")
+        ok, reason = check_local(settings, worker_name)
+    else:
+        ok, reason = check_health(settings, worker_name, timeout)
+    if ok:
+        click.echo(f"ok: {reason}")
+        sys.exit(EXIT_OK)
+    click.echo(f"not ready: {reason}", err=True)
+    sys.exit(1)
+
+
+@cli.command("queue-stats")
+@reports_errors
+def queue_stats():
+    """Print queue depth (chunks waiting per queue), unacknowledged chunks and live workers as JSON."""
+    from .queue.monitoring import queue_stats as stats
+
+    click.echo(json.dumps(stats(Settings())))
 
 
 @cli.group(invoke_without_command=True)

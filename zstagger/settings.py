@@ -7,6 +7,7 @@ settings`` prints the values in effect.
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Annotated
 
 from pydantic import Field, field_validator
@@ -63,6 +64,13 @@ class Settings(BaseSettings):
     result_ttl: int = Field(7 * 24 * 3600, ge=60, description="Seconds job results are kept in Redis.")
     max_retries: int = Field(3, ge=0, description="Retries of transient failures (URL timeouts, Redis blips) before they become error records.")
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Largest image sent through the queue as bytes.")
+    # operations
+    metrics_port: int = Field(9808, ge=0, le=65535, description="Port of a worker's Prometheus /metrics endpoint (0: off).")
+    heartbeat_interval: float = Field(15.0, gt=0, description="Seconds between worker heartbeats; `zstagger health` allows 3 missed.")
+    heartbeat_dir: str = Field(
+        default_factory=lambda: os.path.join(tempfile.gettempdir(), "zstagger"),
+        description="Where workers touch a heartbeat file for `zstagger health --local` (liveness without Redis).",
+    )
 
     @field_validator("block_plugins", "queues", mode="before")
     @classmethod

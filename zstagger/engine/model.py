@@ -13,11 +13,9 @@ import json
 import logging
 import math
 import os
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -25,6 +23,7 @@ import transformers
 
 from ..errors import ConfigurationError, ModelLoadError, ModelNotFoundError
 from ..settings import DEFAULT_MODEL, DEVICES, PRECISIONS
+from .locate import hub_reachable, locate, not_found_offline
 from .preprocess import Preprocessor, UnsupportedProcessor
 
 log = logging.getLogger(__name__)
@@ -119,7 +118,7 @@ class ClipEncoder:
         dev = resolve_device(device)
         dtype = resolve_precision(precision, dev)
         hf_logging.disable_progress_bar()
-        source = _locate(model)
+        source = locate(model)
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # e.g. "requires torchvision, falling back": not the user's concern
         try:
@@ -254,26 +253,6 @@ def _exact_scalars(source: str) -> dict[str, float] | None:
 # -- finding the checkpoint -------------------------------------------------------------
 
 
-def _looks_like_path(model: str) -> bool:
-    return model.startswith((os.sep, ".", "~")) or os.path.isdir(model) or (os.altsep and model.startswith(os.altsep))
-
-
-def _locate(model: str) -> str:
-    if not model:
-        raise ConfigurationError("no model given: pass --model (a Hub id or a local directory)")
-    if _looks_like_path(model):
-        path = Path(model).expanduser()
-        if not path.is_dir():
-            raise ModelNotFoundError(f"model directory {model} does not exist")
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(
-                f"{model} has no config.json: it is not a saved transformers checkpoint "
-                "(create one with model.save_pretrained(dir) and processor.save_pretrained(dir))"
-            )
-        return str(path)
-    return model
-
-
 def _from_pretrained(loader, source: str, **kwargs):
     """Cache (or local dir) first and fast; only then the Hub, if it can be reached at all."""
     if "dtype" in kwargs and int(transformers.__version__.split(".")[0]) < 5:
@@ -283,33 +262,15 @@ def _from_pretrained(loader, source: str, **kwargs):
     except OSError:
         if os.path.isdir(source):
             raise
-    from huggingface_hub import constants
-
-    offline = constants.HF_HUB_OFFLINE
-    if not offline and _hub_reachable(constants.ENDPOINT):
-        try:
-            return loader.from_pretrained(source, **kwargs)
-        except OSError as exc:
-            raise ModelNotFoundError(
-                f"model {source!r} could not be downloaded from the Hugging Face Hub: {str(exc).splitlines()[0]}\n"
-                "Check the model id, or pass a local directory with --model /path/to/model (or ZSTAGGER_MODEL)."
-            ) from None
-    why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub cannot be reached"
-    raise ModelNotFoundError(
-        f"model {source!r} is not in the local Hugging Face cache and {why}.\n"
-        f"Download it on a connected machine (huggingface-cli download {source}) and copy the cache "
-        "(HF_HOME) here, or save it to a directory and pass --model /path/to/model (or set ZSTAGGER_MODEL)."
-    )
-
-
-def _hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
-    parts = urlsplit(endpoint)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+    if not hub_reachable():
+        raise not_found_offline(source)
     try:
-        with socket.create_connection((parts.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+        return loader.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        raise ModelNotFoundError(
+            f"model {source!r} could not be downloaded from the Hugging Face Hub: {str(exc).splitlines()[0]}\n"
+            "Check the model id, or pass a local directory with --model /path/to/model (or ZSTAGGER_MODEL)."
+        ) from None
 
 
 def _fingerprint(name: str, source: str, model) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 from functools import lru_cache
 from typing import Any
@@ -23,6 +24,7 @@ from ..settings import Settings
 from ..taxonomy import Taxonomy
 from .celery_app import TASK_NAME, app
 from .messages import decode_ref
+from .monitoring import HEARTBEAT_PREFIX, Heartbeat, WorkerMetrics, prepare_metrics_dir, report_load_failure, serve_metrics
 from .store import JobStore, connect
 
 log = logging.getLogger(__name__)
@@ -31,15 +33,80 @@ _state: dict[str, Any] = {}
 
 
 @signals.worker_init.connect
-def _share_cores(sender=None, **_: Any) -> None:
-    """In the parent, before forking: give each process cores/concurrency torch threads."""
+def _prepare_parent(sender=None, **_: Any) -> None:
+    """In the parent, before forking: share the cores out, name the worker, serve metrics."""
     concurrency = getattr(sender, "concurrency", None) or 1
     os.environ.setdefault("ZSTAGGER_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // concurrency)))
+    os.environ["ZSTAGGER_WORKER_NAME"] = getattr(sender, "hostname", None) or f"zstagger@{os.uname().nodename}"
+    _state["solo"] = "solo" in str(getattr(sender, "pool_cls", "")).lower()
+    settings = worker_settings()
+    if settings.metrics_port:
+        prepare_metrics_dir()
+        serve_metrics(settings)
 
 
 @signals.worker_process_init.connect
 def _load_in_child(**_: Any) -> None:
-    worker_tagger()
+    start_process()
+
+
+@signals.worker_ready.connect
+def _load_in_solo_pool(**_: Any) -> None:
+    if _state.get("solo"):  # no pool processes: this process tags
+        start_process()
+
+
+@signals.worker_process_shutdown.connect
+def _child_exit(**_: Any) -> None:
+    if "heartbeat" in _state:
+        _state["heartbeat"].stop()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(os.getpid())
+
+
+@signals.worker_shutdown.connect
+def _forget_worker(**_: Any) -> None:
+    """Warm shutdown: drop the heartbeat now, so health checks stop routing work here."""
+    name = os.environ.get("ZSTAGGER_WORKER_NAME")
+    if name:
+        try:
+            client = connect(worker_settings().redis_url, retries=0)
+            if not client.hget(HEARTBEAT_PREFIX + name, "error"):  # a load failure stays visible until it expires
+                client.delete(HEARTBEAT_PREFIX + name)
+        except redis.RedisError:
+            pass
+
+
+def start_process() -> None:
+    """Load the model in this process, then start its heartbeat (or report why it failed)."""
+    settings = worker_settings()
+    name = os.environ.get("ZSTAGGER_WORKER_NAME", f"zstagger@{os.uname().nodename}")
+    try:
+        tagger = worker_tagger()
+    except Exception as exc:
+        log.error("zstagger: worker %s could not load model %s: %s; shutting down", name, settings.model, exc)
+        report_load_failure(settings, name, f"{type(exc).__name__}: {exc}".splitlines()[0])
+        # A worker without a model must not take chunks: stop it (warm shutdown of the
+        # whole worker) so its supervisor restarts it and healthy workers get the work.
+        os.kill(os.getpid() if _state.get("solo") else os.getppid(), signal.SIGTERM)
+        raise
+    metrics().model_load_seconds.set(_state["model_load_seconds"])
+    _state["heartbeat"] = Heartbeat(settings, name, {
+        "model": settings.model,
+        "device": str(tagger.encoder.device),
+        "precision": str(tagger.encoder.dtype).removeprefix("torch."),
+        "lanes": tagger.lanes,
+        "pid": os.getpid(),
+        "model_load_seconds": round(_state["model_load_seconds"], 3),
+    }).start()
+
+
+def metrics() -> WorkerMetrics:
+    if "metrics" not in _state:
+        _state["metrics"] = WorkerMetrics()
+    return _state["metrics"]
 
 
 def worker_settings() -> Settings:
@@ -112,10 +179,15 @@ def tag_chunk(
 
     pending = [(index, ref) for index, ref in items if index in todo]
     spec = _taxonomy(json.dumps(taxonomy, sort_keys=True))
-    tagger = worker_tagger()
+    try:
+        tagger = worker_tagger()
+    except Exception as exc:  # no model in this process: give the chunk back, untouched
+        raise Reject(f"model not loaded: {exc}", requeue=True) from exc
     # Split the chunk so that every encoder lane gets a share of it.
     share = max(1, -(-len(pending) // tagger.lanes))
+    started = time.perf_counter()
     results = tagger.tag([decode_ref(ref) for _, ref in pending], taxonomy=spec, top_k=top_k, batch_size=share) if pending else []
+    seconds = time.perf_counter() - started
 
     final: list[tuple[int, TagResult]] = []
     again: list[list[Any]] = []
@@ -141,4 +213,5 @@ def tag_chunk(
             )
     except (redis.RedisError, OperationalError) as exc:
         raise Reject(f"Redis unavailable while storing results: {exc}", requeue=True) from exc
+    metrics().chunk_done(spec.name, [result for _, result in final], seconds, len(again))
     return {"tagged": len(final), "retrying": len(again), "skipped": len(items) - len(pending)}

@@ -1,0 +1,256 @@
+"""deploy/: manifests parse, use only real commands and settings; health, metrics and the
+systemd unit work for real (Docker and Kubernetes themselves are not available here)."""
+
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import click
+import pytest
+import yaml
+
+from harness import RedisServer, Worker, free_port, wait_for
+from zstagger.cli import cli
+from zstagger.settings import Settings
+from zstagger.testing import sample_image
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+DEPLOY_FILES = sorted(p for p in DEPLOY.rglob("*") if p.is_file())
+
+
+def yaml_docs(path):
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def test_every_manifest_parses():
+    compose = yaml_docs(DEPLOY / "compose.yaml")[0]
+    assert {"redis", "worker-interactive", "worker-bulk", "flower"} <= set(compose["services"])
+    kinds = [doc["kind"] for path in (DEPLOY / "k8s").glob("*.yaml") for doc in yaml_docs(path)]
+    for kind in ("Deployment", "StatefulSet", "Service", "ConfigMap", "ScaledObject", "TriggerAuthentication", "Kustomization"):
+        assert kind in kinds
+    listed = yaml_docs(DEPLOY / "k8s" / "kustomization.yaml")[0]["resources"]
+    assert sorted(listed) == sorted(p.name for p in (DEPLOY / "k8s").glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+# --- every command line in deploy/ against the real CLI ---
+
+
+def command_lines():
+    """(file, argv) for every command the deploy files run."""
+    found = []
+
+    def add(source, value):
+        if isinstance(value, list):
+            if value[:1] in (["CMD-SHELL"], ["sh"], ["/bin/sh"]) or value[:2] == ["sh", "-c"]:
+                value = value[-1]
+            elif value[:1] == ["CMD"]:
+                value = value[1:]
+        if isinstance(value, str):
+            for part in re.split(r"\|\||&&|;|\|", value):
+                found.append((source, shlex.split(part.replace("$$", "$"))))
+        else:
+            found.append((source, [str(v) for v in value]))
+
+    compose = yaml_docs(DEPLOY / "compose.yaml")[0]
+    for name, service in compose["services"].items():
+        if "command" in service:
+            add(f"compose:{name}", service["command"])
+        if "healthcheck" in service:
+            add(f"compose:{name}:healthcheck", service["healthcheck"]["test"])
+    for path in (DEPLOY / "k8s").glob("*.yaml"):
+        for doc in yaml_docs(path):
+            spec = doc.get("spec", {}).get("template", {}).get("spec", {})
+            for container in spec.get("containers", []):
+                if "command" in container:
+                    add(f"{path.name}:{container['name']}", container["command"] + container.get("args", []))
+                for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+                    if "exec" in container.get(probe, {}):
+                        add(f"{path.name}:{probe}", container[probe]["exec"]["command"])
+    dockerfile = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    for line in dockerfile.splitlines():
+        if line.startswith("CMD "):
+            add("Dockerfile:CMD", json.loads(line[4:]))
+        if line.startswith("HEALTHCHECK"):
+            add("Dockerfile:HEALTHCHECK", line.split(" CMD ", 1)[1])
+    for path in (DEPLOY / "systemd").glob("*.service"):
+        for line in path.read_text().splitlines():
+            if line.startswith("ExecStart="):
+                command = line.split("=", 1)[1]
+                if command.startswith("/bin/sh -c "):
+                    command = shlex.split(command)[2]
+                add(f"{path.name}:ExecStart", command)
+    return found
+
+
+def test_deploy_commands_exist_in_the_cli():
+    checked = 0
+    for source, argv in command_lines():
+        if not argv:
+            continue
+        program = os.path.basename(argv[0])
+        if program == "zstagger":
+            command = cli.commands.get(argv[1])
+            assert command is not None, f"{source}: no `zstagger {argv[1]}` command"
+            known = {opt for param in command.params for opt in param.opts + param.secondary_opts}
+            for token in argv[2:]:
+                if token.startswith("-"):
+                    assert token.split("=", 1)[0] in known, f"{source}: `zstagger {argv[1]}` has no option {token}"
+            checked += 1
+        elif program == "celery":
+            module = argv[argv.index("-A") + 1]
+            assert module == "zstagger.queue.celery_app"
+            from zstagger.queue import celery_app
+
+            assert celery_app.app.main == "zstagger"
+            checked += 1
+    assert checked >= 12  # compose, k8s, Dockerfile and systemd all run zstagger
+
+
+def test_deploy_environment_variables_are_real_settings():
+    fields = {f"ZSTAGGER_{name.upper()}" for name in Settings.model_fields}
+    used = set()
+    for path in DEPLOY_FILES:
+        used |= set(re.findall(r"\bZSTAGGER_[A-Z_]+\b", path.read_text()))
+    assert used, "deploy files set no ZSTAGGER_ variables?"
+    unknown = used - fields
+    assert not unknown, f"deploy files use settings that do not exist: {sorted(unknown)}"
+
+
+def test_every_setting_is_documented_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    missing = [f"ZSTAGGER_{name.upper()}" for name in Settings.model_fields if f"ZSTAGGER_{name.upper()}" not in readme]
+    assert not missing, f"README does not document {missing}"
+
+
+# --- health, metrics and the systemd unit, for real ---
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+def run(*args, env, timeout=120):
+    full = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+    full.update(env)
+    return subprocess.run(["zstagger", *args], env=full, capture_output=True, text=True, timeout=timeout)
+
+
+def test_health_is_not_ready_without_redis_or_workers(redis_server):
+    down = run("health", env={"ZSTAGGER_REDIS_URL": "redis://127.0.0.1:1/0"})
+    assert down.returncode == 1
+    assert down.stderr.startswith("not ready: cannot reach Redis at redis://127.0.0.1:1/0")
+    assert len(down.stderr.strip().splitlines()) == 1 and "Traceback" not in down.stderr
+    idle = run("health", env={"ZSTAGGER_REDIS_URL": redis_server.url})
+    assert idle.returncode == 1 and "no worker has reported a loaded model" in idle.stderr
+
+
+def test_a_missing_model_is_reported_not_served(redis_server, tmp_path):
+    env = {"ZSTAGGER_REDIS_URL": redis_server.url, "ZSTAGGER_MODEL": str(tmp_path / "no-model"), "ZSTAGGER_METRICS_PORT": "0"}
+    refused = run("worker", env=env)
+    assert refused.returncode == 2 and "model directory" in refused.stderr and "does not exist" in refused.stderr
+    # Plain `celery -A ... worker` has no pre-flight check: the pool process reports why and stops the worker.
+    full = {**{k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}, **env}
+    proc = subprocess.Popen(["celery", "-A", "zstagger.queue.celery_app", "worker", "-n", "broken@%h", "-l", "INFO"],
+                            env=full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        name = f"broken@{socket.gethostname()}"
+        wait_for(lambda: "could not load its model" in run("health", "--worker", name, env=env).stderr, 60,
+                 "health to report the model failure")
+        result = run("health", "--worker", name, env=env)
+        assert result.returncode == 1 and "ModelNotFoundError: model directory" in result.stderr
+        proc.wait(60)  # the worker stopped itself rather than take chunks it cannot tag
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def scrape(port):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            values[key] = float(value)
+    return values
+
+
+def test_ready_worker_health_and_metrics_after_a_real_job(redis_server, tiny_model_dir, tmp_path):
+    port = free_port()
+    env = {"ZSTAGGER_REDIS_URL": redis_server.url, "ZSTAGGER_MODEL": str(tiny_model_dir), "ZSTAGGER_METRICS_PORT": str(port),
+           "ZSTAGGER_HEARTBEAT_DIR": str(tmp_path / "beats"), "ZSTAGGER_HEARTBEAT_INTERVAL": "2"}
+    worker = Worker("observed", env, tmp_path).wait_ready()
+    name = f"observed@{socket.gethostname()}"
+    try:
+        ok = run("health", "--worker", name, env=env)
+        assert ok.returncode == 0 and ok.stdout.startswith(f"ok: worker {name} ready: {tiny_model_dir}")
+        assert run("health", env=env).returncode == 0
+        assert run("health", "--worker", name, "--local", env=env).returncode == 0
+        wrong = run("health", "--worker", "nobody@nowhere", env=env)
+        assert wrong.returncode == 1 and "worker nobody@nowhere has not reported" in wrong.stderr
+
+        for i in range(5):
+            sample_image(i).save(tmp_path / f"{i}.png")
+        (tmp_path / "broken.png").write_bytes(b"\x89PNG broken")
+        job = run("enqueue", *[str(tmp_path / f"{i}.png") for i in range(5)], str(tmp_path / "broken.png"),
+                  "-t", "moderation", "--chunk-size", "4", env=env).stdout.strip()
+        assert run("results", job, "--wait", "--timeout", "60", env=env).returncode == 1  # one image is broken
+
+        metrics = scrape(port)
+        assert metrics['zstagger_images_total{outcome="tagged",taxonomy="moderation"}'] == 5
+        assert metrics['zstagger_images_total{outcome="error",taxonomy="moderation"}'] == 1
+        assert metrics['zstagger_image_errors_total{type="invalid_image"}'] == 1
+        assert sum(v for k, v in metrics.items() if k.startswith("zstagger_verdicts_total")) == 5
+        assert metrics["zstagger_chunk_seconds_count"] == 2 and metrics["zstagger_image_seconds_count"] == 6
+        assert metrics['zstagger_chunks_total{outcome="done"}'] == 2
+        assert metrics["zstagger_model_load_seconds"] > 0
+        assert metrics["zstagger_redis_up"] == 1
+        assert metrics['zstagger_queue_depth{queue="bulk"}'] == 0 and 'zstagger_queue_depth{queue="interactive"}' in metrics
+
+        stats = json.loads(run("queue-stats", env=env).stdout)
+        assert stats["queues"] == {"interactive": 0, "bulk": 0} and stats["workers"] == [name]
+    finally:
+        assert worker.terminate() == 0
+    gone = run("health", "--worker", name, env=env)
+    assert gone.returncode == 1  # a stopped worker is not ready at once (heartbeat removed)
+
+
+def test_systemd_unit_starts_serves_and_stops_cleanly(redis_server, tiny_model_dir, tmp_path):
+    unit = (DEPLOY / "systemd" / "zstagger-worker@.service").read_text()
+    directives = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
+    host = socket.gethostname()
+    exec_start = directives["ExecStart"].replace("%i", "bulk").replace("%H", host)
+    argv = shlex.split(exec_start)
+    assert argv[0] == "/opt/zstagger/bin/zstagger"
+    argv[0] = "zstagger"  # installed here in the test environment instead of /opt/zstagger
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}}
+    for line in (DEPLOY / "systemd" / "worker.env.example").read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            env[key] = value
+    env.update({"ZSTAGGER_REDIS_URL": redis_server.url, "ZSTAGGER_MODEL": str(tiny_model_dir),
+                "ZSTAGGER_METRICS_PORT": str(free_port()), "ZSTAGGER_HEARTBEAT_DIR": str(tmp_path / "run")})
+    log = open(tmp_path / "unit.log", "w")
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    name = f"zstagger-bulk@{host}"
+    try:
+        wait_for(lambda: run("health", "--worker", name, env=env).returncode == 0, 120, "the unit's worker to be ready")
+        sample_image(1).save(tmp_path / "one.png")
+        job = run("enqueue", str(tmp_path / "one.png"), "--labels", "a,b", "--queue", "bulk", env=env).stdout.strip()
+        assert run("results", job, "--wait", "--timeout", "60", env=env).returncode == 0
+        proc.send_signal(signal.SIGTERM if directives["KillSignal"] == "SIGTERM" else signal.SIGKILL)
+        assert proc.wait(int(directives["TimeoutStopSec"])) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
