@@ -1,8 +1,8 @@
 """The Python API: ``Tagger(model=...).tag(images, taxonomy=...)``.
 
 A :class:`Tagger` loads the model once, compiles each taxonomy once (text embeddings are
-cached per taxonomy fingerprint), and tags images in batches: a thread pool decodes and
-preprocesses upcoming images while the model encodes the current batch.
+cached in memory and on disk), and tags images in batches: loader threads decode and
+preprocess upcoming images while encoder lanes run the model on earlier batches.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class Tagger:
     Arguments left as ``None`` come from the ``ZSTAGGER_*`` environment (see
     :class:`~zstagger.settings.Settings`), then from the defaults.
     ``exact_preprocessing=True`` with ``precision="fp32"`` reproduces the Hugging Face
-    pipeline's scores (to ~1e-6); the defaults trade that for about 3x the speed on CPU.
+    pipeline's scores (to ~1e-6); the defaults trade that for ~2.5x the speed on CPU.
     """
 
     def __init__(
