@@ -39,18 +39,20 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
 class RedisServer:
     """redis-server on 127.0.0.1 with an append-only file, so a restart keeps the queue."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, password: str | None = None):
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server); the queue tests need it")
-        self.exe, self.dir, self.port = exe, directory, free_port()
+        self.exe, self.dir, self.port, self.password = exe, directory, free_port(), password
         self.proc: subprocess.Popen | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{password}@" if password else ""
+        self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
         self.proc = subprocess.Popen(
             [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
-             "--appendfsync", "always", "--dir", str(self.dir), "--protected-mode", "yes"],
+             "--appendfsync", "always", "--dir", str(self.dir), "--protected-mode", "yes",
+             *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_for(self._ping, 10, "redis-server to accept connections")
@@ -58,7 +60,7 @@ class RedisServer:
 
     def _ping(self) -> bool:
         try:
-            return redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
+            return self.client(socket_connect_timeout=0.2).ping()
         except redis.RedisError:
             return False
 
@@ -67,8 +69,8 @@ class RedisServer:
             self.proc.terminate()  # SIGTERM: redis flushes the AOF and exits
             self.proc.wait(10)
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port)
+    def client(self, **kwargs) -> redis.Redis:
+        return redis.Redis(port=self.port, password=self.password, **kwargs)
 
 
 class Worker:

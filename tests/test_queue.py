@@ -289,3 +289,31 @@ def test_store_reports_unreachable_redis_quickly():
     with pytest.raises(QueueUnavailableError, match="cannot reach Redis"):
         Job("x", Settings(redis_url="redis://127.0.0.1:1/0")).status()
     assert time.monotonic() - start < 15
+
+
+def test_password_protected_redis_end_to_end(tmp_path, tiny_model_dir):
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(tmp_path / "redis", password="s3cret-pass").start()
+    try:
+        env = {"ZSTAGGER_REDIS_URL": server.url, "ZSTAGGER_MODEL": str(tiny_model_dir), "ZSTAGGER_METRICS_PORT": "0"}
+        worker = Worker("locked", env, tmp_path).wait_ready()
+        path = sample_image_path(tmp_path)
+        job = cli("enqueue", path, "--labels", "a,b", env=env)
+        assert job.returncode == 0, job.stderr
+        got = cli("results", job.stdout.strip(), "--wait", "--timeout", "60", env=env)
+        assert got.returncode == 0 and json.loads(got.stdout)["image"] == path
+        wrong = cli("status", job.stdout.strip(), env={**env, "ZSTAGGER_REDIS_URL": server.url.replace("s3cret-pass", "nope")})
+        assert wrong.returncode == 2 and "cannot reach Redis" in wrong.stderr and "s3cret" not in wrong.stderr
+        worker.terminate()
+    finally:
+        server.stop()
+
+
+def test_rediss_urls_verify_certificates():
+    import ssl
+
+    from zstagger.queue.celery_app import make_app
+
+    app = make_app(Settings(redis_url="rediss://:pw@redis.example.com:6380/0"))
+    assert app.conf.broker_use_ssl == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    assert make_app(Settings(redis_url="redis://localhost:6379/0")).conf.broker_use_ssl is None
