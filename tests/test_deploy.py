@@ -8,11 +8,9 @@ import shlex
 import signal
 import socket
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
-import click
 import pytest
 import yaml
 

@@ -174,9 +174,7 @@ def _hf_pipeline(model: str, spec, images: list[str], repeats: int) -> float:
             pipe(Image.open(path), candidate_labels=candidates)
         return len(images)
 
-    rate = best_rate(run, repeats)
-    del pipe
-    return rate
+    return best_rate(run, repeats)
 
 
 def _bare_forward(model: str, batch_size: int, repeats: int) -> dict:
@@ -201,7 +199,6 @@ def _bare_forward(model: str, batch_size: int, repeats: int) -> dict:
     hf.to(torch.bfloat16)
     xb = x.bfloat16()
     out["bare_forward_bf16_weights_img_s"] = rate(lambda: hf.get_image_features(pixel_values=xb))
-    del hf
     return out
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
-import os
 import sys
 import threading
 from collections.abc import Sequence
@@ -97,16 +96,12 @@ def register(plugin: Any, name: str | None = None) -> str:
     registered = pm.register(plugin, name=name)
     if registered is None:
         raise PluginError(f"plugin {name or plugin!r} is blocked or already registered")
-    check_hooks_for(plugin)
-    return registered
-
-
-def check_hooks_for(plugin: Any) -> None:
     try:
         check_hooks()
-    except PluginError:
+    except PluginError:  # do not leave a half-registered plugin behind
         pm.unregister(plugin)
         raise
+    return registered
 
 
 def unregister(name_or_plugin: Any) -> None:
@@ -200,14 +195,3 @@ def plugin_hooks() -> list[dict[str, Any]]:
         hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])
         out.append({"name": name, "hooks": hooks, "builtin": name in BUILTIN_PLUGINS})
     return sorted(out, key=lambda p: (not p["builtin"], p["name"]))
-
-
-def _reset_for_tests() -> None:
-    global _loaded
-    with _lock:
-        for name, plugin in list(pm.list_name_plugin()):
-            if plugin is None:
-                pm.unblock(name)
-            else:
-                pm.unregister(plugin)
-        _loaded = False
