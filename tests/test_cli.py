@@ -145,3 +145,16 @@ def test_public_api_reexports():
         assert getattr(zstagger, name) is not None
     tagged = sample_image(0)
     assert tagged.mode == "RGB"
+
+
+def test_bench_runs_offline_on_a_local_checkpoint(tiny_model_dir, image_dir):
+    result = zstagger("bench", "--model", str(tiny_model_dir), "--images", str(image_dir), "--labels", "cat,dog",
+                      "--repeats", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    for key in ("hf_pipeline_img_s", "bare_forward_bf16_weights_img_s", "bare_forward_bf16_autocast_img_s",
+                "decode_preprocess_img_s", "end_to_end_img_s", "ratio_vs_hf_pipeline", "ratio_vs_bare_bf16",
+                "startup_cold_s", "startup_warm_s", "default_vs_fp32_top1_agreement", "default_vs_fp32_max_score_diff"):
+        assert isinstance(report[key], (int, float)) and report[key] >= 0, key
+    assert report["images"] == 3 and report["labels"] == 2
+    assert "bench:" in result.stderr  # progress on stderr, the report alone on stdout
