@@ -158,3 +158,19 @@ def test_bench_runs_offline_on_a_local_checkpoint(tiny_model_dir, image_dir):
         assert isinstance(report[key], (int, float)) and report[key] >= 0, key
     assert report["images"] == 3 and report["labels"] == 2
     assert "bench:" in result.stderr  # progress on stderr, the report alone on stdout
+
+
+def test_a_reader_that_stops_early_is_not_reported_as_failed_inputs(image_dir, tiny_model_dir):
+    """`zstagger tag ... | head -1`: exit 141 (as if killed by SIGPIPE), not 1, and no traceback."""
+    import subprocess as sp
+
+    refs = "\n".join([str(image_dir / "a.jpg")] * 400)  # ~300 KB of JSON Lines: more than a pipe holds
+    proc = sp.Popen(["zstagger", "tag", "-", "-t", "ecommerce", "--model", str(tiny_model_dir)],
+                    stdin=sp.PIPE, stdout=sp.PIPE, stderr=sp.PIPE, text=True,
+                    env={k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")})
+    proc.stdin.write(refs)
+    proc.stdin.close()
+    assert json.loads(proc.stdout.readline())["image"] == str(image_dir / "a.jpg")
+    proc.stdout.close()
+    assert proc.wait(120) == 141
+    assert "Traceback" not in proc.stderr.read()

@@ -7,8 +7,10 @@ configuration errors (unknown taxonomy, bad option, model not found).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable
 
@@ -18,6 +20,22 @@ from .errors import ZstaggerError
 from .settings import PRECISIONS, Settings
 
 EXIT_OK, EXIT_FAILED_INPUTS, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a writer killed by SIGPIPE
+
+
+@contextlib.contextmanager
+def reader_may_leave():
+    """`zstagger tag ... | head`: stop quietly with 141, not 1 ("some inputs failed").
+
+    SIGPIPE stays ignored (Python's default) so that a dropped network socket raises
+    instead of killing the process; only a closed stdout ends the command.
+    """
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        sys.exit(EXIT_BROKEN_PIPE)
 
 
 def reports_errors(func: Callable) -> Callable:
@@ -106,7 +124,7 @@ def tag(inputs, taxonomy, labels, template, model, batch_size, device, precision
     show = progress if progress is not None else sys.stderr.isatty()
     from tqdm import tqdm
 
-    with tagger, tqdm(total=len(refs), unit="img", file=sys.stderr, disable=not show, desc="tagging") as bar:
+    with reader_may_leave(), tagger, tqdm(total=len(refs), unit="img", file=sys.stderr, disable=not show, desc="tagging") as bar:
         for result in tagger.tag_iter(refs, spec, top_k=top_k):
             failed += result.error is not None
             bar.update(1)
@@ -222,8 +240,9 @@ def results(job_id, wait, timeout):
     except JobTimeout as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_TIMEOUT)
-    for line in job.result_lines():
-        click.echo(line)
+    with reader_may_leave():
+        for line in job.result_lines():
+            click.echo(line)
     if state["state"] != "done":
         click.echo(f"job {job_id} is {state['state']}: {state['pending']} of {state['total']} inputs pending", err=True)
         sys.exit(EXIT_TIMEOUT)
