@@ -11,7 +11,7 @@ import pytest
 
 from zstagger import Label, PluginError, Taxonomy, TaxonomyError, UnknownTaxonomyError, get_taxonomy, hookimpl
 from zstagger import hookspecs, plugins
-from zstagger.plugins import registered_taxonomies
+from zstagger.registry import registered_taxonomies
 
 ROOT = Path(__file__).resolve().parents[1]
 

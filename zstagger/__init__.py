@@ -33,8 +33,9 @@ _LAZY = {
     "ClipEncoder": "zstagger.engine.model",
     "ImagePolicy": "zstagger.images",
     "Settings": "zstagger.settings",
-    "get_taxonomy": "zstagger.plugins",
-    "registered_taxonomies": "zstagger.plugins",
+    "get_taxonomy": "zstagger.registry",
+    "registered_taxonomies": "zstagger.registry",
+    "resolve_taxonomy": "zstagger.registry",
     "load_plugins": "zstagger.plugins",
     "enqueue": "zstagger.queue.client",
     "Job": "zstagger.queue.client",
@@ -43,7 +44,8 @@ _LAZY = {
 if TYPE_CHECKING:
     from .engine.model import ClipEncoder
     from .images import ImagePolicy
-    from .plugins import get_taxonomy, load_plugins, registered_taxonomies
+    from .plugins import load_plugins
+    from .registry import get_taxonomy, registered_taxonomies, resolve_taxonomy
     from .queue.client import Job, enqueue
     from .settings import Settings
     from .tagger import Tagger
@@ -61,5 +63,5 @@ __all__ = [
     "ClipEncoder", "ConfigurationError", "ErrorInfo", "Job", "enqueue", "ImageLoadError", "ImagePolicy", "Label", "LabelScore",
     "ModelLoadError", "ModelNotFoundError", "PluginError", "Settings", "TagResult", "Tagger", "Taxonomy",
     "TaxonomyError", "UnknownTaxonomyError", "ZstaggerError", "get_taxonomy", "hookimpl", "load_plugins",
-    "registered_taxonomies", "__version__",
+    "registered_taxonomies", "resolve_taxonomy", "__version__",
 ]

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from .images import expand_inputs
-from .plugins import resolve_taxonomy
+from .registry import resolve_taxonomy
 from .settings import Settings
 from .tagger import Tagger
 
@@ -119,7 +119,7 @@ def _images(images_dir: str | None, workdir: Path) -> list[str]:
         if not images:
             raise SystemExit(f"no images in {images_dir}")
         return images
-    from .testing import sample_image
+    from .synthetic import sample_image
 
     out = workdir / "images"
     out.mkdir()
@@ -210,8 +210,7 @@ def _lanes_forward(tagger: Tagger, x: torch.Tensor, repeats: int) -> float:
 
 
 def _decode_only(tagger: Tagger, images: list[str], repeats: int) -> float:
-    loader, _ = tagger._pools()
-    return best_rate(lambda: len(list(loader.map(tagger._prepare, images))), repeats)
+    return best_rate(lambda: len(tagger.preprocess(images)), repeats)
 
 
 def _cli(model: str, spec, images: list[str], cache: Path, batch_size: int) -> dict:

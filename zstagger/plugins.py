@@ -1,30 +1,28 @@
-"""The plugin manager: built-in and third-party plugins, loaded the same way.
+"""The plugin manager: built-in and third-party plugins, loaded the same way. Nothing else.
 
 Built-in taxonomies are plugins listed in :data:`BUILTIN_PLUGINS`. Third-party ones come
 from the ``zstagger`` entry-point group, ``*.py`` files in ``ZSTAGGER_PLUGINS_DIR``, and
 taxonomy files (YAML/JSON) in ``ZSTAGGER_TAXONOMY_PATH``. ``ZSTAGGER_BLOCK_PLUGINS`` (comma
 separated) blocks plugins by name. Loading is lazy (:func:`load_plugins`) so importing
-zstagger, or forking a Celery worker, does no plugin work.
+zstagger, or forking a Celery worker, does no plugin work. What the plugins register is
+looked up through :mod:`zstagger.registry`, which caches it until the plugins change
+(:func:`generation`).
 """
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.util
 import sys
 import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pluggy
 
 from . import hookspecs
-from .errors import ConfigurationError, PluginError, TaxonomyError, UnknownTaxonomyError
+from .errors import PluginError
 from .settings import Settings
-from .taxonomy import DEFAULT_TEMPLATE, Taxonomy
 
 BUILTIN_PLUGINS = (
     "zstagger.builtin.moderation",
@@ -34,7 +32,25 @@ BUILTIN_PLUGINS = (
 )
 ENTRY_POINT_GROUP = "zstagger"
 
-pm = pluggy.PluginManager("zstagger")
+
+
+class _PluginManager(pluggy.PluginManager):
+    """pluggy's manager, counting changes so that caches of what plugins register can expire."""
+
+    generation = 0
+
+    def register(self, plugin, name=None):
+        registered = super().register(plugin, name)
+        type(self).generation += 1
+        return registered
+
+    def unregister(self, plugin=None, name=None):
+        removed = super().unregister(plugin, name)
+        type(self).generation += 1
+        return removed
+
+
+pm = _PluginManager("zstagger")
 pm.add_hookspecs(hookspecs)
 
 _loaded = False
@@ -81,6 +97,11 @@ def _load_plugins_dir(directory: Path) -> None:
         pm.register(module, name=name)
 
 
+def generation() -> int:
+    """Changes whenever a plugin is registered or unregistered."""
+    return pm.generation
+
+
 def check_hooks() -> None:
     """Fail loudly on a hook implementation that matches no spec (a misspelled name)."""
     try:
@@ -109,81 +130,6 @@ def unregister(name_or_plugin: Any) -> None:
         pm.unregister(name=name_or_plugin)
     else:
         pm.unregister(name_or_plugin)
-
-
-class DuplicateTaxonomyError(TaxonomyError):
-    """Two plugins registered taxonomies with the same name."""
-
-
-@dataclass(frozen=True)
-class RegisteredTaxonomy:
-    taxonomy: Taxonomy
-    plugin: str
-    source: str | None = None
-
-    @property
-    def origin(self) -> str:
-        return f"{self.plugin} ({self.source})" if self.source else self.plugin
-
-
-def registered_taxonomies() -> dict[str, RegisteredTaxonomy]:
-    """Every taxonomy every plugin registers, by name. Duplicates are an error naming both."""
-    load_plugins()
-    found: dict[str, RegisteredTaxonomy] = {}
-    for impl in pm.hook.register_taxonomies.get_hookimpls():  # in registration order
-
-        def add(taxonomy: Taxonomy | dict, source: str | None = None, _plugin: str = impl.plugin_name) -> None:
-            if isinstance(taxonomy, dict):
-                taxonomy = Taxonomy.parse(taxonomy, source=source)
-            if not isinstance(taxonomy, Taxonomy):
-                raise TaxonomyError(f"plugin {_plugin} registered {type(taxonomy).__name__}, not a zstagger.Taxonomy")
-            entry = RegisteredTaxonomy(taxonomy, _plugin, source)
-            if taxonomy.name in found:
-                raise DuplicateTaxonomyError(
-                    f"taxonomy {taxonomy.name!r} is registered twice: by {found[taxonomy.name].origin} and by "
-                    f"{entry.origin}; rename one, or block a plugin with ZSTAGGER_BLOCK_PLUGINS"
-                )
-            found[taxonomy.name] = entry
-
-        try:
-            impl.function(register=add)
-        except DuplicateTaxonomyError:
-            raise
-        except TaxonomyError as exc:
-            raise TaxonomyError(f"plugin {impl.plugin_name}: {exc}") from None
-        except Exception as exc:
-            raise PluginError(f"plugin {impl.plugin_name} failed while registering taxonomies: {exc!r}") from exc
-    return found
-
-
-def resolve_taxonomy(
-    taxonomy: str | Taxonomy | None = None, labels: Sequence[str] | str | None = None, template: str | None = None
-) -> Taxonomy:
-    """The taxonomy to tag with: a registered name, a Taxonomy, or ad-hoc labels (+ template)."""
-    if (taxonomy is None) == (labels is None):
-        raise ConfigurationError("give exactly one of taxonomy=NAME or labels=[...]")
-    if labels is not None:
-        if isinstance(labels, str):
-            labels = labels.split(",")
-        if not any(label.strip() for label in labels):
-            raise ConfigurationError("labels=[...] needs at least one non-empty label")
-        return Taxonomy.from_labels(labels, template or DEFAULT_TEMPLATE)
-    if template is not None:
-        raise ConfigurationError("template= only applies to ad-hoc labels; a taxonomy brings its own templates")
-    return taxonomy if isinstance(taxonomy, Taxonomy) else get_taxonomy(taxonomy)  # type: ignore[arg-type]
-
-
-def get_taxonomy(name: str) -> Taxonomy:
-    taxonomies = registered_taxonomies()
-    if name in taxonomies:
-        return taxonomies[name].taxonomy
-    close = difflib.get_close_matches(name, taxonomies, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    available = ", ".join(sorted(taxonomies)) or "none"
-    raise UnknownTaxonomyError(
-        f"unknown taxonomy {name!r}.{hint} Available: {available}. "
-        "Run `zstagger taxonomies` to list them, or install/register a plugin that provides it."
-    )
 
 
 def plugin_hooks() -> list[dict[str, Any]]:

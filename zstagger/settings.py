@@ -1,7 +1,8 @@
 """All of zstagger's configuration, read from ``ZSTAGGER_*`` environment variables.
 
 Command-line options override these; these override the defaults below. ``zstagger
-settings`` prints the values in effect.
+settings`` prints the values in effect. This module imports nothing from zstagger, so every
+layer can read settings without pulling in another.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from typing import Annotated
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-
-from .images import ImagePolicy
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -82,12 +81,3 @@ class Settings(BaseSettings):
     @property
     def taxonomy_dirs(self) -> list[str]:
         return [p for p in self.taxonomy_path.split(os.pathsep) if p]
-
-    @property
-    def image_policy(self) -> ImagePolicy:
-        return ImagePolicy(
-            url_timeout=self.url_timeout,
-            max_bytes=self.max_image_bytes,
-            max_pixels=self.max_image_pixels,
-            allow_private_urls=self.allow_private_urls,
-        )

@@ -22,7 +22,7 @@ from .embedding_cache import EmbeddingCache
 from .engine.model import ClipEncoder
 from .errors import ConfigurationError, ImageLoadError
 from .images import ImageInput, ImagePolicy, describe, iter_inputs, load_image
-from .plugins import resolve_taxonomy
+from .registry import resolve_taxonomy
 from .results import LabelScore, TagResult
 from .settings import Settings
 from .taxonomy import Taxonomy
@@ -66,7 +66,7 @@ class Tagger:
         self.batch_size = int(batch_size or settings.batch_size)
         if self.batch_size < 1:
             raise ConfigurationError(f"batch size must be at least 1, got {self.batch_size}")
-        self.image_policy = image_policy or settings.image_policy
+        self.image_policy = image_policy or ImagePolicy.from_settings(settings)
         self.encoder = ClipEncoder.load(
             model or settings.model, device=device or settings.device, precision=precision or settings.precision
         )
@@ -202,6 +202,12 @@ class Tagger:
             done = in_flight.popleft()
             submit_next()
             yield done.result()
+
+    def preprocess(self, images: Iterable[ImageInput]) -> list[np.ndarray | ImageLoadError]:
+        """Read, decode and preprocess images in the loader threads, without encoding them:
+        model-ready pixels, or the error that image met, in input order."""
+        loader, _ = self._pools()
+        return list(loader.map(self._prepare, images))
 
     def _encode_batch(
         self, loads: list[tuple[ImageInput, Future]]

@@ -25,8 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-from PIL import Image
+from .synthetic import sample_image  # noqa: F401  (part of this module's API)
 
 TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
 TINY_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=16, image_size=64)
@@ -100,17 +99,6 @@ def make_tiny_checkpoint(directory: str | Path, kind: Literal["clip", "siglip"] 
     model.eval().save_pretrained(directory)
     processor.save_pretrained(directory)
     return directory
-
-
-def sample_image(seed: int = 0, size: tuple[int, int] = (96, 72), mode: str = "RGB") -> Image.Image:
-    """A deterministic noisy gradient image (different seeds give different images)."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    y, x = np.mgrid[0:h, 0:w]
-    base = np.stack([(x * (seed + 3)) % 256, (y * (seed + 5)) % 256, ((x + y) * (seed + 7)) % 256], -1).astype(np.float32)
-    base += rng.normal(0, 25, base.shape)
-    image = Image.fromarray(base.clip(0, 255).astype(np.uint8), "RGB")
-    return image if mode == "RGB" else image.convert(mode)
 
 
 @contextlib.contextmanager

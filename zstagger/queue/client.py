@@ -12,7 +12,7 @@ import redis
 
 from ..errors import ConfigurationError
 from ..images import ImageInput, NamedBytes, iter_inputs
-from ..plugins import resolve_taxonomy
+from ..registry import resolve_taxonomy
 from ..results import TagResult
 from ..settings import Settings
 from ..taxonomy import Taxonomy

@@ -1,0 +1,103 @@
+"""Pieces every ``zstagger`` command shares: the group, exit codes, options, error reporting.
+
+Machine-readable output goes to stdout, progress and errors to stderr. Exit codes:
+0 success, 1 some inputs failed (every result is still printed), 2 usage or
+configuration errors (unknown taxonomy, bad option, model not found), 3 not finished
+(a wait timed out), 141 the reader closed stdout early.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+from collections.abc import Callable, Iterable
+
+import click
+
+from ..errors import ZstaggerError
+from ..settings import PRECISIONS
+
+EXIT_OK, EXIT_FAILED_INPUTS, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a writer killed by SIGPIPE
+
+
+@contextlib.contextmanager
+def reader_may_leave():
+    """`zstagger tag ... | head`: stop quietly with 141, not 1 ("some inputs failed").
+
+    SIGPIPE stays ignored (Python's default) so that a dropped network socket raises
+    instead of killing the process; only a closed stdout ends the command.
+    """
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        sys.exit(EXIT_BROKEN_PIPE)
+
+
+def reports_errors(func: Callable) -> Callable:
+    """Turn zstagger's own errors into one clear line on stderr and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except ZstaggerError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="zstagger")
+def cli() -> None:
+    """Zero-shot image tagging with CLIP-family models and pluggable taxonomies."""
+
+
+def read_references(inputs: Iterable[str]) -> list[str]:
+    """Command-line inputs, with ``-`` replaced by the references on stdin (one per line)."""
+    refs: list[str] = []
+    for item in inputs:
+        if item == "-":
+            refs.extend(line.strip() for line in sys.stdin if line.strip())
+        else:
+            refs.append(item)
+    return refs
+
+
+def taxonomy_options(func: Callable) -> Callable:
+    """-t/--taxonomy or --labels (+ --template), shared by every command that tags."""
+    func = click.option("--template", help='Template for --labels, with {} for the label. Default: "This is a photo of {}."')(func)
+    func = click.option("--labels", help='Comma-separated ad-hoc labels, e.g. "cat,dog,bird" (like the HF pipeline).')(func)
+    func = click.option("-t", "--taxonomy", help="Name of a registered taxonomy (see `zstagger taxonomies`).")(func)
+    return func
+
+
+def check_taxonomy_choice(taxonomy: str | None, labels: str | None, template: str | None) -> None:
+    if (taxonomy is None) == (labels is None):
+        raise click.UsageError("give exactly one of -t/--taxonomy NAME or --labels 'a,b,c'")
+    if template is not None and labels is None:
+        raise click.UsageError("--template only applies to --labels; a taxonomy brings its own templates")
+    if labels is not None and not [label for label in labels.split(",") if label.strip()]:
+        raise click.UsageError("--labels needs at least one label")
+
+
+def model_options(func: Callable) -> Callable:
+    func = click.option("--precision", type=click.Choice(PRECISIONS), help="Default: auto (ZSTAGGER_PRECISION).")(func)
+    func = click.option("--device", help="auto, cpu, cuda, cuda:N or mps. Default: auto (ZSTAGGER_DEVICE).")(func)
+    func = click.option("--batch-size", type=click.IntRange(min=1), help="Images per forward pass (ZSTAGGER_BATCH_SIZE).")(func)
+    func = click.option("--model", help="Hub id or local checkpoint directory (ZSTAGGER_MODEL).")(func)
+    return func
+
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    widths = {c: max([len(c)] + [len(str(r[c])) for r in rows]) for c in columns}
+    click.echo("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
+    for row in rows:
+        click.echo("  ".join(str(row[c]).ljust(widths[c]) for c in columns).rstrip())
+

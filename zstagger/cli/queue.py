@@ -1,0 +1,147 @@
+"""The queue from the command line: ``worker``, ``enqueue``, ``status``, ``results``, ``health``, ``queue-stats``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from ..settings import PRECISIONS, Settings
+from .common import (
+    EXIT_FAILED_INPUTS, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, check_taxonomy_choice, cli, read_references,
+    reader_may_leave, reports_errors, taxonomy_options,
+)
+
+
+@cli.command()
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), help="Worker processes, each with its own model (ZSTAGGER_CONCURRENCY, default 1).")
+@click.option("--queues", "-Q", help="Comma-separated queues to consume (ZSTAGGER_QUEUES, default interactive,bulk).")
+@click.option("--model", help="Hub id or local checkpoint directory (ZSTAGGER_MODEL).")
+@click.option("--precision", type=click.Choice(PRECISIONS), help="ZSTAGGER_PRECISION.")
+@click.option("--device", help="ZSTAGGER_DEVICE.")
+@click.option("--hostname", "-n", help="Celery node name (default zstagger@<host>).")
+@click.option("--loglevel", "-l", default="INFO", show_default=True)
+@click.option("--pool", type=click.Choice(["prefork", "solo"]), default="prefork", show_default=True,
+              help="prefork: model loaded in each forked process; solo: in this process (debugging).")
+def worker(concurrency, queues, model, precision, device, hostname, loglevel, pool):
+    """Run a Celery worker that tags queued images (warm shutdown on SIGTERM)."""
+    import os
+
+    for key, value in (("MODEL", model), ("PRECISION", precision), ("DEVICE", device),
+                       ("QUEUES", queues), ("CONCURRENCY", concurrency)):
+        if value is not None:
+            os.environ[f"ZSTAGGER_{key}"] = str(value)
+    settings = Settings()
+    from ..engine.locate import check_available
+    from ..errors import ZstaggerError
+
+    try:  # before forking: a missing model is one clear line, not a pool of failing processes
+        check_available(settings.model)
+    except ZstaggerError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    from ..queue.celery_app import app
+
+    argv = ["worker", f"--loglevel={loglevel}", f"--concurrency={settings.concurrency}",
+            f"--queues={','.join(settings.queues)}", f"--pool={pool}"]
+    argv += [f"--hostname={hostname}"] if hostname else ["--hostname=zstagger@%h"]
+    app.worker_main(argv)
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True)
+@taxonomy_options
+@click.option("--chunk-size", type=click.IntRange(min=1, max=1024), help="Images per task (ZSTAGGER_CHUNK_SIZE, default 32).")
+@click.option("--queue", default="bulk", show_default=True, help="interactive or bulk (or any queue your workers consume).")
+@click.option("--top-k", type=click.IntRange(min=1), help="Keep only the K best scores per image.")
+@click.option("--upload", is_flag=True, help="Send local files' bytes instead of their paths (workers on other machines).")
+@reports_errors
+def enqueue(inputs, taxonomy, labels, template, chunk_size, queue, top_k, upload):
+    """Enqueue images for the workers; prints the job id."""
+    from ..images import expand_inputs
+    from ..queue.client import enqueue as enqueue_images
+    from ..queue.client import load_refs_for_upload
+
+    check_taxonomy_choice(taxonomy, labels, template)
+    settings = Settings()
+    refs = list(expand_inputs(read_references(inputs)))
+    if upload:
+        refs = list(load_refs_for_upload(refs, settings.max_upload_bytes))
+    job = enqueue_images(refs, taxonomy, labels=labels.split(",") if labels else None, template=template,
+                         top_k=top_k, chunk_size=chunk_size, queue=queue, settings=settings)
+    click.echo(job.id)
+
+
+@cli.command()
+@click.argument("job_id")
+@reports_errors
+def status(job_id):
+    """Print a job's progress as JSON: state, total, done, failed, pending."""
+    from ..queue.client import Job
+
+    click.echo(json.dumps(Job(job_id).status()))
+
+
+@cli.command()
+@click.argument("job_id")
+@click.option("--wait", is_flag=True, help="Block until the job is done.")
+@click.option("--timeout", type=click.FloatRange(min=0), help="With --wait: give up after S seconds (exit 3).")
+@reports_errors
+def results(job_id, wait, timeout):
+    """Print a job's results as JSON Lines, in input order (same schema as `tag`).
+
+    Exit 0 all tagged, 1 some inputs failed, 3 not finished (--wait timed out, or the
+    job is still running without --wait: the finished results are printed).
+    """
+    from ..queue.client import Job, JobTimeout
+
+    job = Job(job_id)
+    try:
+        state = job.wait(timeout) if wait else job.status()
+    except JobTimeout as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(EXIT_TIMEOUT)
+    with reader_may_leave():
+        for line in job.result_lines():
+            click.echo(line)
+    if state["state"] != "done":
+        click.echo(f"job {job_id} is {state['state']}: {state['pending']} of {state['total']} inputs pending", err=True)
+        sys.exit(EXIT_TIMEOUT)
+    sys.exit(EXIT_FAILED_INPUTS if state["failed"] else EXIT_OK)
+
+
+@cli.command()
+@click.option("--worker", "worker_name", help="Celery node name, e.g. zstagger@$(hostname) (default: any worker).")
+@click.option("--local", is_flag=True, help="Liveness on this machine: the worker's heartbeat file is fresh (no Redis needed).")
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=2.0, show_default=True, help="Seconds to wait for a ping reply.")
+def health(worker_name, local, timeout):
+    """Exit 0 if Redis answers and a worker has its model loaded and answers; else 1 and why.
+
+    For probes: readiness `zstagger health --worker zstagger@$(hostname)`, liveness the
+    same with --local.
+    """
+    from ..queue.health import check_health, check_local
+
+    settings = Settings()
+    if local:
+        if not worker_name:
+            raise click.UsageError("--local needs --worker NAME")
+        ok, reason = check_local(settings, worker_name)
+    else:
+        ok, reason = check_health(settings, worker_name, timeout)
+    if ok:
+        click.echo(f"ok: {reason}")
+        sys.exit(EXIT_OK)
+    click.echo(f"not ready: {reason}", err=True)
+    sys.exit(1)
+
+
+@cli.command("queue-stats")
+@reports_errors
+def queue_stats():
+    """Print queue depth (chunks waiting per queue), unacknowledged chunks and live workers as JSON."""
+    from ..queue.health import queue_stats as stats
+
+    click.echo(json.dumps(stats(Settings())))
+

@@ -1,0 +1,94 @@
+"""Tagging from the command line: ``zstagger tag`` and ``zstagger bench``."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..settings import Settings
+from .common import (
+    EXIT_FAILED_INPUTS, EXIT_OK, check_taxonomy_choice, cli, model_options, read_references, reader_may_leave,
+    reports_errors, taxonomy_options,
+)
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True)
+@taxonomy_options
+@model_options
+@click.option("--top-k", type=click.IntRange(min=1), help="Report only the K best scores per image.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "table"]), help="Default: table on a terminal, jsonl otherwise.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal).")
+@reports_errors
+def tag(inputs, taxonomy, labels, template, model, batch_size, device, precision, top_k, fmt, progress):
+    """Tag images: files, directories, http(s) URLs, or - for references on stdin.
+
+    \b
+    zstagger tag photos/ -t moderation
+    zstagger tag cat.jpg --labels "cat,dog,bird"
+    find /data -name '*.jpg' | zstagger tag - -t ecommerce --format jsonl
+    """
+    from ..images import expand_inputs
+    from ..tagger import Tagger
+
+    check_taxonomy_choice(taxonomy, labels, template)
+    fmt = fmt or ("table" if sys.stdout.isatty() else "jsonl")
+    spec = Tagger.resolve(taxonomy, labels.split(",") if labels else None, template)  # fail fast, before the model loads
+    refs = list(expand_inputs(read_references(inputs)))
+    if not refs:
+        raise click.UsageError("no images found in the given inputs")
+    tagger = Tagger(model, device=device, precision=precision, batch_size=batch_size)
+    failed = 0
+    show = progress if progress is not None else sys.stderr.isatty()
+    from tqdm import tqdm
+
+    with reader_may_leave(), tagger, tqdm(total=len(refs), unit="img", file=sys.stderr, disable=not show, desc="tagging") as bar:
+        for result in tagger.tag_iter(refs, spec, top_k=top_k):
+            failed += result.error is not None
+            bar.update(1)
+            line = result.model_dump_json() if fmt == "jsonl" else format_row(result)
+            if show:
+                bar.write(line, file=sys.stdout)  # keeps the bar below the output on a terminal
+            else:
+                click.echo(line)
+    if failed:
+        click.echo(f"{failed} of {len(refs)} inputs could not be tagged (see their error fields)", err=True)
+    sys.exit(EXIT_FAILED_INPUTS if failed else EXIT_OK)
+
+
+def format_row(result) -> str:
+    if result.error is not None:
+        return f"{result.image}\n  ERROR {result.error.type}: {result.error.message}"
+    head = f"{result.image}"
+    if result.verdict is not None:
+        head += f"  verdict={result.verdict}"
+    head += f"  tags={', '.join(result.tags) or '-'}"
+    scores = "  ".join(f"{s.label}={s.score:.3f}" for s in result.scores[:5])
+    return f"{head}\n  {scores}"
+
+
+@cli.command()
+@click.option("--model", help="Checkpoint to measure (ZSTAGGER_MODEL); a local directory works offline.")
+@taxonomy_options
+@click.option("--images", type=click.Path(exists=True, file_okay=False), help="Directory of images (default: 64 generated 1280x960 JPEGs).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Passes per measurement; the best counts.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+@reports_errors
+def bench(model, taxonomy, labels, template, images, batch_size, repeats, as_json):
+    """Measure throughput: HF pipeline, bare forward, decode, end to end, start-up, precision.
+
+    Progress goes to stderr, the report to stdout.
+    """
+    from ..bench import dump, format_table, run_bench
+
+    if taxonomy is None and labels is None:
+        taxonomy = "moderation"
+    check_taxonomy_choice(taxonomy, labels, template)
+    report = run_bench(
+        model or Settings().model, images, taxonomy, labels.split(",") if labels else None,
+        batch_size=batch_size, repeats=repeats, log=lambda msg: click.echo(f"bench: {msg}...", err=True),
+    )
+    click.echo(dump(report) if as_json else format_table(report))
+

@@ -1,0 +1,105 @@
+"""Prometheus metrics: per-process counters written as multiprocess files, served by the
+worker's parent together with queue depth read from Redis at scrape time."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import tempfile
+
+from ..settings import Settings
+from .health import queue_stats
+from .store import QueueUnavailableError
+
+log = logging.getLogger(__name__)
+
+
+def prepare_metrics_dir() -> str:
+    """In the worker's parent, before prometheus_client is imported anywhere: multiprocess mode."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+        for stale in glob.glob(os.path.join(directory, "*.db")):
+            os.remove(stale)
+    else:
+        directory = tempfile.mkdtemp(prefix="zstagger-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    return directory
+
+
+def serve_metrics(settings: Settings) -> None:
+    """Serve every pool process's metrics plus queue depth on settings.metrics_port."""
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    registry.register(_QueueCollector(settings))
+    try:
+        start_http_server(settings.metrics_port, registry=registry)
+    except OSError as exc:  # e.g. a second worker on this machine with the same port
+        log.error("zstagger: cannot serve metrics on port %d (%s); set ZSTAGGER_METRICS_PORT per worker",
+                  settings.metrics_port, exc)
+        return
+    log.info("zstagger: Prometheus metrics on :%d/metrics", settings.metrics_port)
+
+
+class _QueueCollector:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        up = GaugeMetricFamily("zstagger_redis_up", "1 if Redis answered this scrape")
+        depth = GaugeMetricFamily("zstagger_queue_depth", "Chunks waiting in each queue", labels=["queue"])
+        unacked = GaugeMetricFamily("zstagger_chunks_unacked", "Chunks delivered to workers, not yet acknowledged")
+        try:
+            stats = queue_stats(self.settings)
+        except QueueUnavailableError:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        for name, count in stats["queues"].items():
+            depth.add_metric([name], count)
+        unacked.add_metric([], stats["unacked"])
+        yield from (up, depth, unacked)
+
+
+class WorkerMetrics:
+    """Per-process metrics; created after the fork so each process writes its own files."""
+
+    LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+    def __init__(self):
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.images = Counter("zstagger_images", "Images processed", ["taxonomy", "outcome"])
+        self.errors = Counter("zstagger_image_errors", "Images that became error records, by error type", ["type"])
+        self.verdicts = Counter("zstagger_verdicts", "Moderation verdicts", ["taxonomy", "verdict"])
+        self.retries = Counter("zstagger_retried_images", "Images sent round again after a transient failure")
+        self.chunks = Counter("zstagger_chunks", "Chunks processed", ["outcome"])
+        self.chunk_seconds = Histogram("zstagger_chunk_seconds", "Time to tag one chunk (one batch)", buckets=self.LATENCY_BUCKETS)
+        self.image_seconds = Histogram("zstagger_image_seconds", "Tagging time per image (chunk time / images)",
+                                       buckets=self.LATENCY_BUCKETS)
+        self.model_load_seconds = Gauge("zstagger_model_load_seconds", "Seconds this worker took to load its model",
+                                        multiprocess_mode="max")
+
+    def chunk_done(self, taxonomy: str, results, seconds: float, retried: int) -> None:
+        self.chunks.labels("done").inc()
+        self.chunk_seconds.observe(seconds)
+        if results:
+            per_image = seconds / len(results)
+            for result in results:
+                self.image_seconds.observe(per_image)
+                if result.error is not None:
+                    self.images.labels(taxonomy, "error").inc()
+                    self.errors.labels(result.error.type).inc()
+                else:
+                    self.images.labels(taxonomy, "tagged").inc()
+                    if result.verdict is not None:
+                        self.verdicts.labels(taxonomy, result.verdict).inc()
+        if retried:
+            self.retries.inc(retried)

@@ -1,0 +1,118 @@
+"""The taxonomy registry: what every plugin registers, by name, computed once and cached.
+
+Lookups (``get_taxonomy``, ``resolve_taxonomy``) run on every command, every HTTP request
+and every enqueue, so the registry is built once and kept until a plugin is registered or
+unregistered, or a file in ``ZSTAGGER_TAXONOMY_PATH`` appears, changes or goes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from . import plugins
+from .builtin.taxonomy_files import files_signature
+from .errors import ConfigurationError, PluginError, TaxonomyError, UnknownTaxonomyError
+from .settings import Settings
+from .taxonomy import DEFAULT_TEMPLATE, Taxonomy
+
+
+class DuplicateTaxonomyError(TaxonomyError):
+    """Two plugins registered taxonomies with the same name."""
+
+
+@dataclass(frozen=True)
+class RegisteredTaxonomy:
+    taxonomy: Taxonomy
+    plugin: str
+    source: str | None = None
+
+    @property
+    def origin(self) -> str:
+        return f"{self.plugin} ({self.source})" if self.source else self.plugin
+
+
+_lock = threading.Lock()
+_cache: tuple[object, dict[str, RegisteredTaxonomy]] | None = None
+
+
+def registered_taxonomies() -> dict[str, RegisteredTaxonomy]:
+    """Every taxonomy every plugin registers, by name. Duplicates are an error naming both."""
+    global _cache
+    plugins.load_plugins()
+    key = (plugins.generation(), files_signature(Settings().taxonomy_dirs))
+    with _lock:
+        if _cache is None or _cache[0] != key:
+            _cache = (key, _collect())
+        return dict(_cache[1])
+
+
+def invalidate() -> None:
+    """Forget the cached registry (the next lookup asks every plugin again)."""
+    global _cache
+    with _lock:
+        _cache = None
+
+
+def _collect() -> dict[str, RegisteredTaxonomy]:
+    found: dict[str, RegisteredTaxonomy] = {}
+    for impl in plugins.pm.hook.register_taxonomies.get_hookimpls():  # in registration order
+
+        def add(taxonomy: Taxonomy | dict, source: str | None = None, _plugin: str = impl.plugin_name) -> None:
+            if isinstance(taxonomy, dict):
+                taxonomy = Taxonomy.parse(taxonomy, source=source)
+            if not isinstance(taxonomy, Taxonomy):
+                raise TaxonomyError(f"plugin {_plugin} registered {type(taxonomy).__name__}, not a zstagger.Taxonomy")
+            entry = RegisteredTaxonomy(taxonomy, _plugin, source)
+            if taxonomy.name in found:
+                raise DuplicateTaxonomyError(
+                    f"taxonomy {taxonomy.name!r} is registered twice: by {found[taxonomy.name].origin} and by "
+                    f"{entry.origin}; rename one, or block a plugin with ZSTAGGER_BLOCK_PLUGINS"
+                )
+            found[taxonomy.name] = entry
+
+        try:
+            impl.function(register=add)
+        except DuplicateTaxonomyError:
+            raise
+        except TaxonomyError as exc:
+            raise TaxonomyError(f"plugin {impl.plugin_name}: {exc}") from None
+        except Exception as exc:
+            raise PluginError(f"plugin {impl.plugin_name} failed while registering taxonomies: {exc!r}") from exc
+    return found
+
+
+def resolve_taxonomy(
+    taxonomy: str | Taxonomy | None = None, labels: Sequence[str] | str | None = None, template: str | None = None
+) -> Taxonomy:
+    """The taxonomy to tag with: a registered name, a Taxonomy, or ad-hoc labels (+ template).
+
+    The one owner of "exactly one of taxonomy or labels": the CLI, the Python API, the
+    queue producer and the HTTP service all call it.
+    """
+    if (taxonomy is None) == (labels is None):
+        raise ConfigurationError("give exactly one of taxonomy=NAME or labels=[...]")
+    if labels is not None:
+        if isinstance(labels, str):
+            labels = labels.split(",")
+        if not any(label.strip() for label in labels):
+            raise ConfigurationError("labels=[...] needs at least one non-empty label")
+        return Taxonomy.from_labels(labels, template or DEFAULT_TEMPLATE)
+    if template is not None:
+        raise ConfigurationError("template= only applies to ad-hoc labels; a taxonomy brings its own templates")
+    return taxonomy if isinstance(taxonomy, Taxonomy) else get_taxonomy(taxonomy)  # type: ignore[arg-type]
+
+
+def get_taxonomy(name: str) -> Taxonomy:
+    taxonomies = registered_taxonomies()
+    if name in taxonomies:
+        return taxonomies[name].taxonomy
+    close = difflib.get_close_matches(name, taxonomies, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    available = ", ".join(sorted(taxonomies)) or "none"
+    raise UnknownTaxonomyError(
+        f"unknown taxonomy {name!r}.{hint} Available: {available}. "
+        "Run `zstagger taxonomies` to list them, or install/register a plugin that provides it."
+    )
