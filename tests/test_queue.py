@@ -133,14 +133,18 @@ def test_python_api_with_bytes_and_urls(settings, workers, slow_server):
 
 def test_worker_killed_mid_chunk_its_chunk_is_redelivered(queue_env, workers, slow_server, settings):
     refs = [f"{slow_server.url}/slow/1.5/k{i}.png" for i in range(6)]
-    victim = workers("victim", {"ZSTAGGER_LOADER_THREADS": "1"}).wait_ready()
+    # The rescuer's consumer reserves a chunk while its pool process is still loading the
+    # model, and the visibility clock runs meanwhile: leave room for a slow load (model
+    # load + 3 x 1.5 s) so that the one redelivery counted is the victim's chunk.
+    patient = {"ZSTAGGER_VISIBILITY_TIMEOUT": "14"}
+    victim = workers("victim", {"ZSTAGGER_LOADER_THREADS": "1", **patient}).wait_ready()
     job = enqueue(refs, labels=["a", "b"], chunk_size=3, settings=settings)
     wait_for(lambda: job.status()["state"] == "running", 30, "the victim to start a chunk")
     time.sleep(0.5)
     assert job.status()["done"] == 0  # it holds a chunk, nothing stored yet
     victim.kill9()
 
-    rescuer = workers("rescuer").wait_ready()
+    rescuer = workers("rescuer", patient).wait_ready()
     results = job.results(wait=True, timeout=90)
     assert [r.image for r in results] == refs and all(r.error is None for r in results)
     client = redis.Redis.from_url(settings.redis_url)
