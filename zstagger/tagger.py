@@ -26,7 +26,14 @@ import numpy as np
 from PIL import Image
 
 from .classifier import TaxonomyClassifier
-from .embedding_cache import EmbeddingCache, EmbeddingKey, ImageEmbeddingStore, ModelInfo, ModelInfoCache, default_image_cache
+from .embedding_cache import (
+    EmbeddingCache,
+    EmbeddingKey,
+    ImageEmbeddingStore,
+    ModelInfo,
+    ModelInfoCache,
+    default_image_cache,
+)
 from .embedding_cache.images import to_fp16
 from .engine.locate import model_fingerprint
 from .engine.scoring import normalize

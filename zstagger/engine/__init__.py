@@ -24,4 +24,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = sorted(_LAZY)
+__all__ = ["ClipEncoder", "Preprocessor", "ScoringPlan", "ensemble", "hierarchical_softmax", "model_fingerprint", "resolve_device", "resolve_precision"]
