@@ -324,9 +324,9 @@ class Tagger:
             with self._forward_gate:  # type: ignore[union-attr]
                 embeds = encoder.encode_images(np.stack([p.pixels for p in todo])).numpy()
             if self.image_cache is not None:
+                self.image_cache.put_many([(p.key, e) for p, e in zip(todo, embeds) if p.key is not None])
                 # What a later hit will read back, so cached and fresh runs give the same scores.
                 embeds = normalize(to_fp16(embeds).astype(np.float32))
-                self.image_cache.put_many([(p.key, e) for p, e in zip(todo, embeds) if p.key is not None])
             for p, e in zip(todo, embeds):
                 p.vector = e
         if self.image_cache is not None:
