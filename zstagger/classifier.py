@@ -35,6 +35,7 @@ class TaxonomyClassifier:
         self.background = np.array([label.background for label in labels], dtype=bool)
         self.parents = _parent_indices(taxonomy)
         self.severity = [ACTION_SEVERITY[label.action or "allow"] for label in labels]
+        self.has_actions = taxonomy.has_actions
         depth = _depths(self.parents)
         self.order = sorted(range(len(labels)), key=lambda i: depth[i])
         self.children: dict[int, list[int]] = {}
@@ -113,7 +114,7 @@ class TaxonomyClassifier:
 
     def verdict(self, tagged: Sequence[int]) -> str | None:
         """The strictest action among tagged labels (``allow`` when none fires); None without actions."""
-        if not self.taxonomy.has_actions:
+        if not self.has_actions:
             return None
         worst = max((self.severity[i] for i in tagged), default=0)
         return next(a for a, s in ACTION_SEVERITY.items() if s == worst)

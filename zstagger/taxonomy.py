@@ -133,7 +133,8 @@ class Taxonomy(BaseModel):
             else:
                 import yaml
 
-                data = yaml.safe_load(text)
+                # libyaml's safe loader when PyYAML has it: 10x faster on the built-in taxonomies
+                data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 (a safe loader)
         except (OSError, ValueError) as exc:  # yaml.YAMLError and JSONDecodeError are ValueErrors
             raise TaxonomyError(f"{path}: cannot read taxonomy file: {exc}") from None
         except Exception as exc:  # yaml's errors do not all derive from ValueError

@@ -19,7 +19,7 @@ from ..tagger import Tagger
 from ..taxonomy import ACTION_SEVERITY, Taxonomy
 from .calibrate import MIN_POSITIVES, Target, calibrate_scored, calibrated_taxonomy
 from .datasets import LabelledDataset, load_dataset
-from .extra import check_installed
+from .extra import check_installed, import_in_background
 from .metrics import Bootstrap, multi_label, single_label_levels, verdict_metrics
 from .models import CalibrationReport, EvalReport
 from .scored import UNREADABLE_SHOWN, ScoredDataset, score_dataset
@@ -51,6 +51,7 @@ def evaluate(
     check_installed("sklearn", "matplotlib") if report_dir is not None else check_installed("sklearn")
     spec = resolve_taxonomy(taxonomy, labels, template)
     dataset = load_dataset(data, spec)
+    import_in_background("sklearn.metrics")
     with _tagger(tagger, model, cache, settings) as active:
         scored = _score(dataset, spec, active, progress)
         report = build_eval_report(scored, dataset, active, bootstrap_rounds)
@@ -113,6 +114,7 @@ def calibrate(
     check_installed()
     spec = resolve_taxonomy(taxonomy)
     dataset = load_dataset(data, spec)
+    import_in_background("sklearn.metrics", "sklearn.model_selection")
     with _tagger(tagger, model, cache, settings) as active:
         scored = _score(dataset, spec, active, progress)
         if len(scored.items) < 2 * folds:

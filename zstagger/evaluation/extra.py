@@ -35,3 +35,18 @@ def check_installed(*modules: str) -> None:
             found = False
         if not found:
             require(module)  # raises the one-line error
+
+
+def import_in_background(*modules: str) -> None:
+    """Start importing ``modules`` in a thread (scikit-learn takes over a second), so that
+    the import overlaps with reading images instead of adding to it."""
+    import threading
+
+    def load() -> None:
+        for module in modules:
+            try:
+                import_module(module)
+            except ImportError:
+                return  # require() reports it, in the caller's thread
+
+    threading.Thread(target=load, name="zstagger-import", daemon=True).start()

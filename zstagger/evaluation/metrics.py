@@ -36,7 +36,11 @@ class Bootstrap:
     def __init__(self, n: int, rounds: int = 1000, seed: int = 0):
         self.n, self.rounds = n, rounds
         rng = np.random.default_rng(seed)
-        self.index = rng.integers(0, n, size=(rounds, n), dtype=np.int32) if n and rounds else np.zeros((0, n), np.int32)
+        index = rng.integers(0, n, size=(rounds, n)) if n and rounds else np.zeros((0, n), np.int64)
+        # counts[r, i]: how often image i is drawn in resample r, so that a resampled sum
+        # is one product with the per-image values (no (rounds, n) copy per figure)
+        flat = (index + n * np.arange(rounds)[:, None]).ravel()
+        self.counts = np.bincount(flat, minlength=rounds * n).reshape(rounds, n).astype(np.float64)
 
     def ratio(self, numerator: np.ndarray, denominator: np.ndarray) -> tuple[Estimate, np.ndarray]:
         """sum(numerator) / sum(denominator) over images, with its interval and its resampled values.
@@ -57,7 +61,8 @@ class Bootstrap:
     def _ratio_samples(self, num: np.ndarray, den: np.ndarray) -> np.ndarray:
         if not self.rounds or not self.n:
             return np.full(self.rounds, np.nan)
-        nums, dens = num[self.index].sum(axis=1), den[self.index].sum(axis=1)
+        # einsum, not BLAS: see zstagger.engine.scoring.similarity
+        nums, dens = np.einsum("rn,n->r", self.counts, num), np.einsum("rn,n->r", self.counts, den)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(dens > 0, nums / np.where(dens > 0, dens, 1), np.nan)
 
