@@ -28,7 +28,8 @@ class Estimate(_Model):
             return "-"
         if self.low is None or self.high is None:
             return f"{self.value:.3f}"
-        return f"{self.value:.3f} [{self.low:.2f}-{self.high:.2f}]"
+        small = f" (n={self.n})" if self.n < 30 else ""  # a bootstrap interval on a handful of images says little
+        return f"{self.value:.3f} [{self.low:.2f}-{self.high:.2f}]{small}"
 
 
 class LabelMetrics(_Model):
