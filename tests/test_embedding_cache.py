@@ -10,11 +10,10 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
-import pytest
 
-from harness import wait_for
 from zstagger import Tagger
 from zstagger.embedding_cache import EmbeddingKey, SQLiteImageCache
 from zstagger.engine.locate import model_fingerprint
@@ -154,7 +153,7 @@ def test_the_tagger_takes_any_store_with_get_many_and_put_many(tiny_model_dir, t
     tagger.tag(paths, labels=["a", "b"])
     fingerprint = model_fingerprint(str(tiny_model_dir))
     assert {k.model for k in store.rows} == {fingerprint} and {k.mode for k in store.rows} == {"fast"}
-    assert {k.sha256 for k in store.rows} == {hashlib.sha256(open(p, "rb").read()).hexdigest() for p in paths}
+    assert {k.sha256 for k in store.rows} == {hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in paths}
     tagger.tag(paths, labels=["a", "b"])
     assert tagger.cache_stats() == {"hits": 5, "misses": 5}
 
@@ -174,7 +173,7 @@ def test_model_fingerprint_needs_no_transformers_and_matches_the_loaded_model(ti
     assert out[1:] == ["False", "False"]
     assert out[0] == ClipEncoder.load(str(tiny_model_dir), device="cpu", precision="fp32").fingerprint
     copy = shutil.copytree(tiny_model_dir, tmp_path / "copy")
-    processor = [p for p in os.listdir(copy) if "processor" in p and p.endswith(".json")][0]
+    processor = next(p for p in os.listdir(copy) if "processor" in p and p.endswith(".json"))
     text = (copy / processor).read_text()
     (copy / processor).write_text(text.replace('"crop_size"', '"crop_size" ', 1) if '"crop_size"' in text else text + " ")
     assert model_fingerprint(str(copy)) != model_fingerprint(str(tiny_model_dir))  # a changed processor: new key

@@ -30,7 +30,7 @@ def zstagger(*args, env=None, timeout=300):
     cmd = [exe, *args] if exe else [sys.executable, "-m", "zstagger.cli", *args]
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
     full_env.update(env or {})
-    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout)
+    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, check=False)
 
 
 # -- metrics on hand-made cases (no model) --------------------------------------------------------
@@ -416,8 +416,8 @@ def make_bad(kind, root):
     ("empty", "no labelled images"),
     ("empty_label_folder", "label folder with no images: drugs"),
     ("unknown_labels", "2 labels not in taxonomy 'moderation': 'drug' (did you mean 'drugs'?), 'firearm' (did you mean 'firearms'?)"),
-    ("broken_manifest", "3 broken rows: line 2: not JSON (Expecting value); line 3: no labels field (use [] when no label applies); "
-                        "line 4: no image (a path or URL)"),
+    ("broken_manifest", ("3 broken rows: line 2: not JSON (Expecting value); line 3: no labels field (use [] when no label "
+                         "applies); line 4: no image (a path or URL)")),
     ("only_negatives", "all 3 images are labelled as showing none of the labels"),
     ("missing", "does not exist"),
 ])
@@ -446,7 +446,7 @@ def test_a_missing_eval_extra_is_named_in_one_line(labelled, env):
     script = "import sys; sys.modules['sklearn'] = None; from zstagger.cli import main; main()"
     full_env = {**{k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}, **env}
     result = subprocess.run([sys.executable, "-c", script, "eval", str(labelled), "-t", "moderation"], capture_output=True,
-                            text=True, env=full_env, timeout=120)
+                            text=True, env=full_env, timeout=120, check=False)
     assert result.returncode == 2
     assert result.stderr.strip() == 'Error: scikit-learn is not installed; evaluation needs the eval extra: pip install "zstagger[eval]"'
 

@@ -103,7 +103,8 @@ def calibrate_scored(
         previous = taxonomy.threshold_of(label)
         positives = int(truth.sum())
         in_p, in_r = _figures(boot, column >= previous, truth)
-        common = dict(label=label.name, action=label.action, target=str(goal), positives=positives, previous_threshold=previous)
+        common = {"label": label.name, "action": label.action, "target": str(goal), "positives": positives,
+                  "previous_threshold": previous}
         if positives < min_positives:
             few.append(label.name)
             results.append(LabelCalibrationResult(
