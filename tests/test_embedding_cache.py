@@ -177,3 +177,31 @@ def test_model_fingerprint_needs_no_transformers_and_matches_the_loaded_model(ti
     text = (copy / processor).read_text()
     (copy / processor).write_text(text.replace('"crop_size"', '"crop_size" ', 1) if '"crop_size"' in text else text + " ")
     assert model_fingerprint(str(copy)) != model_fingerprint(str(tiny_model_dir))  # a changed processor: new key
+
+
+def test_unchanged_files_are_not_read_again_and_edited_ones_are(tiny_model_dir, tmp_path, monkeypatch):
+    import zstagger.tagger as tagger_module
+
+    paths = write_jpegs(tmp_path / "img", 6)
+    cache = SQLiteImageCache(tmp_path / "c.sqlite3")
+    reads = []
+    original = tagger_module.read_image_bytes
+    monkeypatch.setattr(tagger_module, "read_image_bytes", lambda ref, policy: reads.append(ref) or original(ref, policy))
+    make = lambda: Tagger(str(tiny_model_dir), device="cpu", precision="fp32", image_cache=cache,  # noqa: E731
+                          settings=Settings(cache_dir=str(tmp_path / "cache")))
+    first = make().tag(paths, labels=["a", "b"])
+    assert sorted(reads) == sorted(paths)
+    reads.clear()
+    warm = make()
+    assert [r.scores for r in warm.tag(paths, labels=["a", "b"])] == [r.scores for r in first]
+    assert reads == [] and warm.cache_stats() == {"hits": 6, "misses": 0}  # no image byte read
+    # Same size, modification time set back: the change time still moves, so it is read again.
+    st = os.stat(paths[2])
+    other = (tmp_path / "img" / "03.jpg").read_bytes()
+    with open(paths[2], "r+b") as fh:
+        fh.write(other[: st.st_size].ljust(st.st_size, b"\0"))
+    os.utime(paths[2], ns=(st.st_atime_ns, st.st_mtime_ns))
+    again = make()
+    results = again.tag(paths, labels=["a", "b"])
+    assert reads == [paths[2]]
+    assert results[2].scores != first[2].scores or results[2].error is not None

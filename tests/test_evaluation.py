@@ -442,13 +442,49 @@ def test_bad_calibration_options_exit_2(args, message, labelled, tmp_path, env):
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
-def test_a_missing_eval_extra_is_named_in_one_line(labelled, env):
+@pytest.mark.parametrize("blocked,args,package", [
+    ("sklearn", ["calibrate", "--objective", "f1", "-o", "x.yaml"], "scikit-learn"),
+    ("sklearn", ["eval", "--report", "rep"], "scikit-learn"),
+    ("matplotlib", ["eval", "--report", "rep"], "matplotlib"),
+])
+def test_a_missing_eval_extra_is_named_in_one_line(blocked, args, package, labelled, env, tmp_path):
+    script = f"import sys; sys.modules[{blocked!r}] = None; from zstagger.cli import main; main()"
+    full_env = {**{k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}, **env}
+    command, *rest = args
+    result = subprocess.run([sys.executable, "-c", script, command, str(labelled), "-t", "moderation", *rest],
+                            capture_output=True, text=True, env=full_env, timeout=120, check=False, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f'Error: {package} is not installed; evaluation needs the eval extra: pip install "zstagger[eval]"'
+
+
+def test_eval_figures_need_no_scikit_learn(labelled, env):
     script = "import sys; sys.modules['sklearn'] = None; from zstagger.cli import main; main()"
     full_env = {**{k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}, **env}
-    result = subprocess.run([sys.executable, "-c", script, "eval", str(labelled), "-t", "moderation"], capture_output=True,
-                            text=True, env=full_env, timeout=120, check=False)
-    assert result.returncode == 2
-    assert result.stderr.strip() == 'Error: scikit-learn is not installed; evaluation needs the eval extra: pip install "zstagger[eval]"'
+    result = subprocess.run([sys.executable, "-c", script, "eval", str(labelled), "-t", "moderation", "--json"],
+                            capture_output=True, text=True, env=full_env, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["evaluated"] == 88
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_metric_functions_equal_scikit_learn(seed):
+    from sklearn import metrics as sk
+
+    from zstagger.evaluation.metrics import average_precision, confusion, label_metrics, roc_auc
+
+    rng = np.random.default_rng(seed)
+    truth = rng.random(200) < 0.3
+    scores = np.round(rng.random(200) * 0.7 + truth * 0.2, 2)  # ties on purpose
+    assert math.isclose(average_precision(truth, scores), sk.average_precision_score(truth, scores), rel_tol=1e-12)
+    assert math.isclose(roc_auc(truth, scores), sk.roc_auc_score(truth, scores), rel_tol=1e-12)
+    predicted = scores >= 0.5
+    m, _ = label_metrics(Bootstrap(200, rounds=10), "x", 0.5, truth, predicted, scores)
+    p, r, f, support = sk.precision_recall_fscore_support(truth, predicted, average="binary")
+    assert (m.precision.value, m.recall.value, m.support) == pytest.approx((p, r, truth.sum()))
+    assert m.f1.value == pytest.approx(f)
+    classes = ["a", "b", "c", "(none)"]
+    y_true, y_pred = rng.choice(classes, 300), rng.choice(classes, 300)
+    assert confusion(y_true, y_pred, classes).tolist() == sk.confusion_matrix(y_true, y_pred, labels=classes).tolist()
 
 
 def test_old_taxonomies_stay_valid_and_a_bad_calibration_block_is_named():

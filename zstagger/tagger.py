@@ -12,6 +12,7 @@ never imports torch. Scoring is numpy.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -38,7 +39,7 @@ from .embedding_cache.images import to_fp16
 from .engine.locate import model_fingerprint
 from .engine.scoring import normalize
 from .errors import ConfigurationError, ImageLoadError, ZstaggerError
-from .images import ImageInput, ImagePolicy, describe, iter_inputs, load_image, read_image_bytes
+from .images import ImageInput, ImagePolicy, describe, is_url, iter_inputs, load_image, read_image_bytes
 from .registry import resolve_taxonomy
 from .results import LabelScore, TagResult
 from .settings import Settings
@@ -68,6 +69,7 @@ class _Prepared:
     key: EmbeddingKey | None
     vector: np.ndarray | None = None
     pixels: np.ndarray | None = None
+    hashed: tuple[str, os.stat_result, str] | None = None  # a local file read and hashed: for the digest index
 
 
 class Tagger:
@@ -77,6 +79,12 @@ class Tagger:
     :class:`~zstagger.settings.Settings`), then from the defaults.
     ``exact_preprocessing=True`` with ``precision="fp32"`` reproduces the Hugging Face
     pipeline's scores (to ~1e-6); the defaults trade that for ~2.5x the speed on CPU.
+
+    ``image_cache``: ``True`` for the SQLite cache under ``ZSTAGGER_CACHE_DIR``, ``False``
+    for none, any :class:`~zstagger.embedding_cache.ImageEmbeddingStore` to use that, or
+    ``None`` to follow ``ZSTAGGER_IMAGE_CACHE`` (off by default). With a cache, image
+    embeddings are rounded to fp16 whether they were cached or just computed (so a
+    cached run scores exactly like the first), and the model loads at the first miss.
     """
 
     def __init__(
@@ -329,6 +337,9 @@ class Tagger:
                 embeds = normalize(to_fp16(embeds).astype(np.float32))
             for p, e in zip(todo, embeds):
                 p.vector = e
+        hashed = [p.hashed for p in ready if p.hashed is not None]
+        if hashed:  # after the embeddings: an index entry always points at a stored vector
+            self.image_cache.remember_digests(hashed)  # type: ignore[union-attr]
         if self.image_cache is not None:
             with self._lock:
                 self.cache_misses += len(todo)
@@ -339,15 +350,32 @@ class Tagger:
         if self.image_cache is None or isinstance(ref, Image.Image):
             pixels = _or_error(self._pixels, ref)
             return pixels if isinstance(pixels, ImageLoadError) else _Prepared(None, pixels=pixels)
+        # A local file the cache has hashed before, unchanged since: no need to read it.
+        path = os.fspath(ref) if isinstance(ref, (str, os.PathLike)) and not is_url(ref) else None
+        index = getattr(self.image_cache, "file_digest", None) if path is not None else None
+        st = digest = None
+        if index is not None:
+            with contextlib.suppress(OSError):  # a missing file fails below, as an error record
+                st = os.stat(path)  # type: ignore[arg-type]
+                digest = index(path, st)
+        if digest is not None:
+            key = self._key(digest)
+            cached = self.image_cache.get_many([key]).get(key)
+            if cached is not None:
+                return _Prepared(key, vector=normalize(cached))
         data = _or_error(read_image_bytes, ref, self.image_policy)
         if isinstance(data, ImageLoadError):
             return data
-        key = EmbeddingKey(hashlib.sha256(data).hexdigest(), self.fingerprint, self.preprocessing)  # type: ignore[arg-type]
+        key = self._key(hashlib.sha256(data).hexdigest())
+        hashed = (path, st, key.sha256) if st is not None else None
         cached = self.image_cache.get_many([key]).get(key)
         if cached is not None:
-            return _Prepared(key, vector=normalize(cached))
+            return _Prepared(key, vector=normalize(cached), hashed=hashed)
         pixels = _or_error(self._pixels, data)
-        return pixels if isinstance(pixels, ImageLoadError) else _Prepared(key, pixels=pixels)
+        return pixels if isinstance(pixels, ImageLoadError) else _Prepared(key, pixels=pixels, hashed=hashed)
+
+    def _key(self, digest: str) -> EmbeddingKey:
+        return EmbeddingKey(digest, self.fingerprint, self.preprocessing)  # type: ignore[arg-type]
 
     def _pixels(self, ref: ImageInput) -> np.ndarray:
         encoder = self.encoder  # loads the model at the first miss; its errors are not this image's

@@ -11,6 +11,12 @@ transaction (``INSERT OR IGNORE``: two processes that embed the same image agree
 value anyway), and a writer waits up to ``busy_timeout`` seconds for another's lock.
 A cache that cannot be read or written (full disk, read-only directory, damaged file)
 is logged once and skipped: tagging never fails because of it.
+
+Local files also get a digest index, as git's index does: a file whose path, device,
+inode, size, modification and change times (nanoseconds) are all as when it was last
+hashed keeps its SHA-256 without being read again, so a fully cached run reads no image
+bytes. Any write to a file changes its change time (which no tool can set back), so an
+edited file is read and hashed afresh.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 FILENAME = "image-embeddings.sqlite3"
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _IN_CHUNK = 500  # keys per SELECT ... IN (...): well under SQLite's variable limit
 
 
@@ -98,6 +104,33 @@ class SQLiteImageCache:
             (key.sha256, key.model, key.mode, int(vector.shape[-1]), to_fp16(vector).tobytes(), time.time())
             for key, vector in items
         ]
+        self._write(
+            "INSERT OR IGNORE INTO image_embeddings (sha256, model, mode, dim, vector, created) VALUES (?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+
+    # -- the digest index of local files -----------------------------------------------------
+
+    def file_digest(self, path: str, st: os.stat_result) -> str | None:
+        """The SHA-256 recorded for ``path`` if the file is unchanged since (see the module docstring)."""
+        with self._lock:
+            conn = self._connection()
+            if conn is None:
+                return None
+            try:
+                row = conn.execute("SELECT stat, sha256 FROM file_digests WHERE path = ?", (path,)).fetchone()
+            except sqlite3.Error as exc:
+                self._trouble("read", exc)
+                return None
+        return row[1] if row and row[0] == _stat_key(st) else None
+
+    def remember_digests(self, entries: Sequence[tuple[str, os.stat_result, str]]) -> None:
+        """Record (path, stat taken before reading, SHA-256 of what was read) for local files."""
+        rows = [(path, _stat_key(st), digest) for path, st, digest in entries]
+        self._write("INSERT OR REPLACE INTO file_digests (path, stat, sha256) VALUES (?, ?, ?)", rows)
+
+    def _write(self, sql: str, rows: list[tuple]) -> None:
+        """One transaction: all of ``rows`` or, if the process dies first, none."""
         if not rows:
             return
         with self._lock:
@@ -107,11 +140,7 @@ class SQLiteImageCache:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    conn.executemany(
-                        "INSERT OR IGNORE INTO image_embeddings (sha256, model, mode, dim, vector, created) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        rows,
-                    )
+                    conn.executemany(sql, rows)
                     conn.execute("COMMIT")
                 except BaseException:
                     conn.execute("ROLLBACK")
@@ -151,6 +180,10 @@ class SQLiteImageCache:
                     " dim INTEGER NOT NULL, vector BLOB NOT NULL, created REAL NOT NULL,"
                     " PRIMARY KEY (model, mode, sha256)) WITHOUT ROWID"
                 )
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS file_digests ("
+                    " path TEXT PRIMARY KEY, stat TEXT NOT NULL, sha256 TEXT NOT NULL) WITHOUT ROWID"
+                )
                 conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
         except (sqlite3.Error, OSError) as exc:
             self._disabled = True
@@ -165,6 +198,11 @@ class SQLiteImageCache:
         if what not in self._warned:
             self._warned.add(what)
             log.warning("zstagger: image-embedding cache %s: could not %s it (%s); going on without it", self.path, what, exc)
+
+
+def _stat_key(st: os.stat_result) -> str:
+    # A stat taken before reading: if the file changes after, the next stat differs.
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
 def to_fp16(vector: np.ndarray) -> np.ndarray:

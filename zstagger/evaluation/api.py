@@ -48,10 +48,10 @@ def evaluate(
     that receives the number of images done per batch.
     """
     started = time.perf_counter()
-    check_installed("sklearn", "matplotlib") if report_dir is not None else check_installed("sklearn")
+    if report_dir is not None:  # the figures need numpy only; the report's plots need the eval extra
+        check_installed("sklearn", "matplotlib")
     spec = resolve_taxonomy(taxonomy, labels, template)
     dataset = load_dataset(data, spec)
-    import_in_background("sklearn.metrics")
     with _tagger(tagger, model, cache, settings) as active:
         scored = _score(dataset, spec, active, progress)
         report = build_eval_report(scored, dataset, active, bootstrap_rounds)
@@ -111,10 +111,10 @@ def calibrate(
     per_action = check_per_action(per_action or {})
     if not 2 <= folds <= 20:
         raise ConfigurationError(f"folds must be between 2 and 20, got {folds}")
-    check_installed()
+    check_installed("sklearn")
     spec = resolve_taxonomy(taxonomy)
     dataset = load_dataset(data, spec)
-    import_in_background("sklearn.metrics", "sklearn.model_selection")
+    import_in_background("sklearn.model_selection")
     with _tagger(tagger, model, cache, settings) as active:
         scored = _score(dataset, spec, active, progress)
         if len(scored.items) < 2 * folds:
