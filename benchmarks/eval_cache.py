@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -23,11 +24,18 @@ from pathlib import Path
 LABELS = ["explicit_nudity", "graphic_violence", "firearms", "knives_as_weapons", "drugs", "hate_symbols", "alcohol", "gambling"]
 
 
+CPU: dict[str, float] = {}  # CPU seconds (user + sys) of each command: less sensitive to other load than wall time
+
+
 def zstagger(*args: str, env: dict[str, str], profile_imports: bool = False) -> tuple[float, subprocess.CompletedProcess]:
     cmd = [sys.executable, *(["-X", "importtime"] if profile_imports else []), "-m", "zstagger.cli", *args]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU[args[0] + ("-profiled" if profile_imports else "")] = round(
+        after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2)
     if proc.returncode not in (0, 1):
         raise SystemExit(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     return seconds, proc
@@ -69,8 +77,10 @@ def main() -> None:
 
     print("eval, cold cache...", file=sys.stderr)
     cold_s, cold = zstagger("eval", str(data), "-t", "moderation", *common, env=env)
+    cold_cpu = CPU["eval"]
     print("eval, warm cache...", file=sys.stderr)
     warm_s, warm = zstagger("eval", str(data), "-t", "moderation", *common, env=env)
+    warm_cpu = CPU["eval"]
     _, profiled = zstagger("eval", str(data), "-t", "moderation", *common, env=env, profile_imports=True)
     print("calibrate (warm cache)...", file=sys.stderr)
     calibrate_s, _ = zstagger("calibrate", str(data), "-t", "moderation", "--target-precision", "0.9",
@@ -87,12 +97,16 @@ def main() -> None:
         "eval_cold_s": round(cold_s, 2), "eval_cold_cache": [a["cache_hits"], a["cache_misses"]],
         "eval_warm_s": round(warm_s, 2), "eval_warm_cache": [b["cache_hits"], b["cache_misses"]],
         "ratio_cold_over_warm": round(cold_s / warm_s, 1),
+        "eval_cold_cpu_s": cold_cpu, "eval_warm_cpu_s": warm_cpu,
+        "ratio_cold_over_warm_cpu": round(cold_cpu / warm_cpu, 1),
+        "load_average_after": os.getloadavg()[0],
         "warm_evaluate_seconds_in_process": b["seconds"],
         "warm_startup_and_imports_s": round(warm_s - b["seconds"], 2),
         "warm_imports_s": import_seconds(profiled.stderr),
         "warm_imports_torch": "torch" in import_seconds(profiled.stderr) or " torch\n" in profiled.stderr,
         "figures_identical_cold_vs_warm": same,
         "calibrate_warm_s": round(calibrate_s, 2),
+        "calibrate_warm_cpu_s": CPU["calibrate"],
         "eval_with_report_warm_s": round(report_s, 2),
         "cache_file_bytes": sum(p.stat().st_size for p in cache.glob("image-embeddings.sqlite3*")),
         "cpu_count": os.cpu_count(),
