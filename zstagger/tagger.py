@@ -12,7 +12,6 @@ never imports torch. Scoring is numpy.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import threading
@@ -338,7 +337,7 @@ class Tagger:
             for p, e in zip(todo, embeds):
                 p.vector = e
         hashed = [p.hashed for p in ready if p.hashed is not None]
-        if hashed:  # after the embeddings: an index entry always points at a stored vector
+        if hashed:  # local files read and hashed: their digests, for the next run
             self.image_cache.remember_digests(hashed)  # type: ignore[union-attr]
         if self.image_cache is not None:
             with self._lock:
@@ -347,22 +346,14 @@ class Tagger:
         return refs, (np.stack([p.vector for p in ready]) if ready else None), errors
 
     def _prepare(self, ref: ImageInput) -> _Prepared | ImageLoadError:
+        """In a loader thread: the cached embedding, or model-ready pixels, or the error."""
         if self.image_cache is None or isinstance(ref, Image.Image):
             pixels = _or_error(self._pixels, ref)
             return pixels if isinstance(pixels, ImageLoadError) else _Prepared(None, pixels=pixels)
-        # A local file the cache has hashed before, unchanged since: no need to read it.
         path = os.fspath(ref) if isinstance(ref, (str, os.PathLike)) and not is_url(ref) else None
-        index = getattr(self.image_cache, "file_digest", None) if path is not None else None
-        st = digest = None
-        if index is not None:
-            with contextlib.suppress(OSError):  # a missing file fails below, as an error record
-                st = os.stat(path)  # type: ignore[arg-type]
-                digest = index(path, st)
-        if digest is not None:
-            key = self._key(digest)
-            cached = self.image_cache.get_many([key]).get(key)
-            if cached is not None:
-                return _Prepared(key, vector=normalize(cached))
+        st, hit = self._unchanged_file_hit(path) if path is not None else (None, None)
+        if hit is not None:
+            return hit
         data = _or_error(read_image_bytes, ref, self.image_policy)
         if isinstance(data, ImageLoadError):
             return data
@@ -373,6 +364,24 @@ class Tagger:
             return _Prepared(key, vector=normalize(cached), hashed=hashed)
         pixels = _or_error(self._pixels, data)
         return pixels if isinstance(pixels, ImageLoadError) else _Prepared(key, pixels=pixels, hashed=hashed)
+
+    def _unchanged_file_hit(self, path: str) -> tuple[os.stat_result | None, _Prepared | None]:
+        """A local file the cache hashed before and that is unchanged since: its embedding,
+        without reading the file (stores with a digest index only). Also its stat, taken
+        before any read, for recording its digest."""
+        index = getattr(self.image_cache, "file_digest", None)
+        if index is None:
+            return None, None
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None, None  # reading it fails below, as an error record
+        digest = index(path, st)
+        if digest is None:
+            return st, None
+        key = self._key(digest)
+        cached = self.image_cache.get_many([key]).get(key)  # type: ignore[union-attr]
+        return st, (_Prepared(key, vector=normalize(cached)) if cached is not None else None)
 
     def _key(self, digest: str) -> EmbeddingKey:
         return EmbeddingKey(digest, self.fingerprint, self.preprocessing)  # type: ignore[arg-type]

@@ -30,7 +30,13 @@ def _progress(show: bool | None, what: str):
         from tqdm import tqdm
 
         bar = tqdm(total=len(dataset.items), unit="img", file=sys.stderr, disable=not show, desc=what)
-        return bar.update
+
+        def update(count: int) -> None:
+            bar.update(count)
+            if bar.n >= len(dataset.items):
+                bar.close()  # before the summary is printed
+
+        return update
 
     return start
 
