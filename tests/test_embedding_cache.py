@@ -187,7 +187,7 @@ def test_unchanged_files_are_not_read_again_and_edited_ones_are(tiny_model_dir, 
     reads = []
     original = tagger_module.read_image_bytes
     monkeypatch.setattr(tagger_module, "read_image_bytes", lambda ref, policy: reads.append(ref) or original(ref, policy))
-    make = lambda: Tagger(str(tiny_model_dir), device="cpu", precision="fp32", image_cache=cache,  # noqa: E731
+    make = lambda: Tagger(str(tiny_model_dir), device="cpu", precision="fp32", image_cache=cache,
                           settings=Settings(cache_dir=str(tmp_path / "cache")))
     first = make().tag(paths, labels=["a", "b"])
     assert sorted(reads) == sorted(paths)

@@ -479,7 +479,7 @@ def test_metric_functions_equal_scikit_learn(seed):
     assert math.isclose(roc_auc(truth, scores), sk.roc_auc_score(truth, scores), rel_tol=1e-12)
     predicted = scores >= 0.5
     m, _ = label_metrics(Bootstrap(200, rounds=10), "x", 0.5, truth, predicted, scores)
-    p, r, f, support = sk.precision_recall_fscore_support(truth, predicted, average="binary")
+    p, r, f, _ = sk.precision_recall_fscore_support(truth, predicted, average="binary")
     assert (m.precision.value, m.recall.value, m.support) == pytest.approx((p, r, truth.sum()))
     assert m.f1.value == pytest.approx(f)
     classes = ["a", "b", "c", "(none)"]

@@ -123,7 +123,7 @@ def label_metrics(boot: Bootstrap, name: str, threshold: float, truth: np.ndarra
             auc = roc_auc(truth, scores)
     metrics = LabelMetrics(
         label=name, threshold=threshold, support=int(truth.sum()), predicted=int(predicted.sum()),
-        precision=precision[0], recall=recall[0], f1=f1[0],
+        precision=precision[0], recall=recall[0], f1=f1[0].model_copy(update={"n": int(truth.sum())}),
         average_precision=ap, roc_auc=auc,
     )
     return metrics, {"precision": precision[1], "recall": recall[1], "f1": f1[1]}
