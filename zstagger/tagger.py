@@ -21,7 +21,7 @@ from .classifier import TaxonomyClassifier
 from .embedding_cache import EmbeddingCache
 from .engine.model import ClipEncoder
 from .errors import ConfigurationError, ImageLoadError
-from .images import ImageInput, ImagePolicy, describe, iter_inputs, load_image
+from .images import ImageInput, ImagePolicy, describe, iter_inputs, open_image
 from .registry import resolve_taxonomy
 from .results import LabelScore, TagResult
 from .settings import Settings
@@ -226,7 +226,9 @@ class Tagger:
 
     def _prepare(self, ref: ImageInput) -> np.ndarray | ImageLoadError:
         try:
-            return self.encoder.preprocess(load_image(ref, self.image_policy, self.decode_size), self.exact)
+            # The picture's memory is reserved (ZSTAGGER_MAX_DECODE_BYTES) until it is model input.
+            with open_image(ref, self.image_policy, self.decode_size) as picture:
+                return self.encoder.preprocess(picture, self.exact)
         except ImageLoadError as exc:
             return exc
         except Exception as exc:  # one odd file must never take the batch down with it
