@@ -153,9 +153,18 @@ def test_a_bad_file_on_the_taxonomy_path_fails_every_command_clearly(tmp_path, k
 # --- 2. URL deadline over the whole exchange ---------------------------------------------
 
 
-@pytest.fixture
-def dripping_server():
-    """Accepts, then sends a status line and headers one byte every 0.2 s."""
+DRIPS = {
+    # A status line and headers, one byte every 0.2 s: http.client reads them with one recv per
+    # fragment, each within its own timeout.
+    "http": b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 4\r\nX-Pad: " + b"x" * 200,
+    # A TLS record header announcing 16 KB of handshake, then its body a byte at a time.
+    "https": b"\x16\x03\x03\x40\x00" + b"\x00" * 300,
+}
+
+
+@pytest.fixture(params=sorted(DRIPS))
+def dripping_server(request):
+    """Accepts, reads the request (or ClientHello), then drips its answer one byte every 0.2 s."""
     listener = socket.create_server(("127.0.0.1", 0))
     stop = threading.Event()
 
@@ -168,7 +177,7 @@ def dripping_server():
                 continue
             with conn:
                 conn.recv(4096)
-                for byte in b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: 4\r\nX-Pad: " + b"x" * 200:
+                for byte in DRIPS[request.param]:
                     if stop.wait(0.2):
                         break
                     try:
@@ -178,13 +187,13 @@ def dripping_server():
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}/img.png"
+    yield f"{request.param}://127.0.0.1:{listener.getsockname()[1]}/img.png"
     stop.set()
     thread.join(5)
     listener.close()
 
 
-def test_the_url_timeout_bounds_status_line_and_headers(dripping_server):
+def test_the_url_timeout_bounds_headers_and_tls_handshake(dripping_server):
     policy = ImagePolicy(allow_private_urls=True, url_timeout=1.0)
     error, elapsed = within(15, fetch_url, dripping_server, policy)
     assert isinstance(error, ImageLoadError) and error.kind == "fetch_timeout" and error.transient, error
@@ -274,7 +283,7 @@ PEAK_RSS = textwrap.dedent(
 
     model, runs = sys.argv[1], json.loads(sys.argv[2])
     for run in runs:
-        policy = ImagePolicy(max_decode_bytes=run["budget"])
+        policy = ImagePolicy(max_decode_bytes=run["budget"]) if run["budget"] else None
         with Tagger(model, precision="fp32", loader_threads=run["threads"], lanes=1, image_policy=policy) as tagger:
             tagger.tag([sample_image(0, (300, 200))], labels=["a", "b"])  # warm up: thread pools, kernels
             before = status("VmRSS")
@@ -292,7 +301,7 @@ def peak_rss(model_dir, runs: list[dict]) -> list[dict]:
     """For each run (paths, loader threads, decode budget), tagged in one fresh process:
     how far above the RSS before it tagging peaked (MiB, from VmHWM), and the errors."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
-    runs = [{"threads": 1, "budget": 1 << 30, **run, "paths": [str(p) for p in run["paths"]]} for run in runs]
+    runs = [{"threads": 1, "budget": None, **run, "paths": [str(p) for p in run["paths"]]} for run in runs]
     proc = subprocess.run([sys.executable, "-c", PEAK_RSS, str(model_dir), json.dumps(runs)],
                           capture_output=True, text=True, timeout=300, env=env, cwd=ROOT / "tests", check=False)
     assert proc.returncode == 0, proc.stderr
