@@ -13,12 +13,20 @@ from zstagger.testing import sample_image
 SCHEMA_KEYS = ["image", "taxonomy", "scores", "tags", "verdict", "error"]
 
 
-def zstagger(*args, stdin=None, env=None):
-    exe = shutil.which("zstagger") or [sys.executable, "-m", "zstagger.cli"]
-    cmd = [exe, *args] if isinstance(exe, str) else [*exe, *args]
+def command(*args):
+    exe = shutil.which("zstagger")
+    return [exe, *args] if exe else [sys.executable, "-m", "zstagger.cli", *args]
+
+
+def clean_environ(env=None):
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
     full_env.update(env or {})
-    return subprocess.run(cmd, input=stdin, capture_output=True, text=True, env=full_env, timeout=300)
+    return full_env
+
+
+def zstagger(*args, stdin=None, env=None, cwd=None):
+    return subprocess.run(command(*args), input=stdin, capture_output=True, text=True, env=clean_environ(env),
+                          timeout=300, cwd=cwd)
 
 
 def lines(stdout):
@@ -72,22 +80,23 @@ def test_failed_inputs_exit_1_and_still_print_every_line(image_dir, tiny_model_d
         (["x.jpg", "-t", "moderation", "--template", "{}"], "--template only applies to --labels"),
         (["x.jpg", "--labels", "a", "--batch-size", "0"], "0 is not in the range"),
         (["x.jpg", "--labels", "a", "--format", "xml"], "'xml' is not one of"),
-        (["x.jpg", "--labels", "a", "--model", "/definitely/not/here"], "model directory /definitely/not/here does not exist"),
-        (["x.jpg", "--labels", "a", "--device", "tpu"], "unknown device 'tpu'"),
+        (["IMAGE", "--labels", "a", "--model", "/definitely/not/here"], "model directory /definitely/not/here does not exist"),
+        (["IMAGE", "--labels", "a", "--device", "tpu"], "unknown device 'tpu'"),
     ],
 )
-def test_usage_errors_exit_2_with_a_clear_message(args, message):
-    result = zstagger("tag", *args)
+def test_usage_errors_exit_2_with_a_clear_message(args, message, image_dir):
+    result = zstagger("tag", *[str(image_dir / "a.jpg") if arg == "IMAGE" else arg for arg in args])
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert message in result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 
-def test_uncached_hub_model_exits_2_with_instructions(tmp_path):
-    result = zstagger("tag", "x.jpg", "--labels", "a", "--model", "openai/clip-vit-base-patch32",
+def test_uncached_hub_model_exits_2_with_instructions(tmp_path, image_dir):
+    result = zstagger("tag", str(image_dir / "a.jpg"), "--labels", "a", "--model", "openai/clip-vit-base-patch32",
                       env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)})
     assert result.returncode == 2
     assert "not in the local Hugging Face cache" in result.stderr and "--model /path/to/model" in result.stderr
+    assert "(hf download openai/clip-vit-base-patch32)" in result.stderr  # huggingface-cli is gone from huggingface-hub
     assert "Traceback" not in result.stderr
 
 
@@ -147,9 +156,12 @@ def test_public_api_reexports():
     assert tagged.mode == "RGB"
 
 
-def test_bench_runs_offline_on_a_local_checkpoint(tiny_model_dir, image_dir):
+def test_bench_runs_offline_on_a_local_checkpoint(tiny_model_dir, image_dir, tmp_path):
+    # A directory called `zstagger` where the user stands must not shadow the package in
+    # the measuring subprocesses (it once made `python -c "import zstagger"` find it instead).
+    (tmp_path / "zstagger").mkdir()
     result = zstagger("bench", "--model", str(tiny_model_dir), "--images", str(image_dir), "--labels", "cat,dog",
-                      "--repeats", "1", "--json")
+                      "--repeats", "1", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     for key in ("hf_pipeline_img_s", "bare_forward_bf16_weights_img_s", "bare_forward_bf16_autocast_img_s",
@@ -174,3 +186,88 @@ def test_a_reader_that_stops_early_is_not_reported_as_failed_inputs(image_dir, t
     proc.stdout.close()
     assert proc.wait(120) == 141
     assert "Traceback" not in proc.stderr.read()
+
+
+def test_bench_shows_a_failing_measurement_s_own_error(tiny_model_dir, image_dir, tmp_path):
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_model_dir, broken)
+    (broken / "model.safetensors").write_bytes(b"not weights")
+    result = zstagger("bench", "--model", str(broken), "--images", str(image_dir), "--labels", "cat,dog", "--repeats", "1")
+    assert result.returncode == 2
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("Error: start-up measurement failed (exit 1):") and "could not be loaded" in error, error
+    assert "Traceback" not in result.stderr and "CalledProcessError" not in result.stderr
+    tagging = zstagger("tag", str(image_dir / "a.jpg"), "--labels", "a,b", "--model", str(broken))
+    assert tagging.returncode == 2 and "Traceback" not in tagging.stderr
+    assert f"Error: {broken} was found but could not be loaded" in tagging.stderr
+
+
+def test_missing_inputs_exit_2_before_any_model_loads(tmp_path):
+    # The model does not exist either: the inputs are checked first, so that is what is reported.
+    result = zstagger("tag", str(tmp_path / "nope.jpg"), str(tmp_path / "gone.png"), "--labels", "a,b",
+                      "--model", str(tmp_path / "no-model"))
+    assert result.returncode == 2
+    assert "no such file: " + str(tmp_path / "nope.jpg") + " (and 1 more); nothing to tag" in result.stderr
+    assert "model" not in result.stderr.lower()
+
+
+def test_some_missing_inputs_are_error_records_not_a_usage_error(image_dir, tiny_model_dir):
+    result = zstagger("tag", str(image_dir / "a.jpg"), str(image_dir / "nope.jpg"), "--labels", "a,b",
+                      "--model", str(tiny_model_dir))
+    assert result.returncode == 1
+    assert [r["error"]["type"] if r["error"] else None for r in lines(result.stdout)] == [None, "not_found"]
+
+
+def test_model_loading_is_announced_on_a_terminal_only(image_dir, tiny_model_dir):
+    import pty
+
+    args = ("tag", str(image_dir / "a.jpg"), "--labels", "a,b", "--model", str(tiny_model_dir), "--format", "jsonl")
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run(command(*args), stdout=subprocess.PIPE, stderr=follower, env=clean_environ(), timeout=300)
+        os.close(follower)
+        follower = None
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the terminal's other side is closed and drained
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        if follower is not None:
+            os.close(follower)
+        os.close(leader)
+    assert proc.returncode == 0
+    assert f"loading model {tiny_model_dir} ...".encode() in seen
+    piped = zstagger(*args)
+    assert piped.returncode == 0 and "loading model" not in piped.stderr
+
+
+def test_ctrl_c_exits_130_not_1(tiny_model_dir):
+    """Exit 1 means "some inputs failed"; an interrupted run must not claim that."""
+    import signal
+    import time
+
+    from harness import SlowImageServer
+
+    server = SlowImageServer()
+    try:
+        refs = "\n".join(f"{server.url}/slow/1.0/i{i}.png" for i in range(200))
+        proc = subprocess.Popen(command("tag", "-", "--labels", "a,b", "--model", str(tiny_model_dir), "--format", "jsonl"),
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=clean_environ({"ZSTAGGER_ALLOW_PRIVATE_URLS": "1"}))
+        proc.stdin.write(refs)
+        proc.stdin.close()
+        assert proc.stdout.readline()  # tagging is under way (the first image came back)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130
+        stderr = proc.stderr.read()
+        assert "interrupted" in stderr and "Traceback" not in stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.close()

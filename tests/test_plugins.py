@@ -85,7 +85,8 @@ def test_misspelled_hook_fails_loudly():
 
     with pytest.raises(PluginError, match="register_taxonomy") as info:
         plugins.register(Typo(), name="typo-plugin")
-    assert "register_taxonomies" in str(info.value)  # lists the real hook names
+    assert "Did you mean 'register_taxonomies'?" in str(info.value)
+    assert "Known hooks: register_commands, register_taxonomies" in str(info.value)
     assert plugins.pm.get_plugin("typo-plugin") is None  # and is not left half-registered
 
 

@@ -33,10 +33,15 @@ from pathlib import Path
 
 import torch
 
+from .errors import ZstaggerError
 from .images import expand_inputs
 from .registry import resolve_taxonomy
 from .settings import Settings
 from .tagger import Tagger
+
+
+class BenchError(ZstaggerError):
+    """A measurement could not be taken (its subprocess failed); says why in one line."""
 
 
 def best_rate(run: Callable[[], int], repeats: int) -> float:
@@ -117,7 +122,7 @@ def _images(images_dir: str | None, workdir: Path) -> list[str]:
     if images_dir:
         images = [str(p) for p in expand_inputs([images_dir])]
         if not images:
-            raise SystemExit(f"no images in {images_dir}")
+            raise BenchError(f"no images in {images_dir}")
         return images
     from .synthetic import sample_image
 
@@ -154,9 +159,22 @@ def _startup(model: str, spec, cache: Path) -> float:
         "print(time.perf_counter()-t)"
     )
     env = {**os.environ, "ZSTAGGER_CACHE_DIR": str(cache)}
-    out = subprocess.run([sys.executable, "-c", code, model, spec.model_dump_json()], env=env,
-                         capture_output=True, text=True, check=True)
+    out = run_child([sys.executable, "-c", code, model, spec.model_dump_json()], env=env, cwd=cache.parent,
+                    what="start-up measurement")
     return float(out.stdout.strip().splitlines()[-1])
+
+
+def run_child(cmd: list[str], *, what: str, ok: tuple[int, ...] = (0,), **kwargs) -> subprocess.CompletedProcess:
+    """Run a measuring subprocess; if it fails, raise its own last error line, not ours.
+
+    Children run in the bench's scratch directory: a directory named ``zstagger`` in the
+    caller's working directory would otherwise shadow the package for ``python -c``.
+    """
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
+    if proc.returncode not in ok:
+        lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+        raise BenchError(f"{what} failed (exit {proc.returncode}): {lines[-1] if lines else 'no error output'}")
+    return proc
 
 
 def _hf_pipeline(model: str, spec, images: list[str], repeats: int) -> float:
@@ -221,11 +239,9 @@ def _cli(model: str, spec, images: list[str], cache: Path, batch_size: int) -> d
     env = {**os.environ, "ZSTAGGER_CACHE_DIR": str(cache)}
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
-    proc = subprocess.run([*cmd, *args], input="\n".join(images), capture_output=True, text=True, env=env)
+    run_child([*cmd, *args], input="\n".join(images), env=env, cwd=cache.parent, ok=(0, 1), what="zstagger tag")
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if proc.returncode not in (0, 1):
-        raise RuntimeError(f"zstagger tag failed: {proc.stderr[-2000:]}")
     return {
         "cli_img_s_including_startup": len(images) / seconds,
         # ru_maxrss is the largest child so far; report it only if this run set it.

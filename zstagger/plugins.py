@@ -11,8 +11,10 @@ looked up through :mod:`zstagger.registry`, which caches it until the plugins ch
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
+import re
 import sys
 import threading
 from pathlib import Path
@@ -107,8 +109,11 @@ def check_hooks() -> None:
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
-        known = ", ".join(sorted(name for name in dir(hookspecs) if name.startswith("register_")))
-        raise PluginError(f"{exc}. Known hooks: {known}") from None
+        known = sorted(name for name in dir(hookspecs) if name.startswith("register_"))
+        unknown = re.search(r"unknown hook '([^']+)'", str(exc))
+        close = difflib.get_close_matches(unknown.group(1), known, n=1) if unknown else []
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise PluginError(f"{exc}.{hint} Known hooks: {', '.join(known)}") from None
 
 
 def register(plugin: Any, name: str | None = None) -> str:

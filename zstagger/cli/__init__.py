@@ -11,7 +11,7 @@ import sys
 import click
 
 from . import queue, tagging, taxonomies  # noqa: F401  (each module adds its commands)
-from .common import EXIT_USAGE, cli
+from .common import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, cli
 
 __all__ = ["cli", "main"]
 
@@ -26,5 +26,23 @@ def main() -> None:
     except (PluginError, TaxonomyError) as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
-    cli(prog_name="zstagger")
+    try:
+        # Not click's standalone mode: it turns Ctrl-C into exit 1, which here means
+        # "some inputs failed".
+        code = cli.main(prog_name="zstagger", standalone_mode=False)
+    except KeyboardInterrupt:
+        code = _interrupted()
+    except click.exceptions.Abort:  # click's own wrapping of Ctrl-C/EOF at a prompt
+        code = _interrupted()
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+def _interrupted() -> int:
+    click.echo("interrupted", err=True)
+    return EXIT_INTERRUPTED
 

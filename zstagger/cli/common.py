@@ -21,6 +21,7 @@ from ..settings import PRECISIONS
 
 EXIT_OK, EXIT_FAILED_INPUTS, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a writer killed by SIGPIPE
+EXIT_INTERRUPTED = 128 + 2  # Ctrl-C, as a shell reports a process stopped by SIGINT
 
 
 @contextlib.contextmanager
@@ -71,6 +72,31 @@ def read_references(inputs: Iterable[str]) -> list[str]:
         else:
             refs.append(item)
     return refs
+
+
+def require_some_input_exists(refs: list) -> None:
+    """Exit 2 at once, before any model loads, when not one of the inputs can exist.
+
+    Inputs that are URLs or bytes count as existing; a mix of found and missing files goes
+    on (the missing ones become error records, exit 1).
+    """
+    from ..images import is_url
+
+    local = [ref for ref in refs if isinstance(ref, (str, os.PathLike)) and not is_url(ref)]
+    if len(local) < len(refs) or not refs:
+        return
+    if not any(os.path.lexists(ref) for ref in local):
+        first = local[0]
+        more = f" (and {len(local) - 1} more)" if len(local) > 1 else ""
+        raise click.UsageError(f"no such file: {first}{more}; nothing to tag")
+
+
+def announce_model_load(model: str | None) -> None:
+    """One line on stderr while the model loads (several seconds), when a person is watching."""
+    if sys.stderr.isatty():
+        from ..settings import Settings
+
+        click.echo(f"loading model {model or Settings().model} ...", err=True)
 
 
 def taxonomy_options(func: Callable) -> Callable:

@@ -8,8 +8,8 @@ import click
 
 from ..settings import Settings
 from .common import (
-    EXIT_FAILED_INPUTS, EXIT_OK, check_taxonomy_choice, cli, model_options, read_references, reader_may_leave,
-    reports_errors, taxonomy_options,
+    EXIT_FAILED_INPUTS, EXIT_OK, announce_model_load, check_taxonomy_choice, cli, model_options, read_references,
+    reader_may_leave, reports_errors, require_some_input_exists, taxonomy_options,
 )
 
 
@@ -27,7 +27,7 @@ def tag(inputs, taxonomy, labels, template, model, batch_size, device, precision
     \b
     zstagger tag photos/ -t moderation
     zstagger tag cat.jpg --labels "cat,dog,bird"
-    find /data -name '*.jpg' | zstagger tag - -t ecommerce --format jsonl
+    find /data -iname '*.jpg' | zstagger tag - -t ecommerce --format jsonl
     """
     from ..images import expand_inputs
     from ..tagger import Tagger
@@ -38,6 +38,8 @@ def tag(inputs, taxonomy, labels, template, model, batch_size, device, precision
     refs = list(expand_inputs(read_references(inputs)))
     if not refs:
         raise click.UsageError("no images found in the given inputs")
+    require_some_input_exists(refs)
+    announce_model_load(model)
     tagger = Tagger(model, device=device, precision=precision, batch_size=batch_size)
     failed = 0
     show = progress if progress is not None else sys.stderr.isatty()

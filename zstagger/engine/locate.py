@@ -55,7 +55,7 @@ def not_found_offline(model: str) -> ModelNotFoundError:
     why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hugging Face Hub cannot be reached"
     return ModelNotFoundError(
         f"model {model!r} is not in the local Hugging Face cache and {why}.\n"
-        f"Download it on a connected machine (huggingface-cli download {model}) and copy the cache "
+        f"Download it on a connected machine (hf download {model}) and copy the cache "
         "(HF_HOME) here, or save it to a directory and pass --model /path/to/model (or set ZSTAGGER_MODEL)."
     )
 
