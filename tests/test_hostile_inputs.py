@@ -16,6 +16,7 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -491,9 +492,10 @@ def test_a_worker_records_fifos_and_odd_names_and_refuses_bad_specs(tmp_path, ti
         # A producer that skips validation pushes a spec whose template would render gigabytes.
         settings = Settings(redis_url=server.url)
         store = JobStore(server.client())
-        store.create("forged", 1, int(time.time()) + 600, chunks=1, queue="bulk", taxonomy="x", fingerprint="x")
+        job_id = uuid.uuid4().hex
+        store.create(job_id, 1, int(time.time()) + 600, chunks=1, queue="bulk", taxonomy="x", fingerprint="x")
         spec = {"name": "x", "templates": ["{:>300000000}"], "labels": [{"name": "a"}, {"name": "b"}]}
-        app_for(settings).send_task(TASK_NAME, args=("forged", [[0, str(latin1_dir)]], spec), queue="bulk")
+        app_for(settings).send_task(TASK_NAME, args=(job_id, [[0, os.fsdecode(cafe)]], spec), queue="bulk")
         wait_for(lambda: "only a bare '{}'" in worker.output(), 60, "the worker to refuse the spec")
         again = zstagger("enqueue", later, "--labels", "a,b", env=env, timeout=60)
         job_id = again.stdout.decode().strip()
