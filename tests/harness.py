@@ -1,16 +1,19 @@
 """Real processes for queue tests: a redis-server on a free loopback port, `zstagger worker`s,
-and a loopback HTTP server that serves images slowly (so a worker can be caught mid-chunk)."""
+a loopback HTTP server that serves images slowly (so a worker can be caught mid-chunk), and a
+PostgreSQL server for the embedding store."""
 
 from __future__ import annotations
 
 import http.server
 import io
 import os
+import pwd
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -180,3 +183,66 @@ class SlowImageServer:
 
     def close(self) -> None:
         self.httpd.shutdown()
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL server from Debian's packages on a free loopback port.
+
+    Postgres refuses to run as root, and processes run as root here: the server then runs
+    as ``nobody`` (through runuser) in a directory it owns. ``stop()``/``start()`` keep the
+    data directory, so a test can restart the server under running workers.
+    """
+
+    def __init__(self, directory: Path | None = None):
+        self.initdb, self.pg_ctl = _postgres_tool("initdb"), _postgres_tool("pg_ctl")
+        self.dir = Path(directory or tempfile.mkdtemp(prefix="zstagger-pg-"))
+        self.data, self.port = self.dir / "data", free_port()
+        self.url = f"postgresql://zstagger:secret-pw@127.0.0.1:{self.port}/zstagger"
+        self.as_user = ["runuser", "-u", "nobody", "--"] if os.geteuid() == 0 else []
+        if self.as_user:
+            os.chown(self.dir, pwd.getpwnam("nobody").pw_uid, pwd.getpwnam("nobody").pw_gid)
+        (self.dir / "pw").write_text("secret-pw\n")
+        self._run([self.initdb, "-D", str(self.data), "-U", "zstagger", "--pwfile", str(self.dir / "pw"), "-A", "scram-sha-256",
+                   "-E", "UTF8", "--no-sync", "--no-instructions"])
+        with open(self.data / "postgresql.conf", "a") as conf:  # a test server: speed over durability of the OS cache
+            conf.write(f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = '{self.dir}'\n"
+                       "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nshared_buffers = 64MB\n")
+
+    def _run(self, cmd: list[str], timeout: float = 60) -> None:
+        done = subprocess.run([*self.as_user, *cmd], cwd=self.dir, capture_output=True, text=True, timeout=timeout)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stdout}{done.stderr}")
+
+    def start(self) -> PostgresServer:
+        self._run([self.pg_ctl, "-D", str(self.data), "-l", str(self.dir / "log"), "-w", "-t", "60", "start"], timeout=90)
+        import psycopg
+
+        with psycopg.connect(self.url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'zstagger'").fetchone():
+                conn.execute("CREATE DATABASE zstagger")
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        if (self.data / "postmaster.pid").exists():
+            self._run([self.pg_ctl, "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop"], timeout=90)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _postgres_tool(name: str) -> str:
+    """initdb or pg_ctl: on PATH, else where Debian keeps them (pg_config --bindir, /usr/lib/postgresql/*/bin)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    try:
+        bindir = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=True).stdout.strip()
+        if os.path.exists(os.path.join(bindir, name)):
+            return os.path.join(bindir, name)
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    if not candidates:
+        raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql); the embedding store tests need it")
+    return str(candidates[-1])

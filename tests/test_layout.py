@@ -12,9 +12,10 @@ LAYERS = {
     "errors": 0, "settings": 0, "results": 0, "files": 0,
     "engine": 1,
     "taxonomy": 2, "hookspecs": 2, "plugins": 2, "registry": 2, "builtin": 2, "images": 2, "synthetic": 2, "embedding_cache": 2,
+    "store": 2,  # below the tagger, which opens it from ZSTAGGER_STORE; what reads it to re-tag is "catalogue"
     "classifier": 3,
     "tagger": 4,
-    "evaluation": 5, "store": 5, "bench": 5, "testing": 5,
+    "evaluation": 5, "catalogue": 5, "bench": 5, "testing": 5,
     "queue": 6,
     "service": 7,
     "cli": 8,

@@ -15,6 +15,8 @@ import numpy as np
 from .engine.scoring import ScoringPlan, ensemble
 from .taxonomy import ACTION_SEVERITY, Taxonomy
 
+_ACTION_OF = {severity: action for action, severity in ACTION_SEVERITY.items()}
+
 
 @dataclass(frozen=True)
 class Classification:
@@ -23,6 +25,17 @@ class Classification:
     scores: list[tuple[str, float, float]]
     tags: list[str]
     verdict: str | None
+
+
+@dataclass
+class BatchClassification:
+    """A batch of images classified at once (plain lists, ready to become results)."""
+
+    ranked: list[list[int]]  # reported label indices, best first (``top_k`` of them)
+    scores: list[list[float]]  # their scores, same order
+    cosines: list[list[float]]
+    tags: list[list[int]]  # label indices that became tags
+    verdicts: list[str | None]
 
 
 class TaxonomyClassifier:
@@ -90,53 +103,103 @@ class TaxonomyClassifier:
         return cls(taxonomy, plan)
 
     def classify(self, image_embeds: np.ndarray, top_k: int | None = None) -> list[Classification]:
+        batch = self.classify_batch(image_embeds, top_k)
+        names = self.names
+        return [
+            Classification(scores=[(names[i], s, c) for i, s, c in zip(ranked, scores, cosines)],
+                           tags=[names[i] for i in tags], verdict=verdict)
+            for ranked, scores, cosines, tags, verdict in zip(batch.ranked, batch.scores, batch.cosines, batch.tags, batch.verdicts)
+        ]
+
+    def classify_batch(self, image_embeds: np.ndarray, top_k: int | None = None) -> BatchClassification:
+        """Score a batch and apply the taxonomy's rules to every row at once (no per-label Python)."""
         scores_f32, cosine_f32 = self.plan.score(image_embeds)
         scores, cosines = scores_f32.astype(np.float64), cosine_f32.astype(np.float64)
-        results = []
-        for row, cos in zip(scores, cosines):
-            tagged = self.tagged(row)
-            verdict = self.verdict(tagged)
-            ranked = sorted(self.reported, key=lambda i: -row[i])
-            if top_k is not None:
-                ranked = ranked[:top_k]
-            results.append(
-                Classification(
-                    scores=[(self.names[i], float(row[i]), float(cos[i])) for i in ranked],
-                    tags=[self.names[i] for i in tagged],
-                    verdict=verdict,
-                )
-            )
-        return results
+        ranked = self._ranked(scores)
+        tags, mask = self._tags(scores, ranked)
+        shown = ranked[:, :top_k] if top_k is not None else ranked
+        return BatchClassification(
+            ranked=shown.tolist(),
+            scores=np.take_along_axis(scores, shown, axis=1).tolist(),
+            cosines=np.take_along_axis(cosines, shown, axis=1).tolist(),
+            tags=tags,
+            verdicts=[_ACTION_OF[s] for s in self.severities(mask).tolist()] if self.has_actions else [None] * len(tags),
+        )
 
     def tagged(self, row: np.ndarray) -> list[int]:
         """Indices of the labels that become tags for one row of scores (thresholds applied)."""
-        return self._descend(row) if self.taxonomy.mode == "single" else self._fired(row)
+        return self.tag_rows(np.asarray(row, dtype=np.float64)[None, :])[0]
+
+    def tag_rows(self, scores: np.ndarray) -> list[list[int]]:
+        """Tags of each row of scores (N, L): single-label, the best label per level from the root
+        down while it clears its threshold; multi-label, every label over its threshold whose
+        parent fired too, best first."""
+        return self._tags(scores, self._ranked(scores) if self.taxonomy.mode != "single" else None)[0]
+
+    def tag_mask(self, scores: np.ndarray) -> np.ndarray:
+        """(N, L) bool: which labels became tags, for each row of scores."""
+        if self.taxonomy.mode != "single":
+            return self._fired(scores)
+        return self._tags(scores, None)[1]
+
+    def severities(self, mask: np.ndarray) -> np.ndarray:
+        """(N,) int: the severity of each row's verdict (see ACTION_SEVERITY) from its tag mask."""
+        return np.where(mask, np.asarray(self.severity), 0).max(axis=1, initial=0)
+
+    def _ranked(self, scores: np.ndarray) -> np.ndarray:
+        """The reported labels of each row, best first; ties keep label order (a stable sort, as
+        Python's sorted() on each row)."""
+        reported = np.asarray(self.reported, dtype=np.int64)
+        return reported[np.argsort(-scores[:, reported], axis=1, kind="stable")]
+
+    def _tags(self, scores: np.ndarray, ranked: np.ndarray | None) -> tuple[list[list[int]], np.ndarray]:
+        """Each row's tags (in order) and the (N, L) mask of them."""
+        if self.taxonomy.mode == "single":
+            paths = self._descend(scores)
+            mask = np.zeros(scores.shape, dtype=bool)
+            for row, path in enumerate(paths):
+                mask[row, path] = True
+            return paths, mask
+        fired = self._fired(scores)
+        keep = np.take_along_axis(fired, ranked, axis=1)  # type: ignore[arg-type]
+        flat = ranked[keep].tolist()  # type: ignore[index]  # row by row, each row best first
+        ends = np.cumsum(keep.sum(axis=1)).tolist()
+        return [flat[start:end] for start, end in zip([0, *ends[:-1]], ends)], fired
+
+    def _fired(self, scores: np.ndarray) -> np.ndarray:
+        fired = (scores >= self.thresholds) & ~self.background
+        for i in self.order:  # parents before children
+            if self.parents[i] >= 0:
+                fired[:, i] &= fired[:, self.parents[i]]
+        return fired
 
     def verdict(self, tagged: Sequence[int]) -> str | None:
         """The strictest action among tagged labels (``allow`` when none fires); None without actions."""
         if not self.has_actions:
             return None
-        worst = max((self.severity[i] for i in tagged), default=0)
-        return next(a for a, s in ACTION_SEVERITY.items() if s == worst)
+        return _ACTION_OF[max((self.severity[i] for i in tagged), default=0)]
 
-    def _descend(self, row: np.ndarray) -> list[int]:
-        """Single-label: best label per level, root down, while it clears its threshold."""
-        tagged, siblings = [], self.children.get(-1, [])
-        while siblings:
-            best = max(siblings, key=lambda i: row[i])
-            if self.background[best] or row[best] < self.thresholds[best]:
-                break
-            tagged.append(best)
-            siblings = self.children.get(best, [])
-        return tagged
-
-    def _fired(self, row: np.ndarray) -> list[int]:
-        """Multi-label: every label over its threshold whose parent fired too, best first."""
-        fired = (row >= self.thresholds) & ~self.background
-        for i in self.order:
-            if self.parents[i] >= 0 and not fired[self.parents[i]]:
-                fired[i] = False
-        return sorted(np.flatnonzero(fired).tolist(), key=lambda i: -row[i])
+    def _descend(self, scores: np.ndarray) -> list[list[int]]:
+        """Single-label: per level, the best of the current label's children (first best on ties)."""
+        rows = len(scores)
+        path: list[list[int]] = [[] for _ in range(rows)]
+        current = np.full(rows, -1, dtype=np.int64)
+        active = np.ones(rows, dtype=bool)
+        while active.any():
+            for node in np.unique(current[active]).tolist():
+                members = np.flatnonzero(active & (current == node))
+                siblings = self.children.get(node)
+                if not siblings:
+                    active[members] = False
+                    continue
+                siblings_arr = np.asarray(siblings, dtype=np.int64)
+                best = siblings_arr[scores[np.ix_(members, siblings_arr)].argmax(axis=1)]
+                ok = ~self.background[best] & (scores[members, best] >= self.thresholds[best])
+                for row, label in zip(members[ok].tolist(), best[ok].tolist()):
+                    path[row].append(label)
+                current[members[ok]] = best[ok]
+                active[members[~ok]] = False
+        return path
 
 
 def _parent_indices(taxonomy: Taxonomy) -> list[int]:

@@ -71,5 +71,14 @@ class DatasetError(ZstaggerError, ValueError):
     """A labelled dataset (folders or manifest) cannot be used as given."""
 
 
+class StoreError(ZstaggerError):
+    """The embedding store (ZSTAGGER_STORE) cannot be used as asked: no schema, a newer schema,
+    embeddings of another model. The message says what to do."""
+
+
+class StoreUnavailableError(StoreError):
+    """The embedding store cannot be reached (server down, file locked or unwritable)."""
+
+
 class MissingExtraError(ZstaggerError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""

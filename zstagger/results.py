@@ -1,9 +1,11 @@
 """Result records: one per input image, the same in the CLI, the Python API and the queue.
 
-One serializer for all of them (:meth:`TagResult.to_json`, :meth:`TagResult.from_json`):
-image names are file names, which on POSIX are bytes and need not be UTF-8. Python holds
-such a name with surrogate escapes (``os.fsdecode``); they are written as JSON ``\\udcXX``
-escapes, so ``json.loads`` gives the same string back and ``os.fsencode`` the original bytes.
+One serializer for all of them (:func:`format_result`, behind :meth:`TagResult.to_json`;
+:meth:`TagResult.from_json` reads it): image names are file names, which on POSIX are bytes
+and need not be UTF-8. Python holds such a name with surrogate escapes (``os.fsdecode``);
+they are written as JSON ``\\udcXX`` escapes, so ``json.loads`` gives the same string back
+and ``os.fsencode`` the original bytes. :func:`format_result` also takes plain values, so
+re-tagging millions of stored embeddings writes the same lines without building objects.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -45,11 +50,18 @@ class TagResult(BaseModel):
     tags: list[str] = []
     verdict: str | None = None
     error: ErrorInfo | None = None
+    # Where the embedding came from when it was not the image itself: "store" for `zstagger retag`.
+    # Written only when set, so `zstagger tag` lines keep their six fields.
+    source: str | None = None
 
     def to_json(self) -> str:
         """One line of JSON (the schema of ``zstagger tag`` and ``zstagger results``), always valid UTF-8."""
-        text = json.dumps(_finite(self.model_dump(mode="json")), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+        extra = {name: getattr(self, name) for name in type(self).model_fields if name not in _CORE_FIELDS}
+        return format_result(
+            self.image, self.taxonomy, ((s.label, s.score, s.cosine) for s in self.scores), self.tags, self.verdict,
+            self.error.model_dump(mode="json") if self.error is not None else None,
+            {name: _plain(value) for name, value in extra.items() if value is not None},
+        )
 
     @classmethod
     def from_json(cls, line: str | bytes) -> TagResult:
@@ -63,6 +75,89 @@ class TagResult(BaseModel):
     @classmethod
     def failed(cls, image: str, taxonomy: str, kind: str, message: str, transient: bool = False) -> TagResult:
         return cls(image=image, taxonomy=taxonomy, error=ErrorInfo(type=kind, message=message, transient=transient))
+
+
+_CORE_FIELDS = ("image", "taxonomy", "scores", "tags", "verdict", "error")
+
+
+def format_result(
+    image: str,
+    taxonomy: str,
+    scores: Iterable[tuple[str, float, float]],
+    tags: Iterable[str],
+    verdict: str | None,
+    error: dict | None = None,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """The JSON line of one result: what ``json.dumps`` writes for the result's fields (no
+    spaces, non-ASCII kept, NaN and infinities as null), lone surrogates as ``\\udcXX``."""
+    labels, values, cosines = zip(*scores) if scores else ((), (), ())
+    return format_results([image], taxonomy, [list(labels)], [list(values)], [list(cosines)], [list(tags)], [verdict],
+                          [error], extra)[0]
+
+
+def format_results(
+    images: Sequence[str],
+    taxonomy: str,
+    labels: Sequence[Sequence[str]],
+    scores: Sequence[Sequence[float]],
+    cosines: Sequence[Sequence[float]],
+    tags: Sequence[Sequence[str]],
+    verdicts: Sequence[str | None],
+    errors: Sequence[dict | None] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> list[str]:
+    """:func:`format_result` for many results at once, from plain lists (one entry per result:
+    its labels best first, their scores and cosines, its tags and verdict)."""
+    taxonomy_json = _label(taxonomy)
+    tail = "".join(f",{_label(name)}:{_dumps(value)}" for name, value in (extra or {}).items()) + "}"
+    out = []
+    for image, row_labels, row_scores, row_cosines, row_tags, verdict, error in zip(
+        images, labels, _numbers(scores), _numbers(cosines), tags, verdicts, errors or [None] * len(images)
+    ):
+        entries = ",".join([f'{{"label":{_label(label)},"score":{score},"cosine":{cosine}}}'
+                            for label, score, cosine in zip(row_labels, row_scores, row_cosines)])
+        out.append(f'{{"image":{_string(image)},"taxonomy":{taxonomy_json},"scores":[{entries}],'
+                   f'"tags":[{",".join(map(_label, row_tags))}],"verdict":{"null" if verdict is None else _label(verdict)},'
+                   f'"error":{"null" if error is None else _dumps(error)}{tail}')
+    return out
+
+
+def _string(text: str) -> str:
+    return _escaped(json.dumps(text, ensure_ascii=False))
+
+
+_label = lru_cache(maxsize=4096)(_string)  # label and taxonomy names repeat on every line
+
+
+def _numbers(rows: Sequence[Sequence[float]]) -> list[list[str]]:
+    """Each float as ``json.dumps`` writes it (``float.__repr__``; null when not finite)."""
+    out = []
+    for row in rows:
+        try:
+            out.append(list(map(float.__repr__, row)) if all(map(math.isfinite, row)) else [_number(v) for v in row])
+        except TypeError:  # not a float (an int, numpy's float32): as json.dumps would see it
+            out.append([_number(float(v)) for v in row])
+    return out
+
+
+def _number(value: float) -> str:
+    return float.__repr__(value) if math.isfinite(value) else "null"
+
+
+def _dumps(value: Any) -> str:
+    return _escaped(json.dumps(_finite(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False))
+
+
+def _escaped(json_text: str) -> str:
+    """Lone surrogates (names that are not UTF-8) as \\udcXX escapes: valid UTF-8 that json.loads reads back."""
+    if not _LONE_SURROGATE.search(json_text):
+        return json_text
+    return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", json_text)
+
+
+def _plain(value: Any) -> Any:
+    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
 
 
 def _finite(value):

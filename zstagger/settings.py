@@ -88,6 +88,17 @@ class Settings(BaseSettings):
         description="Cache image embeddings (SQLite file in the cache directory) when tagging, so an image already "
         "seen by this model is neither decoded nor encoded again. `zstagger eval` and `calibrate` always use it.",
     )
+    store: SecretUrl = Field(
+        "", repr=False,
+        description="Embedding store: every tagged image's content hash, reference, job and embedding, for re-tagging "
+        "without reading images and for skipping images already seen. sqlite:///relative/path, sqlite:////absolute/path "
+        "(or a plain file path), or postgresql://user:password@host/db ('' = off).",
+    )
+    store_timeout: float = Field(
+        20.0, gt=0,
+        description="Seconds a write to an unreachable embedding store is retried before its images are counted as "
+        "unrecorded and tagging goes on (reads never wait: a store that does not answer is a miss).",
+    )
     # plugins and taxonomies
     taxonomy_path: str = Field("", description=f"Directories of taxonomy YAML/JSON files, separated by {os.pathsep!r}.")
     plugins_dir: str = Field("", description="Directory of one-off plugin .py files.")

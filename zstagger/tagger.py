@@ -8,6 +8,10 @@ With an image-embedding cache (``image_cache=``, any :class:`~zstagger.embedding
 the loader threads read and hash each image's bytes first; a hit skips decoding and the
 forward pass, and the model is loaded only at the first miss, so a fully cached run
 never imports torch. Scoring is numpy.
+
+With ``ZSTAGGER_STORE`` set, the cache is the embedding store (:mod:`zstagger.store`),
+which also records every image tagged: its reference, content hash and job id, written
+once per :data:`WRITE_EVERY` images (a queue chunk: one write).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from .embedding_cache import (
     EmbeddingCache,
     EmbeddingKey,
     ImageEmbeddingStore,
+    ImageSighting,
     ModelInfo,
     ModelInfoCache,
     default_image_cache,
@@ -40,7 +45,7 @@ from .engine.scoring import normalize
 from .errors import ConfigurationError, ImageLoadError, ZstaggerError
 from .images import ImageInput, ImagePolicy, describe, is_url, iter_inputs, open_image, read_image_bytes
 from .registry import resolve_taxonomy
-from .results import LabelScore, TagResult
+from .results import LabelScore, TagResult, format_results
 from .settings import Settings
 from .taxonomy import Taxonomy
 
@@ -48,6 +53,9 @@ if TYPE_CHECKING:
     from .engine.model import ClipEncoder
 
 _PREFETCH_BATCHES = 2
+#: Images an embedding store is told about per write when tagging a stream (at least a
+#: whole queue chunk, ZSTAGGER_CHUNK_SIZE <= 1024, so a chunk is one write).
+WRITE_EVERY = 1024
 _cores: int | None = None
 
 
@@ -70,6 +78,7 @@ class Prepared:
     vector: np.ndarray | None = None
     pixels: np.ndarray | None = None
     hashed: tuple[str, os.stat_result, str] | None = None  # a local file read and hashed: for the digest index
+    name: str | None = None  # the reference as results name it, when an embedding store records images
 
 
 class Tagger:
@@ -82,9 +91,10 @@ class Tagger:
 
     ``image_cache``: ``True`` for the SQLite cache under ``ZSTAGGER_CACHE_DIR``, ``False``
     for none, any :class:`~zstagger.embedding_cache.ImageEmbeddingStore` to use that, or
-    ``None`` to follow ``ZSTAGGER_IMAGE_CACHE`` (off by default). With a cache, image
-    embeddings are rounded to fp16 whether they were cached or just computed (so a
-    cached run scores exactly like the first), and the model loads at the first miss.
+    ``None`` for the embedding store of ``ZSTAGGER_STORE`` if set, else the cache if
+    ``ZSTAGGER_IMAGE_CACHE`` (off by default). With a cache, image embeddings are rounded
+    to fp16 whether they were cached or just computed (so a cached run scores exactly like
+    the first), and the model loads at the first miss.
     """
 
     def __init__(
@@ -114,13 +124,20 @@ class Tagger:
         self._requested_lanes = lanes if lanes is not None else settings.inference_lanes
         self.exact = settings.exact_preprocessing if exact_preprocessing is None else exact_preprocessing
         self.preprocessing = "exact" if self.exact else "fast"
-        # image_cache: an object (used as given), True/False, or None to follow ZSTAGGER_IMAGE_CACHE.
+        # image_cache: an object (used as given), True/False, or None to follow ZSTAGGER_STORE, then ZSTAGGER_IMAGE_CACHE.
         use_cache = settings.image_cache if image_cache is None else image_cache
         self._owns_cache = use_cache is True
         self.image_cache: ImageEmbeddingStore | None = (
             default_image_cache(settings.cache_dir) if use_cache is True else (use_cache or None)  # type: ignore[assignment]
         )
-        self.cache_hits = self.cache_misses = 0
+        if image_cache is None and settings.store:
+            from .store import open_store
+
+            self.image_cache = open_store(settings.store, timeout=settings.store_timeout, connections=self.loader_threads + 1)
+            self._owns_cache = True
+        # An embedding store records every image seen (reference, job), not only new embeddings.
+        self._recorder = getattr(self.image_cache, "record", None)
+        self.cache_hits = self.cache_misses = self.unrecorded = 0
         self._encoder: ClipEncoder | None = None
         self._lanes: int | None = None
         self._forward_gate: threading.Semaphore | None = None
@@ -219,9 +236,11 @@ class Tagger:
         template: str | None = None,
         top_k: int | None = None,
         batch_size: int | None = None,
+        job_id: str = "",
     ) -> list[TagResult]:
         """Tag images (paths, directories, URLs, bytes or PIL images); one result per image, in order."""
-        return list(self.tag_iter(images, taxonomy, labels=labels, template=template, top_k=top_k, batch_size=batch_size))
+        return list(self.tag_iter(images, taxonomy, labels=labels, template=template, top_k=top_k, batch_size=batch_size,
+                                  job_id=job_id))
 
     def tag_iter(
         self,
@@ -232,17 +251,19 @@ class Tagger:
         template: str | None = None,
         top_k: int | None = None,
         batch_size: int | None = None,
+        job_id: str = "",
     ) -> Iterator[TagResult]:
         """Like :meth:`tag`, yielding results as batches finish (constant memory).
 
         ``batch_size`` overrides the Tagger's for this call (queue workers split a chunk
-        so that every lane gets a share).
+        so that every lane gets a share). ``job_id``: the queued job these images belong
+        to, recorded with them in an embedding store.
         """
         spec = self.resolve(taxonomy, labels, template)
         if top_k is not None and top_k < 1:
             raise ConfigurationError(f"top_k must be at least 1, got {top_k}")
         self.classifier(spec)  # compile (text embeddings) before the first image is read
-        for refs, embeds, errors in self.embed_batches(iter_inputs(images), batch_size):
+        for refs, embeds, errors in self.embed_batches(iter_inputs(images), batch_size, job_id=job_id):
             yield from self.results(spec, refs, embeds, errors, top_k)
 
     def results(
@@ -252,11 +273,14 @@ class Tagger:
         embeds: np.ndarray | None,
         errors: Sequence[ImageLoadError | None],
         top_k: int | None = None,
+        source: str | None = None,
     ) -> list[TagResult]:
         """Result records for one batch: ``embeds`` has a row for each ref whose error is None.
 
         The one place where embeddings become :class:`TagResult`s (tagging, the HTTP
-        service's micro-batches, anything scoring stored embeddings).
+        service's micro-batches, anything scoring stored embeddings; ``source="store"``
+        marks results scored from stored embeddings). :meth:`result_lines` is the same
+        as JSON lines, for millions of rows.
         """
         compiled = self.classifier(taxonomy)
         done = iter(compiled.classify(embeds, top_k) if embeds is not None else [])
@@ -273,8 +297,23 @@ class Tagger:
                 scores=[LabelScore(label=label, score=score, cosine=cos) for label, score, cos in c.scores],
                 tags=c.tags,
                 verdict=c.verdict,
+                source=source,
             ))
         return out
+
+    def result_lines(
+        self, taxonomy: Taxonomy, names: Sequence[str], embeds: np.ndarray, top_k: int | None = None, source: str | None = None
+    ) -> list[str]:
+        """``[r.to_json() for r in self.results(...)]`` for images that all have an embedding,
+        written straight from the arrays (no result objects): re-tagging a stored catalogue."""
+        compiled = self.classifier(taxonomy)
+        batch = compiled.classify_batch(embeds, top_k)
+        labels = compiled.names
+        return format_results(
+            names, taxonomy.name, [[labels[i] for i in ranked] for ranked in batch.ranked], batch.scores, batch.cosines,
+            [[labels[i] for i in tags] for tags in batch.tags], batch.verdicts,
+            extra={"source": source} if source is not None else None,
+        )
 
     @staticmethod
     def _plan_lanes(encoder: ClipEncoder, lanes: int) -> int:
@@ -295,33 +334,41 @@ class Tagger:
         return lanes
 
     def embed_batches(
-        self, images: Iterable[ImageInput], batch_size: int | None = None
+        self, images: Iterable[ImageInput], batch_size: int | None = None, *, job_id: str = ""
     ) -> Iterator[tuple[list[ImageInput], np.ndarray | None, list[ImageLoadError | None]]]:
         """Load, preprocess and encode images in batches, keeping every stage busy.
 
         Decoding runs in the loader threads, ahead of the encoder lanes; up to ``lanes``
         batches are encoded at once. Yields ``(refs, embeddings, errors)`` per batch, in
         input order: ``embeddings`` has one row per ref whose error is None (None when
-        no image of the batch could be read).
+        no image of the batch could be read). An embedding store is told about the images
+        every :data:`WRITE_EVERY` images and at the end, with ``job_id``.
         """
         loader, encoders = self._pools()
         source = iter(images)
         size = batch_size or self.batch_size
         batches = iter(lambda: list(islice(source, size)), [])
         in_flight: deque[Future] = deque()
+        pending: list[ImageSighting] | None = [] if self._recorder is not None else None
 
         def submit_next() -> None:
             batch = next(batches, None)
             if batch:
                 loads = [(ref, loader.submit(self.prepare, ref)) for ref in batch]
-                in_flight.append(encoders.submit(self._encode_batch, loads))
+                in_flight.append(encoders.submit(self._encode_batch, loads, job_id, pending))
 
-        for _ in range(self.lanes + _PREFETCH_BATCHES - 1):
-            submit_next()
-        while in_flight:
-            done = in_flight.popleft()
-            submit_next()
-            yield done.result()
+        try:
+            for _ in range(self.lanes + _PREFETCH_BATCHES - 1):
+                submit_next()
+            while in_flight:
+                done = in_flight.popleft()
+                submit_next()
+                yield done.result()
+                if pending is not None and len(pending) >= WRITE_EVERY:
+                    self._flush(pending)
+        finally:
+            if pending:
+                self._flush(pending)
 
     def preprocess(self, images: Iterable[ImageInput]) -> list[np.ndarray | ImageLoadError]:
         """Read, decode and preprocess images in the loader threads, without encoding them:
@@ -334,8 +381,28 @@ class Tagger:
         with self._lock:
             return {"hits": self.cache_hits, "misses": self.cache_misses}
 
+    def _flush(self, pending: list[ImageSighting]) -> None:
+        """Tell the embedding store about the images gathered so far, in one write."""
+        with self._lock:
+            sightings = pending[:]
+            pending.clear()
+        self._record(sightings)
+
+    def _record(self, sightings: list[ImageSighting]) -> None:
+        if not sightings:
+            return
+        if self._recorder is None:  # a plain cache keeps new embeddings only
+            fresh = [(s.key, s.vector) for s in sightings if s.vector is not None]
+            if fresh:
+                self.image_cache.put_many(fresh)  # type: ignore[union-attr]
+            return
+        missed = self._recorder(sightings, self.model_name)
+        if missed:
+            with self._lock:
+                self.unrecorded += missed
+
     def _encode_batch(
-        self, loads: list[tuple[ImageInput, Future]]
+        self, loads: list[tuple[ImageInput, Future]], job_id: str = "", pending: list[ImageSighting] | None = None
     ) -> tuple[list[ImageInput], np.ndarray | None, list[ImageLoadError | None]]:
         refs, errors, ready = [], [], []
         for ref, future in loads:
@@ -344,22 +411,36 @@ class Tagger:
             errors.append(prepared if isinstance(prepared, ImageLoadError) else None)
             if not isinstance(prepared, ImageLoadError):
                 ready.append(prepared)
-        return refs, (self.embed_prepared(ready) if ready else None), errors
+        return refs, (self.embed_prepared(ready, job_id=job_id, pending=pending) if ready else None), errors
 
-    def embed_prepared(self, ready: Sequence[Prepared]) -> np.ndarray:
+    def embed_prepared(
+        self, ready: Sequence[Prepared], *, job_id: str = "", pending: list[ImageSighting] | None = None
+    ) -> np.ndarray:
         """Embeddings for images from :meth:`prepare`, one row each, in order: cached ones as
-        they are, the others in one forward pass (stored in the image cache, if any)."""
+        they are, the others in one forward pass (stored in the image cache, if any).
+
+        An embedding store records every one of them (reference, ``job_id``), now or, with
+        ``pending``, when the caller flushes it."""
         todo = [p for p in ready if p.vector is None]
+        sightings: list[ImageSighting] = []
         if todo:
             encoder = self.encoder
             with self._forward_gate:  # type: ignore[union-attr]
                 embeds = encoder.encode_images(np.stack([p.pixels for p in todo])).numpy()
             if self.image_cache is not None:
-                self.image_cache.put_many([(p.key, e) for p, e in zip(todo, embeds) if p.key is not None])
+                sightings = [ImageSighting(p.key, p.name or "", job_id, e) for p, e in zip(todo, embeds) if p.key is not None]
                 # What a later hit will read back, so cached and fresh runs give the same scores.
                 embeds = normalize(to_fp16(embeds).astype(np.float32))
             for p, e in zip(todo, embeds):
                 p.vector = e
+        if self._recorder is not None:
+            fresh = {id(p) for p in todo}
+            sightings += [ImageSighting(p.key, p.name or "", job_id, None) for p in ready if p.key is not None and id(p) not in fresh]
+        if pending is not None:
+            with self._lock:
+                pending.extend(sightings)
+        else:
+            self._record(sightings)
         hashed = [p.hashed for p in ready if p.hashed is not None]
         if hashed:  # local files read and hashed: their digests, for the next run
             self.image_cache.remember_digests(hashed)  # type: ignore[union-attr]
@@ -372,6 +453,12 @@ class Tagger:
     def prepare(self, ref: ImageInput) -> Prepared | ImageLoadError:
         """In a loader thread: the cached embedding, or model-ready pixels, or the error
         (never raises for one image's problem; see :meth:`embed_prepared`)."""
+        prepared = self._prepare(ref)
+        if self._recorder is not None and isinstance(prepared, Prepared):
+            prepared.name = describe(ref)
+        return prepared
+
+    def _prepare(self, ref: ImageInput) -> Prepared | ImageLoadError:
         if self.image_cache is None or isinstance(ref, Image.Image):
             pixels = _or_error(self._pixels, ref)
             return pixels if isinstance(pixels, ImageLoadError) else Prepared(None, pixels=pixels)

@@ -7,13 +7,21 @@
   and re-tagging never encode the same image twice.
 
 The tagger talks to an image-embedding cache through :class:`ImageEmbeddingStore`
-(``get_many`` / ``put_many``), so any object with those two methods (an embedding store
-on PostgreSQL, say) can be handed to it instead. Nothing here imports torch or anything
-above it.
+(``get_many`` / ``put_many``), so any object with those two methods can be handed to it
+instead; one that also has ``record`` (:class:`ImageRecorder`, the embedding store of
+:mod:`zstagger.store`) is told about every image seen, with its reference and job. Nothing
+here imports torch or anything above it.
 """
 
-from .images import EmbeddingKey, ImageEmbeddingStore, SQLiteImageCache, default_image_cache
+from .images import (
+    EmbeddingKey,
+    ImageEmbeddingStore,
+    ImageRecorder,
+    ImageSighting,
+    SQLiteImageCache,
+    default_image_cache,
+)
 from .text import EmbeddingCache, ModelInfo, ModelInfoCache
 
-__all__ = ["EmbeddingCache", "EmbeddingKey", "ImageEmbeddingStore", "ModelInfo", "ModelInfoCache", "SQLiteImageCache",
-           "default_image_cache"]
+__all__ = ["EmbeddingCache", "EmbeddingKey", "ImageEmbeddingStore", "ImageRecorder", "ImageSighting", "ModelInfo",
+           "ModelInfoCache", "SQLiteImageCache", "default_image_cache"]

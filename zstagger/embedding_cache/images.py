@@ -60,6 +60,28 @@ class ImageEmbeddingStore(Protocol):
         ...
 
 
+class ImageSighting(NamedTuple):
+    """One image a tagger read, for a store that keeps a record of them (:class:`ImageRecorder`)."""
+
+    key: EmbeddingKey
+    reference: str  # as results name it (path, URL, upload name, bytes:sha256:...)
+    job_id: str  # "" when not tagged in a queued job
+    vector: np.ndarray | None  # the embedding just computed, or None when it came from the store
+
+
+@runtime_checkable
+class ImageRecorder(ImageEmbeddingStore, Protocol):
+    """An :class:`ImageEmbeddingStore` that also records every image seen (the embedding store).
+
+    The tagger hands it a chunk's images in one call; it writes them in one transaction,
+    idempotently (the same image of the same job recorded twice is one record), and never
+    raises for a store that is unreachable: it returns how many images it could not record.
+    """
+
+    def record(self, sightings: Sequence[ImageSighting]) -> int:
+        ...
+
+
 class SQLiteImageCache:
     """The embedded default :class:`ImageEmbeddingStore`: one SQLite file, no server."""
 
@@ -149,6 +171,31 @@ class SQLiteImageCache:
                 self._trouble("write", exc)
 
     # -- housekeeping --------------------------------------------------------------------
+
+    def forget(self, digests: Sequence[str]) -> int:
+        """Delete the embeddings (every model and mode) and digest-index entries of these SHA-256s;
+        returns how many embeddings were deleted. Raises ``sqlite3.Error`` (erasure must not fail silently)."""
+        if not digests:
+            return 0
+        with self._lock:
+            conn = self._connection()
+            if conn is None:
+                raise sqlite3.OperationalError(f"cannot open the image-embedding cache {self.path}")
+            deleted = 0
+            conn.execute("PRAGMA secure_delete = ON")  # an erasure leaves no bytes behind in free pages
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for start in range(0, len(digests), _IN_CHUNK):
+                    chunk = list(digests[start : start + _IN_CHUNK])
+                    marks = ",".join("?" * len(chunk))
+                    deleted += conn.execute(f"DELETE FROM image_embeddings WHERE sha256 IN ({marks})", chunk).rowcount
+                    conn.execute(f"DELETE FROM file_digests WHERE sha256 IN ({marks})", chunk)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # nor older copies of the pages in the log
+            return deleted
 
     def count(self) -> int:
         with self._lock:

@@ -52,10 +52,13 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(np.float32)
 
 
-def logsumexp(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    peak = np.max(x, axis=axis, keepdims=True)
-    peak = np.where(np.isfinite(peak), peak, 0.0)
-    return np.log(np.sum(np.exp(x - peak), axis=axis)) + np.squeeze(peak, axis=axis)
+def grouped_logsumexp(x: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """``log(sum(exp(...)))`` over consecutive column groups of (B, N) ``x``: group ``g`` is the
+    ``counts[g]`` columns from ``starts[g]`` (every group non-empty). Returns (B, G)."""
+    peak = np.maximum.reduceat(x, starts, axis=1)
+    peak = np.where(np.isfinite(peak), peak, 0.0).astype(x.dtype)
+    spread = np.exp(x - np.repeat(peak, counts, axis=1))
+    return np.log(np.add.reduceat(spread, starts, axis=1)) + peak
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -109,8 +112,13 @@ class ScoringPlan:
             self.competitor_mask = np.asarray(self.competitor_mask, dtype=bool)
             if not bool(self.competitor_mask.any(axis=1).all()):
                 raise ValueError("every label needs at least one competitor for contrastive scoring")
-            # log(mask): 0 where a competitor applies, -inf where it does not.
-            self._log_mask = np.where(self.competitor_mask, 0.0, -np.inf).astype(np.float32)
+            # Each label's competitors as one flat list of columns, label after label (a label faces
+            # a few of them: looking at those only is an order of magnitude less work than the
+            # whole (labels x competitors) grid).
+            labels, columns = np.nonzero(self.competitor_mask)
+            self._rival_columns = columns
+            self._rival_starts = np.searchsorted(labels, np.arange(self.competitor_mask.shape[0]))
+            self._rival_counts = np.diff(np.append(self._rival_starts, len(columns)))
 
     def score(self, image_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Unit image embeddings (B, D) -> (scores, cosines), both (B, L) float32."""
@@ -122,8 +130,8 @@ class ScoringPlan:
         if self.rule == "softmax":
             return hierarchical_softmax(logits, self.groups, self.group_parents), cosine
         competitor_logits = self.logit_scale * similarity(images, self.competitor_embeds)  # type: ignore[arg-type]
-        # per label: logsumexp over its own competitors, (B, 1, N) + (1, L, N) -> (B, L)
-        rivals = logsumexp(competitor_logits[:, None, :] + self._log_mask[None, :, :], axis=-1)
+        # per label: logsumexp over its own competitors -> (B, L)
+        rivals = grouped_logsumexp(competitor_logits[:, self._rival_columns], self._rival_starts, self._rival_counts)
         return sigmoid(logits - rivals), cosine
 
 

@@ -77,7 +77,7 @@ def score_dataset(
         if progress is not None:
             progress(len(refs))
     scores = np.stack(rows) if rows else np.zeros((0, len(taxonomy.labels)))
-    tagged = [compiled.tagged(row) for row in scores]
+    tagged = compiled.tag_rows(scores) if len(scores) else []
     after = tagger.cache_stats()
     return ScoredDataset(
         taxonomy=taxonomy, classifier=compiled, items=items, truth=truth_matrix(items, taxonomy), scores=scores,

@@ -96,6 +96,11 @@ class WorkerMetrics:
                                        buckets=self.LATENCY_BUCKETS)
         self.model_load_seconds = Gauge("zstagger_model_load_seconds", "Seconds this worker took to load its model",
                                         multiprocess_mode="max")
+        self.cache_hits = Counter("zstagger_image_cache_hits",
+                                  "Images whose embedding came from the embedding store or image cache (not decoded, not encoded)")
+        self.cache_misses = Counter("zstagger_image_cache_misses", "Images read and encoded by a worker with a store or cache")
+        self.unrecorded = Counter("zstagger_store_unrecorded_images",
+                                  "Images tagged but not recorded in the embedding store (it was unreachable); their results are saved")
 
     def chunk_done(self, taxonomy: str, results, seconds: float, retried: int) -> None:
         self.chunks.labels("done").inc()
@@ -113,3 +118,10 @@ class WorkerMetrics:
                         self.verdicts.labels(taxonomy, result.verdict).inc()
         if retried:
             self.retries.inc(retried)
+
+    def store_done(self, hits: int, misses: int, unrecorded: int) -> None:
+        """A chunk tagged with an embedding store or image cache: its hits, misses and images left unrecorded."""
+        self.cache_hits.inc(hits)
+        self.cache_misses.inc(misses)
+        if unrecorded:
+            self.unrecorded.inc(unrecorded)

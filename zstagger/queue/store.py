@@ -144,21 +144,32 @@ class JobStore:
         stored = self.redis.hmget(self.keys(job_id)[1], [str(i) for i in indices])
         return [i for i, value in zip(indices, stored) if value is None]
 
-    def save(self, job_id: str, results: Iterable[tuple[int, TagResult]], expires_at: int) -> None:
-        _, results_key, failed_key = self.keys(job_id)
-        results = list(results)
+    def save(self, job_id: str, results: Iterable[tuple[int, TagResult]], expires_at: int,
+             counts: dict[str, int] | None = None) -> None:
+        """Store results by input index; ``counts`` are added to the job's record in the same transaction
+        (so a chunk redelivered after its results were saved does not count twice)."""
+        self.save_lines(job_id, [(i, r.to_json(), r.error is not None) for i, r in results], expires_at, counts)
+
+    def save_lines(self, job_id: str, results: list[tuple[int, str, bool]], expires_at: int,
+                   counts: dict[str, int] | None = None) -> None:
+        """:meth:`save` for results already serialized: (index, JSON line, failed)."""
+        job, results_key, failed_key = self.keys(job_id)
         if not results:
             return
-        failed = [str(i) for i, r in results if r.error is not None]
-        succeeded = [str(i) for i, r in results if r.error is None]
+        failed = [str(i) for i, _, bad in results if bad]
+        succeeded = [str(i) for i, _, bad in results if not bad]
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(results_key, mapping={str(i): r.to_json() for i, r in results})
+            pipe.hset(results_key, mapping={str(i): line for i, line, _ in results})
             if failed:
                 pipe.sadd(failed_key, *failed)
             if succeeded:
                 pipe.srem(failed_key, *succeeded)
             pipe.expireat(results_key, expires_at)
             pipe.expireat(failed_key, expires_at)
+            for field, value in (counts or {}).items():
+                pipe.hincrby(job, field, value)
+            if counts:
+                pipe.expireat(job, expires_at)  # never a job record without an expiry (one rolled back meanwhile)
             pipe.execute()
 
     def status(self, job_id: str) -> dict[str, Any]:
@@ -178,7 +189,7 @@ class JobStore:
         finished = min(finished, total)  # indices are checked before they are stored; never report negative pending
         failed = min(failed, finished)
         state = "done" if finished >= total else ("running" if finished or "started" in meta else "pending")
-        return {
+        status = {
             "job_id": check_job_id(job_id),
             "state": state,
             "total": total,
@@ -186,6 +197,9 @@ class JobStore:
             "failed": failed,
             "pending": total - finished,
         }
+        if "cache_hits" in meta:  # workers with an embedding store or image cache: images neither decoded nor encoded
+            status["cache_hits"] = int(meta["cache_hits"])
+        return status
 
     def iter_results(self, job_id: str, total: int, page: int = 1000) -> Iterator[tuple[int, str | None]]:
         """(index, result JSON or None if not finished) for every input, in input order."""

@@ -118,8 +118,17 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
     # Split the chunk so that every encoder lane gets a share of it.
     share = max(1, -(-len(pending) // tagger.lanes))
     started = time.perf_counter()
-    results = tagger.tag([decode_ref(ref) for _, ref in pending], taxonomy=spec, top_k=chunk.top_k, batch_size=share) if pending else []
+    before, unrecorded = tagger.cache_stats(), tagger.unrecorded
+    # With an embedding store (ZSTAGGER_STORE) the Tagger records the chunk's images under
+    # this job in one write at the end of tag(): idempotent, so a redelivered chunk rewrites
+    # the same rows; if the store is away, the images are counted and logged as unrecorded
+    # and the results below are saved all the same.
+    results = tagger.tag([decode_ref(ref) for _, ref in pending], taxonomy=spec, top_k=chunk.top_k, batch_size=share,
+                         job_id=job_id) if pending else []
     seconds = time.perf_counter() - started
+    after = tagger.cache_stats()
+    hits, misses = after["hits"] - before["hits"], after["misses"] - before["misses"]
+    counts = {"cache_hits": hits} if pending and tagger.image_cache is not None else None
 
     final: list[tuple[int, TagResult]] = []
     again: list[list[Any]] = []
@@ -134,7 +143,7 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
             )
         final.append((index, result))
     expires_at = int(chunk.expires_at) if chunk.expires_at else int(time.time() + settings.result_ttl)
-    _with_redis(lambda: store.save(job_id, final, expires_at), "storing results", settings)
+    _with_redis(lambda: store.save(job_id, final, expires_at, counts), "storing results", settings)
     if again:
         queue = (self.request.delivery_info or {}).get("routing_key") or None
         _with_redis(lambda: tag_chunk.apply_async(
@@ -144,4 +153,6 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
             queue=queue,
         ), "queueing a retry", settings)
     metrics().chunk_done(spec.name, [result for _, result in final], seconds, len(again))
+    if counts is not None:
+        metrics().store_done(hits, misses, tagger.unrecorded - unrecorded)
     return {"tagged": len(final), "retrying": len(again), "skipped": len(items) - len(pending)}

@@ -1,0 +1,78 @@
+"""Re-tagging the back catalogue: a (new or changed) taxonomy applied to stored embeddings.
+
+No image is read and no vision model runs: each page of stored embeddings goes through
+the Tagger's own scoring (:meth:`~zstagger.Tagger.result_lines`, the same code as
+``zstagger tag``), so a line of ``zstagger retag`` is the line ``zstagger tag`` wrote for
+that image with the same model, preprocessing and embedding store, plus
+``"source": "store"``. The model is not loaded either when the taxonomy's text embeddings
+and the model's scalars are in ``ZSTAGGER_CACHE_DIR`` (as for ``zstagger eval``).
+
+Most of the time goes into writing the JSON (each score printed as ``json.dumps`` prints a
+float), so big catalogues are cut into id ranges that forked worker processes read, score
+and format side by side (:func:`retag_text`); the lines still come out in store order.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import deque
+from collections.abc import Iterator
+
+from ..results import TagResult
+from ..taxonomy import Taxonomy
+from .selection import Catalogue
+
+SOURCE = "store"
+PAGE = 10_000
+PARALLEL_FROM = 4 * PAGE  # fewer images than this: not worth starting processes
+
+_forked: dict[str, tuple[Catalogue, Taxonomy, int | None]] = {}  # what forked workers inherit
+
+
+def retag_lines(catalogue: Catalogue, taxonomy: Taxonomy, top_k: int | None = None, page: int = PAGE) -> Iterator[list[str]]:
+    """JSON lines (the schema of ``zstagger tag``), one list per page of stored images, in the order they were recorded."""
+    for batch, embeds in catalogue.pages(page):
+        yield catalogue.tagger.result_lines(taxonomy, batch.references, embeds, top_k, source=SOURCE)
+
+
+def retag_text(catalogue: Catalogue, taxonomy: Taxonomy, top_k: int | None = None, page: int = PAGE,
+               workers: int = 0, total: int | None = None) -> Iterator[tuple[int, str]]:
+    """:func:`retag_lines` as (lines, text ending in a newline) per page, made by ``workers``
+    forked processes (0: one per core, at most 8) when there are enough images."""
+    workers = workers or min(8, os.cpu_count() or 1)
+    total = catalogue.count() if total is None else total
+    if workers < 2 or total < PARALLEL_FROM or "fork" not in multiprocessing.get_all_start_methods():
+        for lines in retag_lines(catalogue, taxonomy, top_k, page):
+            yield len(lines), "".join(line + "\n" for line in lines)
+        return
+    ranges = catalogue.page_bounds(page)
+    catalogue.store.close()  # no connection or pool thread crosses the fork: each worker opens its own
+    _forked["work"] = (catalogue, taxonomy, top_k)
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            waiting: deque = deque()
+            for bounds in ranges:
+                waiting.append(pool.apply_async(_retag_range, (bounds,)))
+                if len(waiting) >= 2 * workers:  # bounded read-ahead: memory stays a few pages
+                    yield waiting.popleft().get()
+            while waiting:
+                yield waiting.popleft().get()
+    finally:
+        _forked.clear()
+
+
+def _retag_range(bounds: tuple[int, int]) -> tuple[int, str]:
+    """In a worker: the lines of the images with ids in (lo, hi]."""
+    catalogue, taxonomy, top_k = _forked["work"]
+    lines: list[str] = []
+    for batch, embeds in catalogue.pages(PAGE, after=bounds[0], upto=bounds[1]):
+        lines += catalogue.tagger.result_lines(taxonomy, batch.references, embeds, top_k, source=SOURCE)
+    return len(lines), "".join(line + "\n" for line in lines)
+
+
+def retag(catalogue: Catalogue, taxonomy: Taxonomy, top_k: int | None = None, page: int = PAGE) -> Iterator[TagResult]:
+    """The same as :class:`~zstagger.TagResult` objects (for Python callers)."""
+    for batch, embeds in catalogue.pages(page):
+        yield from catalogue.tagger.results(taxonomy, batch.references, embeds, [None] * len(batch.references), top_k,
+                                            source=SOURCE)
