@@ -168,3 +168,51 @@ def test_sigmoid_models_score_with_the_sigmoid_in_both_modes():
     result = clf.classify(image_of(gun=1))[0]
     gun = next(s for l, s, c in result.scores if l == "gun")
     assert math.isclose(gun, 1 / (1 + math.exp(-(10.0 * 1.0 - 2.0))), rel_tol=1e-5)
+
+
+# -- the batch rules equal the per-image rules they replace --------------------------------------------
+
+
+def _rules_one_row(clf, row):
+    """The rules as written per image, one label at a time: the reference for the batch code."""
+    if clf.taxonomy.mode == "single":
+        tagged, siblings = [], clf.children.get(-1, [])
+        while siblings:
+            best = max(siblings, key=lambda i: row[i])
+            if clf.background[best] or row[best] < clf.thresholds[best]:
+                break
+            tagged.append(best)
+            siblings = clf.children.get(best, [])
+    else:
+        fired = (row >= clf.thresholds) & ~clf.background
+        for i in clf.order:
+            if clf.parents[i] >= 0 and not fired[clf.parents[i]]:
+                fired[i] = False
+        tagged = sorted(np.flatnonzero(fired).tolist(), key=lambda i: -row[i])
+    worst = max((clf.severity[i] for i in tagged), default=0)
+    verdict = next(a for a, s in {"allow": 0, "review": 1, "block": 2}.items() if s == worst) if clf.has_actions else None
+    return sorted(clf.reported, key=lambda i: -row[i]), tagged, verdict
+
+
+@pytest.mark.parametrize("name", ["moderation", "ecommerce", "medical", "multi-tree"])
+def test_batch_classification_equals_the_per_image_rules(name):
+    from zstagger.registry import get_taxonomy
+
+    taxonomy = Taxonomy(name="multi-tree", mode="multi", default_threshold=0.4, labels=[
+        Label(name="a", action="review"), Label(name="a1", parent="a", action="block"), Label(name="b"),
+        Label(name="b1", parent="b"), Label(name="none", background=True)]) if name == "multi-tree" else get_taxonomy(name)
+    rng = np.random.default_rng(7)
+    clf = TaxonomyClassifier.build(taxonomy, lambda prompts: rng.normal(size=(len(prompts), 24)).astype(np.float32),
+                                   logit_scale=30.0)
+    embeds = rng.normal(size=(300, 24)).astype(np.float32)
+    embeds /= np.linalg.norm(embeds, axis=1, keepdims=True)
+    scores = clf.plan.score(embeds)[0].astype(np.float64)
+    scores[:20] = np.round(scores[:20], 1)  # ties, which keep label order
+    clf.thresholds[:] = np.quantile(scores, 0.6)  # so that a good share of labels fire
+    batch = clf.classify_batch(embeds, top_k=None)
+    for row, ranked, tags, verdict in zip(clf.plan.score(embeds)[0].astype(np.float64), batch.ranked, batch.tags, batch.verdicts):
+        assert (ranked, tags, verdict) == _rules_one_row(clf, row)
+    for row, tags, mask in zip(scores, clf.tag_rows(scores), clf.tag_mask(scores)):
+        assert tags == _rules_one_row(clf, row)[1] and sorted(np.flatnonzero(mask).tolist()) == sorted(tags)
+        assert clf.tagged(row) == tags
+    assert any(batch.tags) and sum(map(len, batch.tags)) < len(batch.tags) * len(clf.names)

@@ -91,7 +91,8 @@ def format_result(
 ) -> str:
     """The JSON line of one result: what ``json.dumps`` writes for the result's fields (no
     spaces, non-ASCII kept, NaN and infinities as null), lone surrogates as ``\\udcXX``."""
-    labels, values, cosines = zip(*scores) if scores else ((), (), ())
+    entries = list(scores)
+    labels, values, cosines = zip(*entries) if entries else ((), (), ())
     return format_results([image], taxonomy, [list(labels)], [list(values)], [list(cosines)], [list(tags)], [verdict],
                           [error], extra)[0]
 

@@ -13,8 +13,9 @@ A store that cannot be reached never stops tagging:
   takes a few); if the store is still away, the images are counted as unrecorded, one
   line is logged per write (with the job id), and ``record`` returns their number. The
   caller's results are unaffected: the queue saves them in the job store as usual.
-- while it is away, reads skip the store and writes try once, at most one probe every
-  :data:`PROBE_INTERVAL` seconds, so tagging does not slow down to the store's timeouts.
+- while it is away, reads skip the store and, once the outage is ``timeout`` old, so do
+  writes, except for one attempt (a probe) :data:`PROBE_INTERVAL` seconds after the last
+  one, so tagging does not slow down to the store's timeouts.
 
 Administrative calls (``stats``, ``purge``, ``forget``, the reads of retag) raise
 :class:`~zstagger.errors.StoreUnavailableError` instead: one clear line for the command.
@@ -42,7 +43,7 @@ from .schema import SCHEMA_VERSION, VERSION_TABLE, migrations
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-PROBE_INTERVAL = 2.0  # while the store is away: seconds between attempts to reach it
+PROBE_INTERVAL = 5.0  # while the store is away: seconds from the end of one attempt to reach it to the next
 _IN_CHUNK = 500  # values per IN (...) list
 
 
@@ -351,7 +352,9 @@ class EmbeddingStore:
         away_since = self._away_since
         deadline = ((away_since if away_since is not None else time.monotonic()) + self.timeout) if patient else 0.0
         delay = 0.25
-        fresh_try = True  # a pooled connection the server dropped (it restarted) fails once: try a new one at once
+        # A pooled connection the server dropped (it restarted) fails once: try a new one at once,
+        # unless the store is known to be away (then this is a probe: one attempt).
+        fresh_try = away_since is None
         while True:
             try:
                 with self._session(write, check_schema) as conn:
@@ -373,8 +376,9 @@ class EmbeddingStore:
                     delay = min(2 * delay, 4.0)
                     continue
                 with self._state:
+                    self._last_probe = time.monotonic()  # the next probe waits PROBE_INTERVAL from now
                     if self._away_since is None:
-                        self._away_since = self._last_probe = time.monotonic()
+                        self._away_since = self._last_probe
                 raise StoreUnavailableError(
                     f"cannot reach the embedding store at {self.where} ({type(exc).__name__}: {_first_line(exc)}); "
                     "start it, or point ZSTAGGER_STORE at yours"
