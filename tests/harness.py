@@ -193,7 +193,7 @@ class PostgresServer:
     data directory, so a test can restart the server under running workers.
     """
 
-    def __init__(self, directory: Path | None = None):
+    def __init__(self, directory: Path | None = None, durable: bool = False):
         self.initdb, self.pg_ctl = _postgres_tool("initdb"), _postgres_tool("pg_ctl")
         self.dir = Path(directory or tempfile.mkdtemp(prefix="zstagger-pg-"))
         self.data, self.port = self.dir / "data", free_port()
@@ -204,9 +204,10 @@ class PostgresServer:
         (self.dir / "pw").write_text("secret-pw\n")
         self._run([self.initdb, "-D", str(self.data), "-U", "zstagger", "--pwfile", str(self.dir / "pw"), "-A", "scram-sha-256",
                    "-E", "UTF8", "--no-sync", "--no-instructions"])
-        with open(self.data / "postgresql.conf", "a") as conf:  # a test server: speed over durability of the OS cache
-            conf.write(f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = '{self.dir}'\n"
-                       "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nshared_buffers = 64MB\n")
+        with open(self.data / "postgresql.conf", "a") as conf:
+            conf.write(f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = '{self.dir}'\n")
+            if not durable:  # a test server: speed over surviving a power cut (benchmarks keep the defaults)
+                conf.write("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
 
     def _run(self, cmd: list[str], timeout: float = 60) -> None:
         done = subprocess.run([*self.as_user, *cmd], cwd=self.dir, capture_output=True, text=True, timeout=timeout)
