@@ -36,11 +36,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from harness import PostgresServer  # noqa: E402
+from harness import PostgresServer
 
-from zstagger.embedding_cache import EmbeddingKey, ImageSighting  # noqa: E402
-from zstagger.engine.locate import model_fingerprint  # noqa: E402
-from zstagger.store import open_store  # noqa: E402
+from zstagger.embedding_cache import EmbeddingKey, ImageSighting
+from zstagger.engine.locate import model_fingerprint
+from zstagger.store import open_store
 
 
 def synthetic(n: int, dim: int, start: int, seed: int) -> tuple[list[bytes], np.ndarray, np.ndarray]:
@@ -107,7 +107,7 @@ def record_rate(store, fingerprint: str, dim: int, chunks: int = 1000, chunk: in
 def run(cmd: list[str], env: dict, out: Path | None = None) -> float:
     started = time.perf_counter()
     with open(out or os.devnull, "w") as sink:
-        done = subprocess.run(cmd, env=env, stdout=sink, stderr=subprocess.PIPE, text=True)
+        done = subprocess.run(cmd, env=env, stdout=sink, stderr=subprocess.PIPE, text=True, check=False)
     if done.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed: {done.stderr}")
     return time.perf_counter() - started
@@ -171,7 +171,8 @@ def main() -> None:
             out = workdir / f"retag-{backend}.jsonl"
             seconds = run([sys.executable, "-m", "zstagger.cli", "retag", "-t", "moderation", "--store", url, "--no-progress",
                            "--workers", str(args.workers)], env, out)
-            lines = sum(1 for _ in open(out))
+            with open(out) as fh:
+                lines = sum(1 for _ in fh)
             assert lines == args.rows, (lines, args.rows)
             figures.update(retag_seconds=round(seconds, 1), retag_images_per_s=round(args.rows / seconds),
                            retag_output_mib=round(out.stat().st_size / 2**20), load_before_retag=round(load, 2))

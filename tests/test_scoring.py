@@ -210,7 +210,8 @@ def test_batch_classification_equals_the_per_image_rules(name):
     scores[:20] = np.round(scores[:20], 1)  # ties, which keep label order
     clf.thresholds[:] = np.quantile(scores, 0.6)  # so that a good share of labels fire
     batch = clf.classify_batch(embeds, top_k=None)
-    for row, ranked, tags, verdict in zip(clf.plan.score(embeds)[0].astype(np.float64), batch.ranked, batch.tags, batch.verdicts):
+    for row, ranked, tags, verdict in zip(clf.plan.score(embeds)[0].astype(np.float64), batch.ranked.tolist(), batch.tags,
+                                          batch.verdicts):
         assert (ranked, tags, verdict) == _rules_one_row(clf, row)
     for row, tags, mask in zip(scores, clf.tag_rows(scores), clf.tag_mask(scores)):
         assert tags == _rules_one_row(clf, row)[1] and sorted(np.flatnonzero(mask).tolist()) == sorted(tags)

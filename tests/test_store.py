@@ -10,11 +10,12 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
-
 from harness import PostgresServer
+
 from zstagger import Tagger
 from zstagger.embedding_cache import EmbeddingKey, ImageSighting, SQLiteImageCache
 from zstagger.engine.locate import model_fingerprint
@@ -168,9 +169,13 @@ def test_result_lines_are_what_json_dumps_writes_for_the_result():
         json.loads(r.to_json())  # valid JSON, valid UTF-8
     assert TagResult.from_json(results[2].to_json()) == results[2]
     first = results[0]
-    batch = format_results([first.image], first.taxonomy, [[s.label for s in first.scores]], [[s.score for s in first.scores]],
-                           [[s.cosine for s in first.scores]], [first.tags], [first.verdict], extra={"source": "store"})
-    assert batch == [first.to_json()[:-1] + ',"source":"store"}']
+    names = [s.label for s in first.scores]
+    order = np.array([list(range(len(names))), list(reversed(range(len(names))))])
+    values = np.array([s.score for s in first.scores])
+    page = format_results([first.image, "b.jpg"], first.taxonomy, names, order, values[order], -values[order], [[0], []],
+                          [first.verdict, None], extra={"source": "store"})
+    second = TagResult(image="b.jpg", taxonomy=first.taxonomy, scores=[first.scores[i] for i in order[1]], source="store")
+    assert page == [first.to_json()[:-1] + ',"source":"store"}', second.to_json()]
     assert '"source"' not in first.to_json() and results[1].to_json().endswith(',"source":"store"}')
 
 
@@ -217,7 +222,7 @@ def test_retag_loads_no_model_when_the_text_side_is_cached(env, tmp_path):
               "print(n, 'torch' in sys.modules, 'transformers' in sys.modules, t.model_loaded)")
     full_env = {**{k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}, **env}
     out = subprocess.run([sys.executable, "-c", script, env["ZSTAGGER_STORE"]], capture_output=True, text=True, env=full_env,
-                         timeout=120)
+                         timeout=120, check=False)
     assert out.stdout.split() == ["4", "False", "False", "False"], out.stderr
 
 
@@ -342,10 +347,10 @@ def test_forget_really_removes_rows_and_cached_embeddings(env, tmp_path):
     # The image-embedding cache of this machine (eval, calibrate, ZSTAGGER_IMAGE_CACHE) has them too.
     assert zstagger("tag", *paths, "--labels", "a,b", env={**env, "ZSTAGGER_STORE": "", "ZSTAGGER_IMAGE_CACHE": "1"}).returncode == 0
     assert zstagger("tag", str(tmp_path / "img"), "--labels", "a,b", env=env).returncode == 0
-    digest = {p: hashlib.sha256(open(p, "rb").read()).hexdigest() for p in [*paths, str(shared)]}
+    digest = {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in [*paths, str(shared)]}
     cache = SQLiteImageCache(tmp_path / "cache" / "image-embeddings.sqlite3")
     fingerprint = model_fingerprint(env["ZSTAGGER_MODEL"])
-    cached = lambda p: bool(cache.get_many([EmbeddingKey(digest[p], fingerprint, "fast")]))  # noqa: E731
+    cached = lambda p: bool(cache.get_many([EmbeddingKey(digest[p], fingerprint, "fast")]))
     vector = cache.get_many([EmbeddingKey(digest[paths[0]], fingerprint, "fast")])[EmbeddingKey(digest[paths[0]], fingerprint, "fast")]
     assert all(cached(p) for p in paths)
 

@@ -5,7 +5,6 @@ and a re-tag saved as a job that `zstagger results` serves."""
 import json
 import os
 import re
-import signal
 import shutil
 import subprocess
 import sys
@@ -13,8 +12,8 @@ import time
 import urllib.request
 
 import pytest
-
 from harness import PostgresServer, RedisServer, SlowImageServer, Worker, free_port, wait_for
+
 from zstagger.queue import enqueue
 from zstagger.settings import Settings
 from zstagger.store import open_store
@@ -101,7 +100,7 @@ def cli(*args, env, timeout=180):
     cmd = [exe, *args] if exe else [sys.executable, "-m", "zstagger.cli", *args]
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
     full_env.update(env)
-    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout, check=False)
 
 
 def test_a_worker_killed_after_recording_its_chunk_leaves_one_row_per_image(redis_server, pg_url, queue_env, workers,
@@ -167,7 +166,7 @@ def test_a_store_that_stays_down_loses_no_result_and_counts_what_it_missed(postg
         missed = sum(int(n) for n in re.findall(rf"embedding store: (\d+) images tagged but not recorded \(job {job.id}\)", log))
         assert missed >= 2
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-        counted = re.search(r"^zstagger_store_unrecorded_images_total (\S+)$", metrics, re.M)
+        counted = re.search(r"^zstagger_store_unrecorded_images_total (\S+)$", metrics, re.MULTILINE)
         assert counted and float(counted.group(1)) == missed
     finally:
         postgres.start()
@@ -192,8 +191,8 @@ def test_job_status_and_metrics_count_intake_hits(queue_env, workers, tmp_path):
     assert first.status()["cache_hits"] == 0 and second.status()["cache_hits"] == 7
     assert [r.model_dump() for r in second.results()[:6]] == [r.model_dump() for r in first.results()]
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    assert re.search(r"^zstagger_image_cache_hits_total 7\.0$", metrics, re.M)
-    assert re.search(r"^zstagger_image_cache_misses_total 6\.0$", metrics, re.M)
+    assert re.search(r"^zstagger_image_cache_hits_total 7\.0$", metrics, re.MULTILINE)
+    assert re.search(r"^zstagger_image_cache_misses_total 6\.0$", metrics, re.MULTILINE)
 
     # The second job re-tagged from the store, as a job of its own that `zstagger results` serves.
     cli_env = {**queue_env, "ZSTAGGER_STORE": url}

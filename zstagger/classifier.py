@@ -29,11 +29,11 @@ class Classification:
 
 @dataclass
 class BatchClassification:
-    """A batch of images classified at once (plain lists, ready to become results)."""
+    """A batch of images classified at once, ready to become results."""
 
-    ranked: list[list[int]]  # reported label indices, best first (``top_k`` of them)
-    scores: list[list[float]]  # their scores, same order
-    cosines: list[list[float]]
+    ranked: np.ndarray  # (N, K) int: reported label indices, best first (``top_k`` of them)
+    scores: np.ndarray  # (N, K) float64: their scores, same order
+    cosines: np.ndarray  # (N, K) float64
     tags: list[list[int]]  # label indices that became tags
     verdicts: list[str | None]
 
@@ -108,7 +108,8 @@ class TaxonomyClassifier:
         return [
             Classification(scores=[(names[i], s, c) for i, s, c in zip(ranked, scores, cosines)],
                            tags=[names[i] for i in tags], verdict=verdict)
-            for ranked, scores, cosines, tags, verdict in zip(batch.ranked, batch.scores, batch.cosines, batch.tags, batch.verdicts)
+            for ranked, scores, cosines, tags, verdict in zip(batch.ranked.tolist(), batch.scores.tolist(),
+                                                             batch.cosines.tolist(), batch.tags, batch.verdicts)
         ]
 
     def classify_batch(self, image_embeds: np.ndarray, top_k: int | None = None) -> BatchClassification:
@@ -119,9 +120,9 @@ class TaxonomyClassifier:
         tags, mask = self._tags(scores, ranked)
         shown = ranked[:, :top_k] if top_k is not None else ranked
         return BatchClassification(
-            ranked=shown.tolist(),
-            scores=np.take_along_axis(scores, shown, axis=1).tolist(),
-            cosines=np.take_along_axis(cosines, shown, axis=1).tolist(),
+            ranked=shown,
+            scores=np.take_along_axis(scores, shown, axis=1),
+            cosines=np.take_along_axis(cosines, shown, axis=1),
             tags=tags,
             verdicts=[_ACTION_OF[s] for s in self.severities(mask).tolist()] if self.has_actions else [None] * len(tags),
         )

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -80,6 +81,10 @@ class TagResult(BaseModel):
 _CORE_FIELDS = ("image", "taxonomy", "scores", "tags", "verdict", "error")
 
 
+_ENTRY = '{"label":%s,"score":%s,"cosine":%s}'
+_LINE = '{"image":%s,"taxonomy":%s,"scores":[%s],"tags":[%s],"verdict":%s,"error":%s%s}'
+
+
 def format_result(
     image: str,
     taxonomy: str,
@@ -91,37 +96,39 @@ def format_result(
 ) -> str:
     """The JSON line of one result: what ``json.dumps`` writes for the result's fields (no
     spaces, non-ASCII kept, NaN and infinities as null), lone surrogates as ``\\udcXX``."""
-    entries = list(scores)
-    labels, values, cosines = zip(*entries) if entries else ((), (), ())
-    return format_results([image], taxonomy, [list(labels)], [list(values)], [list(cosines)], [list(tags)], [verdict],
-                          [error], extra)[0]
+    entries = ",".join([_ENTRY % (_label(label), _number(score), _number(cosine)) for label, score, cosine in scores])
+    return _LINE % (_string(image), _label(taxonomy), entries, ",".join(map(_label, tags)), _verdict(verdict),
+                    "null" if error is None else _dumps(error), _tail(extra))
 
 
 def format_results(
     images: Sequence[str],
     taxonomy: str,
-    labels: Sequence[Sequence[str]],
-    scores: Sequence[Sequence[float]],
-    cosines: Sequence[Sequence[float]],
-    tags: Sequence[Sequence[str]],
+    names: Sequence[str],
+    ranked: np.ndarray,
+    scores: np.ndarray,
+    cosines: np.ndarray,
+    tags: Sequence[Sequence[int]],
     verdicts: Sequence[str | None],
-    errors: Sequence[dict | None] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> list[str]:
-    """:func:`format_result` for many results at once, from plain lists (one entry per result:
-    its labels best first, their scores and cosines, its tags and verdict)."""
-    taxonomy_json = _label(taxonomy)
-    tail = "".join(f",{_label(name)}:{_dumps(value)}" for name, value in (extra or {}).items()) + "}"
-    out = []
-    for image, row_labels, row_scores, row_cosines, row_tags, verdict, error in zip(
-        images, labels, _numbers(scores), _numbers(cosines), tags, verdicts, errors or [None] * len(images)
-    ):
-        entries = ",".join([f'{{"label":{_label(label)},"score":{score},"cosine":{cosine}}}'
-                            for label, score, cosine in zip(row_labels, row_scores, row_cosines)])
-        out.append(f'{{"image":{_string(image)},"taxonomy":{taxonomy_json},"scores":[{entries}],'
-                   f'"tags":[{",".join(map(_label, row_tags))}],"verdict":{"null" if verdict is None else _label(verdict)},'
-                   f'"error":{"null" if error is None else _dumps(error)}{tail}')
-    return out
+    """:func:`format_result` for a page of results of one taxonomy, none of them an error,
+    from arrays: ``ranked`` (N, K) label indices into ``names``, best first; ``scores`` and
+    ``cosines`` (N, K) in the same order; ``tags`` label indices. The floats of the whole
+    page are printed in one pass and each line is one ``%`` formatting, which is what makes
+    a million lines affordable."""
+    rows, width = np.shape(ranked)
+    quoted = np.array([_label(name) for name in names], dtype=object)
+    args = np.empty((rows, 3 * width), dtype=object)
+    args[:, 0::3] = quoted[ranked]
+    args[:, 1::3] = _number_array(scores)
+    args[:, 2::3] = _number_array(cosines)
+    entries, taxonomy_json, tail, tag_json = ",".join([_ENTRY] * width), _label(taxonomy), _tail(extra), quoted.tolist()
+    return [
+        _LINE % (_string(image), taxonomy_json, entries % tuple(row), ",".join([tag_json[i] for i in row_tags]),
+                 _verdict(verdict), "null", tail)
+        for image, row, row_tags, verdict in zip(images, args.tolist(), tags, verdicts)
+    ]
 
 
 def _string(text: str) -> str:
@@ -131,18 +138,23 @@ def _string(text: str) -> str:
 _label = lru_cache(maxsize=4096)(_string)  # label and taxonomy names repeat on every line
 
 
-def _numbers(rows: Sequence[Sequence[float]]) -> list[list[str]]:
-    """Each float as ``json.dumps`` writes it (``float.__repr__``; null when not finite)."""
-    out = []
-    for row in rows:
-        try:
-            out.append(list(map(float.__repr__, row)) if all(map(math.isfinite, row)) else [_number(v) for v in row])
-        except TypeError:  # not a float (an int, numpy's float32): as json.dumps would see it
-            out.append([_number(float(v)) for v in row])
-    return out
+def _verdict(verdict: str | None) -> str:
+    return "null" if verdict is None else _label(verdict)
+
+
+def _tail(extra: dict[str, Any] | None) -> str:
+    return "".join(f",{_label(name)}:{_dumps(value)}" for name, value in (extra or {}).items())
+
+
+def _number_array(values: np.ndarray) -> np.ndarray:
+    """:func:`_number` of every float of an array, as an object array of the same shape."""
+    flat = np.asarray(values, dtype=np.float64).ravel()
+    printed = list(map(float.__repr__, flat.tolist())) if np.isfinite(flat).all() else list(map(_number, flat.tolist()))
+    return np.array(printed, dtype=object).reshape(np.shape(values))
 
 
 def _number(value: float) -> str:
+    """A float as ``json.dumps`` writes it (``float.__repr__``), null when it is not finite."""
     return float.__repr__(value) if math.isfinite(value) else "null"
 
 

@@ -308,12 +308,8 @@ class Tagger:
         written straight from the arrays (no result objects): re-tagging a stored catalogue."""
         compiled = self.classifier(taxonomy)
         batch = compiled.classify_batch(embeds, top_k)
-        labels = compiled.names
-        return format_results(
-            names, taxonomy.name, [[labels[i] for i in ranked] for ranked in batch.ranked], batch.scores, batch.cosines,
-            [[labels[i] for i in tags] for tags in batch.tags], batch.verdicts,
-            extra={"source": source} if source is not None else None,
-        )
+        return format_results(names, taxonomy.name, compiled.names, batch.ranked, batch.scores, batch.cosines, batch.tags,
+                              batch.verdicts, extra={"source": source} if source is not None else None)
 
     @staticmethod
     def _plan_lanes(encoder: ClipEncoder, lanes: int) -> int:

@@ -1,0 +1,112 @@
+"""Intake with the embedding store: throughput with half the images seen before, and with none.
+
+    python benchmarks/store_intake.py --model CKPT/vitb32 --images JPEG_DIR [--backends sqlite,postgresql] [--rounds 2]
+
+In one process, one warm Tagger per configuration (model loaded, taxonomy embedded before
+anything is timed), `Tagger.tag` over every JPEG of ``--images`` against ``moderation``:
+
+- ``none``: no store (the baseline);
+- ``<backend> 50% seen``: a fresh store that already holds every other image (tagged
+  before the clock starts), so half the workload are repeats: hashed, looked up, not
+  decoded, not encoded;
+- ``<backend> 0% seen``: a fresh, empty store: every image is hashed, looked up, missed,
+  encoded and recorded (what the store costs when nothing repeats).
+
+Configurations alternate, ``--rounds`` times; the best round of each counts. Prints one
+JSON object with images/s and the ratios to the baseline of the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from harness import PostgresServer
+
+from zstagger import Tagger
+from zstagger.settings import Settings
+from zstagger.store import open_store
+from zstagger.testing import sample_image
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--images", required=True)
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+
+    images = sorted(str(p) for p in Path(args.images).iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+    seen_before = images[::2]
+    workdir = Path(tempfile.mkdtemp(prefix="zstagger-intake-bench-"))
+    warmup = [sample_image(i, (320, 240)) for i in range(8)]  # PIL images: never cached, never recorded
+    settings = Settings(model=args.model, cache_dir=str(workdir / "cache"))
+    postgres = PostgresServer(durable=True).start() if "postgresql" in args.backends else None
+    fresh = iter(range(10**6))
+
+    def new_store(backend: str):
+        if backend == "sqlite":
+            return open_store(f"sqlite:///{workdir}/store-{next(fresh)}.sqlite3")
+        import psycopg
+
+        name = f"intake{next(fresh)}"
+        with psycopg.connect(postgres.url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        store = open_store(postgres.url.rsplit("/", 1)[0] + "/" + name)
+        store.migrate()
+        return store
+
+    def measure(store, preload: list[str]) -> float:
+        with Tagger(settings=settings, image_cache=store if store is not None else False) as tagger:
+            tagger.tag(warmup, taxonomy="moderation")  # model loaded, taxonomy embedded, pools started
+            if preload:
+                tagger.tag(preload, taxonomy="moderation")
+            started = time.perf_counter()
+            results = tagger.tag(images, taxonomy="moderation")
+            seconds = time.perf_counter() - started
+            assert all(r.ok for r in results) and tagger.unrecorded == 0
+            if store is not None:
+                hits = tagger.cache_stats()["hits"]
+                assert hits == len(preload), (hits, len(preload))  # the repeats, and nothing else, were found
+        if store is not None:
+            store.close()
+        return len(images) / seconds
+
+    best: dict[str, float] = {}
+    load = []
+    try:
+        for _ in range(args.rounds):
+            load.append(round(os.getloadavg()[0], 2))
+            runs = [("none", None, [])]
+            for backend in args.backends.split(","):
+                runs += [(f"{backend} 50% seen", backend, seen_before), (f"{backend} 0% seen", backend, [])]
+            for name, backend, preload in runs:
+                rate = measure(new_store(backend) if backend else None, preload)
+                best[name] = max(best.get(name, 0.0), rate)
+                print(f"{name}: {rate:.1f} images/s", file=sys.stderr, flush=True)
+    finally:
+        if postgres is not None:
+            postgres.remove()
+        shutil.rmtree(workdir, ignore_errors=True)
+    base = best["none"]
+    report = {
+        "images": len(images), "repeats_in_the_50%_runs": len(seen_before), "model": args.model,
+        "precision": settings.precision, "rounds": args.rounds, "load_average_at_each_round": load,
+        "images_per_s": {k: round(v, 1) for k, v in best.items()},
+        "throughput_vs_no_store": {k: round(v / base, 3) for k, v in best.items() if k != "none"},
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
