@@ -15,7 +15,9 @@ For each backend, in one run:
 
 PostgreSQL runs with its default durability (fsync, synchronous commit) in a throwaway
 cluster on a loopback port (Debian's packages; run as ``nobody`` when root). Prints one
-JSON object; the machine's load average is in it, since every figure shares the cores.
+JSON object; the machine's load average is in it, since every figure shares the cores, and
+so is the CPU time each command used (its own and its worker processes'; PostgreSQL's
+server processes not included).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -104,13 +107,15 @@ def record_rate(store, fingerprint: str, dim: int, chunks: int = 1000, chunk: in
     return chunks * chunk / (time.perf_counter() - started)
 
 
-def run(cmd: list[str], env: dict, out: Path | None = None) -> float:
-    started = time.perf_counter()
+def run(cmd: list[str], env: dict, out: Path | None = None) -> tuple[float, float]:
+    """Wall seconds, and CPU seconds of the command and its worker processes."""
+    started, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(out or os.devnull, "w") as sink:
         done = subprocess.run(cmd, env=env, stdout=sink, stderr=subprocess.PIPE, text=True, check=False)
     if done.returncode:
         raise SystemExit(f"{' '.join(cmd)} failed: {done.stderr}")
-    return time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.perf_counter() - started, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
 def main() -> None:
@@ -169,18 +174,19 @@ def main() -> None:
                      "--store", url], {**env, "ZSTAGGER_TAXONOMY_PATH": str(workdir)})
             load = os.getloadavg()[0]
             out = workdir / f"retag-{backend}.jsonl"
-            seconds = run([sys.executable, "-m", "zstagger.cli", "retag", "-t", "moderation", "--store", url, "--no-progress",
-                           "--workers", str(args.workers)], env, out)
+            seconds, cpu = run([sys.executable, "-m", "zstagger.cli", "retag", "-t", "moderation", "--store", url,
+                                "--no-progress", "--workers", str(args.workers)], env, out)
             with open(out) as fh:
                 lines = sum(1 for _ in fh)
             assert lines == args.rows, (lines, args.rows)
-            figures.update(retag_seconds=round(seconds, 1), retag_images_per_s=round(args.rows / seconds),
+            figures.update(retag_seconds=round(seconds, 1), retag_cpu_seconds=round(cpu, 1),
+                           retag_images_per_s=round(args.rows / seconds),
                            retag_output_mib=round(out.stat().st_size / 2**20), load_before_retag=round(load, 2))
             out.unlink()
             load = os.getloadavg()[0]
-            seconds = run([sys.executable, "-m", "zstagger.cli", "diff", "--old", "moderation", "--new", str(stricter),
-                           "--store", url, "--json", "--no-progress"], env, workdir / f"diff-{backend}.json")
-            figures.update(diff_seconds=round(seconds, 1), diff_images_per_s=round(args.rows / seconds),
+            seconds, cpu = run([sys.executable, "-m", "zstagger.cli", "diff", "--old", "moderation", "--new", str(stricter),
+                                "--store", url, "--json", "--no-progress"], env, workdir / f"diff-{backend}.json")
+            figures.update(diff_seconds=round(seconds, 1), diff_cpu_seconds=round(cpu, 1), diff_images_per_s=round(args.rows / seconds),
                            load_before_diff=round(load, 2))
             diff = json.loads((workdir / f"diff-{backend}.json").read_text())
             figures["diff_changed_verdict"] = diff["changed_verdict"]

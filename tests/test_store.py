@@ -442,6 +442,8 @@ def test_store_urls_are_checked_and_their_passwords_never_shown(tmp_path, tiny_m
     assert missing.returncode == 2 and "no embedding store at" in missing.stderr and not (tmp_path / "nothing.db").exists()
     unset = zstagger("store", "stats")
     assert unset.returncode == 2 and "set ZSTAGGER_STORE" in unset.stderr
+    worker = zstagger("worker", env={"ZSTAGGER_STORE": "mysql://u:hunter2@h/db", "ZSTAGGER_MODEL": str(tiny_model_dir)})
+    assert worker.returncode == 2 and "unsupported scheme 'mysql'" in worker.stderr and "hunter2" not in worker.stderr
 
 
 def test_tagging_goes_on_when_the_sqlite_store_cannot_be_opened(tiny_model_dir, tmp_path, caplog):

@@ -36,8 +36,12 @@ def worker(concurrency, queues, model, precision, device, hostname, loglevel, po
     from ..engine.locate import check_available
     from ..errors import ZstaggerError
 
-    try:  # before forking: a missing model is one clear line, not a pool of failing processes
+    try:  # before forking: a missing model (or a bad ZSTAGGER_STORE) is one clear line, not a pool of failing processes
         check_available(settings.model)
+        if settings.store:
+            from ..store import open_store
+
+            open_store(settings.store, timeout=settings.store_timeout).close()  # checks the URL and the extra; connects to nothing
     except ZstaggerError as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
