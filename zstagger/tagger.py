@@ -240,16 +240,20 @@ class Tagger:
         fingerprint = self.fingerprint or self.encoder.fingerprint  # a Hub model not cached yet: loaded now
         return resolve_image_sets(taxonomy, fingerprint, self.model_name, self.embed_images, self.vector_loader)
 
-    def embed_images(self, images: Sequence[ImageInput]) -> list[np.ndarray | ImageLoadError]:
+    def embed_images(
+        self, images: Sequence[ImageInput], progress: Callable[[int], None] | None = None
+    ) -> list[np.ndarray | ImageLoadError]:
         """Each image's unit embedding, or the error it met, in order; with the same loading
         (limits, URL policy) as tagging, through the image-embedding cache of
         ``ZSTAGGER_CACHE_DIR`` (the tagger's own when it has one), so that example images are
-        encoded once per model."""
+        encoded once per model. ``progress(n)`` is told how many images each batch did."""
         cache = self._images_cache()
         out: list[np.ndarray | ImageLoadError] = []
-        for _, embeds, errors in self.embed_batches(images, cache=cache):
+        for refs, embeds, errors in self.embed_batches(images, cache=cache):
             vectors = iter(embeds if embeds is not None else [])
             out.extend(error if error is not None else next(vectors) for error in errors)
+            if progress is not None:
+                progress(len(refs))
         return out
 
     def _images_cache(self) -> ImageEmbeddingStore | None:

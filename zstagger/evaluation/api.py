@@ -137,16 +137,21 @@ def calibrate(
     )
 
 
-def write_taxonomy(taxonomy: Taxonomy, path: str | Path) -> Path:
-    """Write a complete taxonomy file (YAML) that ``ZSTAGGER_TAXONOMY_PATH`` loads as it is."""
+CALIBRATED = "Written by `zstagger calibrate`: thresholds chosen on labelled data (see calibration below)."
+
+
+def write_taxonomy(taxonomy: Taxonomy, path: str | Path, header: str = CALIBRATED, files: dict[str, bytes] | None = None) -> Path:
+    """Write a complete taxonomy file (YAML) that ``ZSTAGGER_TAXONOMY_PATH`` loads as it is,
+    and ``files`` (name -> bytes: vector packs) beside it, first."""
     import yaml
 
     path = Path(path)
-    body = yaml.safe_dump(taxonomy.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True, width=100)
-    header = "# Written by `zstagger calibrate`: thresholds chosen on labelled data (see calibration below).\n"
+    body = yaml.safe_dump(taxonomy.spec_dict(), sort_keys=False, allow_unicode=True, width=100)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(header + body, encoding="utf-8")
+        for name, data in (files or {}).items():
+            (path.parent / name).write_bytes(data)
+        path.write_text(f"# {header}\n" + body, encoding="utf-8")
     except OSError as exc:
         raise ConfigurationError(f"cannot write {path}: {exc.strerror or exc}") from None
     Taxonomy.from_file(path)  # what was written loads and validates
