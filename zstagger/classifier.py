@@ -60,11 +60,16 @@ class KnownImages:
 
 class TaxonomyClassifier:
     def __init__(self, taxonomy: Taxonomy, plan: ScoringPlan | None, known: KnownImages | None = None,
-                 images_from: str | None = None):
+                 image_sets: ImageSets | None = None):
         self.taxonomy = taxonomy
         self.plan = plan
         self.known = known
-        self.images_from = images_from  # where the image sets came from: "embedded vectors" or "image files"
+        # Where the image sets came from ("embedded vectors" or "image files") and their sizes; not
+        # the sets themselves, so that a pack's memory goes once the plan is built.
+        self.images_from = image_sets.origin if image_sets is not None else None
+        self.image_counts: dict[str, dict[str, int]] = {}
+        for (label, kind), found in (image_sets.sets if image_sets is not None else {}).items():
+            self.image_counts.setdefault(label, {})[kind] = len(found.names)
         labels = taxonomy.labels
         self.names = [label.name for label in labels]
         self.thresholds = np.array([taxonomy.threshold_of(label) for label in labels], dtype=np.float64)
@@ -109,9 +114,8 @@ class TaxonomyClassifier:
         position = {prompt: i for i, prompt in enumerate(unique)}
         embeds = embed_texts(unique) if unique else None
         known = _known_images(taxonomy, image_sets)
-        origin = image_sets.origin if image_sets is not None else None
         if embeds is None:  # every label is matched by known images alone
-            return cls(taxonomy, None, known, origin)
+            return cls(taxonomy, None, known, image_sets)
         label_embeds = ensemble(embeds, [[position[p] for p in group] for group in label_prompts])
         few_shot = _FewShotPlan(scored, image_sets, taxonomy.few_shot or FewShot(), label_embeds.shape[1])
         cache = None
@@ -126,7 +130,7 @@ class TaxonomyClassifier:
             else:
                 groups, parents = _sibling_groups(_parent_indices(taxonomy, scored))
                 plan = ScoringPlan("softmax", label_embeds, logit_scale, groups=groups, group_parents=parents, cache=cache)
-            return cls(taxonomy, plan, known, origin)
+            return cls(taxonomy, plan, known, image_sets)
 
         # Rivals: ensembled negative phrases, the background labels' own embeddings, then
         # each label's counter-examples (its own text with their images).
@@ -157,7 +161,7 @@ class TaxonomyClassifier:
         plan = ScoringPlan(
             "contrastive", label_embeds, logit_scale, competitor_embeds=rivals, competitor_mask=mask, cache=cache
         )
-        return cls(taxonomy, plan, known, origin)
+        return cls(taxonomy, plan, known, image_sets)
 
     def score(self, image_embeds: np.ndarray) -> BatchScores:
         """Every label's score and cosine for a batch of unit image embeddings, and the known-image matches."""
