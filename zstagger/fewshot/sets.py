@@ -37,6 +37,7 @@ LoadPack = Callable[[str], "bytes | None"]  # sha256 -> the pack's bytes, or Non
 MAX_PACK_BYTES = 2 * 1024 * 1024 * 1024  # 100,000 known images at 512-d are ~110 MB
 _SHOWN = 3
 KIND_WORDS = {"examples": "examples", "negative_examples": "counter-examples", "known_images": "known images"}
+_ONE = {"examples": "example", "negative_examples": "counter-example", "known_images": "known image"}
 
 
 @dataclass(frozen=True)
@@ -175,8 +176,12 @@ def _describe_unreadable(taxonomy: Taxonomy, problems: list) -> str:
     for label, kind, total, failed in problems:
         errors = "; ".join(f"{name}: {error.kind}: {error.message}" for name, error in failed[:_SHOWN])
         more = f"; and {len(failed) - _SHOWN} more" if len(failed) > _SHOWN else ""
-        head = (f"none of its {total} {KIND_WORDS[kind]} can be read" if len(failed) == total
-                else f"{len(failed)} of its {total} {KIND_WORDS[kind]} cannot be read")
+        if total == 1:
+            head = f"its one {_ONE[kind]} cannot be read"
+        elif len(failed) == total:
+            head = f"none of its {total} {KIND_WORDS[kind]} can be read"
+        else:
+            head = f"{len(failed)} of its {total} {KIND_WORDS[kind]} cannot be read"
         parts.append(f"label {label!r}: {head} ({errors}{more})")
     return f"taxonomy {taxonomy.name!r}: " + "; ".join(parts)
 
