@@ -17,7 +17,7 @@ from harness import RedisServer, Worker, run_cli
 from PIL import Image
 
 from zstagger import Taxonomy
-from zstagger.engine.fewshot import AffinityCache, best_matches, blend_prototypes
+from zstagger.engine.fewshot import ImageEvidence, best_matches, blend_prototypes
 from zstagger.engine.scoring import ScoringPlan
 from zstagger.errors import ExamplesError, TaxonomyError
 from zstagger.fewshot import ImageSet, build_pack, read_pack
@@ -55,28 +55,40 @@ def test_prototype_blend_equals_an_independent_computation():
                                atol=1e-6)  # no sets: text alone
 
 
-def test_affinity_cache_logits_equal_an_independent_computation():
+@pytest.mark.parametrize("method", ["centroid", "cache"])
+def test_image_evidence_logits_equal_an_independent_computation(method):
     rng = np.random.default_rng(1)
     labels, rivals, images = unit(rng, 3, 8), unit(rng, 2, 8), unit(rng, 5, 8)
     sets = [unit(rng, 4, 8), unit(rng, 2, 8)]
-    label_sets, rival_sets, alpha, beta, scale = [1, -1, 0], [-1, 0], 0.7, 4.0, 20.0
-    cache = AffinityCache.build(sets, label_sets, rival_sets, alpha, beta)
+    label_sets, rival_sets, weight, beta, scale = [1, -1, 0], [-1, 0], 0.3, 4.0, 20.0
+    evidence = (ImageEvidence.centroid(sets, label_sets, rival_sets, weight) if method == "centroid"
+                else ImageEvidence.cache(sets, label_sets, rival_sets, weight, beta))
     mask = np.array([[True, False], [True, True], [False, True]])
-    plan = ScoringPlan("contrastive", labels, scale, competitor_embeds=rivals, competitor_mask=mask, cache=cache)
+    plan = ScoringPlan("contrastive", labels, scale, competitor_embeds=rivals, competitor_mask=mask, evidence=evidence)
     scores, cosines = plan.score(images)
-    for b, x in enumerate(images):
-        aff = [np.mean([np.exp(-beta * (1 - float(x @ e))) for e in s]) for s in sets]
-        neutral = np.mean(aff)
 
-        def logit(text, s, x=x, aff=aff, neutral=neutral):
-            return scale * float(x @ text) + scale * alpha * (aff[s] if s >= 0 else neutral)
+    def cos(a, b):
+        return float(np.dot(a, b) / np.sqrt(np.dot(a, a) * np.dot(b, b)))
+
+    means = [np.mean(s, axis=0) for s in sets]
+    mu = np.mean(means, axis=0)
+    for b, x in enumerate(images):
+        if method == "centroid":  # SimpleShot's centring, blended with the zero-shot logit
+            per_set = [cos(x - mu, m - mu) for m in means]
+            neutral, text_weight = 0.0, 1 - weight
+        else:  # Tip-Adapter's affinities, averaged per set
+            per_set = [np.mean([np.exp(-beta * (1 - float(x @ e))) for e in s]) for s in sets]
+            neutral, text_weight = np.mean(per_set), 1.0
+
+        def logit(text, s, x=x, per_set=per_set, neutral=neutral, text_weight=text_weight):
+            return scale * text_weight * float(x @ text) + scale * weight * (per_set[s] if s >= 0 else neutral)
 
         for i in range(3):
             own = logit(labels[i], label_sets[i])
             others = [logit(rivals[j], rival_sets[j]) for j in range(2) if mask[i, j]]
             expected = np.exp(own) / (np.exp(own) + sum(np.exp(o) for o in others))
             assert abs(scores[b, i] - expected) < 1e-5
-            assert abs(cosines[b, i] - float(x @ labels[i])) < 1e-6  # the cache leaves the reported cosine alone
+            assert abs(cosines[b, i] - float(x @ labels[i])) < 1e-6  # the reported cosine stays image-text
 
 
 def test_best_matches_equal_brute_force():
@@ -127,6 +139,7 @@ def test_fingerprints_of_taxonomies_without_images_are_unchanged():
     ({"name": "k", "known_images": ["k/"], "match_threshold": 1.5}, "multi", "match_threshold 1.5 is outside (0, 1]"),
     ({"name": "k", "text": "k", "negative_examples": ["toy.jpg"]}, "single", "negative_examples apply to multi-label"),
     ({"name": "k", "known_images": ["k/"], "match_threshold": 0.9, "threshold": 0.5}, "multi", "threshold does not apply to a label matched by known_images alone"),
+    ({"name": "k", "text": "k", "examples": ["a.jpg"]}, "single", "its examples are the only image set"),
     ({"name": "k", "text": "k", "examples": ["ftp://host/x.jpg"]}, "single", "examples: 'ftp://host/x.jpg': only http:// and https:// URLs"),
 ])
 def test_bad_image_fields_are_named(label, mode, message):
@@ -168,7 +181,7 @@ def held_out(data, name):
     return [str(data / "images" / name / f"{i:04d}.jpg") for i in range(4, 10)]
 
 
-@pytest.mark.parametrize("method", ["prototype", "cache"])
+@pytest.mark.parametrize("method", ["centroid", "blend", "cache"])
 def test_examples_raise_their_labels_score_on_images_like_them(data, tagger, method):
     plain = spec_file(data, {"name": "plain", "labels": [{"name": c} for c in CLASSES]})
     taught = spec_file(data, {"name": f"taught-{method}", "few_shot": {"method": method},
@@ -186,8 +199,8 @@ def test_examples_raise_their_labels_score_on_images_like_them(data, tagger, met
     assert s1 > s0 + 0.2 and c1 >= 15 and c1 > c0 + 8, hits  # 24 held-out images, 4 classes: chance is 6 (text gets 5)
 
 
-def test_examples_of_one_label_alone_lift_it_only_on_images_like_them(data, tagger):
-    # The neutral centroid: giving one label examples must not make it win everywhere.
+def test_labels_with_examples_win_only_on_images_like_them(data, tagger):
+    # Labels without examples are not swept aside: examples lift their label only where images look like them.
     spec = spec_file(data, {"name": "one-taught", "labels": [
         {"name": "alpha", "examples": examples_of("alpha")}, {"name": "bravo", "examples": examples_of("bravo")},
         {"name": "charlie"}, {"name": "delta"}]})
@@ -201,16 +214,18 @@ def test_examples_of_one_label_alone_lift_it_only_on_images_like_them(data, tagg
 
 
 def test_counter_examples_lower_a_labels_score_on_look_alikes(data, tagger):
-    base = {"name": "firearm", "text": "a firearm", "examples": examples_of("alpha")}
-    without = spec_file(data, {"name": "m1", "mode": "multi", "labels": [base, {"name": "safe", "background": True}]})
-    with_counter = spec_file(data, {"name": "m2", "mode": "multi", "labels": [
-        {**base, "negative_examples": examples_of("bravo")}, {"name": "safe", "background": True}]})
+    def spec(name, counter):
+        return spec_file(data, {"name": name, "mode": "multi", "labels": [
+            {"name": "firearm", "text": "a firearm", "examples": examples_of("alpha"), "negative_examples": examples_of(counter)},
+            {"name": "safe", "background": True}]})
 
-    def mean_score(spec, name):
-        return np.mean([r.scores[0].score for r in tagger.tag(held_out(data, name), spec)])
+    def mean_score(taxonomy, images):
+        return np.mean([r.scores[0].score for r in tagger.tag(held_out(data, images), taxonomy)])
 
-    assert mean_score(with_counter, "bravo") < mean_score(without, "bravo") - 0.1  # the look-alikes drop
-    assert mean_score(with_counter, "alpha") > 0.5  # the label itself still fires
+    elsewhere, look_alikes = spec("m1", "charlie"), spec("m2", "bravo")  # the same but for what the counter-examples show
+    assert mean_score(look_alikes, "bravo") < mean_score(elsewhere, "bravo") - 0.1  # images like them drop
+    assert mean_score(look_alikes, "charlie") > mean_score(elsewhere, "charlie") + 0.1  # and the others no longer do
+    assert mean_score(look_alikes, "alpha") > 0.5  # the label itself still fires on images like its examples
 
 
 # -- known images -----------------------------------------------------------------------------------
@@ -420,13 +435,14 @@ def test_calibrate_with_examples_writes_them_and_reports_held_out_gains(tmp_path
 
     again = run_cli("eval", str(data), "-t", "four-calibrated", env={**env, "ZSTAGGER_TAXONOMY_PATH": str(out.parent)})
     assert again.returncode == 0, again.stderr
-    assert "labels with images (prototype, weight 0.5; vectors from embedded vectors): alpha 4 examples" in again.stdout
+    assert "labels with images (blend, weight 0.5; vectors from embedded vectors): alpha 4 examples" in again.stdout
 
 
 def test_the_examples_cli_shows_what_a_taxonomy_carries(tmp_path, cli_env):
-    write_labelled_folders(tmp_path / "ex", ["alpha"], 2, size=(48, 36))
+    write_labelled_folders(tmp_path / "ex", ["alpha"], 2, none=2, size=(48, 36))
     (tmp_path / "t.yaml").write_text(yaml.safe_dump({"name": "t", "mode": "multi", "few_shot": {"method": "cache", "alpha": 2},
-                                                     "labels": [{"name": "alpha", "examples": ["ex/alpha"], "negatives": ["x"]}]}))
+                                                     "labels": [{"name": "alpha", "examples": ["ex/alpha"], "negatives": ["x"]},
+                                                                {"name": "none", "background": True, "examples": ["ex/_none"]}]}))
     shown = run_cli("examples", "show", "-t", str(tmp_path / "t.yaml"), "--json", env=cli_env)
     assert shown.returncode == 0, shown.stderr
     info = json.loads(shown.stdout)

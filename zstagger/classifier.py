@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .engine.fewshot import NEUTRAL, AffinityCache, best_matches, blend_prototypes
+from .engine.fewshot import NEUTRAL, ImageEvidence, best_matches, blend_prototypes
 from .engine.scoring import ScoringPlan, ensemble
 from .errors import ExamplesError
 from .fewshot import ImageSets
@@ -118,18 +118,15 @@ class TaxonomyClassifier:
             return cls(taxonomy, None, known, image_sets)
         label_embeds = ensemble(embeds, [[position[p] for p in group] for group in label_prompts])
         few_shot = _FewShotPlan(scored, image_sets, taxonomy.few_shot or FewShot(), label_embeds.shape[1])
-        cache = None
 
         if uses_sigmoid or taxonomy.mode == "single":
-            if few_shot.method == "prototype":
-                label_embeds = few_shot.blend(label_embeds, few_shot.label_sets)
-            elif few_shot.sets:
-                cache = few_shot.cache(few_shot.label_sets, [])
+            label_embeds = few_shot.blend(label_embeds, few_shot.label_sets)
+            evidence = few_shot.evidence(few_shot.label_sets, [])
             if uses_sigmoid:
-                plan = ScoringPlan("sigmoid", label_embeds, logit_scale, logit_bias, cache=cache)
+                plan = ScoringPlan("sigmoid", label_embeds, logit_scale, logit_bias, evidence=evidence)
             else:
                 groups, parents = _sibling_groups(_parent_indices(taxonomy, scored))
-                plan = ScoringPlan("softmax", label_embeds, logit_scale, groups=groups, group_parents=parents, cache=cache)
+                plan = ScoringPlan("softmax", label_embeds, logit_scale, groups=groups, group_parents=parents, evidence=evidence)
             return cls(taxonomy, plan, known, image_sets)
 
         # Rivals: ensembled negative phrases, the background labels' own embeddings, then
@@ -144,11 +141,8 @@ class TaxonomyClassifier:
         rival_text = np.concatenate([negatives, label_embeds[background], label_embeds[counters]])
         rival_sets = ([NEUTRAL] * len(negative_phrases) + [few_shot.label_sets[i] for i in background]
                       + [few_shot.counter_sets[i] for i in counters])
-        if few_shot.method == "prototype":
-            label_embeds, rivals = few_shot.blend(label_embeds, few_shot.label_sets), few_shot.blend(rival_text, rival_sets)
-        else:
-            rivals = rival_text
-            cache = few_shot.cache(few_shot.label_sets, rival_sets) if few_shot.sets else None
+        label_embeds, rivals = few_shot.blend(label_embeds, few_shot.label_sets), few_shot.blend(rival_text, rival_sets)
+        evidence = few_shot.evidence(few_shot.label_sets, rival_sets)
         mask = np.zeros((len(scored), rivals.shape[0]), dtype=bool)
         first_counter = len(negative_phrases) + len(background)
         mask[:, len(negative_phrases):first_counter] = True  # every label also faces the background labels
@@ -159,7 +153,7 @@ class TaxonomyClassifier:
         for j, i in enumerate(counters):
             mask[i, first_counter + j] = True
         plan = ScoringPlan(
-            "contrastive", label_embeds, logit_scale, competitor_embeds=rivals, competitor_mask=mask, cache=cache
+            "contrastive", label_embeds, logit_scale, competitor_embeds=rivals, competitor_mask=mask, evidence=evidence
         )
         return cls(taxonomy, plan, known, image_sets)
 
@@ -280,10 +274,18 @@ class _FewShotPlan:
         return len(self.sets) - 1
 
     def blend(self, text: np.ndarray, set_index: Sequence[int]) -> np.ndarray:
-        return blend_prototypes(text, set_index, self.sets, self.settings.weight) if self.sets else text
+        """The ``blend`` method's prototypes (the text embeddings as they are for the other methods)."""
+        if self.method != "blend" or not self.sets:
+            return text
+        return blend_prototypes(text, set_index, self.sets, self.settings.weight)
 
-    def cache(self, label_sets: Sequence[int], competitor_sets: Sequence[int]) -> AffinityCache:
-        return AffinityCache.build(self.sets, label_sets, competitor_sets, self.settings.alpha, self.settings.beta)
+    def evidence(self, label_sets: Sequence[int], competitor_sets: Sequence[int]) -> ImageEvidence | None:
+        """The ``centroid`` and ``cache`` methods' image evidence (None for ``blend``, or without sets)."""
+        if self.method == "blend" or not self.sets:
+            return None
+        if self.method == "centroid":
+            return ImageEvidence.centroid(self.sets, label_sets, competitor_sets, self.settings.weight)
+        return ImageEvidence.cache(self.sets, label_sets, competitor_sets, self.settings.alpha, self.settings.beta)
 
 
 def _known_images(taxonomy: Taxonomy, image_sets: ImageSets | None) -> KnownImages | None:

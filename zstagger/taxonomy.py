@@ -94,14 +94,15 @@ IMAGE_KINDS = ("examples", "negative_examples", "known_images")
 class FewShot(BaseModel):
     """How a label's example images are combined with its text (see :mod:`zstagger.engine.fewshot`).
 
-    ``prototype``: the label's embedding becomes ``normalize((1 - weight) * text + weight * image centroid)``.
-    ``cache``: Tip-Adapter's cache, ``logit += logit_scale * alpha * mean exp(-beta * (1 - cos(image, example)))``.
+    ``blend`` (default): the label's embedding becomes ``normalize((1 - weight) * text + weight * image centroid)``.
+    ``centroid``: ``logit = scale * ((1 - weight) * cos(x, text) + weight * cos(x - mu, mean - mu))``.
+    ``cache``: Tip-Adapter's cache, ``logit += scale * alpha * mean exp(-beta * (1 - cos(image, example)))``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    method: Literal["prototype", "cache"] = "prototype"
-    weight: float = Field(0.5, ge=0.0, le=1.0, description="prototype: share of the image centroid in the label's embedding.")
+    method: Literal["blend", "centroid", "cache"] = "blend"
+    weight: float = Field(0.5, ge=0.0, le=1.0, description="centroid, blend: share of the images against the text.")
     alpha: float = Field(1.0, ge=0.0, description="cache: weight of the example affinities, in cosine units.")
     beta: float = Field(5.5, gt=0.0, description="cache: sharpness of the affinity exp(-beta * (1 - cos)).")
 
@@ -179,7 +180,7 @@ class Taxonomy(BaseModel):
     negatives: list[str] = Field(default_factory=list, description="Negatives for labels that list none of their own.")
     labels: list[Label]
     calibration: Calibration | None = Field(None, description="Set by `zstagger calibrate`: how the thresholds were chosen.")
-    few_shot: FewShot | None = Field(None, description="How example images are combined with text (default: prototype, 0.5).")
+    few_shot: FewShot | None = Field(None, description="How example images are combined with text (default: blend, weight 0.5).")
     examples_root: str | None = Field(
         None, description="Directory that relative image paths are relative to (default: the taxonomy file's directory)."
     )
@@ -294,6 +295,13 @@ class Taxonomy(BaseModel):
         for name in (self.calibration.labels if self.calibration else {}):
             if name not in by_name:
                 yield f"calibration: label {name!r} is not a label of this taxonomy"
+        taught = [(label.name, kind) for label in self.labels for kind in ("examples", "negative_examples")
+                  if getattr(label, kind)]
+        if len(taught) == 1:
+            name, kind = taught[0]
+            yield (f"label {name!r}: its {kind.replace('_', ' ')} are the only image set, so there is nothing to tell them "
+                   "apart from: give other labels examples (a background label's, of images that show none of the "
+                   "labels, say)" + (" or give it negative_examples" if self.mode == "multi" and kind == "examples" else ""))
         for key, vectors in self.image_vectors.items():
             if not key.isalnum() or len(key) > 64:
                 yield f"image_vectors: key {key!r} is not a model fingerprint"
