@@ -446,7 +446,8 @@ def test_the_examples_cli_shows_what_a_taxonomy_carries(tmp_path, cli_env):
     shown = run_cli("examples", "show", "-t", str(tmp_path / "t.yaml"), "--json", env=cli_env)
     assert shown.returncode == 0, shown.stderr
     info = json.loads(shown.stdout)
-    assert info["labels"][0]["examples"] == 1 and info["few_shot"]["method"] == "cache" and info["image_vectors"] == {}
+    assert info["labels"][0]["examples"] == 2 and info["image_vectors"] == {}  # images in the directory
+    assert info["few_shot"] == {"method": "cache", "alpha": 2.0, "beta": 5.5}
 
 
 def test_examples_are_embedded_once_then_compiled_from_the_image_cache_without_the_model(data, tiny_model_dir, tmp_path):

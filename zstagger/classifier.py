@@ -203,7 +203,7 @@ class TaxonomyClassifier:
         """(label, known image, cosine) for each label that image ``b`` matched, closest first; None without any."""
         if self.known is None or not batch.matched[b].any():
             return None
-        found = [(self.names[label], self.known.names[int(batch.match_rows[b, j])], float(batch.match_cosines[b, j]))
+        found = [(self.names[label], self.known.names[int(batch.match_rows[b, j])], min(1.0, float(batch.match_cosines[b, j])))
                  for j, label in enumerate(self.known.labels) if batch.matched[b, label]]
         return sorted(found, key=lambda m: -m[2])
 

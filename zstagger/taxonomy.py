@@ -106,6 +106,10 @@ class FewShot(BaseModel):
     alpha: float = Field(1.0, ge=0.0, description="cache: weight of the example affinities, in cosine units.")
     beta: float = Field(5.5, gt=0.0, description="cache: sharpness of the affinity exp(-beta * (1 - cos)).")
 
+    def knobs(self) -> dict[str, float]:
+        """The settings that apply to the method."""
+        return {"alpha": self.alpha, "beta": self.beta} if self.method == "cache" else {"weight": self.weight}
+
 
 class ImageVectors(BaseModel):
     """The embeddings of a taxonomy's example and known images for one model (the key of

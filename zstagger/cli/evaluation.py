@@ -205,7 +205,8 @@ def print_calibration(report) -> None:
         x = report.examples
         before = {r.label: r for r in x.labels_without_examples}
         click.echo(f"\nwith up to {x.per_label} examples per label (written into the taxonomy; held out: each fold's "
-                   f"examples picked from the other folds): {x.metric} {x.with_examples} against {x.without_examples} without")
+                   f"examples picked from the other folds): {x.metric} {x.with_examples} against {x.without_examples} without them "
+                   "(the taxonomy as given)")
         print_table([{"label": r.label, "examples": x.labels.get(r.label, 0),
                       "held-out precision (without)": f"{r.held_out_precision} ({before[r.label].held_out_precision})",
                       "held-out recall (without)": f"{r.held_out_recall} ({before[r.label].held_out_recall})"}

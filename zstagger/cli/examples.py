@@ -89,16 +89,17 @@ def embed(taxonomy, output, model, batch_size, device, precision, inline_limit, 
 @reports_errors
 def show(taxonomy, as_json):
     """Which labels name images, and which models the taxonomy carries their vectors for."""
-    from ..fewshot.sets import summary
+    from ..fewshot.sets import image_counts
     from ..taxonomy import FewShot
 
     spec = load_taxonomy(taxonomy)
     rows = [{"label": name, "examples": kinds.get("examples", 0), "counter-examples": kinds.get("negative_examples", 0),
              "known images": kinds.get("known_images", 0), "match threshold": spec.label(name).match_threshold or ""}
-            for name, kinds in summary(spec).items()]
+            for name, kinds in image_counts(spec).items()]
     models = {key: {"model": v.model, "images": v.count, "bytes": v.size, "preprocessing": v.preprocessing}
               for key, v in spec.image_vectors.items()}
-    few_shot = (spec.few_shot or FewShot()).model_dump()
+    settings = spec.few_shot or FewShot()
+    few_shot = {"method": settings.method, **settings.knobs()}
     if as_json:
         click.echo(json.dumps({"taxonomy": spec.name, "few_shot": few_shot, "labels": rows, "image_vectors": models}, indent=2))
         return

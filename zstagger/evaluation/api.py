@@ -91,8 +91,8 @@ def few_shot_use(compiled: TaxonomyClassifier) -> FewShotUse | None:
     if compiled.images_from is None:
         return None
     settings = compiled.taxonomy.few_shot or FewShot()
-    knobs = {"weight": settings.weight} if settings.method != "cache" else {"alpha": settings.alpha, "beta": settings.beta}
-    return FewShotUse(method=settings.method, settings=knobs, images_from=compiled.images_from, labels=compiled.image_counts)
+    return FewShotUse(method=settings.method, settings=settings.knobs(), images_from=compiled.images_from,
+                      labels=compiled.image_counts)
 
 
 def calibrate(

@@ -52,6 +52,8 @@ def with_examples(scored: ScoredDataset, source: Taxonomy, picks: dict[int, np.n
     set's vectors for this model inline (the source's other image sets are kept)."""
     assert scored.embeddings is not None
     spec = source.model_dump(mode="json")
+    if source.has_images:  # its own relative image paths keep naming the same files wherever it is written
+        spec["examples_root"] = source.images_base()
     new_sets = {}
     for i, rows in picks.items():
         refs = [_portable(scored.items[row].ref) for row in rows]
@@ -70,9 +72,7 @@ def with_examples(scored: ScoredDataset, source: Taxonomy, picks: dict[int, np.n
         "model": model, "preprocessing": preprocessing, "dim": info.dim, "count": info.count, "sha256": info.sha256,
         "size": info.size, "inline": base64.b64encode(pack).decode("ascii"),
     }}
-    taxonomy = Taxonomy.parse(spec, source=f"taxonomy {source.name!r} with examples")
-    taxonomy._source_dir = source.source_dir
-    return taxonomy
+    return Taxonomy.parse(spec, source=f"taxonomy {source.name!r} with examples")
 
 
 def _portable(ref: str) -> str:

@@ -153,7 +153,7 @@ class ExamplesComparison(_Model):
     per_label: int  # K asked for
     labels: dict[str, int]  # examples written per label (fewer where the data has fewer)
     metric: str  # "top-1 accuracy" (single-label) or "macro average precision" (multi-label)
-    without_examples: Estimate  # text alone (nothing is fitted, so every image counts)
+    without_examples: Estimate  # the taxonomy as given (text alone, or its own examples); nothing fitted, every image counts
     with_examples: Estimate  # held out: each fold scored with examples picked from the other folds
     labels_without_examples: list[LabelCalibrationResult]  # the calibration the taxonomy gets without examples
 

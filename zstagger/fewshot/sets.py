@@ -236,7 +236,25 @@ def embed_into_spec(
     return Taxonomy.parse(spec, source=f"taxonomy {taxonomy.name!r} with embedded images"), files
 
 
-def summary(taxonomy: Taxonomy) -> dict[str, dict[str, int]]:
-    """Per label that names images: how many references of each kind (as written in the spec)."""
-    return {label.name: {kind: len(refs) for kind, refs in label.image_refs().items()}
+def image_counts(taxonomy: Taxonomy) -> dict[str, dict[str, int]]:
+    """Per label that names images: how many images of each kind. From an embedded pack when
+    the spec carries a usable one (no file is touched), else by listing the directories."""
+    for vectors in taxonomy.image_vectors.values():
+        try:
+            sets = sets_from_pack(taxonomy, vectors)
+        except ExamplesError:
+            continue
+        return _counts(taxonomy, lambda label, kind, refs: len(sets.sets[(label, kind)].names))
+
+    def listed(label: str, kind: str, refs: Sequence[str]) -> int:
+        try:
+            return len(expand_refs(taxonomy, label, kind, refs))
+        except ExamplesError:
+            return 0
+
+    return _counts(taxonomy, listed)
+
+
+def _counts(taxonomy: Taxonomy, count: Callable[[str, str, Sequence[str]], int]) -> dict[str, dict[str, int]]:
+    return {label.name: {kind: count(label.name, kind, refs) for kind, refs in label.image_refs().items()}
             for label in taxonomy.labels if label.image_refs()}
