@@ -241,10 +241,10 @@ def image_counts(taxonomy: Taxonomy) -> dict[str, dict[str, int]]:
     the spec carries a usable one (no file is touched), else by listing the directories."""
     for vectors in taxonomy.image_vectors.values():
         try:
-            sets = sets_from_pack(taxonomy, vectors)
+            found = sets_from_pack(taxonomy, vectors).sets
         except ExamplesError:
             continue
-        return _counts(taxonomy, lambda label, kind, refs: len(sets.sets[(label, kind)].names))
+        return _counts(taxonomy, lambda label, kind, refs, found=found: len(found[(label, kind)].names))
 
     def listed(label: str, kind: str, refs: Sequence[str]) -> int:
         try:
