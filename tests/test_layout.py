@@ -42,7 +42,10 @@ def internal_imports(path: Path, parts: tuple[str, ...]):
                 target = [*base, *(node.module.split(".") if node.module else [])]
                 if not node.module:  # from . import x, y
                     for alias in node.names:
-                        yield node.lineno, ([*target, alias.name] or [None])[0]
+                        name = ([*target, alias.name] or [None])[0]
+                        # `from .. import __version__`: the package root, not an area
+                        yield node.lineno, None if not target and not (PACKAGE / name).exists() and not (
+                            PACKAGE / f"{name}.py").exists() else name
                     continue
                 yield node.lineno, target[0] if target else None
             elif node.module and node.module.split(".")[0] == "zstagger":

@@ -142,22 +142,40 @@ class Tagger:
         spec = self.resolve(taxonomy, labels, template)
         if top_k is not None and top_k < 1:
             raise ConfigurationError(f"top_k must be at least 1, got {top_k}")
-        compiled = self.classifier(spec)
+        self.classifier(spec)  # compile (text embeddings) before the first image is read
         for refs, embeds, errors in self.embed_batches(iter_inputs(images), batch_size):
-            done = iter(compiled.classify(embeds, top_k) if embeds is not None else [])
-            for ref, error in zip(refs, errors):
-                name = describe(ref)
-                if error is not None:
-                    yield TagResult.failed(name, spec.name, error.kind, error.message, error.transient)
-                    continue
-                c = next(done)
-                yield TagResult(
-                    image=name,
-                    taxonomy=spec.name,
-                    scores=[LabelScore(label=label, score=score, cosine=cos) for label, score, cos in c.scores],
-                    tags=c.tags,
-                    verdict=c.verdict,
-                )
+            yield from self.results(spec, refs, embeds, errors, top_k)
+
+    def results(
+        self,
+        taxonomy: Taxonomy,
+        refs: Sequence[ImageInput],
+        embeds: torch.Tensor | None,
+        errors: Sequence[ImageLoadError | None],
+        top_k: int | None = None,
+    ) -> list[TagResult]:
+        """Result records for one batch: ``embeds`` has a row for each ref whose error is None.
+
+        The one place where embeddings become :class:`TagResult`s (tagging, the HTTP
+        service's micro-batches, anything scoring stored embeddings).
+        """
+        compiled = self.classifier(taxonomy)
+        done = iter(compiled.classify(embeds, top_k) if embeds is not None else [])
+        out = []
+        for ref, error in zip(refs, errors):
+            name = describe(ref)
+            if error is not None:
+                out.append(TagResult.failed(name, taxonomy.name, error.kind, error.message, error.transient))
+                continue
+            c = next(done)
+            out.append(TagResult(
+                image=name,
+                taxonomy=taxonomy.name,
+                scores=[LabelScore(label=label, score=score, cosine=cos) for label, score, cos in c.scores],
+                tags=c.tags,
+                verdict=c.verdict,
+            ))
+        return out
 
     def _plan_lanes(self, lanes: int) -> int:
         """How many batches to encode at once, and torch's threads for each.
@@ -193,7 +211,7 @@ class Tagger:
         def submit_next() -> None:
             batch = next(batches, None)
             if batch:
-                loads = [(ref, loader.submit(self._prepare, ref)) for ref in batch]
+                loads = [(ref, loader.submit(self.prepare, ref)) for ref in batch]
                 in_flight.append(encoders.submit(self._encode_batch, loads))
 
         for _ in range(self.lanes + _PREFETCH_BATCHES - 1):
@@ -207,7 +225,11 @@ class Tagger:
         """Read, decode and preprocess images in the loader threads, without encoding them:
         model-ready pixels, or the error that image met, in input order."""
         loader, _ = self._pools()
-        return list(loader.map(self._prepare, images))
+        return list(loader.map(self.prepare, images))
+
+    def encode(self, pixels: Sequence[np.ndarray]) -> torch.Tensor:
+        """Embed preprocessed images (from :meth:`prepare`) in one forward pass."""
+        return self.encoder.encode_images(np.stack(pixels))
 
     def _encode_batch(
         self, loads: list[tuple[ImageInput, Future]]
@@ -221,10 +243,11 @@ class Tagger:
             else:
                 errors.append(None)
                 pixels.append(prepared)
-        embeds = self.encoder.encode_images(np.stack(pixels)) if pixels else None
+        embeds = self.encode(pixels) if pixels else None
         return refs, embeds, errors
 
-    def _prepare(self, ref: ImageInput) -> np.ndarray | ImageLoadError:
+    def prepare(self, ref: ImageInput) -> np.ndarray | ImageLoadError:
+        """Read, decode and preprocess one image (the loader threads' work); never raises."""
         try:
             return self.encoder.preprocess(load_image(ref, self.image_policy, self.decode_size), self.exact)
         except ImageLoadError as exc:
