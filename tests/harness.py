@@ -161,3 +161,49 @@ class SlowImageServer:
 
     def close(self) -> None:
         self.httpd.shutdown()
+
+
+class ApiServer:
+    """`zstagger serve` on a free loopback port, as its own process group."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, args: tuple[str, ...] = ()):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"serve-{self.port}.log"
+        exe = shutil.which("zstagger")
+        cmd = [exe] if exe else [sys.executable, "-m", "zstagger.cli"]
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+        full_env.update(env)
+        full_env["ZSTAGGER_PORT"] = str(self.port)
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([*cmd, "serve", "--log-level", "warning", *args], env=full_env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text()
+
+    def wait_ready(self, timeout: float = 120) -> ApiServer:
+        import httpx
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"zstagger serve exited ({self.proc.returncode}):\n{self.output()}")
+            try:
+                return httpx.get(self.url + "/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, timeout, "zstagger serve to load its model", interval=0.2)
+        return self
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.log.close()
+        return self.proc.returncode

@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     api_allow_anonymous: bool = Field(False, description="Serve API calls without a key (only on a trusted network).")
     max_request_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Largest HTTP request body, in bytes.")
     max_request_images: int = Field(64, ge=1, description="Most images in one synchronous HTTP request.")
+    max_job_images: int = Field(100_000, ge=1, description="Most images in one job submitted over HTTP.")
     batch_wait_ms: float = Field(5.0, ge=0, description="Milliseconds an image waits for others to fill a model batch.")
     max_pending_images: int = Field(
         512, ge=1, description="Images in flight in the HTTP service (decoding, waiting, encoding); beyond it: 503."

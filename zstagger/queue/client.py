@@ -63,6 +63,14 @@ class Job:
             if line is not None:
                 yield line
 
+    def result_page(self, offset: int, limit: int) -> list[str | None]:
+        """Result JSON for inputs ``offset`` to ``offset + limit - 1`` (None where not finished yet)."""
+        total = self.status()["total"]
+        end = min(total, offset + limit)
+        if offset >= end:
+            return []
+        return [line for _, line in self.store.iter_results(self.id, end, start=offset)]
+
     def results(self, wait: bool = False, timeout: float | None = None) -> list[TagResult]:
         """One :class:`~zstagger.TagResult` per finished input, in input order."""
         if wait:

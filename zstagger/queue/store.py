@@ -121,10 +121,12 @@ class JobStore:
             "pending": total - finished,
         }
 
-    def iter_results(self, job_id: str, total: int, page: int = 1000) -> Iterator[tuple[int, str | None]]:
-        """(index, result JSON or None if not finished) for every input, in input order."""
+    def iter_results(
+        self, job_id: str, total: int, page: int = 1000, start: int = 0
+    ) -> Iterator[tuple[int, str | None]]:
+        """(index, result JSON or None if not finished) for inputs ``start`` to ``total - 1``, in order."""
         results_key = self.keys(job_id)[1]
-        for start in range(0, total, page):
-            indices = range(start, min(total, start + page))
+        for first in range(start, total, page):
+            indices = range(first, min(total, first + page))
             for i, value in zip(indices, self.redis.hmget(results_key, [str(i) for i in indices])):
                 yield i, value.decode() if value is not None else None

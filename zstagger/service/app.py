@@ -16,11 +16,13 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..settings import Settings
-from .errors import http_error, unexpected_error, validation_error
+from ..errors import ZstaggerError
+from .errors import http_error, unexpected_error, validation_error, zstagger_error
 from .limits import BodyLimit
 from .metrics import RequestMetrics
 from .moderation import ModerationRequest
 from .requests import TagRequest
+from .jobs import JobRequest, jobs
 from .routes import api, probes
 from .state import ServiceState
 
@@ -46,14 +48,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.zstagger = state
     app.include_router(api)
+    app.include_router(jobs)
     app.include_router(probes)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(ZstaggerError, zstagger_error)
     app.add_exception_handler(Exception, unexpected_error)
     # Outermost last: metrics see every answer, the body limit guards every route.
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     app.add_middleware(RequestMetrics, metrics=state.metrics)
-    _document_bodies(app, [TagRequest, ModerationRequest])
+    _document_bodies(app, [TagRequest, ModerationRequest, JobRequest])
     return app
 
 

@@ -52,6 +52,15 @@ async def validation_error(request: Request, exc) -> JSONResponse:
     return error_response(422, "invalid_request", "; ".join(problems) or "invalid request")
 
 
+async def zstagger_error(request: Request, exc) -> JSONResponse:
+    """zstagger's own errors raised inside a route: a clear 4xx (their messages are written for users)."""
+    from ..errors import UnknownTaxonomyError
+
+    if isinstance(exc, UnknownTaxonomyError):
+        return error_response(404, "unknown_taxonomy", str(exc))
+    return error_response(400, "invalid_request", str(exc).replace("\n", "; "))
+
+
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("zstagger: unexpected error answering %s %s", request.method, request.url.path)
     return error_response(500, "internal_error", "the server met an unexpected error; it is logged on the server")

@@ -22,6 +22,7 @@ from ..taxonomy import Taxonomy
 from .errors import ApiError
 
 Name = Annotated[str, StringConstraints(max_length=1024)]
+MAX_URL_LENGTH = 8192
 
 
 class ImageObject(BaseModel):
@@ -29,7 +30,7 @@ class ImageObject(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str | None = Field(None, max_length=8192, description="http(s) URL, or a data: URL with base64 bytes.")
+    url: str | None = Field(None, description="http(s) URL, or a data: URL with base64 bytes.")
     base64: str | None = Field(None, description="The encoded image file, base64.")
     name: Name | None = Field(None, description="Name reported as `image` in the result (default: the URL, or a content hash).")
 
@@ -39,7 +40,7 @@ class TagRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    images: list[Union[Annotated[str, StringConstraints(max_length=8192)], ImageObject]] = Field(
+    images: list[Union[str, ImageObject]] = Field(
         description="http(s) URLs, data: URLs, or {url | base64, name} objects.")
     taxonomy: Name | None = Field(None, description="A registered taxonomy (GET /v1/taxonomies).")
     labels: list[Annotated[str, StringConstraints(max_length=512)]] | None = Field(
@@ -81,6 +82,8 @@ def image_from_json(value: str | ImageObject, index: int, settings: Settings) ->
     if not is_url(url):
         raise ApiError(400, "invalid_request",
                        f"images[{index}]: {url[:80]!r} is not an http(s) or data: URL (the server reads no local paths)")
+    if len(url) > MAX_URL_LENGTH:
+        raise ApiError(400, "invalid_request", f"images[{index}]: URL longer than {MAX_URL_LENGTH} characters")
     return url
 
 

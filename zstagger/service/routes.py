@@ -114,10 +114,27 @@ def readyz(request: Request) -> JSONResponse:
     if state.tagger is None:
         reason = f"model could not be loaded: {state.load_error}" if state.load_error else "model is loading"
         return JSONResponse({"error": {"type": "not_ready", "message": reason}}, status_code=503)
+    jobs = "redis_url" in state.settings.model_fields_set
+    if jobs:
+        problem = _redis_problem(state.settings.redis_url)
+        if problem:
+            return JSONResponse({"error": {"type": "not_ready", "message": problem}}, status_code=503)
     encoder = state.tagger.encoder
     return JSONResponse({"status": "ready", "model": state.settings.model, "device": str(encoder.device),
-                         "precision": str(encoder.dtype).removeprefix("torch."),
+                         "precision": str(encoder.dtype).removeprefix("torch."), "jobs": jobs,
                          "model_load_seconds": round(state.load_seconds or 0.0, 3)})
+
+
+def _redis_problem(url: str) -> str | None:
+    import redis
+
+    from ..queue.store import describe_url
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping()
+    except redis.RedisError as exc:
+        return f"cannot reach Redis at {describe_url(url)}: {exc}"
+    return None
 
 
 @probes.get("/metrics", tags=["operations"], response_class=Response)
