@@ -39,11 +39,12 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
 class RedisServer:
     """redis-server on 127.0.0.1 with an append-only file, so a restart keeps the queue."""
 
-    def __init__(self, directory: Path, password: str | None = None):
+    def __init__(self, directory: Path, password: str | None = None, args: tuple[str, ...] = ()):
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server); the queue tests need it")
         self.exe, self.dir, self.port, self.password = exe, directory, free_port(), password
+        self.args = args
         self.proc: subprocess.Popen | None = None
         auth = f":{password}@" if password else ""
         self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
@@ -52,7 +53,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes",
              "--appendfsync", "always", "--dir", str(self.dir), "--protected-mode", "yes",
-             *(["--requirepass", self.password] if self.password else [])],
+             *(["--requirepass", self.password] if self.password else []), *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         wait_for(self._ping, 10, "redis-server to accept connections")
@@ -76,17 +77,18 @@ class RedisServer:
 class Worker:
     """`zstagger worker` as its own process group (so kill -9 takes the pool children too)."""
 
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path, args: tuple[str, ...] = ()):
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path, args: tuple[str, ...] = (),
+                 cwd: Path = ROOT, cmd: list[str] | None = None):
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         exe = shutil.which("zstagger")
-        cmd = [exe] if exe else [sys.executable, "-m", "zstagger.cli"]
+        cmd = cmd or ([exe] if exe else [sys.executable, "-m", "zstagger.cli"])
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
         full_env.update(env)
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             [*cmd, "worker", "-n", f"{name}@%h", "--loglevel", "INFO", *args],
-            env=full_env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT,
+            env=full_env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd,
         )
 
     def output(self) -> str:
@@ -102,6 +104,16 @@ class Worker:
 
         wait_for(ready, timeout, f"worker {self.name} to load its model")
         return self
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait_exit(self, timeout: float) -> int:
+        """The exit status of a worker expected to stop by itself."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"worker {self.name} still running after {timeout}s:\n{self.output()}") from None
 
     def chunks_done(self) -> int:
         return self.output().count("] succeeded in")
@@ -123,16 +135,23 @@ class Worker:
 
 
 class SlowImageServer:
-    """Serves PNGs on 127.0.0.1; ``/slow/<seconds>/<name>.png`` waits before answering."""
+    """Serves PNGs on 127.0.0.1; ``/slow/<seconds>/<name>.png`` waits before answering,
+    ``/status/<code>/<name>.png`` answers with that HTTP status. ``hits`` counts requests per path."""
 
     def __init__(self):
         from zstagger.testing import sample_image
 
         images = {}
+        hits: dict[str, int] = {}
+        self.hits = hits
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
+                hits[self.path] = hits.get(self.path, 0) + 1
                 parts = self.path.strip("/").split("/")
+                if parts[0] == "status":
+                    self.send_error(int(parts[1]))
+                    return
                 if parts[0] == "slow":
                     time.sleep(float(parts[1]))
                     parts = parts[2:]

@@ -252,3 +252,114 @@ def test_systemd_unit_starts_serves_and_stops_cleanly(redis_server, tiny_model_d
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+# --- secrets, bind addresses, files (issue 8, items 14 and 16) ---
+
+
+def test_settings_never_print_secrets():
+    url = "rediss://worker:pa55-w0rd@redis.example.com:6380/2?password=other-secret&ssl_cert_reqs=required"
+    shown = run("settings", env={"ZSTAGGER_REDIS_URL": url})
+    assert shown.returncode == 0, shown.stderr
+    assert "pa55-w0rd" not in shown.stdout and "other-secret" not in shown.stdout
+    assert json.loads(shown.stdout)["redis_url"] == (
+        "rediss://worker:****@redis.example.com:6380/2?password=****&ssl_cert_reqs=required")
+    assert json.loads(run("settings", env={"ZSTAGGER_REDIS_URL": "redis://:pw@h:1/0"}).stdout)["redis_url"] == "redis://:****@h:1/0"
+    assert "pa55" not in repr(Settings(redis_url=url)) and Settings(redis_url=url).redis_url == url  # still usable
+
+    from pydantic import SecretStr
+
+    class WithSecret(Settings):  # how a future secret (webhook secret, API key) is declared
+        webhook_secret: SecretStr = SecretStr("do-not-print")
+
+    assert "do-not-print" not in WithSecret().model_dump_json() and "do-not-print" not in repr(WithSecret())
+
+
+def listening_addresses(port):
+    """Local addresses with a socket listening on ``port`` (from /proc/net/tcp{,6})."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            local, state = row.split()[1], row.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(socket.inet_ntop(socket.AF_INET, bytes.fromhex(address)[::-1]) if len(address) == 8 else address)
+    return found
+
+
+def test_metrics_listen_on_loopback_unless_told_otherwise(redis_server, tiny_model_dir, tmp_path):
+    base = {"ZSTAGGER_REDIS_URL": redis_server.url, "ZSTAGGER_MODEL": str(tiny_model_dir)}
+    for name, extra, expected in (("quiet", {}, {"127.0.0.1"}), ("scraped", {"ZSTAGGER_METRICS_ADDRESS": "0.0.0.0"}, {"0.0.0.0"})):
+        port = free_port()
+        worker = Worker(name, {**base, **extra, "ZSTAGGER_METRICS_PORT": str(port)}, tmp_path).wait_ready()
+        try:
+            assert listening_addresses(port) == expected
+            assert scrape(port)["zstagger_redis_up"] == 1
+        finally:
+            worker.terminate()
+    # The deploy files that are scraped from outside the pod/container say so explicitly.
+    config = yaml_docs(DEPLOY / "k8s" / "config.yaml")[0]["data"]
+    assert config["ZSTAGGER_METRICS_ADDRESS"] == "0.0.0.0"
+    compose = yaml_docs(DEPLOY / "compose.yaml")[0]
+    assert compose["x-worker"]["environment"]["ZSTAGGER_METRICS_ADDRESS"] == "0.0.0.0"
+
+
+def test_flower_asks_for_a_password_as_deployed(redis_server, tmp_path):
+    pytest.importorskip("flower")
+    flower = next(doc for doc in yaml_docs(DEPLOY / "k8s" / "flower.yaml") if doc["kind"] == "Deployment")
+    container = flower["spec"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item for item in container["env"]}
+    assert env["FLOWER_BASIC_AUTH"]["valueFrom"]["secretKeyRef"]["name"] == "zstagger-flower"
+    assert not any("basic-auth" in part or "auth" in part for part in container["command"])  # not in `ps` output
+    compose = yaml_docs(DEPLOY / "compose.yaml")[0]["services"]["flower"]
+    assert "FLOWER_BASIC_AUTH" in compose["environment"] and "basic-auth" not in " ".join(compose["command"])
+
+    port = free_port()
+    command = [part.replace("--port=5555", f"--port={port}") for part in container["command"]]
+    full = {**{k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")},
+            "ZSTAGGER_REDIS_URL": redis_server.url, "FLOWER_BASIC_AUTH": "admin:flower-pw", "FLOWER_ADDRESS": "127.0.0.1"}
+    with open(tmp_path / "flower.log", "w") as log:
+        proc = subprocess.Popen(command, env=full, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+
+    def status(path, auth=None):
+        request = urllib.request.Request(base + path)
+        if auth:
+            import base64
+
+            request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+        try:
+            return urllib.request.urlopen(request, timeout=5).status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except OSError:
+            return None
+
+    try:
+        wait_for(lambda: status("/healthcheck") == 200, 60, "flower to serve its health check (the readiness probe)")
+        assert status("/") == 401
+        assert status("/", "admin:wrong") == 401
+        assert status("/", "admin:flower-pw") == 200
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(20)
+
+
+def test_a_worker_creates_no_directory_named_zstagger(redis_server, tiny_model_dir, tmp_path):
+    tmpdir = tmp_path / "tmp"
+    tmpdir.mkdir()
+    env = {"ZSTAGGER_REDIS_URL": redis_server.url, "ZSTAGGER_MODEL": str(tiny_model_dir), "TMPDIR": str(tmpdir),
+           "ZSTAGGER_METRICS_PORT": str(free_port()), "ZSTAGGER_HEARTBEAT_INTERVAL": "2"}
+    worker = Worker("tidy", env, tmp_path).wait_ready()
+    try:
+        name = f"tidy@{socket.gethostname()}"
+        wait_for(lambda: run("health", "--worker", name, "--local", env=env).returncode == 0, 30, "a local heartbeat")
+        made = sorted(str(p.relative_to(tmpdir)) for p in tmpdir.rglob("*"))
+        assert not [p for p in made if Path(p).name == "zstagger"], made  # `import zstagger` run from here stays safe
+    finally:
+        worker.terminate()
+    assert os.path.basename(Settings().heartbeat_dir) != "zstagger"

@@ -50,8 +50,8 @@ def queue_env(redis_server, tiny_model_dir):
 def workers(queue_env, tmp_path):
     started = []
 
-    def start(name, extra_env=None, args=()):
-        worker = Worker(name, {**queue_env, **(extra_env or {})}, tmp_path, args)
+    def start(name, extra_env=None, args=(), **kwargs):
+        worker = Worker(name, {**queue_env, **(extra_env or {})}, tmp_path, args, **kwargs)
         started.append(worker)
         return worker
 
@@ -67,12 +67,16 @@ def settings(queue_env, monkeypatch):
     return Settings()
 
 
-def cli(*args, env, stdin=None, timeout=180):
+def cli_command(*args):
     exe = shutil.which("zstagger")
-    cmd = [exe, *args] if exe else [sys.executable, "-m", "zstagger.cli", *args]
+    return [exe, *args] if exe else [sys.executable, "-m", "zstagger.cli", *args]
+
+
+def cli(*args, env, stdin=None, timeout=180, cwd=None):
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
     full_env.update(env)
-    return subprocess.run(cmd, env=full_env, input=stdin, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cli_command(*args), env=full_env, input=stdin, capture_output=True, text=True, timeout=timeout,
+                          cwd=cwd)
 
 
 def write_images(directory, count):
@@ -129,14 +133,18 @@ def test_python_api_with_bytes_and_urls(settings, workers, slow_server):
 
 def test_worker_killed_mid_chunk_its_chunk_is_redelivered(queue_env, workers, slow_server, settings):
     refs = [f"{slow_server.url}/slow/1.5/k{i}.png" for i in range(6)]
-    victim = workers("victim", {"ZSTAGGER_LOADER_THREADS": "1"}).wait_ready()
+    # The rescuer's consumer reserves a chunk while its pool process is still loading the
+    # model, and the visibility clock runs meanwhile: leave room for a slow load (model
+    # load + 3 x 1.5 s) so that the one redelivery counted is the victim's chunk.
+    patient = {"ZSTAGGER_VISIBILITY_TIMEOUT": "14"}
+    victim = workers("victim", {"ZSTAGGER_LOADER_THREADS": "1", **patient}).wait_ready()
     job = enqueue(refs, labels=["a", "b"], chunk_size=3, settings=settings)
     wait_for(lambda: job.status()["state"] == "running", 30, "the victim to start a chunk")
     time.sleep(0.5)
     assert job.status()["done"] == 0  # it holds a chunk, nothing stored yet
     victim.kill9()
 
-    rescuer = workers("rescuer").wait_ready()
+    rescuer = workers("rescuer", patient).wait_ready()
     results = job.results(wait=True, timeout=90)
     assert [r.image for r in results] == refs and all(r.error is None for r in results)
     client = redis.Redis.from_url(settings.redis_url)
@@ -275,19 +283,20 @@ def test_redeliveries_never_duplicate_results(redis_server):
     from zstagger.results import TagResult
 
     store = JobStore(redis_server.client())
-    store.create("j", 3, int(time.time()) + 60)
+    j = "0123456789abcdef" * 2  # job ids are 32 hex digits
+    store.create(j, 3, int(time.time()) + 60)
     first = [(0, TagResult(image="a", taxonomy="t")), (1, TagResult.failed("b", "t", "not_found", "gone"))]
-    store.save("j", first, int(time.time()) + 60)
-    store.save("j", first, int(time.time()) + 60)  # the same chunk again
-    store.save("j", [(1, TagResult(image="b", taxonomy="t"))], int(time.time()) + 60)
-    assert store.status("j") == {"job_id": "j", "state": "running", "total": 3, "done": 2, "failed": 0, "pending": 1}
-    assert store.missing("j", [0, 1, 2]) == [2]
+    store.save(j, first, int(time.time()) + 60)
+    store.save(j, first, int(time.time()) + 60)  # the same chunk again
+    store.save(j, [(1, TagResult(image="b", taxonomy="t"))], int(time.time()) + 60)
+    assert store.status(j) == {"job_id": j, "state": "running", "total": 3, "done": 2, "failed": 0, "pending": 1}
+    assert store.missing(j, [0, 1, 2]) == [2]
 
 
 def test_store_reports_unreachable_redis_quickly():
     start = time.monotonic()
     with pytest.raises(QueueUnavailableError, match="cannot reach Redis"):
-        Job("x", Settings(redis_url="redis://127.0.0.1:1/0")).status()
+        Job("f" * 32, Settings(redis_url="redis://127.0.0.1:1/0")).status()
     assert time.monotonic() - start < 15
 
 
@@ -317,3 +326,266 @@ def test_rediss_urls_verify_certificates():
     app = make_app(Settings(redis_url="rediss://:pw@redis.example.com:6380/0"))
     assert app.conf.broker_use_ssl == {"ssl_cert_reqs": ssl.CERT_REQUIRED}
     assert make_app(Settings(redis_url="redis://localhost:6379/0")).conf.broker_use_ssl is None
+
+
+# --- hostile queue contents (issue 8, items 8-12, 17) ---
+
+DEAD_LETTER = "zstagger:dead-letter"
+_ROUTE = '"delivery_info": {"exchange": "", "routing_key": "bulk"}'
+# Bytes that are not a kombu envelope, each pushed straight onto a queue list.
+MALFORMED_ITEMS = [
+    b"\xff\xfe\x00 not utf-8",
+    b"not json",
+    b"[1, 2]",
+    b"null",
+    b'"a string"',
+    b"{}",
+    b'{"properties": {}}',
+    b'{"properties": {"delivery_tag": "t1", "delivery_info": null}}',
+    b'{"properties": {"delivery_tag": {"nested": 1}, ' + _ROUTE.encode() + b"}}",
+    b'{"body": "!!not base64", "properties": {"delivery_tag": "t2", "body_encoding": "base64", ' + _ROUTE.encode() + b"}}",
+    b'{"body": 42, "properties": {"delivery_tag": "t3", ' + _ROUTE.encode() + b"}}",
+]
+
+
+def test_malformed_queue_items_are_dead_lettered_and_the_worker_keeps_serving(redis_server, queue_env, workers, settings,
+                                                                            tmp_path):
+    worker = workers("sturdy").wait_ready()
+    client = redis_server.client()
+    lists = ["bulk", "interactive", "bulk\x06\x163"]  # the last one is kombu's list for priority 3
+    for i, item in enumerate(MALFORMED_ITEMS):
+        client.lpush(lists[i % len(lists)], item)
+    # A valid envelope carrying something Celery does not know is Celery's to refuse, not the transport's.
+    client.lpush("bulk", json.dumps({
+        "body": base64.b64encode(b"{}").decode(), "content-type": "application/json", "content-encoding": "utf-8",
+        "headers": {}, "properties": {"delivery_tag": "t4", "body_encoding": "base64",
+                                      "delivery_info": {"exchange": "", "routing_key": "bulk"}}}))
+    wait_for(lambda: client.llen(DEAD_LETTER) >= len(MALFORMED_ITEMS) or not worker.alive(), 30,
+             "the worker to dead-letter every malformed item")
+    assert worker.alive(), worker.output()
+    wait_for(lambda: sum(client.llen(name) for name in lists) == 0, 30, "the queues to drain")
+    assert client.llen(DEAD_LETTER) == len(MALFORMED_ITEMS)
+    letters = [json.loads(entry) for entry in client.lrange(DEAD_LETTER, 0, -1)]
+    assert {letter["queue"] for letter in letters} == {"bulk", "interactive"}
+    assert all(letter["reason"] and ("item" in letter or "item_b64" in letter) for letter in letters)
+    assert base64.b64decode(next(x["item_b64"] for x in letters if "item_b64" in x)) == MALFORMED_ITEMS[0]
+    assert worker.output().count(f"moved to {DEAD_LETTER}") == len(MALFORMED_ITEMS)
+    assert json.loads(cli("queue-stats", env=queue_env).stdout)["dead_letter"] == len(MALFORMED_ITEMS)
+
+    job = enqueue([sample_image_path(tmp_path)], labels=["a", "b"], settings=settings)
+    assert job.results(wait=True, timeout=60)[0].error is None  # still serving
+    assert worker.alive()
+
+
+def test_task_messages_with_malformed_arguments_are_refused(redis_server, workers, settings, queue_env, tmp_path):
+    from zstagger.queue.celery_app import TASK_NAME, app_for
+    from zstagger.registry import resolve_taxonomy
+
+    path = sample_image_path(tmp_path)
+    job = enqueue([path], labels=["a", "b"], settings=settings)  # one real chunk: index 0 of 1
+    spec = resolve_taxonomy(None, ["a", "b"], None).model_dump(mode="json")
+    poisoned = [
+        ((job.id, [[-1, path]], spec), {}),
+        ((job.id, [["0", path]], spec), {}),
+        ((job.id, [[True, path]], spec), {}),
+        ((job.id, [[1, path]], spec), {}),  # the job has one input: index 1 does not exist
+        ((job.id, [[0.5, path]], spec), {}),
+        ((job.id, [[0, path], [0, path]], spec), {}),
+        ((job.id, "not a list", spec), {}),
+        ((job.id, [[0]], spec), {}),
+        ((job.id, [[0, 42]], spec), {}),
+        ((job.id, [[0, {"b64": "!!"}]], spec), {}),
+        ((job.id, [[0, path]], {"labels": "not a taxonomy"}), {}),
+        ((job.id, [[0, path]], "nope"), {}),
+        ((job.id, [[0, path]], spec), {"top_k": "many"}),
+        ((job.id, [[0, path]], spec), {"expires_at": "soon"}),
+        ((job.id, [[0, path]], spec), {"attempt": -1}),
+        ((job.id + ":results", [[0, path]], spec), {}),
+        (("../../etc/passwd", [[0, path]], spec), {}),
+        ((42, [[0, path]], spec), {}),
+        ((job.id,), {}),
+    ]
+    app = app_for(settings)
+    for args, kwargs in poisoned:
+        app.send_task(TASK_NAME, args=args, kwargs=kwargs, queue="bulk")
+    client = redis_server.client()
+    worker = workers("wary").wait_ready()
+    wait_for(lambda: client.llen("bulk") == 0 and client.hlen("unacked") == 0, 60, "every message to be consumed")
+    wait_for(lambda: job.status()["state"] == "done", 30, "the real chunk to be tagged")
+    assert job.status() == {"job_id": job.id, "state": "done", "total": 1, "done": 1, "failed": 0, "pending": 0}
+    assert client.hkeys(f"zstagger:job:{job.id}:results") == [b"0"]
+    assert worker.output().count("refused a malformed chunk") == len(poisoned)
+    assert worker.alive()
+    assert [r.image for r in job.results()] == [path]
+
+
+def test_status_of_something_that_is_not_a_job_id_is_one_clear_line(redis_server, queue_env, settings, tmp_path):
+    job = enqueue([sample_image_path(tmp_path)], labels=["a"], settings=settings)
+    redis_server.client().hset(f"zstagger:job:{job.id}:results", "0", "{}")  # a results hash exists
+    for bad in (f"{job.id}:results", f"{job.id}:failed", "../x", "", job.id + "0"):
+        for command in ("status", "results"):
+            result = cli(command, bad, env=queue_env)
+            assert result.returncode == 2, (command, bad, result.stderr)
+            assert "is not a job id" in result.stderr and "Traceback" not in result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1
+    with pytest.raises(UnknownJobError, match="is not a job id"):
+        Job(f"{job.id}:results", settings).status()
+    assert json.loads(cli("status", job.id.upper(), env=queue_env).stdout)["job_id"] == job.id
+
+
+CRASHING_CONSUMER = """
+import sys
+from celery.worker.consumer.consumer import Consumer
+
+def create_task_handler(self, *args, **kwargs):
+    def on_task_received(message):
+        raise RuntimeError("forced consumer failure")
+    return on_task_received
+
+Consumer.create_task_handler = create_task_handler
+from zstagger.cli import main
+main()
+"""
+
+
+def test_a_worker_that_stops_on_an_error_exits_nonzero(queue_env, workers, settings, tmp_path):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{this is not a checkpoint")
+    for pool in ("solo", "prefork"):
+        worker = workers(f"broken-{pool}", {"ZSTAGGER_MODEL": str(broken), "ZSTAGGER_METRICS_PORT": "0"},
+                         args=("--pool", pool))
+        assert worker.wait_exit(120) == 1, worker.output()
+    # A consumer that crashes (forced: its task handler raises) ends the worker with a failure status.
+    crashing = workers("crashing", {"ZSTAGGER_METRICS_PORT": "0"}, cmd=[sys.executable, "-c", CRASHING_CONSUMER])
+    crashing.wait_ready()
+    enqueue([sample_image_path(tmp_path)], labels=["a"], settings=settings)
+    assert crashing.wait_exit(60) == 1, crashing.output()
+    assert "forced consumer failure" in crashing.output()
+
+
+@pytest.fixture
+def full_redis(tmp_path):
+    """A redis-server that refuses writes once at maxmemory (noeviction), as a full production Redis does."""
+    (tmp_path / "full").mkdir()
+    server = RedisServer(tmp_path / "full", args=("--maxmemory", "256mb", "--maxmemory-policy", "noeviction")).start()
+    yield server
+    server.stop()
+
+
+def test_enqueue_into_a_full_redis_is_all_or_nothing(full_redis, queue_env, workers, tmp_path):
+    env = {**queue_env, "ZSTAGGER_REDIS_URL": full_redis.url}
+    client = full_redis.client()
+    photos = tmp_path / "big"
+    photos.mkdir()
+    for i in range(12):
+        (photos / f"{i:02d}.jpg").write_bytes(os.urandom(300_000))
+    client.config_set("maxmemory", client.info("memory")["used_memory"] + 3_000_000)  # room for a few chunks
+    refused = cli("enqueue", "--upload", str(photos), "--labels", "a", "--chunk-size", "1", env=env)
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "Redis refused writes (out of memory" in refused.stderr and "cannot reach" not in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert 0 < client.llen("bulk") < 12  # it failed part way...
+    assert list(client.scan_iter("zstagger:job:*")) == []  # ...and the job is gone: nothing can half-finish
+
+    client.config_set("maxmemory", 1)  # now even the job record cannot be written
+    refused = cli("enqueue", "--upload", str(photos), "--labels", "a", env=env)
+    assert refused.returncode == 2 and "Redis refused writes (out of memory" in refused.stderr
+    assert "cannot reach" not in refused.stderr
+
+    client.config_set("maxmemory", 0)
+    worker = workers("janitor", {"ZSTAGGER_REDIS_URL": full_redis.url})
+    worker.wait_ready()
+    wait_for(lambda: client.llen("bulk") == 0 and client.hlen("unacked") == 0, 60, "the orphan chunks to be dropped")
+    assert list(client.scan_iter("zstagger:job:*")) == []  # dropped, not tagged into a job that no longer exists
+    assert "dropping" in worker.output()
+    accepted = cli("enqueue", "--upload", str(photos), "--labels", "a", "--chunk-size", "4", env=env)
+    assert accepted.returncode == 0, accepted.stderr
+    got = cli("results", accepted.stdout.strip(), "--wait", "--timeout", "60", env=env)
+    assert got.returncode == 1 and len(got.stdout.splitlines()) == 12  # random bytes: 12 invalid_image records
+
+
+def test_worker_keeps_running_while_redis_refuses_writes(full_redis, queue_env, workers, slow_server):
+    env = {"ZSTAGGER_REDIS_URL": full_redis.url, "ZSTAGGER_VISIBILITY_TIMEOUT": "4", "ZSTAGGER_LOADER_THREADS": "1"}
+    worker = workers("squeezed", env).wait_ready()
+    client = full_redis.client()
+    refs = [f"{slow_server.url}/slow/1.0/oom{i}.png" for i in range(6)]
+    job = enqueue(refs, labels=["a", "b"], chunk_size=2, settings=Settings(redis_url=full_redis.url))
+    wait_for(lambda: job.status()["state"] == "running", 30, "the worker to start a chunk")
+    client.config_set("maxmemory", 1)
+    time.sleep(14)  # over three visibility timeouts of refused writes
+    assert worker.alive(), worker.output()
+    assert "Redis refused writes (out of memory" in worker.output()
+    assert job.status()["done"] < 6
+    client.config_set("maxmemory", 0)
+    results = job.results(wait=True, timeout=90)
+    assert [r.image for r in results] == refs and all(r.error is None for r in results)
+    assert client.hlen(f"zstagger:job:{job.id}:results") == 6
+    assert worker.alive()
+
+
+def test_results_wait_rides_out_a_redis_outage(redis_server, queue_env, workers, slow_server, settings):
+    workers("patient").wait_ready()
+    refs = [f"{slow_server.url}/slow/0.3/o{i}.png" for i in range(8)]
+    job = enqueue(refs, labels=["a", "b"], chunk_size=2, settings=settings)
+    full_env = {**{k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}, **queue_env}
+    waiter = subprocess.Popen(cli_command("results", job.id, "--wait", "--timeout", "120"), env=full_env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: job.status()["done"] >= 2, 60, "some progress before the outage")
+        redis_server.stop()
+        time.sleep(8)
+        assert waiter.poll() is None  # still waiting, 8 s into the outage
+        redis_server.start()
+        out, err = waiter.communicate(timeout=150)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+    assert waiter.returncode == 0, err
+    assert [json.loads(line)["image"] for line in out.splitlines()] == refs
+
+
+def test_each_retry_runs_once_when_backoff_exceeds_the_visibility_timeout(queue_env, workers, slow_server, settings):
+    env = {"ZSTAGGER_VISIBILITY_TIMEOUT": "3", "ZSTAGGER_MAX_RETRIES": "3"}
+    workers("retrier", env).wait_ready()
+    path = f"/status/503/once-{time.time_ns()}.png"
+    job = enqueue([slow_server.url + path], labels=["a", "b"], settings=settings)
+    result = job.results(wait=True, timeout=90)[0]
+    assert result.error.type == "fetch_failed" and "gave up after 4 attempts" in result.error.message
+    time.sleep(5)  # a duplicate would be redelivered by now
+    assert slow_server.hits[path] == 4  # the first attempt and three retries, each exactly once
+
+
+def test_relative_paths_are_enqueued_as_absolute_paths(queue_env, workers, tmp_path, settings, monkeypatch):
+    (tmp_path / "elsewhere").mkdir()
+    workers("elsewhere", cwd=tmp_path / "elsewhere").wait_ready()
+    write_images(tmp_path / "photos", 2)
+    enqueued = cli("enqueue", "photos/img000.jpg", "--labels", "a,b", env=queue_env, cwd=tmp_path)
+    assert enqueued.returncode == 0, enqueued.stderr
+    got = cli("results", enqueued.stdout.strip(), "--wait", "--timeout", "60", env=queue_env)
+    record = json.loads(got.stdout)
+    assert got.returncode == 0 and record["error"] is None, got.stdout
+    assert record["image"] == str(tmp_path / "photos" / "img000.jpg")
+    monkeypatch.chdir(tmp_path / "photos")
+    result = enqueue(["./img001.png"], labels=["a", "b"], settings=settings).results(wait=True, timeout=60)[0]
+    assert result.error is None and result.image == str(tmp_path / "photos" / "img001.png")
+
+
+def test_a_worker_that_cannot_reach_redis_says_where_it_looks_and_keeps_trying(tmp_path, tiny_model_dir):
+    (tmp_path / "late").mkdir()
+    server = RedisServer(tmp_path / "late", password="hunter2-secret")  # not started yet
+    env = {"ZSTAGGER_REDIS_URL": server.url, "ZSTAGGER_MODEL": str(tiny_model_dir), "ZSTAGGER_METRICS_PORT": "0"}
+    worker = Worker("early", env, tmp_path)
+    try:
+        wait_for(lambda: "ZSTAGGER_REDIS_URL" in worker.output() or not worker.alive(), 60, "a hint about the Redis URL")
+        hints = [line for line in worker.output().splitlines() if "ZSTAGGER_REDIS_URL" in line]
+        assert len(hints) == 1 and f"redis://:****@127.0.0.1:{server.port}/0" in hints[0], worker.output()
+        assert "cannot reach Redis" in hints[0]
+        time.sleep(3)
+        assert worker.alive()
+        server.start()
+        worker.wait_ready(90)  # it kept retrying and connected once Redis came up
+        assert "hunter2" not in worker.output()
+    finally:
+        worker.terminate(timeout=20)
+        server.stop()

@@ -3,6 +3,10 @@
 Command-line options override these; these override the defaults below. ``zstagger
 settings`` prints the values in effect. This module imports nothing from zstagger, so every
 layer can read settings without pulling in another.
+
+Secrets never leave through a dump or a repr: a secret setting is a ``SecretStr`` (pydantic
+prints ``**********``), a URL that may carry credentials is a :data:`SecretUrl` (its
+password is printed as ``****``, see :func:`redact_url`).
 """
 
 from __future__ import annotations
@@ -10,13 +14,50 @@ from __future__ import annotations
 import os
 import tempfile
 from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, PlainSerializer, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+# Query parameters whose values are secrets (redis-py takes e.g. ?password=...).
+_SECRET_QUERY_WORDS = ("pass", "secret", "token", "apikey", "api_key", "auth")
+REDACTED = "****"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password, and any password-like query value, replaced by ``****``.
+
+    What every message, log line and ``zstagger settings`` shows of a URL.
+    """
+    try:
+        parts = urlsplit(url)
+        has_password = parts.password is not None
+    except ValueError:  # not a URL we can take apart: show none of it
+        return REDACTED
+    netloc = parts.netloc
+    if has_password:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.split(':', 1)[0]}:{REDACTED}@{host}"
+    query = "&".join(
+        f"{item.split('=', 1)[0]}={REDACTED}"
+        if "=" in item and any(word in item.split("=", 1)[0].lower() for word in _SECRET_QUERY_WORDS) else item
+        for item in parts.query.split("&")
+    ) if parts.query else ""
+    if netloc == parts.netloc and query == parts.query:
+        return url
+    rebuilt = urlunsplit(parts._replace(netloc=netloc, query=query))
+    if url.startswith(f"{parts.scheme}://") and not rebuilt.startswith(f"{parts.scheme}://"):  # unix:///path
+        rebuilt = rebuilt.replace(f"{parts.scheme}:", f"{parts.scheme}://", 1)
+    return rebuilt
+
+
+#: A URL that may carry a password: the value is the real URL, its JSON form is redacted.
+SecretUrl = Annotated[str, PlainSerializer(redact_url, return_type=str, when_used="json")]
 
 
 class Settings(BaseSettings):
@@ -51,7 +92,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(64_000_000, gt=0, description="Largest image (width x height) decoded; guards against decompression bombs.")
     allow_private_urls: bool = Field(False, description="Allow URLs that resolve to private, loopback or link-local addresses.")
     # queue
-    redis_url: str = Field("redis://localhost:6379/0", description="Broker and job store (redis:// or rediss://, password in the URL).")
+    redis_url: SecretUrl = Field(
+        "redis://localhost:6379/0", repr=False, description="Broker and job store (redis:// or rediss://, password in the URL)."
+    )
     queues: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["interactive", "bulk"], description="Queues a worker consumes, comma-separated, highest priority first."
     )
@@ -80,9 +123,13 @@ class Settings(BaseSettings):
     )
     # operations
     metrics_port: int = Field(9808, ge=0, le=65535, description="Port of a worker's Prometheus /metrics endpoint (0: off).")
+    metrics_address: str = Field(
+        "127.0.0.1", description="Address the metrics endpoint listens on (0.0.0.0: every interface, for a scraper on another host)."
+    )
     heartbeat_interval: float = Field(15.0, gt=0, description="Seconds between worker heartbeats; `zstagger health` allows 3 missed.")
     heartbeat_dir: str = Field(
-        default_factory=lambda: os.path.join(tempfile.gettempdir(), "zstagger"),
+        # Never a directory named plain "zstagger": run from $TMPDIR, it would shadow the package.
+        default_factory=lambda: os.path.join(tempfile.gettempdir(), "zstagger-heartbeats"),
         description="Where workers touch a heartbeat file for `zstagger health --local` (liveness without Redis).",
     )
 

@@ -46,7 +46,12 @@ def worker(concurrency, queues, model, precision, device, hostname, loglevel, po
     argv = ["worker", f"--loglevel={loglevel}", f"--concurrency={settings.concurrency}",
             f"--queues={','.join(settings.queues)}", f"--pool={pool}"]
     argv += [f"--hostname={hostname}"] if hostname else ["--hostname=zstagger@%h"]
-    app.worker_main(argv)
+    # What app.worker_main() does, except that it drops Celery's exit status: a worker that
+    # stopped on an error would exit 0 and not be restarted by Restart=on-failure.
+    from celery.bin.celery import celery as celery_command
+
+    celery_command.params[0].default = app  # the --app option
+    celery_command.main(args=argv, prog_name="zstagger", standalone_mode=True)  # exits with the worker's status
 
 
 @cli.command()
@@ -58,7 +63,11 @@ def worker(concurrency, queues, model, precision, device, hostname, loglevel, po
 @click.option("--upload", is_flag=True, help="Send local files' bytes instead of their paths (workers on other machines).")
 @reports_errors
 def enqueue(inputs, taxonomy, labels, template, chunk_size, queue, top_k, upload):
-    """Enqueue images for the workers; prints the job id."""
+    """Enqueue images for the workers; prints the job id.
+
+    Paths are sent as absolute paths and read by the workers: they must see the same
+    files at the same paths (shared storage). Otherwise use --upload, or URLs.
+    """
     from ..images import expand_inputs
     from ..queue.client import enqueue as enqueue_images
     from ..queue.client import load_refs_for_upload
@@ -85,7 +94,7 @@ def status(job_id):
 
 @cli.command()
 @click.argument("job_id")
-@click.option("--wait", is_flag=True, help="Block until the job is done.")
+@click.option("--wait", is_flag=True, help="Block until the job is done (riding out Redis outages until --timeout).")
 @click.option("--timeout", type=click.FloatRange(min=0), help="With --wait: give up after S seconds (exit 3).")
 @reports_errors
 def results(job_id, wait, timeout):
@@ -97,8 +106,12 @@ def results(job_id, wait, timeout):
     from ..queue.client import Job, JobTimeout
 
     job = Job(job_id)
+
+    def redis_away(exc):
+        click.echo(f"{exc} Still waiting" + (f" (at most {timeout:g}s in all)." if timeout is not None else "."), err=True)
+
     try:
-        state = job.wait(timeout) if wait else job.status()
+        state = job.wait(timeout, on_unavailable=redis_away) if wait else job.status()
     except JobTimeout as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(EXIT_TIMEOUT)

@@ -19,6 +19,8 @@ from ..settings import Settings
 QUEUE_NAMES = ("interactive", "bulk")
 DEFAULT_QUEUE = "bulk"
 TASK_NAME = "zstagger.tag_chunk"
+# kombu's Redis transport, hardened against malformed queue items and a full Redis.
+REDIS_TRANSPORT = "zstagger.queue.transport:Transport"
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -27,6 +29,7 @@ def make_app(settings: Settings | None = None) -> Celery:
     vt = settings.visibility_timeout
     app.conf.update(
         broker_url=settings.redis_url,
+        broker_transport=REDIS_TRANSPORT if urlsplit(settings.redis_url).scheme in ("redis", "rediss") else None,
         broker_use_ssl=_ssl_options(settings.redis_url),
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,  # a Redis restart is waited out, never fatal

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import redis
@@ -18,7 +17,7 @@ from ..settings import Settings
 from ..taxonomy import Taxonomy
 from .celery_app import TASK_NAME, app_for
 from .messages import encode_ref
-from .store import JobStore, QueueUnavailableError, connect, describe_url
+from .store import JobStore, QueueUnavailableError, check_job_id, connect, new_job_id, redis_failure
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
@@ -31,7 +30,7 @@ class Job:
     """A handle on an enqueued job; cheap to create from a job id alone."""
 
     def __init__(self, job_id: str, settings: Settings | None = None, store: JobStore | None = None):
-        self.id = job_id
+        self.id = check_job_id(job_id)  # raises InvalidJobIdError (an UnknownJobError) for anything else
         self.settings = settings or Settings()
         self._store = store
 
@@ -45,11 +44,31 @@ class Job:
         """``{"job_id", "state": "pending|running|done", "total", "done", "failed", "pending"}``."""
         return _reachable(self.settings, lambda: self.store.status(self.id))
 
-    def wait(self, timeout: float | None = None, poll: float = 0.25) -> dict[str, Any]:
-        """Block until the job is done; raises :class:`JobTimeout` after ``timeout`` seconds."""
+    def wait(
+        self,
+        timeout: float | None = None,
+        poll: float = 0.25,
+        on_unavailable: Callable[[QueueUnavailableError], None] | None = None,
+    ) -> dict[str, Any]:
+        """Block until the job is done; raises :class:`JobTimeout` after ``timeout`` seconds.
+
+        A Redis outage is waited out until the deadline (``on_unavailable`` is told once
+        per outage); Redis still down at the deadline raises :class:`QueueUnavailableError`.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
+        outage = False
         while True:
-            status = self.status()
+            try:
+                status = self.status()
+            except QueueUnavailableError as exc:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                if not outage and on_unavailable is not None:
+                    on_unavailable(exc)
+                outage = True
+                time.sleep(1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic())))
+                continue
+            outage = False
             if status["state"] == "done":
                 return status
             if deadline is not None and time.monotonic() >= deadline:
@@ -91,10 +110,7 @@ def _reachable(settings: Settings, call):
     try:
         return call()
     except redis.RedisError as exc:
-        raise QueueUnavailableError(
-            f"cannot reach Redis at {describe_url(settings.redis_url)} ({exc}). "
-            "Start redis-server, or point ZSTAGGER_REDIS_URL at yours (redis://[:password@]host:port/db)."
-        ) from None
+        raise redis_failure(settings.redis_url, exc) from None
 
 
 def enqueue(
@@ -111,9 +127,14 @@ def enqueue(
     """Validate, split into chunks and enqueue images for the workers; returns the :class:`Job`.
 
     Everything is checked before anything is written: an unknown taxonomy, no images, a
-    malformed reference or an oversized upload raise and leave Redis untouched.
-    Directories are expanded here, on the producer. Paths are read by the workers, so
-    they must be on storage the workers share; send bytes (or URLs) otherwise.
+    malformed reference or an oversized upload raise and leave Redis untouched. It is
+    all or nothing: if Redis fails part way (unreachable, or out of memory), the job is
+    deleted again and the error says so; chunks already queued are then dropped by the
+    workers, which find no job for them.
+
+    Directories are expanded here, on the producer, and paths are made absolute. Paths
+    are read by the workers, so they must name files the workers can see at that path
+    (shared storage); send bytes (``--upload``) or URLs otherwise.
     """
     settings = settings or Settings()
     spec = resolve_taxonomy(taxonomy, labels, template)
@@ -129,7 +150,7 @@ def enqueue(
         raise ConfigurationError("nothing to enqueue: no images in the inputs")
 
     store = open_store(settings)
-    job_id = uuid.uuid4().hex
+    job_id = new_job_id()
     expires_at = int(time.time() + settings.result_ttl)
     chunks = [[[i, ref] for i, ref in enumerate(encoded[start : start + chunk_size], start)]
               for start in range(0, len(encoded), chunk_size)]
@@ -148,11 +169,14 @@ def enqueue(
                     queue=queue,
                     producer=producer,
                 )
-    except Exception as exc:  # kombu wraps connection failures in its own types
-        raise QueueUnavailableError(
-            f"job {job_id} was created but enqueueing its chunks failed: {exc}. "
-            f"Check Redis at {describe_url(settings.redis_url)} and enqueue again."
-        ) from exc
+    except Exception as exc:  # redis-py's errors, or kombu's wrappers of them
+        cause = exc.__cause__ if exc.__cause__ is not None and not isinstance(exc, redis.RedisError) else exc
+        try:
+            store.delete(job_id)
+            outcome = f"while enqueueing job {job_id}; the job was rolled back (nothing of it will be tagged)"
+        except redis.RedisError:
+            outcome = f"while enqueueing job {job_id}, and it could not be rolled back (it will never finish)"
+        raise redis_failure(settings.redis_url, cause, outcome) from exc
     return Job(job_id, settings, store)
 
 

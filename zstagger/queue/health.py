@@ -18,9 +18,10 @@ from typing import Any
 
 import redis
 
-from ..settings import Settings
+from ..settings import Settings, redact_url
 from .celery_app import QUEUE_NAMES, app_for
-from .store import QueueUnavailableError, connect, describe_url
+from .store import connect, redis_failure
+from .transport import DEAD_LETTER_KEY
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ def check_health(settings: Settings, worker: str | None = None, timeout: float =
         client.ping()
         beats = heartbeats(client, worker)
     except redis.RedisError as exc:
-        return False, f"cannot reach Redis at {describe_url(settings.redis_url)}: {exc}"
+        return False, f"cannot reach Redis at {redact_url(settings.redis_url)}: {exc}"
     window = 3 * settings.heartbeat_interval
     if not beats:
         who = f"worker {worker} has not reported" if worker else "no worker has reported"
@@ -154,9 +155,10 @@ def queue_stats(settings: Settings) -> dict[str, Any]:
                 for suffix in _PRIORITY_SUFFIXES:
                     pipe.llen(name + suffix)
             pipe.hlen("unacked")
+            pipe.llen(DEAD_LETTER_KEY)
             counts = pipe.execute()
         workers = sorted(heartbeats(client))
     except redis.RedisError as exc:
-        raise QueueUnavailableError(f"cannot reach Redis at {describe_url(settings.redis_url)}: {exc}") from None
+        raise redis_failure(settings.redis_url, exc) from None
     depth = {name: sum(counts[i * len(_PRIORITY_SUFFIXES) : (i + 1) * len(_PRIORITY_SUFFIXES)]) for i, name in enumerate(names)}
-    return {"queues": depth, "unacked": counts[-1], "workers": workers}
+    return {"queues": depth, "unacked": counts[-2], "dead_letter": counts[-1], "workers": workers}

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def prepare_metrics_dir() -> str:
-    """In the worker's parent, before prometheus_client is imported anywhere: multiprocess mode."""
+    """In the worker's parent, before the pool forks: multiprocess mode for every metric created after this."""
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         os.makedirs(directory, exist_ok=True)
@@ -25,11 +25,19 @@ def prepare_metrics_dir() -> str:
     else:
         directory = tempfile.mkdtemp(prefix="zstagger-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    import sys
+
+    values = sys.modules.get("prometheus_client.values")
+    if values is not None:
+        # Already imported (celery's CLI loads plugins such as flower, which imports it), so it
+        # chose single-process values at import: choose again, or every pool process's metrics
+        # would stay in that process and never be served.
+        values.ValueClass = values.get_value_class()
     return directory
 
 
 def serve_metrics(settings: Settings) -> None:
-    """Serve every pool process's metrics plus queue depth on settings.metrics_port."""
+    """Serve every pool process's metrics plus queue depth on settings.metrics_address:metrics_port."""
     from prometheus_client import CollectorRegistry, start_http_server
     from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -37,12 +45,12 @@ def serve_metrics(settings: Settings) -> None:
     MultiProcessCollector(registry)
     registry.register(_QueueCollector(settings))
     try:
-        start_http_server(settings.metrics_port, registry=registry)
+        start_http_server(settings.metrics_port, addr=settings.metrics_address, registry=registry)
     except OSError as exc:  # e.g. a second worker on this machine with the same port
-        log.error("zstagger: cannot serve metrics on port %d (%s); set ZSTAGGER_METRICS_PORT per worker",
-                  settings.metrics_port, exc)
+        log.error("zstagger: cannot serve metrics on %s:%d (%s); set ZSTAGGER_METRICS_PORT per worker "
+                  "(and ZSTAGGER_METRICS_ADDRESS to an address of this machine)", settings.metrics_address, settings.metrics_port, exc)
         return
-    log.info("zstagger: Prometheus metrics on :%d/metrics", settings.metrics_port)
+    log.info("zstagger: Prometheus metrics on %s:%d/metrics", settings.metrics_address, settings.metrics_port)
 
 
 class _QueueCollector:
@@ -55,6 +63,7 @@ class _QueueCollector:
         up = GaugeMetricFamily("zstagger_redis_up", "1 if Redis answered this scrape")
         depth = GaugeMetricFamily("zstagger_queue_depth", "Chunks waiting in each queue", labels=["queue"])
         unacked = GaugeMetricFamily("zstagger_chunks_unacked", "Chunks delivered to workers, not yet acknowledged")
+        dead = GaugeMetricFamily("zstagger_dead_letter_items", "Malformed queue items kept in zstagger:dead-letter")
         try:
             stats = queue_stats(self.settings)
         except QueueUnavailableError:
@@ -65,7 +74,8 @@ class _QueueCollector:
         for name, count in stats["queues"].items():
             depth.add_metric([name], count)
         unacked.add_metric([], stats["unacked"])
-        yield from (up, depth, unacked)
+        dead.add_metric([], stats["dead_letter"])
+        yield from (up, depth, unacked, dead)
 
 
 class WorkerMetrics:

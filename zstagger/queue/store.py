@@ -4,11 +4,17 @@ Writing a result is ``HSET results <index> <json>``: a chunk that is delivered t
 (its worker died after tagging but before acknowledging) overwrites its own entries, so
 there is always exactly one result per input. All keys of a job expire together, at
 ``created + ZSTAGGER_RESULT_TTL``.
+
+Also here, as the owner of the keys: what a job id is (:func:`check_job_id`, the one rule
+the producer, the CLI and the task apply), and how a Redis failure is told to a user
+(:func:`redis_failure`: unreachable, or refusing writes because it is out of memory).
 """
 
 from __future__ import annotations
 
+import re
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -18,8 +24,10 @@ from redis.retry import Retry
 
 from ..errors import ZstaggerError
 from ..results import TagResult
+from ..settings import redact_url
 
 PREFIX = "zstagger:job:"
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class UnknownJobError(ZstaggerError, KeyError):
@@ -27,15 +35,68 @@ class UnknownJobError(ZstaggerError, KeyError):
         return str(self.args[0])
 
 
+class InvalidJobIdError(UnknownJobError, ValueError):
+    """Not a job id at all (so certainly not a known job)."""
+
+
 class QueueUnavailableError(ZstaggerError):
     """Redis cannot be reached."""
 
 
-def connect(url: str, retries: int = 6) -> redis.Redis:
+class RedisRefusedWritesError(QueueUnavailableError):
+    """Redis answers but refuses writes: out of memory (``maxmemory`` with ``noeviction``) or a read-only replica."""
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex
+
+
+def check_job_id(value: object) -> str:
+    """The job id in ``value`` (as ``zstagger enqueue`` printed it: 32 hex digits), normalised."""
+    if isinstance(value, str):
+        job_id = value.strip().lower()
+        if _JOB_ID.fullmatch(job_id):
+            return job_id
+    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+    raise InvalidJobIdError(f"{shown} is not a job id: a job id is the 32 hex digits `zstagger enqueue` printed")
+
+
+def refuses_writes(exc: BaseException) -> str | None:
+    """Why Redis refused a write, if that is what ``exc`` says (else None)."""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError) or str(exc).startswith("OOM "):
+        return "out of memory: maxmemory reached and the policy is noeviction"
+    if isinstance(exc, redis.exceptions.ReadOnlyError) or str(exc).startswith("READONLY"):
+        return "it is a read-only replica"
+    return None
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One short phrase for logs: what went wrong with Redis."""
+    reason = refuses_writes(exc)
+    return f"Redis refused writes ({reason})" if reason else f"Redis unavailable ({type(exc).__name__}: {exc})"
+
+
+def redis_failure(url: str, exc: BaseException, doing: str = "") -> QueueUnavailableError:
+    """The user-facing error for a failed Redis call; ``doing`` says what was being done, and its consequence."""
+    reason = refuses_writes(exc)
+    where = redact_url(url)
+    context = f" {doing}" if doing else ""
+    if reason:
+        return RedisRefusedWritesError(
+            f"Redis refused writes ({reason}) at {where}{context}. Free memory in Redis (finished jobs expire after "
+            "ZSTAGGER_RESULT_TTL) or raise its maxmemory, then try again."
+        )
+    return QueueUnavailableError(
+        f"cannot reach Redis at {where} ({exc}){context}. "
+        "Start redis-server, or point ZSTAGGER_REDIS_URL at yours (redis://[:password@]host:port/db)."
+    )
+
+
+def connect(url: str, retries: int = 6, timeout: float = 5) -> redis.Redis:
     """A client that rides out short Redis blips (reconnects with backoff, ~30 s in all)."""
     client = redis.Redis.from_url(
         url,
-        socket_connect_timeout=5,
+        socket_connect_timeout=timeout,
         socket_timeout=30,
         socket_keepalive=True,
         health_check_interval=10,
@@ -45,22 +106,13 @@ def connect(url: str, retries: int = 6) -> redis.Redis:
     return client
 
 
-def describe_url(url: str) -> str:
-    """The Redis URL without its password, for messages."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    host = parts.hostname or "localhost"
-    return f"{parts.scheme}://{host}:{parts.port or 6379}{parts.path}"
-
-
 class JobStore:
     def __init__(self, client: redis.Redis):
         self.redis = client
 
     @staticmethod
     def keys(job_id: str) -> tuple[str, str, str]:
-        base = PREFIX + job_id
+        base = PREFIX + check_job_id(job_id)
         return base, base + ":results", base + ":failed"
 
     def create(self, job_id: str, total: int, expires_at: int, **meta: Any) -> None:
@@ -70,11 +122,20 @@ class JobStore:
             pipe.expireat(job, expires_at)
             pipe.execute()
 
+    def delete(self, job_id: str) -> None:
+        """Forget a job (DEL works even when Redis refuses writes for lack of memory)."""
+        self.redis.delete(*self.keys(job_id))
+
     def mark_started(self, job_id: str) -> None:
         self.redis.hsetnx(self.keys(job_id)[0], "started", time.time())
 
-    def exists(self, job_id: str) -> bool:
-        return bool(self.redis.exists(self.keys(job_id)[0]))
+    def total(self, job_id: str) -> int | None:
+        """How many inputs the job has, or None if there is no such job (never was, expired, rolled back)."""
+        value = self.redis.hget(self.keys(job_id)[0], "total")
+        try:
+            return int(value) if value is not None else None
+        except ValueError:
+            return None
 
     def missing(self, job_id: str, indices: list[int]) -> list[int]:
         """Which of these inputs have no stored result yet."""
@@ -109,11 +170,16 @@ class JobStore:
             meta, finished, failed = pipe.execute()
         if not meta:
             raise UnknownJobError(f"no job {job_id!r} in Redis: it never existed or its results expired (ZSTAGGER_RESULT_TTL)")
-        meta = {k.decode(): v.decode() for k, v in meta.items()}
-        total = int(meta["total"])
+        meta = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in meta.items()}
+        try:
+            total = int(meta["total"])
+        except (KeyError, ValueError):
+            raise UnknownJobError(f"{job.decode() if isinstance(job, bytes) else job} in Redis is not a zstagger job record") from None
+        finished = min(finished, total)  # indices are checked before they are stored; never report negative pending
+        failed = min(failed, finished)
         state = "done" if finished >= total else ("running" if finished or "started" in meta else "pending")
         return {
-            "job_id": job_id,
+            "job_id": check_job_id(job_id),
             "state": state,
             "total": total,
             "done": finished - failed,

@@ -1,7 +1,8 @@
 """The worker's one task: tag a chunk of images with the engine, store one result per input.
 
 Thin by design: the Tagger does the work, :mod:`.worker` owns the process's model and
-connections, :mod:`.store` owns the job's keys. Here: what to tag, and the retry policy.
+connections, :mod:`.store` owns the job's keys, :mod:`.messages` checks the arguments.
+Here: what to tag, and the retry policy.
 """
 
 from __future__ import annotations
@@ -9,20 +10,25 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from celery.exceptions import Reject
 from kombu.exceptions import OperationalError
 
+from ..errors import ZstaggerError
 from ..results import TagResult
+from ..settings import Settings
 from ..taxonomy import Taxonomy
 from .celery_app import TASK_NAME, app
-from .messages import decode_ref
+from .messages import ChunkRequest, decode_ref
+from .store import describe_failure
 from .worker import metrics, worker_settings, worker_store, worker_tagger
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @lru_cache(maxsize=64)
@@ -30,41 +36,81 @@ def _taxonomy(spec_json: str) -> Taxonomy:
     return Taxonomy.parse(json.loads(spec_json))
 
 
-def retry_delay(attempt: int) -> float:
-    """Backoff before retry number ``attempt`` (1-based): 2, 4, 8, ... seconds, at most 60."""
-    return float(min(60, 2**attempt))
+def retry_delay(attempt: int, visibility_timeout: float | None = None) -> float:
+    """Backoff before retry number ``attempt`` (1-based): 2, 4, 8, ... seconds, at most 60,
+    and at most a third of the visibility timeout.
+
+    A retry is sent with a countdown; the worker that receives it holds it unacknowledged
+    until it is due, so a countdown near the visibility timeout would have it redelivered
+    to a second worker and run twice.
+    """
+    delay = float(min(60, 2**attempt))
+    return min(delay, visibility_timeout / 3) if visibility_timeout else delay
 
 
-@app.task(bind=True, name=TASK_NAME)
-def tag_chunk(
-    self,
-    job_id: str,
-    items: list[list[Any]],
-    taxonomy: dict[str, Any],
-    top_k: int | None = None,
-    expires_at: float = 0,
-    attempt: int = 0,
-) -> dict[str, int]:
-    """Tag ``items`` (``[index, reference]`` pairs) and store one result per index.
+def redis_patience(settings: Settings) -> float:
+    """How long a task waits out a Redis failure (unreachable, refusing writes) before it
+    gives the chunk back: well inside the visibility timeout, so it is not redelivered meanwhile."""
+    return min(30.0, settings.visibility_timeout / 3)
 
-    Bad images become error records. Transient failures (network timeouts) are sent
-    round again, alone, after a backoff, up to ``ZSTAGGER_MAX_RETRIES`` times; then they
-    are stored as error records saying so. If Redis itself cannot be reached the chunk
-    is requeued, never dropped.
+
+def _with_redis(call: Callable[[], T], doing: str, settings: Settings) -> T:
+    """``call()``, retried with backoff while Redis fails; then the chunk is requeued, never dropped."""
+    deadline = time.monotonic() + redis_patience(settings)
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except (redis.RedisError, OperationalError) as exc:
+            cause = exc.__cause__ if isinstance(exc, OperationalError) and exc.__cause__ is not None else exc
+            what = describe_failure(cause)
+            if time.monotonic() + delay > deadline:
+                raise Reject(f"{what} while {doing}; the chunk is left for redelivery", requeue=True) from exc
+            log.warning("zstagger: %s while %s; retrying in %.1fs", what, doing, delay)
+            time.sleep(delay)
+            delay = min(2 * delay, 8.0)
+
+
+def _refuse(task_id: str | None, problem: Exception) -> dict[str, int]:
+    reason = " ".join(str(problem).split())[:500]  # one line, bounded: the content comes from whoever wrote to Redis
+    log.error("zstagger: refused a malformed chunk (task %s): %s", task_id, reason)
+    return {"refused": 1}
+
+
+@app.task(bind=True, name=TASK_NAME, typing=False)
+def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
+    """``tag_chunk(job_id, items, taxonomy, top_k=None, expires_at=0, attempt=0)``: tag
+    ``items`` (``[index, reference]`` pairs) and store one result per index.
+
+    Arguments are checked first; a message that is not what the producer sends is refused
+    (logged, acknowledged, nothing stored). Bad images become error records. Transient
+    failures (network timeouts) are sent round again, alone, after a backoff, up to
+    ``ZSTAGGER_MAX_RETRIES`` times; then they are stored as error records saying so. If
+    Redis fails (unreachable, or out of memory) the task waits it out for a while, then
+    the chunk is requeued, never dropped.
     """
     settings = worker_settings()
     store = worker_store()
     try:
-        if expires_at and time.time() > expires_at or not store.exists(job_id):
-            log.warning("zstagger: job %s has expired or was deleted; dropping a chunk of %d", job_id, len(items))
-            return {"tagged": 0, "skipped": len(items)}
-        store.mark_started(job_id)
-        todo = set(store.missing(job_id, [index for index, _ in items]))
-    except redis.RedisError as exc:
-        raise Reject(f"Redis unavailable before tagging: {exc}", requeue=True) from exc
+        chunk = ChunkRequest.from_message(args, kwargs)
+        spec = _taxonomy(json.dumps(chunk.taxonomy, sort_keys=True))
+    except (ZstaggerError, ValueError, TypeError) as exc:
+        return _refuse(self.request.id, exc)
+
+    job_id = chunk.job_id
+    total = _with_redis(lambda: store.total(job_id), "reading the job", settings)
+    if chunk.expires_at and time.time() > chunk.expires_at or total is None:
+        log.warning("zstagger: job %s has expired or was deleted; dropping a chunk of %d", job_id, len(chunk.items))
+        return {"tagged": 0, "skipped": len(chunk.items)}
+    try:
+        chunk.check_indices(total)
+    except ZstaggerError as exc:
+        return _refuse(self.request.id, exc)
+    items = chunk.wire_items()
+    _with_redis(lambda: store.mark_started(job_id), "marking the job started", settings)
+    todo = set(_with_redis(lambda: store.missing(job_id, [index for index, _ in items]), "reading the job's results", settings))
 
     pending = [(index, ref) for index, ref in items if index in todo]
-    spec = _taxonomy(json.dumps(taxonomy, sort_keys=True))
     try:
         tagger = worker_tagger()
     except Exception as exc:  # no model in this process: give the chunk back, untouched
@@ -72,32 +118,30 @@ def tag_chunk(
     # Split the chunk so that every encoder lane gets a share of it.
     share = max(1, -(-len(pending) // tagger.lanes))
     started = time.perf_counter()
-    results = tagger.tag([decode_ref(ref) for _, ref in pending], taxonomy=spec, top_k=top_k, batch_size=share) if pending else []
+    results = tagger.tag([decode_ref(ref) for _, ref in pending], taxonomy=spec, top_k=chunk.top_k, batch_size=share) if pending else []
     seconds = time.perf_counter() - started
 
     final: list[tuple[int, TagResult]] = []
     again: list[list[Any]] = []
     for (index, ref), result in zip(pending, results):
         if result.error is not None and result.error.transient:
-            if attempt < settings.max_retries:
+            if chunk.attempt < settings.max_retries:
                 again.append([index, ref])
                 continue
             result = TagResult.failed(
                 result.image, result.taxonomy, result.error.type,
-                f"{result.error.message} (gave up after {attempt + 1} attempts)",
+                f"{result.error.message} (gave up after {chunk.attempt + 1} attempts)",
             )
         final.append((index, result))
-    try:
-        store.save(job_id, final, int(expires_at) if expires_at else int(time.time() + settings.result_ttl))
-        if again:
-            queue = (self.request.delivery_info or {}).get("routing_key") or None
-            tag_chunk.apply_async(
-                args=(job_id, again, taxonomy),
-                kwargs={"top_k": top_k, "expires_at": expires_at, "attempt": attempt + 1},
-                countdown=retry_delay(attempt + 1),
-                queue=queue,
-            )
-    except (redis.RedisError, OperationalError) as exc:
-        raise Reject(f"Redis unavailable while storing results: {exc}", requeue=True) from exc
+    expires_at = int(chunk.expires_at) if chunk.expires_at else int(time.time() + settings.result_ttl)
+    _with_redis(lambda: store.save(job_id, final, expires_at), "storing results", settings)
+    if again:
+        queue = (self.request.delivery_info or {}).get("routing_key") or None
+        _with_redis(lambda: tag_chunk.apply_async(
+            args=(job_id, again, chunk.taxonomy),
+            kwargs={"top_k": chunk.top_k, "expires_at": chunk.expires_at, "attempt": chunk.attempt + 1},
+            countdown=retry_delay(chunk.attempt + 1, settings.visibility_timeout),
+            queue=queue,
+        ), "queueing a retry", settings)
     metrics().chunk_done(spec.name, [result for _, result in final], seconds, len(again))
     return {"tagged": len(final), "retrying": len(again), "skipped": len(items) - len(pending)}

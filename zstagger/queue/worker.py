@@ -4,23 +4,32 @@ The model is loaded once per worker process, after the fork (``worker_process_in
 the parent never touches torch: forked torch thread pools and CUDA contexts break. The
 parent shares the cores out and serves metrics; each child loads its Tagger, starts its
 heartbeat, and reports a model it cannot load instead of taking chunks.
+
+A worker that stops because of an error exits non-zero (so ``Restart=on-failure`` and
+the like restart it): Celery already does for a crashed consumer; a process that could
+not load its model marks the worker failed before asking it to stop.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import signal
+import sys
 import time
 from typing import Any
 
 import redis
 from celery import signals
+from celery.exceptions import WorkerShutdown
 
-from ..settings import Settings
+from ..settings import Settings, redact_url
 from .health import HEARTBEAT_PREFIX, Heartbeat, report_load_failure
 from .metrics import WorkerMetrics, prepare_metrics_dir, serve_metrics
 from .store import JobStore, connect
+
+EXIT_FAILURE = 1
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +43,22 @@ def _prepare_parent(sender=None, **_: Any) -> None:
     os.environ.setdefault("ZSTAGGER_TORCH_THREADS", str(max(1, (os.cpu_count() or 1) // concurrency)))
     os.environ["ZSTAGGER_WORKER_NAME"] = getattr(sender, "hostname", None) or f"zstagger@{os.uname().nodename}"
     _state["solo"] = "solo" in str(getattr(sender, "pool_cls", "")).lower()
+    # Shared with the forked pool processes: set by one that cannot load its model.
+    _state["failed"] = multiprocessing.Value("b", 0, lock=False)
     settings = worker_settings()
+    _say_if_redis_is_unreachable(settings)
     if settings.metrics_port:
         prepare_metrics_dir()
         serve_metrics(settings)
+
+
+def _say_if_redis_is_unreachable(settings: Settings) -> None:
+    """Celery retries forever without saying which setting to look at: one line that does."""
+    try:
+        connect(settings.redis_url, retries=0, timeout=3).ping()
+    except redis.RedisError as exc:
+        print(f"zstagger worker: cannot reach Redis at {redact_url(settings.redis_url)} (ZSTAGGER_REDIS_URL): {str(exc).rstrip('.')}; "
+              "retrying until it answers", file=sys.stderr, flush=True)
 
 
 @signals.worker_process_init.connect
@@ -62,8 +83,12 @@ def _child_exit(**_: Any) -> None:
 
 
 @signals.worker_shutdown.connect
-def _forget_worker(**_: Any) -> None:
-    """Warm shutdown: drop the heartbeat now, so health checks stop routing work here."""
+def _forget_worker(sender=None, **_: Any) -> None:
+    """Warm shutdown: drop the heartbeat now, so health checks stop routing work here; and
+    exit non-zero if a process could not load its model."""
+    failed = _state.get("failed")
+    if failed is not None and failed.value and sender is not None and not getattr(sender, "exitcode", None):
+        sender.exitcode = EXIT_FAILURE
     name = os.environ.get("ZSTAGGER_WORKER_NAME")
     if name:
         try:
@@ -84,8 +109,12 @@ def start_process() -> None:
         log.error("zstagger: worker %s could not load model %s: %s; shutting down", name, settings.model, exc)
         report_load_failure(settings, name, f"{type(exc).__name__}: {exc}".splitlines()[0])
         # A worker without a model must not take chunks: stop it (warm shutdown of the
-        # whole worker) so its supervisor restarts it and healthy workers get the work.
-        os.kill(os.getpid() if _state.get("solo") else os.getppid(), signal.SIGTERM)
+        # whole worker, exit status 1) so its supervisor restarts it and healthy workers get the work.
+        if _state.get("failed") is not None:
+            _state["failed"].value = 1
+        if _state.get("solo"):  # this process is the worker: stop it from inside
+            raise WorkerShutdown(EXIT_FAILURE) from exc
+        os.kill(os.getppid(), signal.SIGTERM)
         raise
     metrics().model_load_seconds.set(_state["model_load_seconds"])
     _state["heartbeat"] = Heartbeat(settings, name, {
