@@ -39,6 +39,7 @@ _LAZY = {
     "load_plugins": "zstagger.plugins",
     "enqueue": "zstagger.queue.client",
     "Job": "zstagger.queue.client",
+    "verify_webhook": "zstagger.queue.signing",
 }
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from .plugins import load_plugins
     from .registry import get_taxonomy, registered_taxonomies, resolve_taxonomy
     from .queue.client import Job, enqueue
+    from .queue.signing import verify_webhook
     from .settings import Settings
     from .tagger import Tagger
 
@@ -63,5 +65,5 @@ __all__ = [
     "ClipEncoder", "ConfigurationError", "ErrorInfo", "Job", "enqueue", "ImageLoadError", "ImagePolicy", "Label", "LabelScore",
     "ModelLoadError", "ModelNotFoundError", "PluginError", "Settings", "TagResult", "Tagger", "Taxonomy",
     "TaxonomyError", "UnknownTaxonomyError", "ZstaggerError", "get_taxonomy", "hookimpl", "load_plugins",
-    "registered_taxonomies", "resolve_taxonomy", "__version__",
+    "registered_taxonomies", "resolve_taxonomy", "verify_webhook", "__version__",
 ]

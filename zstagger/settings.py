@@ -16,7 +16,7 @@ import tempfile
 from typing import Annotated
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, PlainSerializer, field_validator
+from pydantic import Field, PlainSerializer, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
@@ -120,6 +120,15 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(5.0, ge=0, description="Milliseconds an image waits for others to fill a model batch.")
     max_pending_images: int = Field(
         512, ge=1, description="Images in flight in the HTTP service (decoding, waiting, encoding); beyond it: 503."
+    )
+    # job notifications
+    webhook_secret: SecretStr | None = Field(
+        None, description="Key that signs webhook events (HMAC-SHA256); set the same on producers and workers."
+    )
+    webhook_max_attempts: int = Field(8, ge=1, le=100, description="Delivery attempts of one webhook event before it is given up.")
+    webhook_timeout: float = Field(10.0, gt=0, description="Seconds allowed for one webhook delivery attempt.")
+    webhook_inline_bytes: int = Field(
+        256 * 1024, ge=0, description="Results are put in the webhook event itself when their JSON is at most this size."
     )
     # operations
     metrics_port: int = Field(9808, ge=0, le=65535, description="Port of a worker's Prometheus /metrics endpoint (0: off).")

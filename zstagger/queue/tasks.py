@@ -24,6 +24,7 @@ from ..settings import Settings
 from ..taxonomy import Taxonomy
 from .celery_app import TASK_NAME, app
 from .messages import ChunkRequest, decode_ref
+from .notify import job_finished
 from .store import describe_failure
 from .worker import metrics, worker_settings, worker_store, worker_tagger
 
@@ -98,9 +99,13 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
         return _refuse(self.request.id, exc)
 
     job_id = chunk.job_id
-    total = _with_redis(lambda: store.total(job_id), "reading the job", settings)
+    meta = _with_redis(lambda: store.meta(job_id), "reading the job", settings)
+    total = int(meta["total"]) if meta.get("total", "").isdigit() else None
     if chunk.expires_at and time.time() > chunk.expires_at or total is None:
         log.warning("zstagger: job %s has expired or was deleted; dropping a chunk of %d", job_id, len(chunk.items))
+        return {"tagged": 0, "skipped": len(chunk.items)}
+    if "cancelled" in meta:
+        log.info("zstagger: job %s was cancelled; skipping a chunk of %d", job_id, len(chunk.items))
         return {"tagged": 0, "skipped": len(chunk.items)}
     try:
         chunk.check_indices(total)
@@ -134,7 +139,7 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
             )
         final.append((index, result))
     expires_at = int(chunk.expires_at) if chunk.expires_at else int(time.time() + settings.result_ttl)
-    _with_redis(lambda: store.save(job_id, final, expires_at), "storing results", settings)
+    finished = _with_redis(lambda: store.save(job_id, final, expires_at), "storing results", settings)
     if again:
         queue = (self.request.delivery_info or {}).get("routing_key") or None
         _with_redis(lambda: tag_chunk.apply_async(
@@ -143,5 +148,7 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
             countdown=retry_delay(chunk.attempt + 1, settings.visibility_timeout),
             queue=queue,
         ), "queueing a retry", settings)
+    if finished >= total:  # also when a redelivered chunk finds everything done: notifications are at least once
+        _with_redis(lambda: job_finished(store, app, job_id, "done"), "sending the job's notifications", settings)
     metrics().chunk_done(spec.name, [result for _, result in final], seconds, len(again))
     return {"tagged": len(final), "retrying": len(again), "skipped": len(items) - len(pending)}

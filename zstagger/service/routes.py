@@ -128,12 +128,12 @@ def readyz(request: Request) -> JSONResponse:
 def _redis_problem(url: str) -> str | None:
     import redis
 
-    from ..queue.store import describe_url
+    from ..queue.store import redis_failure
 
     try:
         redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping()
     except redis.RedisError as exc:
-        return f"cannot reach Redis at {describe_url(url)}: {exc}"
+        return str(redis_failure(url, exc))
     return None
 
 
