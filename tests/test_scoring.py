@@ -2,68 +2,70 @@
 
 import math
 
+import numpy as np
 import pytest
-import torch
 
 from zstagger import Label, Taxonomy
 from zstagger.classifier import TaxonomyClassifier
-from zstagger.engine.scoring import ScoringPlan, ensemble, hierarchical_softmax
+from zstagger.engine.scoring import ScoringPlan, ensemble, hierarchical_softmax, sigmoid, softmax
 
 SCALE = 100.0
 
 
 def unit(*values):
-    v = torch.tensor(values, dtype=torch.float32)
-    return v / v.norm()
+    v = np.array(values, dtype=np.float32)
+    return v / np.linalg.norm(v)
 
 
 def test_ensemble_is_normalize_mean_normalize():
-    prompts = torch.tensor([[3.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 2.0]])
+    prompts = np.array([[3.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 2.0]])
     out = ensemble(prompts, [[0, 1], [2]])
-    expected = torch.stack([unit(1, 1, 0), unit(0, 0, 1)])
-    assert torch.allclose(out, expected, atol=1e-6)
+    expected = np.stack([unit(1, 1, 0), unit(0, 0, 1)])
+    np.testing.assert_allclose(out, expected, atol=1e-6)
 
 
 def test_single_group_softmax_is_the_pipeline_formula():
-    labels = torch.stack([unit(1, 0, 0), unit(0, 1, 0), unit(1, 1, 0)])
-    image = unit(2, 1, 0.5).unsqueeze(0)
+    labels = np.stack([unit(1, 0, 0), unit(0, 1, 0), unit(1, 1, 0)])
+    image = unit(2, 1, 0.5)[None]
     scores, cos = ScoringPlan("softmax", labels, SCALE).score(image)
-    assert torch.allclose(cos, image @ labels.T)
-    assert torch.allclose(scores, torch.softmax(SCALE * cos, dim=-1))
+    np.testing.assert_allclose(cos, image @ labels.T, rtol=1e-6)
+    expected = np.exp(SCALE * cos.astype(np.float64))
+    np.testing.assert_allclose(scores, expected / expected.sum(), rtol=1e-5)
 
 
 def test_hierarchical_softmax_children_share_their_parents_score():
-    logits = torch.tensor([[1.0, 2.0, 0.5, 3.0, -1.0]])
-    groups = [torch.tensor([0, 1]), torch.tensor([2, 3, 4])]  # labels 2-4 are children of label 1
+    logits = np.array([[1.0, 2.0, 0.5, 3.0, -1.0]])
+    groups = [np.array([0, 1]), np.array([2, 3, 4])]  # labels 2-4 are children of label 1
     scores = hierarchical_softmax(logits, groups, [-1, 1])
-    assert math.isclose(scores[0, :2].sum().item(), 1.0, rel_tol=1e-6)
-    assert math.isclose(scores[0, 2:].sum().item(), scores[0, 1].item(), rel_tol=1e-6)
-    assert torch.allclose(scores[0, 2:] / scores[0, 1], torch.softmax(logits[0, 2:], -1))
+    assert math.isclose(float(scores[0, :2].sum()), 1.0, rel_tol=1e-6)
+    assert math.isclose(float(scores[0, 2:].sum()), float(scores[0, 1]), rel_tol=1e-6)
+    np.testing.assert_allclose(scores[0, 2:] / scores[0, 1], softmax(logits[0, 2:]), rtol=1e-6)
 
 
 def test_contrastive_scores_each_label_against_its_own_rivals():
-    labels = torch.stack([unit(1, 0, 0), unit(0, 1, 0)])
-    rivals = torch.stack([unit(1, 0.2, 0), unit(0, 0, 1)])
-    mask = torch.tensor([[True, False], [True, True]])
-    image = unit(1, 0.5, 0.3).unsqueeze(0)
+    labels = np.stack([unit(1, 0, 0), unit(0, 1, 0)])
+    rivals = np.stack([unit(1, 0.2, 0), unit(0, 0, 1)])
+    mask = np.array([[True, False], [True, True]])
+    image = unit(1, 0.5, 0.3)[None]
     scores, _ = ScoringPlan("contrastive", labels, SCALE, competitor_embeds=rivals, competitor_mask=mask).score(image)
-    s = SCALE * (image @ labels.T)[0]
-    r = SCALE * (image @ rivals.T)[0]
-    expected0 = torch.softmax(torch.stack([s[0], r[0]]), 0)[0]
-    expected1 = torch.softmax(torch.stack([s[1], r[0], r[1]]), 0)[0]
-    assert torch.allclose(scores[0], torch.stack([expected0, expected1]), atol=1e-6)
+    s = SCALE * (image @ labels.T)[0].astype(np.float64)
+    r = SCALE * (image @ rivals.T)[0].astype(np.float64)
+    expected0 = math.exp(s[0]) / (math.exp(s[0]) + math.exp(r[0]))
+    expected1 = math.exp(s[1]) / (math.exp(s[1]) + math.exp(r[0]) + math.exp(r[1]))
+    np.testing.assert_allclose(scores[0], [expected0, expected1], atol=1e-6)
 
 
 def test_contrastive_needs_a_rival_per_label():
     with pytest.raises(ValueError):
-        ScoringPlan("contrastive", torch.eye(2), SCALE, competitor_embeds=torch.eye(2), competitor_mask=torch.zeros(2, 2, dtype=bool))
+        ScoringPlan("contrastive", np.eye(2), SCALE, competitor_embeds=np.eye(2), competitor_mask=np.zeros((2, 2), dtype=bool))
 
 
 def test_sigmoid_uses_scale_and_bias():
-    labels = torch.stack([unit(1, 0), unit(0, 1)])
-    image = unit(1, 1).unsqueeze(0)
+    labels = np.stack([unit(1, 0), unit(0, 1)])
+    image = unit(1, 1)[None]
     scores, cos = ScoringPlan("sigmoid", labels, 10.0, -5.0).score(image)
-    assert torch.allclose(scores, torch.sigmoid(10.0 * cos - 5.0))
+    np.testing.assert_allclose(scores, 1 / (1 + np.exp(-(10.0 * cos.astype(np.float64) - 5.0))), rtol=1e-6)
+    assert sigmoid(np.array([-1000.0, 1000.0])).tolist() == [0.0, 1.0]  # no overflow at the extremes
 
 
 # --- taxonomy -> classifier, with an "encoder" that maps each word to a fixed direction ---
@@ -74,17 +76,17 @@ WORDS = ["cat", "dog", "car", "other", "gun", "toy", "knife", "shoes", "boots", 
 def fake_embed(prompts):
     rows = []
     for p in prompts:
-        v = torch.zeros(len(WORDS))
+        v = np.zeros(len(WORDS), dtype=np.float32)
         for i, word in enumerate(WORDS):
             if word in p:
                 v[i] = 1.0
         rows.append(v)
-    return torch.stack(rows)
+    return np.stack(rows)
 
 
 def image_of(**weights):
-    v = torch.tensor([float(weights.get(w, 0.0)) for w in WORDS])
-    return (v / v.norm()).unsqueeze(0)
+    v = np.array([float(weights.get(w, 0.0)) for w in WORDS], dtype=np.float32)
+    return (v / np.linalg.norm(v))[None]
 
 
 def build(taxonomy, **kw):
@@ -95,7 +97,7 @@ def test_single_label_tags_the_winner_over_its_threshold():
     tax = Taxonomy(name="pets", templates=["{}"], default_threshold=0.5,
                    labels=[Label(name="cat"), Label(name="dog"), Label(name="other", background=True)])
     clf = build(tax)
-    cat, unsure, background = clf.classify(torch.cat([image_of(cat=1), image_of(cat=1, dog=1), image_of(other=1)]))
+    cat, unsure, background = clf.classify(np.concatenate([image_of(cat=1), image_of(cat=1, dog=1), image_of(other=1)]))
     assert cat.tags == ["cat"] and cat.scores[0][0] == "cat" and cat.verdict is None
     assert unsure.tags == []  # cat and dog tie at ~0.5 each minus the background share: none of the above
     assert background.tags == [] and background.scores[0][0] == "other"
@@ -125,7 +127,7 @@ def moderation(**kw):
 
 def test_multi_label_scores_are_independent_and_give_a_verdict():
     clf = build(moderation())
-    gun, knife, both, toy, nothing = clf.classify(torch.cat([
+    gun, knife, both, toy, nothing = clf.classify(np.concatenate([
         image_of(gun=1), image_of(knife=1), image_of(gun=1, knife=1), image_of(toy=1), image_of(other=1),
     ]))
     assert gun.tags == ["gun"] and gun.verdict == "block"
@@ -150,7 +152,7 @@ def test_multi_label_score_of_one_label_does_not_depend_on_the_others():
 def test_multi_label_child_fires_only_with_its_parent():
     tax = Taxonomy(name="m", mode="multi", templates=["{}"], default_threshold=0.6, negatives=["other"], labels=[
         Label(name="apparel"), Label(name="apparel/shoes", text="shoes", parent="apparel")])
-    with_parent, without = build(tax).classify(torch.cat([image_of(apparel=1, shoes=1), image_of(shoes=1)]))
+    with_parent, without = build(tax).classify(np.concatenate([image_of(apparel=1, shoes=1), image_of(shoes=1)]))
     assert set(with_parent.tags) == {"apparel", "apparel/shoes"}
     assert without.tags == []
 

@@ -38,12 +38,15 @@ _LAZY = {
     "resolve_taxonomy": "zstagger.registry",
     "load_plugins": "zstagger.plugins",
     "enqueue": "zstagger.queue.client",
+    "evaluate": "zstagger.evaluation",
+    "calibrate": "zstagger.evaluation",
     "Job": "zstagger.queue.client",
     "verify_webhook": "zstagger.queue.signing",
 }
 
 if TYPE_CHECKING:
     from .engine.model import ClipEncoder
+    from .evaluation import calibrate, evaluate
     from .images import ImagePolicy
     from .plugins import load_plugins
     from .registry import get_taxonomy, registered_taxonomies, resolve_taxonomy
@@ -62,7 +65,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "ClipEncoder", "ConfigurationError", "ErrorInfo", "Job", "enqueue", "ImageLoadError", "ImagePolicy", "Label", "LabelScore",
+    "ClipEncoder", "ConfigurationError", "ErrorInfo", "Job", "calibrate", "enqueue", "evaluate", "ImageLoadError", "ImagePolicy", "Label", "LabelScore",
     "ModelLoadError", "ModelNotFoundError", "PluginError", "Settings", "TagResult", "Tagger", "Taxonomy",
     "TaxonomyError", "UnknownTaxonomyError", "ZstaggerError", "get_taxonomy", "hookimpl", "load_plugins",
     "registered_taxonomies", "resolve_taxonomy", "verify_webhook", "__version__",

@@ -11,7 +11,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from .engine.scoring import ScoringPlan, ensemble
 from .taxonomy import ACTION_SEVERITY, Taxonomy
@@ -36,6 +35,7 @@ class TaxonomyClassifier:
         self.background = np.array([label.background for label in labels], dtype=bool)
         self.parents = _parent_indices(taxonomy)
         self.severity = [ACTION_SEVERITY[label.action or "allow"] for label in labels]
+        self.has_actions = taxonomy.has_actions
         depth = _depths(self.parents)
         self.order = sorted(range(len(labels)), key=lambda i: depth[i])
         self.children: dict[int, list[int]] = {}
@@ -48,7 +48,7 @@ class TaxonomyClassifier:
     def build(
         cls,
         taxonomy: Taxonomy,
-        embed_texts: Callable[[Sequence[str]], torch.Tensor],
+        embed_texts: Callable[[Sequence[str]], np.ndarray],
         *,
         logit_scale: float,
         logit_bias: float | None = None,
@@ -75,10 +75,10 @@ class TaxonomyClassifier:
             negatives = (
                 ensemble(embeds, [[position[p] for p in group] for group in negative_prompts])
                 if negative_prompts
-                else label_embeds.new_zeros((0, label_embeds.shape[1]))
+                else np.zeros((0, label_embeds.shape[1]), dtype=np.float32)
             )
-            rivals = torch.cat([negatives, label_embeds[background]])
-            mask = torch.zeros(len(labels), rivals.shape[0], dtype=torch.bool)
+            rivals = np.concatenate([negatives, label_embeds[background]])
+            mask = np.zeros((len(labels), rivals.shape[0]), dtype=bool)
             mask[:, len(negative_phrases):] = True  # every label also faces the background labels
             phrase_index = {phrase: j for j, phrase in enumerate(negative_phrases)}
             for i, label in enumerate(labels):
@@ -89,17 +89,13 @@ class TaxonomyClassifier:
             )
         return cls(taxonomy, plan)
 
-    def classify(self, image_embeds: torch.Tensor, top_k: int | None = None) -> list[Classification]:
-        scores_t, cosine_t = self.plan.score(image_embeds)
-        scores, cosines = scores_t.numpy().astype(np.float64), cosine_t.numpy().astype(np.float64)
-        single = self.taxonomy.mode == "single"
+    def classify(self, image_embeds: np.ndarray, top_k: int | None = None) -> list[Classification]:
+        scores_f32, cosine_f32 = self.plan.score(image_embeds)
+        scores, cosines = scores_f32.astype(np.float64), cosine_f32.astype(np.float64)
         results = []
         for row, cos in zip(scores, cosines):
-            tagged = self._descend(row) if single else self._fired(row)
-            verdict = None
-            if self.taxonomy.has_actions:
-                worst = max((self.severity[i] for i in tagged), default=0)
-                verdict = next(a for a, s in ACTION_SEVERITY.items() if s == worst)
+            tagged = self.tagged(row)
+            verdict = self.verdict(tagged)
             ranked = sorted(self.reported, key=lambda i: -row[i])
             if top_k is not None:
                 ranked = ranked[:top_k]
@@ -111,6 +107,17 @@ class TaxonomyClassifier:
                 )
             )
         return results
+
+    def tagged(self, row: np.ndarray) -> list[int]:
+        """Indices of the labels that become tags for one row of scores (thresholds applied)."""
+        return self._descend(row) if self.taxonomy.mode == "single" else self._fired(row)
+
+    def verdict(self, tagged: Sequence[int]) -> str | None:
+        """The strictest action among tagged labels (``allow`` when none fires); None without actions."""
+        if not self.has_actions:
+            return None
+        worst = max((self.severity[i] for i in tagged), default=0)
+        return next(a for a, s in ACTION_SEVERITY.items() if s == worst)
 
     def _descend(self, row: np.ndarray) -> list[int]:
         """Single-label: best label per level, root down, while it clears its threshold."""
@@ -147,11 +154,11 @@ def _depths(parents: list[int]) -> list[int]:
     return depth
 
 
-def _sibling_groups(parents: list[int]) -> tuple[list[torch.Tensor], list[int]]:
+def _sibling_groups(parents: list[int]) -> tuple[list[np.ndarray], list[int]]:
     """Labels that compete with each other (same parent), groups of shallower parents first."""
     depth = _depths(parents)
     members: dict[int, list[int]] = {}
     for i, parent in enumerate(parents):
         members.setdefault(parent, []).append(i)
     order = sorted(members, key=lambda p: -1 if p < 0 else depth[p])
-    return [torch.tensor(members[p]) for p in order], order
+    return [np.array(members[p]) for p in order], order

@@ -46,3 +46,11 @@ class ImageLoadError(ZstaggerError):
         self.kind = kind
         self.message = message
         self.transient = transient
+
+
+class DatasetError(ZstaggerError, ValueError):
+    """A labelled dataset (folders or manifest) cannot be used as given."""
+
+
+class MissingExtraError(ZstaggerError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""

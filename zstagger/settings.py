@@ -80,7 +80,13 @@ class Settings(BaseSettings):
     )
     cache_dir: str = Field(
         default_factory=lambda: os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "zstagger"),
-        description="Where text embeddings of taxonomies are cached between runs ('' disables the cache).",
+        description="Where text embeddings of taxonomies, model scalars and image embeddings are cached between runs "
+        "('' disables every cache).",
+    )
+    image_cache: bool = Field(
+        False,
+        description="Cache image embeddings (SQLite file in the cache directory) when tagging, so an image already "
+        "seen by this model is neither decoded nor encoded again. `zstagger eval` and `calibrate` always use it.",
     )
     # plugins and taxonomies
     taxonomy_path: str = Field("", description=f"Directories of taxonomy YAML/JSON files, separated by {os.pathsep!r}.")

@@ -3,29 +3,49 @@
 A :class:`Tagger` loads the model once, compiles each taxonomy once (text embeddings are
 cached in memory and on disk), and tags images in batches: loader threads decode and
 preprocess upcoming images while encoder lanes run the model on earlier batches.
+
+With an image-embedding cache (``image_cache=``, any :class:`~zstagger.embedding_cache.ImageEmbeddingStore`)
+the loader threads read and hash each image's bytes first; a hit skips decoding and the
+forward pass, and the model is loaded only at the first miss, so a fully cached run
+never imports torch. Scoring is numpy.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from itertools import islice
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+from PIL import Image
 
 from .classifier import TaxonomyClassifier
-from .embedding_cache import EmbeddingCache
-from .engine.model import ClipEncoder
-from .errors import ConfigurationError, ImageLoadError
-from .images import ImageInput, ImagePolicy, describe, iter_inputs, load_image
+from .embedding_cache import (
+    EmbeddingCache,
+    EmbeddingKey,
+    ImageEmbeddingStore,
+    ModelInfo,
+    ModelInfoCache,
+    default_image_cache,
+)
+from .embedding_cache.images import to_fp16
+from .engine.locate import model_fingerprint
+from .engine.scoring import normalize
+from .errors import ConfigurationError, ImageLoadError, ZstaggerError
+from .images import ImageInput, ImagePolicy, describe, is_url, iter_inputs, load_image, read_image_bytes
 from .registry import resolve_taxonomy
 from .results import LabelScore, TagResult
 from .settings import Settings
 from .taxonomy import Taxonomy
+
+if TYPE_CHECKING:
+    from .engine.model import ClipEncoder
 
 _PREFETCH_BATCHES = 2
 _cores: int | None = None
@@ -35,8 +55,21 @@ def _cpu_budget() -> int:
     """torch's thread count before any Tagger split it into lanes (read once per process)."""
     global _cores
     if _cores is None:
+        import torch
+
         _cores = torch.get_num_threads()
     return _cores
+
+
+@dataclass
+class Prepared:
+    """One readable image on its way to an embedding: cached already, or pixels to encode
+    (:meth:`Tagger.prepare`, then :meth:`Tagger.embed_prepared`)."""
+
+    key: EmbeddingKey | None
+    vector: np.ndarray | None = None
+    pixels: np.ndarray | None = None
+    hashed: tuple[str, os.stat_result, str] | None = None  # a local file read and hashed: for the digest index
 
 
 class Tagger:
@@ -46,6 +79,12 @@ class Tagger:
     :class:`~zstagger.settings.Settings`), then from the defaults.
     ``exact_preprocessing=True`` with ``precision="fp32"`` reproduces the Hugging Face
     pipeline's scores (to ~1e-6); the defaults trade that for ~2.5x the speed on CPU.
+
+    ``image_cache``: ``True`` for the SQLite cache under ``ZSTAGGER_CACHE_DIR``, ``False``
+    for none, any :class:`~zstagger.embedding_cache.ImageEmbeddingStore` to use that, or
+    ``None`` to follow ``ZSTAGGER_IMAGE_CACHE`` (off by default). With a cache, image
+    embeddings are rounded to fp16 whether they were cached or just computed (so a
+    cached run scores exactly like the first), and the model loads at the first miss.
     """
 
     def __init__(
@@ -60,6 +99,7 @@ class Tagger:
         exact_preprocessing: bool | None = None,
         image_policy: ImagePolicy | None = None,
         settings: Settings | None = None,
+        image_cache: ImageEmbeddingStore | bool | None = None,
     ):
         settings = settings or Settings()
         self.settings = settings
@@ -67,22 +107,84 @@ class Tagger:
         if self.batch_size < 1:
             raise ConfigurationError(f"batch size must be at least 1, got {self.batch_size}")
         self.image_policy = image_policy or ImagePolicy.from_settings(settings)
-        self.encoder = ClipEncoder.load(
-            model or settings.model, device=device or settings.device, precision=precision or settings.precision
-        )
+        self.model_name = model or settings.model
+        self._device, self._precision = device or settings.device, precision or settings.precision
         threads = loader_threads if loader_threads is not None else settings.loader_threads
         self.loader_threads = threads or min(4, os.cpu_count() or 1)
-        self.lanes = self._plan_lanes(lanes if lanes is not None else settings.inference_lanes)
-        # Unless exact preprocessing is asked for, JPEGs decode at 1/2, 1/4 or 1/8 scale as
-        # long as both sides keep twice the model's input size, so the resize that follows
-        # still low-pass filters as it would after a full decode.
+        self._requested_lanes = lanes if lanes is not None else settings.inference_lanes
         self.exact = settings.exact_preprocessing if exact_preprocessing is None else exact_preprocessing
-        side = self.encoder.min_decode_size
-        self.decode_size = 2 * side if side and not self.exact else None
+        self.preprocessing = "exact" if self.exact else "fast"
+        # image_cache: an object (used as given), True/False, or None to follow ZSTAGGER_IMAGE_CACHE.
+        use_cache = settings.image_cache if image_cache is None else image_cache
+        self._owns_cache = use_cache is True
+        self.image_cache: ImageEmbeddingStore | None = (
+            default_image_cache(settings.cache_dir) if use_cache is True else (use_cache or None)  # type: ignore[assignment]
+        )
+        self.cache_hits = self.cache_misses = 0
+        self._encoder: ClipEncoder | None = None
+        self._lanes: int | None = None
+        self._forward_gate: threading.Semaphore | None = None
+        self._info: ModelInfo | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._encoders: ThreadPoolExecutor | None = None
         self._classifiers: dict[str, TaxonomyClassifier] = {}
         self._lock = threading.Lock()
+        self._load_lock = threading.Lock()
+        # With a cache the model waits for the first miss; the fingerprint that keys the
+        # cache comes from the checkpoint's files. A Hub model not downloaded yet has none.
+        self.fingerprint = model_fingerprint(self.model_name) if self.image_cache is not None else None
+        if self.fingerprint is None:
+            self._load_encoder()
+
+    # -- the model, loaded once (lazily when a cache may make it unnecessary) ---------
+
+    @property
+    def encoder(self) -> ClipEncoder:
+        if self._encoder is None:
+            self._load_encoder()
+        return self._encoder  # type: ignore[return-value]
+
+    @property
+    def model_loaded(self) -> bool:
+        return self._encoder is not None
+
+    def _load_encoder(self) -> None:
+        with self._load_lock:
+            if self._encoder is not None:
+                return
+            from .engine.model import ClipEncoder
+
+            encoder = ClipEncoder.load(self.model_name, device=self._device, precision=self._precision)
+            self._lanes = self._plan_lanes(encoder, self._requested_lanes)
+            self._forward_gate = threading.Semaphore(self._lanes)
+            self.fingerprint = self.fingerprint or encoder.fingerprint
+            self._encoder = encoder
+
+    @property
+    def lanes(self) -> int:
+        """Batches encoded at once (before the model is loaded: the CPU plan it will get)."""
+        return self._lanes or self._requested_lanes or min(8, os.cpu_count() or 1)
+
+    @property
+    def decode_size(self) -> int | None:
+        # Unless exact preprocessing is asked for, JPEGs decode at 1/2, 1/4 or 1/8 scale as
+        # long as both sides keep twice the model's input size, so the resize that follows
+        # still low-pass filters as it would after a full decode.
+        side = self.encoder.min_decode_size
+        return 2 * side if side and not self.exact else None
+
+    def model_info(self) -> ModelInfo:
+        """The model's scoring scalars: from the cache by fingerprint, else from the loaded model."""
+        if self._info is None:
+            infos = ModelInfoCache(self.settings.cache_dir) if self.settings.cache_dir else None
+            info = infos.get(self.fingerprint) if infos and self._encoder is None and self.fingerprint else None
+            if info is None:
+                encoder = self.encoder
+                info = ModelInfo(encoder.logit_scale, encoder.logit_bias, encoder.uses_sigmoid)
+                if infos:
+                    infos.put(encoder.fingerprint, info)
+            self._info = info
+        return self._info
 
     # -- taxonomies -------------------------------------------------------------------
 
@@ -96,15 +198,12 @@ class Tagger:
         with self._lock:
             compiled = self._classifiers.get(taxonomy.fingerprint)
             if compiled is None:
-                embed = self.encoder.encode_text
+                embed: Callable[[Sequence[str]], np.ndarray] = lambda prompts: self.encoder.encode_text(prompts).numpy()
+                info = self.model_info()
                 if self.settings.cache_dir:
-                    embed = EmbeddingCache(self.settings.cache_dir, self.encoder.fingerprint).wrap(embed)
+                    embed = EmbeddingCache(self.settings.cache_dir, self.fingerprint).wrap(embed)  # type: ignore[arg-type]
                 compiled = TaxonomyClassifier.build(
-                    taxonomy,
-                    embed,
-                    logit_scale=self.encoder.logit_scale,
-                    logit_bias=self.encoder.logit_bias,
-                    uses_sigmoid=self.encoder.uses_sigmoid,
+                    taxonomy, embed, logit_scale=info.logit_scale, logit_bias=info.logit_bias, uses_sigmoid=info.uses_sigmoid
                 )
                 self._classifiers[taxonomy.fingerprint] = compiled
             return compiled
@@ -150,7 +249,7 @@ class Tagger:
         self,
         taxonomy: Taxonomy,
         refs: Sequence[ImageInput],
-        embeds: torch.Tensor | None,
+        embeds: np.ndarray | None,
         errors: Sequence[ImageLoadError | None],
         top_k: int | None = None,
     ) -> list[TagResult]:
@@ -177,7 +276,8 @@ class Tagger:
             ))
         return out
 
-    def _plan_lanes(self, lanes: int) -> int:
+    @staticmethod
+    def _plan_lanes(encoder: ClipEncoder, lanes: int) -> int:
         """How many batches to encode at once, and torch's threads for each.
 
         On CPU, several single-threaded forwards side by side beat one forward spread
@@ -185,7 +285,9 @@ class Tagger:
         throughput on 2 cores), and decoding slots in between them. The cores torch was
         given (``torch.get_num_threads()``) are shared out among the lanes.
         """
-        if self.encoder.device.type != "cpu":
+        import torch
+
+        if encoder.device.type != "cpu":
             return 1
         cores = _cpu_budget()
         lanes = lanes or min(8, cores)
@@ -194,7 +296,7 @@ class Tagger:
 
     def embed_batches(
         self, images: Iterable[ImageInput], batch_size: int | None = None
-    ) -> Iterator[tuple[list[ImageInput], torch.Tensor | None, list[ImageLoadError | None]]]:
+    ) -> Iterator[tuple[list[ImageInput], np.ndarray | None, list[ImageLoadError | None]]]:
         """Load, preprocess and encode images in batches, keeping every stage busy.
 
         Decoding runs in the loader threads, ahead of the encoder lanes; up to ``lanes``
@@ -225,35 +327,93 @@ class Tagger:
         """Read, decode and preprocess images in the loader threads, without encoding them:
         model-ready pixels, or the error that image met, in input order."""
         loader, _ = self._pools()
-        return list(loader.map(self.prepare, images))
+        return list(loader.map(lambda ref: _or_error(self._pixels, ref), images))
 
-    def encode(self, pixels: Sequence[np.ndarray]) -> torch.Tensor:
-        """Embed preprocessed images (from :meth:`prepare`) in one forward pass."""
-        return self.encoder.encode_images(np.stack(pixels))
+    def cache_stats(self) -> dict[str, int]:
+        """Images whose embedding came from the image cache (hits) or was computed (misses)."""
+        with self._lock:
+            return {"hits": self.cache_hits, "misses": self.cache_misses}
 
     def _encode_batch(
         self, loads: list[tuple[ImageInput, Future]]
-    ) -> tuple[list[ImageInput], torch.Tensor | None, list[ImageLoadError | None]]:
-        refs, pixels, errors = [], [], []
+    ) -> tuple[list[ImageInput], np.ndarray | None, list[ImageLoadError | None]]:
+        refs, errors, ready = [], [], []
         for ref, future in loads:
             prepared = future.result()
             refs.append(ref)
-            if isinstance(prepared, ImageLoadError):
-                errors.append(prepared)
-            else:
-                errors.append(None)
-                pixels.append(prepared)
-        embeds = self.encode(pixels) if pixels else None
-        return refs, embeds, errors
+            errors.append(prepared if isinstance(prepared, ImageLoadError) else None)
+            if not isinstance(prepared, ImageLoadError):
+                ready.append(prepared)
+        return refs, (self.embed_prepared(ready) if ready else None), errors
 
-    def prepare(self, ref: ImageInput) -> np.ndarray | ImageLoadError:
-        """Read, decode and preprocess one image (the loader threads' work); never raises."""
+    def embed_prepared(self, ready: Sequence[Prepared]) -> np.ndarray:
+        """Embeddings for images from :meth:`prepare`, one row each, in order: cached ones as
+        they are, the others in one forward pass (stored in the image cache, if any)."""
+        todo = [p for p in ready if p.vector is None]
+        if todo:
+            encoder = self.encoder
+            with self._forward_gate:  # type: ignore[union-attr]
+                embeds = encoder.encode_images(np.stack([p.pixels for p in todo])).numpy()
+            if self.image_cache is not None:
+                self.image_cache.put_many([(p.key, e) for p, e in zip(todo, embeds) if p.key is not None])
+                # What a later hit will read back, so cached and fresh runs give the same scores.
+                embeds = normalize(to_fp16(embeds).astype(np.float32))
+            for p, e in zip(todo, embeds):
+                p.vector = e
+        hashed = [p.hashed for p in ready if p.hashed is not None]
+        if hashed:  # local files read and hashed: their digests, for the next run
+            self.image_cache.remember_digests(hashed)  # type: ignore[union-attr]
+        if self.image_cache is not None:
+            with self._lock:
+                self.cache_misses += len(todo)
+                self.cache_hits += len(ready) - len(todo)
+        return np.stack([p.vector for p in ready])
+
+    def prepare(self, ref: ImageInput) -> Prepared | ImageLoadError:
+        """In a loader thread: the cached embedding, or model-ready pixels, or the error
+        (never raises for one image's problem; see :meth:`embed_prepared`)."""
+        if self.image_cache is None or isinstance(ref, Image.Image):
+            pixels = _or_error(self._pixels, ref)
+            return pixels if isinstance(pixels, ImageLoadError) else Prepared(None, pixels=pixels)
+        path = os.fspath(ref) if isinstance(ref, (str, os.PathLike)) and not is_url(ref) else None
+        st, hit = self._unchanged_file_hit(path) if path is not None else (None, None)
+        if hit is not None:
+            return hit
+        data = _or_error(read_image_bytes, ref, self.image_policy)
+        if isinstance(data, ImageLoadError):
+            return data
+        key = self._key(hashlib.sha256(data).hexdigest())
+        hashed = (path, st, key.sha256) if st is not None else None
+        cached = self.image_cache.get_many([key]).get(key)
+        if cached is not None:
+            return Prepared(key, vector=normalize(cached), hashed=hashed)
+        pixels = _or_error(self._pixels, data)
+        return pixels if isinstance(pixels, ImageLoadError) else Prepared(key, pixels=pixels, hashed=hashed)
+
+    def _unchanged_file_hit(self, path: str) -> tuple[os.stat_result | None, Prepared | None]:
+        """A local file the cache hashed before and that is unchanged since: its embedding,
+        without reading the file (stores with a digest index only). Also its stat, taken
+        before any read, for recording its digest."""
+        index = getattr(self.image_cache, "file_digest", None)
+        if index is None:
+            return None, None
         try:
-            return self.encoder.preprocess(load_image(ref, self.image_policy, self.decode_size), self.exact)
-        except ImageLoadError as exc:
-            return exc
-        except Exception as exc:  # one odd file must never take the batch down with it
-            return ImageLoadError("invalid_image", f"could not process image: {type(exc).__name__}: {exc}")
+            st = os.stat(path)
+        except OSError:
+            return None, None  # reading it fails below, as an error record
+        digest = index(path, st)
+        if digest is None:
+            return st, None
+        key = self._key(digest)
+        cached = self.image_cache.get_many([key]).get(key)  # type: ignore[union-attr]
+        return st, (Prepared(key, vector=normalize(cached)) if cached is not None else None)
+
+    def _key(self, digest: str) -> EmbeddingKey:
+        return EmbeddingKey(digest, self.fingerprint, self.preprocessing)  # type: ignore[arg-type]
+
+    def _pixels(self, ref: ImageInput) -> np.ndarray:
+        encoder = self.encoder  # loads the model at the first miss; its errors are not this image's
+        return encoder.preprocess(load_image(ref, self.image_policy, self.decode_size), self.exact)
 
     def _pools(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
         with self._lock:
@@ -268,9 +428,24 @@ class Tagger:
                 if pool is not None:
                     pool.shutdown(wait=True, cancel_futures=True)
             self._pool = self._encoders = None
+        if self._owns_cache and hasattr(self.image_cache, "close"):
+            self.image_cache.close()  # type: ignore[union-attr]
 
     def __enter__(self) -> Tagger:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _or_error(step: Callable[..., Any], *args: Any) -> Any:
+    """``step(*args)``, or the ImageLoadError that one image met (one odd file never takes
+    the batch down). zstagger's other errors (the model could not be loaded) propagate."""
+    try:
+        return step(*args)
+    except ImageLoadError as exc:
+        return exc
+    except ZstaggerError:
+        raise
+    except Exception as exc:
+        return ImageLoadError("invalid_image", f"could not process image: {type(exc).__name__}: {exc}")

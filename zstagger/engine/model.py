@@ -23,7 +23,7 @@ import transformers
 
 from ..errors import ConfigurationError, ModelLoadError, ModelNotFoundError
 from ..settings import DEFAULT_MODEL, DEVICES, PRECISIONS
-from .locate import hub_reachable, locate, not_found_offline
+from .locate import hub_reachable, locate, model_fingerprint, not_found_offline
 from .preprocess import Preprocessor, UnsupportedProcessor
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ class ClipEncoder:
             # SigLIP was trained on fixed-length (64) padded text and pools the last token.
             text_padding="max_length" if siglip else "longest",
             text_max_length=64 if siglip else max_len,
-            fingerprint=_fingerprint(model, source, hf_model),
+            fingerprint=model_fingerprint(source) or _config_hash(hf_model),
         )
 
     # -- encoding ---------------------------------------------------------------------
@@ -273,15 +273,7 @@ def _from_pretrained(loader, source: str, **kwargs):
         ) from None
 
 
-def _fingerprint(name: str, source: str, model) -> str:
-    """Identifies the exact weights, for keying cached text embeddings."""
-    h = hashlib.sha256()
-    h.update(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
-    commit = getattr(model.config, "_commit_hash", None)
-    if commit:
-        h.update(commit.encode())
-    if os.path.isdir(source):
-        for weights in sorted(Path(source).glob("*.safetensors")) + sorted(Path(source).glob("*.bin")):
-            st = weights.stat()
-            h.update(f"{weights.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+def _config_hash(model) -> str:
+    """Fallback fingerprint when the checkpoint's files cannot be found (should not happen)."""
+    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]

@@ -36,7 +36,7 @@ class Overloaded(Exception):
 
 @dataclass
 class _Item:
-    pixels: np.ndarray
+    prepared: object  # what ``prepare`` returned: pixels to encode (or an embedding from a cache)
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     queued_at: float = field(default_factory=time.monotonic)
@@ -54,14 +54,15 @@ def _deliver(future: asyncio.Future, value=None, error: BaseException | None = N
 class MicroBatcher:
     """Gathers preprocessed images from any number of requests into model batches.
 
-    ``prepare(ref)`` returns pixels or an ImageLoadError (never raises); ``encode(pixels)``
-    embeds a list of them in one forward pass and returns one row per image.
+    ``prepare(ref)`` returns what ``encode`` takes, or an ImageLoadError (it never raises for
+    one image's problem); ``encode(prepared)`` embeds a list of them in one forward pass and
+    returns one row per image (:meth:`zstagger.Tagger.prepare` and ``embed_prepared``).
     """
 
     def __init__(
         self,
-        prepare: Callable[[ImageInput], np.ndarray | ImageLoadError],
-        encode: Callable[[Sequence[np.ndarray]], object],
+        prepare: Callable[[ImageInput], object],
+        encode: Callable[[Sequence[object]], np.ndarray],
         *,
         batch_size: int,
         max_wait: float,
@@ -109,18 +110,18 @@ class MicroBatcher:
         prepared = await asyncio.gather(*(loop.run_in_executor(self._decoders, self.prepare, ref) for ref in refs))
         futures: list[asyncio.Future | None] = []
         items = []
-        for pixels in prepared:
-            if isinstance(pixels, ImageLoadError):
+        for ready in prepared:
+            if isinstance(ready, ImageLoadError):
                 futures.append(None)
                 continue
             future = loop.create_future()
             futures.append(future)
-            items.append(_Item(pixels, future, loop))
+            items.append(_Item(ready, future, loop))
         with self._ready:
             self._queue.extend(items)
             self._ready.notify(len(items))
         rows = []
-        for pixels, future in zip(prepared, futures):
+        for future in futures:
             rows.append(await future if future is not None else None)
         return rows, [p if isinstance(p, ImageLoadError) else None for p in prepared]
 
@@ -150,7 +151,7 @@ class MicroBatcher:
             started = time.monotonic()
             self.observe(len(batch), started - min(item.queued_at for item in batch))
             try:
-                rows = self.encode([item.pixels for item in batch])
+                rows = self.encode([item.prepared for item in batch])
             except Exception as exc:  # a failed forward fails these requests, not the lane
                 log.exception("zstagger: a batch of %d failed to encode", len(batch))
                 for item in batch:

@@ -47,7 +47,7 @@ class ServiceState:
 
             tagger = Tagger(settings=self.settings)
             self.batcher = MicroBatcher(
-                tagger.prepare, tagger.encode,
+                tagger.prepare, tagger.embed_prepared,
                 batch_size=tagger.batch_size,
                 max_wait=self.settings.batch_wait_ms / 1000,
                 max_pending=self.settings.max_pending_images,
@@ -97,10 +97,10 @@ class ServiceState:
 
     @staticmethod
     def _results(tagger, taxonomy, refs, rows, errors, top_k) -> list[TagResult]:
-        import torch
+        import numpy as np
 
         kept = [row for row in rows if row is not None]
-        return tagger.results(taxonomy, refs, torch.stack(kept) if kept else None, errors, top_k)
+        return tagger.results(taxonomy, refs, np.stack(kept) if kept else None, errors, top_k)
 
     def close(self) -> None:
         if self.batcher is not None:

@@ -1,0 +1,203 @@
+"""Measuring and tuning accuracy from the command line: ``zstagger eval`` and ``zstagger calibrate``.
+
+The summary (or ``--json``) goes to stdout, progress and warnings to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..settings import Settings
+from .common import (
+    EXIT_FAILED_INPUTS,
+    EXIT_OK,
+    check_taxonomy_choice,
+    cli,
+    model_options,
+    print_table,
+    reports_errors,
+    taxonomy_options,
+)
+
+
+def _progress(show: bool | None, what: str):
+    """A tqdm bar on stderr per dataset (when stderr is a terminal, or --progress)."""
+    show = show if show is not None else sys.stderr.isatty()
+
+    def start(dataset):
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(dataset.items), unit="img", file=sys.stderr, disable=not show, desc=what)
+
+        def update(count: int) -> None:
+            bar.update(count)
+            if bar.n >= len(dataset.items):
+                bar.close()  # before the summary is printed
+
+        return update
+
+    return start
+
+
+def _settings(model, device, precision, batch_size) -> Settings:
+    given = {"model": model, "device": device, "precision": precision, "batch_size": batch_size}
+    return Settings(**{k: v for k, v in given.items() if v is not None})
+
+
+@cli.command("eval")
+@click.argument("data", type=click.Path())
+@taxonomy_options
+@model_options
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), help="Write an HTML report with plots into DIR.")
+@click.option("--no-cache", is_flag=True, help="Neither read nor write the image-embedding cache.")
+@click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True, help="Bootstrap resamples for the 95% intervals.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal).")
+@reports_errors
+def eval_command(data, taxonomy, labels, template, model, batch_size, device, precision, as_json, report_dir, no_cache,
+                 bootstrap, progress):
+    """Measure a taxonomy on labelled images: DATA/<label>/*.jpg folders or a .jsonl/.csv manifest.
+
+    \b
+    zstagger eval photos-labelled/ -t moderation --report eval-report/
+    zstagger eval manifest.jsonl -t ecommerce --json > figures.json
+    """
+    from ..evaluation import evaluate
+
+    check_taxonomy_choice(taxonomy, labels, template)
+    report = evaluate(
+        data, taxonomy, labels=labels.split(",") if labels else None, template=template,
+        settings=_settings(model, device, precision, batch_size), report_dir=report_dir, cache=not no_cache,
+        bootstrap_rounds=bootstrap, progress=_progress(progress, "eval"),
+    )
+    click.echo(report.model_dump_json(indent=2)) if as_json else print_eval(report)
+    if report.report_dir:
+        click.echo(f"report: {report.report_dir}/index.html", err=True)
+    if report.unreadable_count:
+        click.echo(f"{report.unreadable_count} of {report.images} images could not be read and are left out of every figure "
+                   f"(first: {report.unreadable[0].image}: {report.unreadable[0].message})", err=True)
+    sys.exit(EXIT_FAILED_INPUTS if report.unreadable_count else EXIT_OK)
+
+
+@cli.command("calibrate")
+@click.argument("data", type=click.Path())
+@click.option("-t", "--taxonomy", required=True, help="Name of a registered taxonomy (see `zstagger taxonomies`).")
+@click.option("--target-precision", type=float, help="Lowest threshold per label whose precision reaches P (most recall).")
+@click.option("--target-recall", type=float, help="Highest threshold per label whose recall reaches R (most precision).")
+@click.option("--objective", type=click.Choice(["f1"]), help="Threshold with the best F1 per label.")
+@click.option("--per-action", help="Precision targets by action, e.g. block=0.99,review=0.9 (overrides the target for those labels).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Taxonomy YAML to write.")
+@click.option("--name", help="Name of the calibrated taxonomy (default: NAME-calibrated, so it can sit beside NAME).")
+@click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True, help="Cross-validation folds for held-out figures.")
+@click.option("--min-positives", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Labels with fewer positives keep their threshold.")
+@model_options
+@click.option("--json", "as_json", is_flag=True, help="Print the calibration report as JSON.")
+@click.option("--no-cache", is_flag=True, help="Neither read nor write the image-embedding cache.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal).")
+@reports_errors
+def calibrate_command(data, taxonomy, target_precision, target_recall, objective, per_action, output, name, folds,
+                      min_positives, model, batch_size, device, precision, as_json, no_cache, progress):
+    """Choose per-label thresholds on labelled images for a target; write a calibrated taxonomy.
+
+    \b
+    zstagger calibrate labelled/ -t moderation --target-precision 0.9 --per-action block=0.99 -o moderation-calibrated.yaml
+    ZSTAGGER_TAXONOMY_PATH=. zstagger eval labelled/ -t moderation-calibrated
+    """
+    from ..evaluation import calibrate, write_taxonomy
+
+    report = calibrate(
+        data, taxonomy, target_precision=target_precision, target_recall=target_recall, objective=objective,
+        per_action=parse_per_action(per_action), folds=folds, min_positives=min_positives, name=name,
+        settings=_settings(model, device, precision, batch_size), cache=not no_cache, progress=_progress(progress, "calibrate"),
+    )
+    path = write_taxonomy(report.taxonomy, output)
+    click.echo(report.model_dump_json(indent=2)) if as_json else print_calibration(report)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"wrote {path} (taxonomy {report.taxonomy.name!r} v{report.taxonomy.version}); use it with "
+               f"ZSTAGGER_TAXONOMY_PATH={path.parent} ... -t {report.taxonomy.name}", err=True)
+
+
+def parse_per_action(text: str | None) -> dict[str, float] | None:
+    if not text:
+        return None
+    out = {}
+    for part in text.split(","):
+        action, sep, value = part.partition("=")
+        try:
+            out[action.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise click.UsageError(f"--per-action: expected ACTION=PRECISION pairs like block=0.99,review=0.9, got {part!r}")
+    return out
+
+
+# -- terminal summaries ------------------------------------------------------------------------
+
+
+def print_eval(report) -> None:
+    click.echo(f"{report.taxonomy} v{report.taxonomy_version} ({report.mode}-label) on {report.dataset}: "
+               f"{report.evaluated} images evaluated, {report.unreadable_count} unreadable left out")
+    click.echo(f"model {report.model} ({report.preprocessing} preprocessing); image embeddings: {report.cache_hits} cached, "
+               f"{report.cache_misses} computed; intervals: 95% bootstrap ({report.bootstrap_rounds} resamples)")
+    for level in report.levels:
+        click.echo(f"\nlevel {level.depth} ({level.images} images): top-1 {level.top1}  top-{level.top_k} {level.top5}  "
+                   f"tag accuracy {level.accuracy}")
+        _label_table(level.labels)
+        if level.most_confused:
+            click.echo("most confused (true -> predicted): " + ", ".join(
+                f"{p.true} -> {p.predicted} ({p.count})" for p in level.most_confused[:5]))
+    if report.averages is not None:
+        click.echo("")
+        _label_table(report.labels, threshold_free=True)
+        a = report.averages
+        click.echo(f"micro: precision {a.micro_precision}  recall {a.micro_recall}  f1 {a.micro_f1}  AP {_num(a.micro_average_precision)}")
+        click.echo(f"macro: precision {a.macro_precision}  recall {a.macro_recall}  f1 {a.macro_f1}  AP "
+                   f"{_num(a.macro_average_precision)}  ROC-AUC {_num(a.macro_roc_auc)}")
+    if report.verdicts is not None:
+        v = report.verdicts
+        click.echo(f"\nverdicts (rows: strictest true action, columns: verdict): accuracy {v.accuracy}")
+        print_table([{"true": a, **{f"got {b}": v.table[i][j] for j, b in enumerate(v.actions)}} for i, a in enumerate(v.actions)],
+                    ["true"] + [f"got {b}" for b in v.actions])
+        click.echo(f"misses (block-worthy got allow): {v.misses}   review-worthy got allow: {v.review_misses}")
+        click.echo(f"false alarms (clean got block or review): {v.false_alarms}")
+    if report.calibration is not None:
+        c = report.calibration
+        click.echo(f"\ncalibrated {c.date} for {c.target} on {c.dataset} ({c.images} images, {c.folds}-fold held-out):")
+        print_table([{"label": k, "status": x.status, "threshold": f"{x.threshold:.4f}",
+                      "held-out precision": _triple(x.held_out_precision), "held-out recall": _triple(x.held_out_recall)}
+                     for k, x in c.labels.items()], ["label", "status", "threshold", "held-out precision", "held-out recall"])
+
+
+def _label_table(labels, threshold_free: bool = False) -> None:
+    columns = ["label", "threshold", "support", "predicted", "precision", "recall", "f1"]
+    if threshold_free:
+        columns += ["AP", "ROC-AUC"]
+    print_table([{"label": m.label, "threshold": f"{m.threshold:.3f}", "support": m.support, "predicted": m.predicted,
+                  "precision": str(m.precision), "recall": str(m.recall), "f1": str(m.f1),
+                  "AP": _num(m.average_precision), "ROC-AUC": _num(m.roc_auc)} for m in labels], columns)
+
+
+def print_calibration(report) -> None:
+    click.echo(f"{report.source_taxonomy} -> {report.taxonomy.name} v{report.taxonomy.version} on {report.dataset}: "
+               f"{report.evaluated} images, {report.folds}-fold cross-validation (95% bootstrap intervals)")
+    print_table([{"label": r.label, "target": r.target, "status": r.status, "positives": r.positives,
+                  "threshold": f"{r.previous_threshold:.3f} -> {r.threshold:.4f}",
+                  "held-out precision": str(r.held_out_precision), "held-out recall": str(r.held_out_recall)}
+                 for r in report.labels],
+                ["label", "target", "status", "positives", "threshold", "held-out precision", "held-out recall"])
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _triple(values: list) -> str:
+    if not values or values[0] is None:
+        return "-"
+    value, low, high = values
+    return f"{value:.3f}" if low is None else f"{value:.3f} [{low:.2f}-{high:.2f}]"

@@ -1,0 +1,199 @@
+"""``zstagger.evaluate(...)`` and ``zstagger.calibrate(...)``: what the CLI commands call.
+
+Both check the optional extra and the dataset (labels against the taxonomy) before any
+image is read or any model loaded, score the dataset once (image embeddings from the
+cache when present), and return the pydantic reports of :mod:`.models`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from ..errors import ConfigurationError, DatasetError
+from ..registry import resolve_taxonomy
+from ..settings import Settings
+from ..tagger import Tagger
+from ..taxonomy import ACTION_SEVERITY, Taxonomy
+from .calibrate import MIN_POSITIVES, Target, calibrate_scored, calibrated_taxonomy
+from .datasets import LabelledDataset, load_dataset
+from .extra import check_installed, import_in_background
+from .metrics import Bootstrap, multi_label, single_label_levels, verdict_metrics
+from .models import CalibrationReport, EvalReport
+from .scored import UNREADABLE_SHOWN, ScoredDataset, score_dataset
+
+Progress = Callable[[int], None]
+
+
+def evaluate(
+    data: str | Path,
+    taxonomy: str | Taxonomy | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    template: str | None = None,
+    model: str | None = None,
+    tagger: Tagger | None = None,
+    report_dir: str | Path | None = None,
+    cache: bool = True,
+    bootstrap_rounds: int = 1000,
+    settings: Settings | None = None,
+    progress: Callable[[LabelledDataset], Progress] | None = None,
+) -> EvalReport:
+    """Measure a taxonomy (or ad-hoc labels) on a labelled dataset; see :class:`EvalReport`.
+
+    ``report_dir`` also writes an HTML report with plots. ``cache=False`` neither reads
+    nor writes the image-embedding cache. ``progress(dataset)`` may return a callback
+    that receives the number of images done per batch.
+    """
+    started = time.perf_counter()
+    if report_dir is not None:  # the figures need numpy only; the report's plots need the eval extra
+        check_installed("sklearn", "matplotlib")
+    spec = resolve_taxonomy(taxonomy, labels, template)
+    dataset = load_dataset(data, spec)
+    with _tagger(tagger, model, cache, settings) as active:
+        scored = _score(dataset, spec, active, progress)
+        report = build_eval_report(scored, dataset, active, bootstrap_rounds)
+    if report_dir is not None:
+        from .report import write_report
+
+        report = report.model_copy(update={"report_dir": str(write_report(report, scored, Path(report_dir)))})
+    return report.model_copy(update={"seconds": round(time.perf_counter() - started, 3)})
+
+
+def build_eval_report(scored: ScoredDataset, dataset: LabelledDataset, tagger: Tagger, rounds: int = 1000) -> EvalReport:
+    spec = scored.taxonomy
+    boot = Bootstrap(len(scored.items), rounds)
+    fields: dict = {}
+    if spec.mode == "single":
+        fields["levels"] = single_label_levels(scored, boot)
+    else:
+        fields["labels"], fields["averages"] = multi_label(scored, boot)
+    if spec.has_actions:
+        fields["verdicts"] = verdict_metrics(scored, boot)
+    return EvalReport(
+        taxonomy=spec.name, taxonomy_version=spec.version, mode=spec.mode, model=tagger.model_name,
+        model_fingerprint=tagger.fingerprint, preprocessing=tagger.preprocessing, dataset=dataset.source,
+        dataset_fingerprint=dataset.fingerprint, images=len(dataset.items), evaluated=len(scored.items),
+        unreadable_count=len(scored.unreadable), unreadable=scored.unreadable[:UNREADABLE_SHOWN],
+        cache_hits=scored.cache_hits, cache_misses=scored.cache_misses, bootstrap_rounds=rounds,
+        calibration=spec.calibration, **fields,
+    )
+
+
+def calibrate(
+    data: str | Path,
+    taxonomy: str | Taxonomy,
+    *,
+    target_precision: float | None = None,
+    target_recall: float | None = None,
+    objective: str | None = None,
+    per_action: dict[str, float] | None = None,
+    folds: int = 5,
+    min_positives: int = MIN_POSITIVES,
+    name: str | None = None,
+    model: str | None = None,
+    tagger: Tagger | None = None,
+    cache: bool = True,
+    bootstrap_rounds: int = 1000,
+    settings: Settings | None = None,
+    progress: Callable[[LabelledDataset], Progress] | None = None,
+) -> CalibrationReport:
+    """Choose per-label thresholds on a labelled dataset; ``report.taxonomy`` is the calibrated taxonomy.
+
+    Exactly one of ``target_precision``, ``target_recall`` or ``objective="f1"``;
+    ``per_action`` (e.g. ``{"block": 0.99, "review": 0.9}``) sets a precision target for
+    the labels with that action. Write the result with :func:`write_taxonomy`.
+    """
+    started = time.perf_counter()
+    target = parse_target(target_precision, target_recall, objective)
+    per_action = check_per_action(per_action or {})
+    if not 2 <= folds <= 20:
+        raise ConfigurationError(f"folds must be between 2 and 20, got {folds}")
+    check_installed("sklearn")
+    spec = resolve_taxonomy(taxonomy)
+    dataset = load_dataset(data, spec)
+    import_in_background("sklearn.model_selection")
+    with _tagger(tagger, model, cache, settings) as active:
+        scored = _score(dataset, spec, active, progress)
+        if len(scored.items) < 2 * folds:
+            raise DatasetError(f"{dataset.source}: {len(scored.items)} readable images are too few for {folds}-fold cross-validation")
+        boot = Bootstrap(len(scored.items), bootstrap_rounds)
+        results, warnings = calibrate_scored(scored, target, per_action, folds=folds, min_positives=min_positives, boot=boot)
+        calibrated = calibrated_taxonomy(
+            scored, results, target=target, per_action=per_action, folds=folds, model=active.model_name,
+            model_fingerprint=active.fingerprint, preprocessing=active.preprocessing, dataset=dataset.source,
+            dataset_fingerprint=dataset.fingerprint, name=name,
+        )
+    if scored.unreadable:
+        warnings.append(f"{len(scored.unreadable)} unreadable images left out (first: {scored.unreadable[0].image}: "
+                        f"{scored.unreadable[0].message})")
+    return CalibrationReport(
+        taxonomy=calibrated, source_taxonomy=f"{spec.name}@{spec.version}", model=active.model_name, dataset=dataset.source,
+        images=len(dataset.items), evaluated=len(scored.items), unreadable_count=len(scored.unreadable),
+        unreadable=scored.unreadable[:UNREADABLE_SHOWN], folds=folds, labels=results, warnings=warnings,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+def write_taxonomy(taxonomy: Taxonomy, path: str | Path) -> Path:
+    """Write a complete taxonomy file (YAML) that ``ZSTAGGER_TAXONOMY_PATH`` loads as it is."""
+    import yaml
+
+    path = Path(path)
+    body = yaml.safe_dump(taxonomy.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True, width=100)
+    header = "# Written by `zstagger calibrate`: thresholds chosen on labelled data (see calibration below).\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(header + body, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(f"cannot write {path}: {exc.strerror or exc}") from None
+    Taxonomy.from_file(path)  # what was written loads and validates
+    return path
+
+
+def parse_target(precision: float | None, recall: float | None, objective: str | None) -> Target:
+    """The one owner of "exactly one of --target-precision, --target-recall, --objective f1"."""
+    given = [(k, v) for k, v in (("precision", precision), ("recall", recall), ("f1", objective)) if v is not None]
+    if len(given) != 1:
+        raise ConfigurationError("give exactly one of --target-precision P, --target-recall R or --objective f1")
+    kind, value = given[0]
+    if kind == "f1":
+        if value != "f1":
+            raise ConfigurationError(f"unknown objective {value!r}: the objective can be f1")
+        return Target("f1")
+    if not 0 < float(value) <= 1:  # type: ignore[arg-type]
+        raise ConfigurationError(f"target {kind} must be in (0, 1], got {value}")
+    return Target(kind, float(value))  # type: ignore[arg-type]
+
+
+def check_per_action(per_action: dict[str, float]) -> dict[str, float]:
+    for action, value in per_action.items():
+        if action not in ACTION_SEVERITY:
+            raise ConfigurationError(f"--per-action: unknown action {action!r} (actions: {', '.join(ACTION_SEVERITY)})")
+        if not 0 < value <= 1:
+            raise ConfigurationError(f"--per-action: target precision for {action} must be in (0, 1], got {value}")
+    return dict(per_action)
+
+
+def _score(dataset: LabelledDataset, spec: Taxonomy, tagger: Tagger, progress) -> ScoredDataset:
+    scored = score_dataset(dataset, spec, tagger, progress(dataset) if progress else None)
+    if not scored.items:
+        first = "; ".join(f"{u.image}: {u.message}" for u in scored.unreadable[:3])
+        raise DatasetError(f"{dataset.source}: none of the {len(dataset.items)} images could be read ({first})")
+    if not scored.truth.any():
+        raise DatasetError(f"{dataset.source}: every readable image is labelled as showing none of the labels")
+    return scored
+
+
+@contextlib.contextmanager
+def _tagger(tagger: Tagger | None, model: str | None, cache: bool, settings: Settings | None) -> Iterator[Tagger]:
+    if tagger is not None:
+        yield tagger
+        return
+    with Tagger(model, settings=settings, image_cache=cache) as owned:
+        yield owned
+
+
+__all__ = ["build_eval_report", "calibrate", "evaluate", "write_taxonomy"]

@@ -1,0 +1,152 @@
+"""The reports ``zstagger eval`` and ``zstagger calibrate`` print: pydantic models.
+
+The Python API returns them, the CLI prints them as a table, ``--json`` dumps them. Every
+precision, recall and accuracy is an :class:`Estimate`: the value on the dataset and a
+95% bootstrap interval (resampling images), with the count it was computed on, so a
+figure from 40 positives says how little it proves.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from ..taxonomy import Calibration, Taxonomy
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Estimate(_Model):
+    value: float | None  # None: undefined here (e.g. precision of a label that never fired)
+    low: float | None = None
+    high: float | None = None
+    n: int = 0  # the denominator: predictions for precision, positives for recall, images for accuracy
+
+    def __str__(self) -> str:
+        if self.value is None:
+            return "-"
+        if self.low is None or self.high is None:
+            return f"{self.value:.3f}"
+        small = f" (n={self.n})" if self.n < 30 else ""  # a bootstrap interval on a handful of images says little
+        return f"{self.value:.3f} [{self.low:.2f}-{self.high:.2f}]{small}"
+
+
+class LabelMetrics(_Model):
+    label: str
+    threshold: float
+    support: int  # images that show the label
+    predicted: int  # images the label was given to
+    precision: Estimate
+    recall: Estimate
+    f1: Estimate
+    average_precision: float | None = None  # threshold-free; None without positives
+    roc_auc: float | None = None  # None without both positives and negatives
+
+
+class ConfusedPair(_Model):
+    true: str
+    predicted: str
+    count: int
+
+
+class LevelMetrics(_Model):
+    """Single-label metrics at one depth of the hierarchy (depth 0: the top level)."""
+
+    depth: int
+    images: int
+    top1: Estimate
+    top5: Estimate
+    top_k: int  # 5, or fewer when the level has fewer labels
+    accuracy: Estimate  # tag at this level (thresholds applied, "(none)" included) equals the truth
+    labels: list[LabelMetrics]
+    confusion_labels: list[str]  # rows: truth, columns: prediction; last one "(none)"
+    confusion: list[list[int]]
+    most_confused: list[ConfusedPair]
+
+
+class Averages(_Model):
+    """Multi-label averages: micro (pooled over labels) and macro (mean over labels with positives)."""
+
+    micro_precision: Estimate
+    micro_recall: Estimate
+    micro_f1: Estimate
+    macro_precision: Estimate
+    macro_recall: Estimate
+    macro_f1: Estimate
+    micro_average_precision: float | None
+    macro_average_precision: float | None
+    macro_roc_auc: float | None
+
+
+class VerdictMetrics(_Model):
+    """Moderation: the verdict against the strictest action among an image's true labels."""
+
+    actions: list[str]  # allow, review, block
+    table: list[list[int]]  # table[true][verdict], in the order of actions
+    accuracy: Estimate
+    misses: Estimate  # block-worthy images that got allow
+    review_misses: Estimate  # review-worthy images that got allow
+    false_alarms: Estimate  # clean images (true action allow) that got block or review
+
+
+class UnreadableImage(_Model):
+    image: str
+    type: str
+    message: str
+
+
+class EvalReport(_Model):
+    taxonomy: str
+    taxonomy_version: str
+    mode: str
+    model: str
+    model_fingerprint: str | None
+    preprocessing: str
+    dataset: str
+    dataset_fingerprint: str
+    images: int  # in the dataset
+    evaluated: int  # readable, in every figure below
+    unreadable_count: int
+    unreadable: list[UnreadableImage]  # the first few, with their error records
+    cache_hits: int
+    cache_misses: int
+    bootstrap_rounds: int
+    levels: list[LevelMetrics] = []  # single-label taxonomies
+    labels: list[LabelMetrics] = []  # multi-label taxonomies
+    averages: Averages | None = None  # multi-label taxonomies
+    verdicts: VerdictMetrics | None = None  # taxonomies with actions
+    calibration: Calibration | None = None  # the taxonomy's own calibration record, shown again
+    report_dir: str | None = None
+    seconds: float = 0.0
+
+
+class LabelCalibrationResult(_Model):
+    label: str
+    action: str | None
+    target: str  # "precision>=0.9", "recall>=0.8", "max f1"
+    status: str  # calibrated | unreachable | too_few_positives
+    positives: int
+    previous_threshold: float
+    threshold: float  # the one written (previous when not calibrated)
+    in_sample_precision: Estimate
+    in_sample_recall: Estimate
+    held_out_precision: Estimate  # k-fold cross-validation: thresholds chosen without the fold they are tested on
+    held_out_recall: Estimate
+    fold_thresholds: list[float | None]
+    note: str = ""
+
+
+class CalibrationReport(_Model):
+    taxonomy: Taxonomy  # the calibrated taxonomy, ready to write
+    source_taxonomy: str
+    model: str
+    dataset: str
+    images: int
+    evaluated: int
+    unreadable_count: int
+    unreadable: list[UnreadableImage]
+    folds: int
+    labels: list[LabelCalibrationResult]
+    warnings: list[str]
+    seconds: float = 0.0
