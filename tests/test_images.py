@@ -182,3 +182,31 @@ def test_a_batch_with_broken_inputs_tags_the_rest(tiny_tagger, image_dir, server
         None, None, None, "not_found", "invalid_image", "url_blocked", None]
     for r in results:
         assert (r.scores == []) == (r.error is not None)
+
+
+def test_strip_wise_conversion_equals_the_whole_image_formula():
+    """Transparency and 16-bit/float scaling run in strips; pixel for pixel, the result is the
+    whole-image conversion (the one transformers' convert_to_rgb does for transparency)."""
+    rng = np.random.default_rng(1)
+    width, height = 1100, 1000  # more than one strip
+    white = Image.new("RGBA", (width, height), (255, 255, 255, 255))
+    rgba = Image.fromarray(rng.integers(0, 256, (height, width, 4), dtype=np.uint8), "RGBA")
+    palette = rgba.convert("RGB").convert("P")
+    palette.info["transparency"] = 3
+    for image in (rgba, rgba.convert("LA"), palette):
+        expected = Image.alpha_composite(white, image.convert("RGBA")).convert("RGB")
+        assert np.array_equal(np.asarray(to_rgb(image)), np.asarray(expected)), image.mode
+    sixteen = rng.integers(0, 65536, (height, width), dtype=np.uint16)
+    expected = np.clip(np.rint(sixteen / 257.0), 0, 255).astype(np.uint8)
+    assert np.array_equal(np.asarray(to_rgb(Image.fromarray(sixteen))), np.dstack([expected] * 3))
+    floats = (rng.random((height, width)) * 3000).astype(np.float32)  # over 255: scaled by 255 / peak
+    expected = np.clip(np.rint(floats.astype(np.float64) * (255.0 / floats.max())), 0, 255).astype(np.uint8)
+    assert np.array_equal(np.asarray(to_rgb(Image.fromarray(floats, "F"))), np.dstack([expected] * 3))
+
+
+def test_image_files_over_the_byte_limit_are_refused_before_reading(tmp_path):
+    path = tmp_path / "big.png"
+    path.write_bytes(png_bytes(sample_image(0, (300, 300))))
+    with pytest.raises(ImageLoadError) as info:
+        load_image(path, ImagePolicy(max_bytes=1000))
+    assert info.value.kind == "too_large" and "ZSTAGGER_MAX_IMAGE_BYTES" in info.value.message

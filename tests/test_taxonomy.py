@@ -1,9 +1,16 @@
+import gc
 import json
+import os
+import re
+import subprocess
+import sys
+import time
 
 import pytest
 
 from zstagger import Label, Taxonomy, TaxonomyError
 from zstagger.builtin import packaged_taxonomy
+from zstagger.registry import resolve_taxonomy
 from zstagger.taxonomy import DEFAULT_TEMPLATE
 
 
@@ -127,3 +134,130 @@ def test_builtin_taxonomies_have_real_content():
     texts = " ".join(l.text or "" for l in medical.labels)
     for term in ("X-ray", "CT", "MRI", "ultrasound", "histopathology", "dermoscopy", "fundus", "endoscopy"):
         assert term in texts
+
+
+# --- templates: a single bare {} (one owner: the Taxonomy validator) -------------------------
+
+BAD_TEMPLATES = [
+    "{:>300000000}",  # a format spec: renders a 300 MB prompt per label
+    "{{}}",  # only escaped braces: the label never goes in, every label scores the same
+    "{0}", "{x}", "{!r}", "{.real}", "{[0]}", "{} and {}", "{", "}", "a photo of a thing", "{:{}}",
+]
+
+
+@pytest.mark.parametrize("template", BAD_TEMPLATES)
+def test_only_a_single_bare_placeholder_is_accepted_everywhere(template):
+    expected = "only a bare '{}'"
+    with pytest.raises(TaxonomyError, match=re.escape(expected)):
+        Taxonomy.from_labels(["cat", "dog"], template)  # --template of tag and enqueue
+    with pytest.raises(TaxonomyError, match=re.escape(expected)):
+        Taxonomy.parse({"name": "t", "templates": [template], "labels": [{"name": "a"}]})  # queue messages, files
+    with pytest.raises(TaxonomyError, match=re.escape(expected)):
+        resolve_taxonomy(labels=["a"], template=template)
+
+
+@pytest.mark.parametrize("template", ["{}", "a photo of {}.", "{{braces}} around {}", "{}}}", "{:}"])
+def test_bare_placeholders_with_escaped_braces_are_fine(template):
+    tax = Taxonomy.from_labels(["cat"], template)
+    assert tax.prompts_for(tax.labels[0]) == [template.format("cat")]
+    assert "cat" in template.format("cat")
+
+
+# --- scale: validation linear in labels, the registry parsed once ----------------------------
+
+
+def big_multi_spec(count: int) -> dict:
+    """A multi-label taxonomy with a background label at the end and one long parent chain."""
+    labels = [{"name": f"l{i}", **({"parent": f"l{i - 1}"} if i else {})} for i in range(count)]
+    labels.append({"name": "none", "background": True})
+    return {"name": "big", "mode": "multi", "labels": labels}
+
+
+def validation_seconds(count: int) -> float:
+    spec = big_multi_spec(count)
+    best = float("inf")
+    gc.disable()  # collections of a growing heap would blur the growth being measured
+    try:
+        for _ in range(3):
+            start = time.perf_counter()
+            Taxonomy.parse(spec)
+            best = min(best, time.perf_counter() - start)
+    finally:
+        gc.enable()
+    return best
+
+
+def test_validation_time_grows_linearly_with_labels():
+    small, large = validation_seconds(2_000), validation_seconds(20_000)
+    print(f"validation: 2,000 labels {small:.3f}s, 20,000 labels {large:.3f}s, ratio {large / small:.1f} (linear: 10)")
+    assert large / small < 30  # quadratic: 100
+
+
+def test_a_cycle_in_a_long_chain_names_only_its_members():
+    spec = big_multi_spec(3000)
+    spec["labels"][0]["parent"] = "l2999"  # the whole chain is now one loop
+    spec["labels"].append({"name": "tail", "parent": "l5"})  # leads into the loop, is not part of it
+    with pytest.raises(TaxonomyError) as info:
+        Taxonomy.parse(spec)
+    looping = [line for line in str(info.value).splitlines() if "loops back" in line]
+    assert len(looping) == 3000 and not any("'tail'" in line for line in looping)
+
+
+REGISTRY_ONCE = """
+import os, sys
+target = sys.argv[1]
+opened = []
+sys.addaudithook(lambda event, args: event == "open" and os.fspath(args[0]) == target and opened.append(1)
+                 if isinstance(args[0], (str, bytes, os.PathLike)) else None)
+import contextlib, io
+from zstagger.cli import cli
+from zstagger.registry import get_taxonomy, registered_taxonomies, resolve_taxonomy
+for _ in range(200):
+    assert len(get_taxonomy("big").labels) == 20_001
+    resolve_taxonomy("big")
+    registered_taxonomies()
+with contextlib.redirect_stdout(io.StringIO()):  # the commands themselves, in this process
+    for args in (["taxonomies"], ["taxonomies", "show", "big"], ["taxonomies", "--json"]):
+        cli.main(args, standalone_mode=False)
+print(len(opened))
+"""
+
+
+def test_a_big_taxonomy_file_is_read_once_per_process(tmp_path):
+    (tmp_path / "big.json").write_text(json.dumps(big_multi_spec(20_000)))
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}, "ZSTAGGER_TAXONOMY_PATH": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", REGISTRY_ONCE, str(tmp_path / "big.json")],
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "1"  # 600 lookups and 3 commands, one read
+
+
+# --- every problem of a file at once, type errors included ------------------------------------
+
+
+def test_a_wrongly_typed_field_does_not_hide_the_other_problems():
+    spec = {
+        "name": "shop",
+        "default_threshold": "high",
+        "labels": [
+            {"name": "gun", "action": "nuke", "threshold": 2},
+            {"name": "gun"},
+            {"name": "shoes", "parent": "apparel"},
+            {"name": 7, "synonyms": "x"},
+            {"name": "toys", "treshold": 0.3},
+        ],
+    }
+    with pytest.raises(TaxonomyError) as info:
+        Taxonomy.parse(spec, source="shop.yaml")
+    message = str(info.value)
+    for expected in [
+        "taxonomy 'shop': default_threshold: Input should be a valid number",
+        "label 'gun': action: Input should be 'allow', 'review' or 'block'",
+        "label 'toys': treshold: Extra inputs are not permitted",
+        "labels[3]: name: Input should be a valid string",
+        "label 'gun': threshold 2.0 is outside [0, 1]",  # semantic problems, found all the same
+        "label 'gun': duplicate label name",
+        "label 'shoes': parent 'apparel' is not a label of this taxonomy",
+    ]:
+        assert expected in message, f"{expected!r} missing from:\n{message}"
+    assert all(line.startswith("shop.yaml: ") for line in message.splitlines()[:1])

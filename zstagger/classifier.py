@@ -145,12 +145,17 @@ def _parent_indices(taxonomy: Taxonomy) -> list[int]:
 
 
 def _depths(parents: list[int]) -> list[int]:
-    depth = []
-    for parent in parents:
-        d = 0
-        while parent >= 0:
-            d, parent = d + 1, parents[parent]
-        depth.append(d)
+    """Each label's depth in the hierarchy (roots 0); every label is walked over once."""
+    depth = [-1] * len(parents)
+    for i in range(len(parents)):
+        chain, node = [], i
+        while node >= 0 and depth[node] < 0:
+            chain.append(node)
+            node = parents[node]
+        d = depth[node] if node >= 0 else -1
+        for member in reversed(chain):
+            d += 1
+            depth[member] = d
     return depth
 
 

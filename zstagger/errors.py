@@ -34,6 +34,25 @@ class PluginError(ZstaggerError):
     """A plugin could not be loaded or implements a hook wrongly."""
 
 
+class FileReadError(ZstaggerError):
+    """A local file could not be read safely: missing, not a regular file, too large, unreadable.
+
+    ``kind`` is "not_found", "not_a_file", "too_large" or "unreadable". Callers say what the
+    file was for (an image becomes an error record, a taxonomy file a TaxonomyError).
+    """
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+class UrlBlockedError(ZstaggerError):
+    """A URL resolves to an address that untrusted URLs may not reach (private, loopback,
+    link-local, or an IPv6 form that leads to one). Set ZSTAGGER_ALLOW_PRIVATE_URLS=1 on a
+    trusted network."""
+
+
 class ImageLoadError(ZstaggerError):
     """One image could not be read. It becomes an error record; the batch goes on.
 

@@ -1,8 +1,20 @@
-"""Result records: one per input image, the same in the CLI, the Python API and the queue."""
+"""Result records: one per input image, the same in the CLI, the Python API and the queue.
+
+One serializer for all of them (:meth:`TagResult.to_json`, :meth:`TagResult.from_json`):
+image names are file names, which on POSIX are bytes and need not be UTF-8. Python holds
+such a name with surrogate escapes (``os.fsdecode``); they are written as JSON ``\\udcXX``
+escapes, so ``json.loads`` gives the same string back and ``os.fsencode`` the original bytes.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import re
+
 from pydantic import BaseModel, ConfigDict, Field
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class LabelScore(BaseModel):
@@ -34,6 +46,16 @@ class TagResult(BaseModel):
     verdict: str | None = None
     error: ErrorInfo | None = None
 
+    def to_json(self) -> str:
+        """One line of JSON (the schema of ``zstagger tag`` and ``zstagger results``), always valid UTF-8."""
+        text = json.dumps(_finite(self.model_dump(mode="json")), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+    @classmethod
+    def from_json(cls, line: str | bytes) -> TagResult:
+        """Read what :meth:`to_json` wrote (pydantic's own JSON parser refuses lone surrogates)."""
+        return cls.model_validate(json.loads(line))
+
     @property
     def ok(self) -> bool:
         return self.error is None
@@ -41,3 +63,14 @@ class TagResult(BaseModel):
     @classmethod
     def failed(cls, image: str, taxonomy: str, kind: str, message: str, transient: bool = False) -> TagResult:
         return cls(image=image, taxonomy=taxonomy, error=ErrorInfo(type=kind, message=message, transient=transient))
+
+
+def _finite(value):
+    """NaN and infinities become null, as in pydantic's own JSON (they are not JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value

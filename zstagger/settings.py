@@ -93,9 +93,21 @@ class Settings(BaseSettings):
     plugins_dir: str = Field("", description="Directory of one-off plugin .py files.")
     block_plugins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Comma-separated plugin names not to load.")
     # image reading
-    url_timeout: float = Field(10.0, gt=0, description="Seconds allowed to download one image URL.")
-    max_image_bytes: int = Field(50 * 1024 * 1024, gt=0, description="Largest image download or upload, in bytes.")
+    url_timeout: float = Field(
+        10.0, gt=0, description="Seconds allowed to fetch one image URL: DNS, connect, headers and body, redirects included."
+    )
+    max_image_bytes: int = Field(
+        50 * 1024 * 1024, gt=0, description="Largest encoded image read: a file, a download or bytes, in bytes."
+    )
     max_image_pixels: int = Field(64_000_000, gt=0, description="Largest image (width x height) decoded; guards against decompression bombs.")
+    max_jpeg_scans: int = Field(
+        100, ge=1, description="Most scans a JPEG may have (progressive ones have about 10); guards against scan bombs."
+    )
+    max_decode_bytes: int = Field(
+        1024 * 1024 * 1024, gt=0,
+        description="Memory for images being decoded at once in one process, shared by its loader threads, in bytes; "
+        "an image that needs more on its own is refused.",
+    )
     allow_private_urls: bool = Field(False, description="Allow URLs that resolve to private, loopback or link-local addresses.")
     # queue
     redis_url: SecretUrl = Field(

@@ -38,7 +38,7 @@ from .embedding_cache.images import to_fp16
 from .engine.locate import model_fingerprint
 from .engine.scoring import normalize
 from .errors import ConfigurationError, ImageLoadError, ZstaggerError
-from .images import ImageInput, ImagePolicy, describe, is_url, iter_inputs, load_image, read_image_bytes
+from .images import ImageInput, ImagePolicy, describe, is_url, iter_inputs, open_image, read_image_bytes
 from .registry import resolve_taxonomy
 from .results import LabelScore, TagResult
 from .settings import Settings
@@ -413,7 +413,9 @@ class Tagger:
 
     def _pixels(self, ref: ImageInput) -> np.ndarray:
         encoder = self.encoder  # loads the model at the first miss; its errors are not this image's
-        return encoder.preprocess(load_image(ref, self.image_policy, self.decode_size), self.exact)
+        # The picture's memory is reserved (ZSTAGGER_MAX_DECODE_BYTES) until it is model input.
+        with open_image(ref, self.image_policy, self.decode_size) as picture:
+            return encoder.preprocess(picture, self.exact)
 
     def _pools(self) -> tuple[ThreadPoolExecutor, ThreadPoolExecutor]:
         with self._lock:

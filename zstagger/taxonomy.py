@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import string
 from collections.abc import Iterable, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import TaxonomyError
+from .errors import FileReadError, TaxonomyError
+from .files import read_regular_file
 
 DEFAULT_TEMPLATE = "This is a photo of {}."  # the Hugging Face pipeline's hypothesis_template
 ADHOC_TAXONOMY = "labels"
+MAX_FILE_BYTES = 16 * 1024 * 1024  # the largest real taxonomies (tens of thousands of labels) are a few MB
 
 Action = Literal["allow", "review", "block"]
 ACTION_SEVERITY: dict[str, int] = {"allow": 0, "review": 1, "block": 2}
@@ -112,10 +115,15 @@ class Taxonomy(BaseModel):
     calibration: Calibration | None = Field(None, description="Set by `zstagger calibrate`: how the thresholds were chosen.")
 
     def __init__(self, **data: Any) -> None:
+        """Validate field types (pydantic), then the semantics (:meth:`_problems`); every problem is
+        reported at once, type errors and the semantic problems of the rest of the spec alike."""
         try:
             super().__init__(**data)
         except ValidationError as exc:
-            raise TaxonomyError(_describe(exc, data)) from None
+            raise TaxonomyError("\n".join(_describe(exc, data) + _problems_besides(exc, data))) from None
+        problems = list(self._problems())
+        if problems:
+            raise TaxonomyError("\n".join(f"taxonomy {self.name!r}: {p}" for p in problems))
 
     @classmethod
     def parse(cls, data: Any, source: str | None = None) -> Taxonomy:
@@ -131,7 +139,12 @@ class Taxonomy(BaseModel):
     def from_file(cls, path: str | Path) -> Taxonomy:
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_regular_file(path, MAX_FILE_BYTES).decode("utf-8")
+        except FileReadError as exc:
+            raise TaxonomyError(f"cannot read taxonomy file: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise TaxonomyError(f"{path}: cannot read taxonomy file: not UTF-8 text ({exc})") from None
+        try:
             if path.suffix.lower() == ".json":
                 data = json.loads(text)
             else:
@@ -139,9 +152,7 @@ class Taxonomy(BaseModel):
 
                 # libyaml's safe loader when PyYAML has it: 10x faster on the built-in taxonomies
                 data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 (a safe loader)
-        except (OSError, ValueError) as exc:  # yaml.YAMLError and JSONDecodeError are ValueErrors
-            raise TaxonomyError(f"{path}: cannot read taxonomy file: {exc}") from None
-        except Exception as exc:  # yaml's errors do not all derive from ValueError
+        except Exception as exc:  # JSONDecodeError is a ValueError; yaml's errors do not all derive from one
             raise TaxonomyError(f"{path}: cannot parse taxonomy file: {exc}") from None
         return cls.parse(data, source=str(path))
 
@@ -158,26 +169,18 @@ class Taxonomy(BaseModel):
 
     # -- validation -------------------------------------------------------------------
 
-    @model_validator(mode="after")
-    def _check(self) -> Taxonomy:
-        problems = list(self._problems())
-        if problems:
-            raise ValueError("\n".join(f"taxonomy {self.name!r}: {p}" for p in problems))
-        return self
-
     def _problems(self) -> Iterable[str]:
+        """Every semantic problem of the spec, in one pass over the labels (linear in their number)."""
         if not self.labels:
             yield "has no labels"
         if not self.templates:
             yield "has no templates (use ['{}'] to use label texts as they are)"
         for template in self.templates:
-            try:
-                template.format("x")
-                ok = "{}" in template
-            except (IndexError, KeyError, ValueError):
-                ok = False
-            if not ok:
-                yield f"template {template!r} must contain exactly one '{{}}' where the label goes"
+            if not is_single_bare_placeholder(template):
+                yield (
+                    f"template {template!r} must contain exactly one '{{}}' where the label goes, and only a bare "
+                    "'{}': no field name, index, conversion or format spec (write literal braces as '{{' and '}}')"
+                )
         if not 0.0 <= self.default_threshold <= 1.0:
             yield f"default_threshold {self.default_threshold} is outside [0, 1]"
         names: dict[str, int] = {}
@@ -187,6 +190,7 @@ class Taxonomy(BaseModel):
             if count > 1:
                 yield f"label {name!r}: duplicate label name ({count} labels are called that)"
         by_name = {label.name: label for label in self.labels}
+        has_background = any(label.background for label in self.labels)
         for label in self.labels:
             where = f"label {label.name!r}"
             if label.threshold is not None and not 0.0 <= label.threshold <= 1.0:
@@ -198,9 +202,7 @@ class Taxonomy(BaseModel):
                     yield f"{where}: background labels cannot be part of a hierarchy"
             if not label.prompt_text.strip() and not label.prompts:
                 yield f"{where}: has no text to build prompts from"
-            if self.mode == "multi" and not label.background and not (
-                label.negatives or self.negatives or any(other.background for other in self.labels)
-            ):
+            if self.mode == "multi" and not label.background and not (label.negatives or self.negatives or has_background):
                 yield (
                     f"{where}: multi-label scoring needs something to compare against: give the label "
                     "negatives, give the taxonomy negatives, or add a background label"
@@ -208,22 +210,10 @@ class Taxonomy(BaseModel):
         for name in (self.calibration.labels if self.calibration else {}):
             if name not in by_name:
                 yield f"calibration: label {name!r} is not a label of this taxonomy"
-        for name in self._cycle_members(by_name):
+        for name in _cycle_members(by_name):
             yield f"label {name!r}: parent chain loops back to itself"
         if self.labels and all(label.background for label in self.labels):
             yield "every label is a background label, so nothing could ever be tagged"
-
-    @staticmethod
-    def _cycle_members(by_name: dict[str, Label]) -> list[str]:
-        looping = []
-        for start in by_name:
-            seen, node = set(), start
-            while node is not None and node in by_name and node not in seen:
-                seen.add(node)
-                node = by_name[node].parent
-            if node == start:
-                looping.append(start)
-        return looping
 
     # -- derived data -----------------------------------------------------------------
 
@@ -240,18 +230,19 @@ class Taxonomy(BaseModel):
         """Moderation taxonomies (any label with an action) produce a verdict."""
         return any(label.action is not None for label in self.labels)
 
+    @cached_property
+    def labels_by_name(self) -> dict[str, Label]:
+        return {label.name: label for label in self.labels}
+
     def label(self, name: str) -> Label:
-        for label in self.labels:
-            if label.name == name:
-                return label
-        raise KeyError(name)
+        return self.labels_by_name[name]
 
     def threshold_of(self, label: Label) -> float:
         return label.threshold if label.threshold is not None else self.default_threshold
 
     def path_of(self, name: str) -> list[str]:
         """Label names from the root down to ``name``."""
-        by_name = {label.name: label for label in self.labels}
+        by_name = self.labels_by_name
         path = [name]
         while by_name[path[-1]].parent is not None:
             path.append(by_name[path[-1]].parent)  # type: ignore[arg-type]
@@ -266,25 +257,106 @@ class Taxonomy(BaseModel):
         return [template.format(text) for text in texts if text.strip() for template in self.templates] + list(label.prompts)
 
 
-def _describe(exc: ValidationError, data: dict) -> str:
+def is_single_bare_placeholder(template: str) -> bool:
+    """True when ``template`` has exactly one replacement field and it is a bare ``{}``.
+
+    A field name or index, a conversion (``!r``) or a format spec (``:>999999999``, which
+    renders a gigabyte per prompt) is refused; ``{{`` and ``}}`` are literal braces.
+    """
+    try:
+        fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+                  if name is not None]
+    except ValueError:  # a lone '{' or '}'
+        return False
+    return fields == [("", "", None)]
+
+
+def _cycle_members(by_name: dict[str, Label]) -> list[str]:
+    """Labels on a parent cycle (not those that merely lead into one), in label order.
+
+    Each label is walked over once: a walk stops at a label an earlier walk finished, and a
+    walk that comes back onto itself has found a cycle.
+    """
+    finished: set[str] = set()
+    looping: set[str] = set()
+    for start in by_name:
+        walk: dict[str, int] = {}  # label -> position on this walk
+        node: str | None = start
+        while node is not None and node in by_name and node not in finished and node not in walk:
+            walk[node] = len(walk)
+            node = by_name[node].parent
+        if node is not None and node in walk:
+            looping.update(name for name, at in walk.items() if at >= walk[node])
+        finished.update(walk)
+    return [name for name in by_name if name in looping]
+
+
+def _display_name(data: Any) -> Any:
+    return data.get("name", "<unnamed>") if isinstance(data, dict) else "<unnamed>"
+
+
+def _describe(exc: ValidationError, data: dict) -> list[str]:
     """Turn pydantic's error list into lines that name the taxonomy and the label."""
-    name = data.get("name", "<unnamed>") if isinstance(data, dict) else "<unnamed>"
+    name = _display_name(data)
     labels = data.get("labels") if isinstance(data, dict) else None
     lines = []
     for err in exc.errors():
         msg = err["msg"].removeprefix("Value error, ")
         loc = list(err["loc"])
-        if err["type"] == "value_error" and not loc:
-            lines.append(msg)  # our own validator: already fully worded
-            continue
         where = f"taxonomy {name!r}"
         if loc[:1] == ["labels"] and len(loc) > 1 and isinstance(loc[1], int):
             label_name = None
             if isinstance(labels, list) and loc[1] < len(labels):
                 item = labels[loc[1]]
                 label_name = item.get("name") if isinstance(item, dict) else getattr(item, "name", None)
-            where += f": label {label_name!r}" if label_name else f": labels[{loc[1]}]"
+            where += f": label {label_name!r}" if isinstance(label_name, str) and label_name else f": labels[{loc[1]}]"
             loc = loc[2:]
         field = ".".join(str(part) for part in loc)
         lines.append(f"{where}: {field + ': ' if field else ''}{msg}")
-    return "\n".join(lines)
+    return lines
+
+
+def _problems_besides(exc: ValidationError, data: dict) -> list[str]:
+    """The semantic problems a type error would otherwise hide, so that all are reported at once.
+
+    The fields that failed are dropped (a label's invalid name becomes ``labels[i]``, an
+    item that is not a label at all is left out) and what remains is validated again,
+    types only, then checked.
+    """
+    cleaned = _without_invalid_fields(data, exc.errors())
+    if cleaned is None:
+        return []
+    partial = Taxonomy.__new__(Taxonomy)
+    try:
+        BaseModel.__init__(partial, **cleaned)  # field types only: Taxonomy.__init__ adds the semantics
+    except ValidationError:
+        return []  # what is left is still not a taxonomy (no labels, say): nothing more to say
+    return [f"taxonomy {_display_name(data)!r}: {problem}" for problem in partial._problems()]
+
+
+def _without_invalid_fields(data: dict, errors: list[dict]) -> dict | None:
+    cleaned = dict(data)
+    labels = list(data["labels"]) if isinstance(data.get("labels"), list) else None
+    dropped: set[int] = set()
+    for err in errors:
+        loc = err["loc"]
+        if not loc:
+            return None
+        if loc[0] == "labels" and len(loc) > 1 and isinstance(loc[1], int) and labels is not None:
+            index = loc[1]
+            item = labels[index] if index < len(labels) else None
+            if len(loc) == 2 or not isinstance(item, dict):
+                dropped.add(index)
+                continue
+            item = labels[index] = dict(item)
+            if loc[2] == "name":
+                item["name"] = f"labels[{index}]"
+            else:
+                item.pop(loc[2], None)
+        elif loc[0] == "name":
+            cleaned["name"] = "unnamed"  # only the messages use it, and they use the name as given
+        else:
+            cleaned.pop(loc[0], None)
+    if labels is not None:
+        cleaned["labels"] = [label for i, label in enumerate(labels) if i not in dropped]
+    return cleaned

@@ -60,11 +60,15 @@ def cli() -> None:
 
 
 def read_references(inputs: Iterable[str]) -> list[str]:
-    """Command-line inputs, with ``-`` replaced by the references on stdin (one per line)."""
+    """Command-line inputs, with ``-`` replaced by the references on stdin (one per line).
+
+    stdin is read as bytes and decoded as file names are (``os.fsdecode``), so a path that
+    is not UTF-8 (``find`` prints them as they are) names the same file, like argv does.
+    """
     refs: list[str] = []
     for item in inputs:
         if item == "-":
-            refs.extend(line.strip() for line in sys.stdin if line.strip())
+            refs.extend(os.fsdecode(line.strip()) for line in sys.stdin.buffer if line.strip())
         else:
             refs.append(item)
     return refs

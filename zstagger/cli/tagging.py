@@ -49,7 +49,7 @@ def tag(inputs, taxonomy, labels, template, model, batch_size, device, precision
         for result in tagger.tag_iter(refs, spec, top_k=top_k):
             failed += result.error is not None
             bar.update(1)
-            line = result.model_dump_json() if fmt == "jsonl" else format_row(result)
+            line = result.to_json() if fmt == "jsonl" else format_row(result)
             if show:
                 bar.write(line, file=sys.stdout)  # keeps the bar below the output on a terminal
             else:
@@ -61,13 +61,16 @@ def tag(inputs, taxonomy, labels, template, model, batch_size, device, precision
 
 def format_row(result) -> str:
     if result.error is not None:
-        return f"{result.image}\n  ERROR {result.error.type}: {result.error.message}"
-    head = f"{result.image}"
-    if result.verdict is not None:
-        head += f"  verdict={result.verdict}"
-    head += f"  tags={', '.join(result.tags) or '-'}"
-    scores = "  ".join(f"{s.label}={s.score:.3f}" for s in result.scores[:5])
-    return f"{head}\n  {scores}"
+        row = f"{result.image}\n  ERROR {result.error.type}: {result.error.message}"
+    else:
+        head = f"{result.image}"
+        if result.verdict is not None:
+            head += f"  verdict={result.verdict}"
+        head += f"  tags={', '.join(result.tags) or '-'}"
+        scores = "  ".join(f"{s.label}={s.score:.3f}" for s in result.scores[:5])
+        row = f"{head}\n  {scores}"
+    # A file name that is not UTF-8 (surrogate escapes) is shown as \udcXX, as in the JSON.
+    return row.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @cli.command()

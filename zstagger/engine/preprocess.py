@@ -102,7 +102,7 @@ class Preprocessor:
         elif exact or self.resample != Image.BICUBIC or new_w > width or new_h > height or image.mode != "RGB":
             pixels = np.asarray(image.resize((new_w, new_h), resample=self.resample), dtype=np.uint8)
         else:
-            pixels = _downscale_bicubic(np.asarray(image, dtype=np.uint8), new_h, new_w)
+            pixels = _downscale_bicubic(_rgb_array(image), new_h, new_w)
         if self.crop is not None:
             crop_h, crop_w = self.crop
             top, left = (new_h - crop_h) // 2, (new_w - crop_w) // 2
@@ -115,6 +115,24 @@ class Preprocessor:
         scale = self.rescale_factor / std
         shift = -np.asarray(self.mean, dtype=np.float64) / std
         return scale.astype(np.float32), shift.astype(np.float32)
+
+
+def _rgb_array(image: Image.Image, strip_pixels: int = 1 << 20) -> np.ndarray:
+    """The pixels of an RGB image as uint8 (height, width, 3), with one full-size copy.
+
+    ``np.asarray(image)`` goes through ``tobytes()``, which holds the encoded chunks and
+    their join at once: two full-size copies, 360 MB for a 64 MP picture. Large pictures
+    are copied strip by strip into one array instead.
+    """
+    width, height = image.size
+    if width * height <= strip_pixels:
+        return np.asarray(image, dtype=np.uint8)
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    rows = max(1, strip_pixels // width)
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        out[top:bottom] = np.asarray(image.crop((0, top, width, bottom)), dtype=np.uint8)
+    return out
 
 
 def _downscale_bicubic(pixels: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -2,9 +2,13 @@
 
 - :mod:`.inputs`: what an input can be, how it is named in results, directory expansion;
 - :mod:`.policy`: the limits every read obeys (:class:`ImagePolicy`);
-- :mod:`.decode`: bytes to an RGB picture, within those limits;
-- :mod:`.fetch`: the hardened URL fetcher (deadline, size cap, address policy);
-- :mod:`.load`: one reference in, its bytes or one picture (or an :class:`~zstagger.errors.ImageLoadError`) out.
+- :mod:`.decode`: bytes to an RGB picture, within those limits (:mod:`.jpeg` counts a JPEG's scans first);
+- :mod:`.budget`: the process-wide memory budget for images being decoded at once;
+- :mod:`.fetch`: the hardened URL fetcher (one deadline: :mod:`.deadline`; address policy: :mod:`.addresses`);
+- :mod:`.load`: one reference in, its bytes (:func:`read_image_bytes`, what an embedding cache
+  hashes) or one picture (or an :class:`~zstagger.errors.ImageLoadError`) out.
+
+Local files are read through :func:`zstagger.files.read_regular_file` (regular files only).
 
 Nothing here imports the engine, the tagger or anything above them.
 """
@@ -12,10 +16,10 @@ Nothing here imports the engine, the tagger or anything above them.
 from .decode import decode, to_rgb
 from .fetch import fetch_url
 from .inputs import IMAGE_EXTENSIONS, ImageInput, NamedBytes, describe, expand_inputs, is_url, iter_inputs
-from .load import load_image, read_image_bytes
+from .load import load_image, open_image, read_image_bytes
 from .policy import ImagePolicy
 
 __all__ = [
     "IMAGE_EXTENSIONS", "ImageInput", "ImagePolicy", "NamedBytes", "decode", "describe", "expand_inputs",
-    "fetch_url", "is_url", "iter_inputs", "load_image", "read_image_bytes", "to_rgb",
+    "fetch_url", "is_url", "iter_inputs", "load_image", "open_image", "read_image_bytes", "to_rgb",
 ]

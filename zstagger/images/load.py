@@ -1,78 +1,68 @@
 """One image reference (path, URL, bytes, PIL image) in, one RGB picture out, or an ImageLoadError.
 
-Two steps, usable apart: :func:`read_image_bytes` (the encoded bytes of a path, URL or
-bytes input; an image-embedding cache hashes them and may skip the second step) and
-:func:`load_image` (bytes or a reference decoded to RGB).
-
 Callers turn an :class:`~zstagger.errors.ImageLoadError` into an error record for that one
-image and carry on with the batch.
+image and carry on with the batch. Every source becomes capped bytes first (a local path is
+read by :func:`~zstagger.files.read_regular_file`, so a FIFO or device is refused, never
+waited on), then decoding takes its share of the process's decode budget.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 from collections.abc import Iterator
-from typing import BinaryIO
+from contextlib import contextmanager
 
 from PIL import Image
 
-from ..errors import ImageLoadError
-from .decode import check_pixels, decode, to_rgb
+from ..errors import FileReadError, ImageLoadError
+from ..files import read_regular_file
+from .budget import budget_for
+from .decode import check_pixels, decode_cost, finish, open_encoded, to_rgb
 from .fetch import fetch_url
 from .inputs import ImageInput, NamedBytes, is_url
-from .policy import ImagePolicy
+from .policy import DEFAULT_POLICY, ImagePolicy
 
 
-def load_image(ref: ImageInput, policy: ImagePolicy = ImagePolicy(), min_size: int | None = None) -> Image.Image:
+def load_image(ref: ImageInput, policy: ImagePolicy = DEFAULT_POLICY, min_size: int | None = None) -> Image.Image:
     """Read, decode and normalise one image to RGB.
 
     ``min_size`` lets JPEG decoding work at a reduced DCT scale (``Image.draft``) as long
     as both sides stay at least that large; it is the speed knob the preprocessor uses.
     """
+    with open_image(ref, policy, min_size) as picture:
+        return picture
+
+
+@contextmanager
+def open_image(ref: ImageInput, policy: ImagePolicy = DEFAULT_POLICY, min_size: int | None = None) -> Iterator[Image.Image]:
+    """:func:`load_image` as a context: the picture's memory stays reserved in the process's
+    decode budget (``ZSTAGGER_MAX_DECODE_BYTES``) until the block ends, so turn it into what
+    you keep (model input) inside the block."""
     if isinstance(ref, Image.Image):
         check_pixels(ref, policy)
-        return to_rgb(ref)
-    if isinstance(ref, (NamedBytes, bytes, bytearray, memoryview)) or is_url(ref):
-        return decode(io.BytesIO(read_image_bytes(ref, policy)), policy, min_size)
-    with _open_file(os.fspath(ref)) as fp:
-        return decode(fp, policy, min_size)
+        yield to_rgb(ref)
+        return
+    data = read_image_bytes(ref, policy)
+    opened = open_encoded(data, policy, min_size)
+    with budget_for(policy.max_decode_bytes).hold(decode_cost(opened, len(data))):
+        picture = finish(opened)
+        del data, opened  # the source is not needed once converted: free it before the caller works
+        yield picture
 
 
-def read_image_bytes(ref: ImageInput, policy: ImagePolicy = ImagePolicy()) -> bytes:
-    """The encoded bytes of a path, URL or bytes input, without decoding them.
-
-    Local files are read whole, up to the policy's ``max_bytes`` (like downloads).
-    PIL images have no encoded form: callers handle them before calling this.
-    """
+def read_image_bytes(ref: ImageInput, policy: ImagePolicy = DEFAULT_POLICY) -> bytes:
+    """The encoded bytes of a reference, at most ``policy.max_bytes`` of them."""
     if isinstance(ref, NamedBytes):
         ref = ref.data
     if isinstance(ref, (bytes, bytearray, memoryview)):
+        if len(ref) > policy.max_bytes:
+            raise ImageLoadError(
+                "too_large", f"image is {len(ref):,} bytes, over the {policy.max_bytes:,}-byte limit (ZSTAGGER_MAX_IMAGE_BYTES)"
+            )
         return bytes(ref)
-    if isinstance(ref, Image.Image):
-        raise TypeError("a PIL image has no encoded bytes")
     if is_url(ref):
-        return fetch_url(ref, policy)
-    path = os.fspath(ref)
-    with _open_file(path) as fp:
-        data = fp.read(policy.max_bytes + 1)
-    if len(data) > policy.max_bytes:
-        raise ImageLoadError(
-            "too_large", f"{path} is over the {policy.max_bytes:,}-byte limit (ZSTAGGER_MAX_IMAGE_BYTES)"
-        )
-    return data
-
-
-@contextlib.contextmanager
-def _open_file(path: str) -> Iterator[BinaryIO]:
-    """``open(path, "rb")`` with the OS's errors turned into error records."""
+        return fetch_url(ref, policy)  # type: ignore[arg-type]
     try:
-        with open(path, "rb") as fp:
-            yield fp
-    except FileNotFoundError:
-        raise ImageLoadError("not_found", f"no such file: {path}") from None
-    except IsADirectoryError:
-        raise ImageLoadError("not_found", f"{path} is a directory with no images in it") from None
-    except PermissionError:
-        raise ImageLoadError("unreadable", f"permission denied: {path}") from None
+        return read_regular_file(os.fspath(ref), policy.max_bytes, "ZSTAGGER_MAX_IMAGE_BYTES")  # type: ignore[arg-type]
+    except FileReadError as exc:
+        raise ImageLoadError(exc.kind, exc.message) from None

@@ -16,14 +16,19 @@ if TYPE_CHECKING:
 class ImagePolicy:
     """Limits applied to every image zstagger reads.
 
-    ``max_pixels`` refuses decompression bombs before any pixel is decoded; URL fetches
-    have a timeout (seconds, for the whole download), a size cap, and may not reach
-    private, loopback or link-local addresses unless ``allow_private_urls`` is set.
+    ``max_bytes`` caps the encoded bytes, whatever they come from (file, URL, bytes);
+    ``max_pixels`` and ``max_jpeg_scans`` refuse decompression and scan bombs before any
+    pixel is decoded; ``max_decode_bytes`` is the process-wide memory budget for images
+    being decoded at once. URL fetches have a deadline (seconds, for the whole exchange)
+    and may not reach private, loopback or link-local addresses unless
+    ``allow_private_urls``.
     """
 
     url_timeout: float = 10.0
     max_bytes: int = 50 * 1024 * 1024
     max_pixels: int = 64_000_000
+    max_jpeg_scans: int = 100
+    max_decode_bytes: int = 1024 * 1024 * 1024
     allow_private_urls: bool = False
 
     @classmethod
@@ -32,5 +37,10 @@ class ImagePolicy:
             url_timeout=settings.url_timeout,
             max_bytes=settings.max_image_bytes,
             max_pixels=settings.max_image_pixels,
+            max_jpeg_scans=settings.max_jpeg_scans,
+            max_decode_bytes=settings.max_decode_bytes,
             allow_private_urls=settings.allow_private_urls,
         )
+
+
+DEFAULT_POLICY = ImagePolicy()  # the defaults (frozen, so safe to share as a default argument)

@@ -9,7 +9,8 @@ from typing import Any
 
 import redis
 
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, FileReadError
+from ..files import read_regular_file
 from ..images import ImageInput, NamedBytes, iter_inputs
 from ..registry import resolve_taxonomy
 from ..results import TagResult
@@ -137,7 +138,7 @@ class Job:
         """One :class:`~zstagger.TagResult` per finished input, in input order."""
         if wait:
             self.wait(timeout)
-        return [TagResult.model_validate_json(line) for line in self.result_lines()]
+        return [TagResult.from_json(line) for line in self.result_lines()]
 
     def __repr__(self) -> str:
         return f"Job({self.id!r})"
@@ -253,12 +254,9 @@ def load_refs_for_upload(refs: Iterable[ImageInput], max_bytes: int) -> Iterator
     for ref in refs:
         if isinstance(ref, str) and not is_url(ref):
             try:
-                with open(ref, "rb") as fh:
-                    data = fh.read(max_bytes + 1)
-            except OSError as exc:
-                raise ConfigurationError(f"cannot read {ref} for upload: {exc.strerror}") from None
-            if len(data) > max_bytes:
-                raise ConfigurationError(f"{ref} is over the {max_bytes:,}-byte upload limit (ZSTAGGER_MAX_UPLOAD_BYTES)")
+                data = read_regular_file(ref, max_bytes, "ZSTAGGER_MAX_UPLOAD_BYTES")
+            except FileReadError as exc:
+                raise ConfigurationError(f"cannot upload: {exc}") from None
             yield NamedBytes(ref, data)
         else:
             yield ref

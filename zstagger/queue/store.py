@@ -145,7 +145,7 @@ class JobStore:
         failed = [str(i) for i, r in results if r.error is not None]
         succeeded = [str(i) for i, r in results if r.error is None]
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(results_key, mapping={str(i): r.model_dump_json() for i, r in results})
+            pipe.hset(results_key, mapping={str(i): r.to_json() for i, r in results})
             if failed:
                 pipe.sadd(failed_key, *failed)
             if succeeded:
