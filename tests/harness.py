@@ -226,3 +226,56 @@ class ApiServer:
                 self.proc.wait(10)
         self.log.close()
         return self.proc.returncode
+
+
+class WebhookReceiver:
+    """A webhook endpoint on 127.0.0.1 that checks signatures and de-duplicates by event id,
+    as a receiver should. ``answers`` are the status codes to give, in turn (then 200);
+    ``hold`` seconds are waited before answering the first request (so a worker can be
+    killed mid-delivery)."""
+
+    def __init__(self, secret: str, answers: tuple[int, ...] = (), hold: float = 0.0):
+        from zstagger import verify_webhook
+
+        receiver = self
+        self.deliveries: list[dict] = []  # every request, valid or not
+        self.events: dict[str, dict] = {}  # processed once per event id
+        self.answers = list(answers)
+        self.hold = hold
+        self.lock = threading.Lock()
+        self.first_request = threading.Event()  # set as soon as a delivery arrives (before any hold)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                import json
+
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with receiver.lock:
+                    first = not receiver.deliveries
+                    answer = receiver.answers.pop(0) if receiver.answers else 200
+                receiver.first_request.set()
+                if first and receiver.hold:
+                    time.sleep(receiver.hold)
+                try:
+                    event_id = verify_webhook(secret, dict(self.headers), body)
+                    valid = True
+                except Exception as exc:  # noqa: BLE001
+                    event_id, valid, answer = str(exc), False, 400
+                with receiver.lock:
+                    receiver.deliveries.append({"event_id": event_id, "valid": valid, "answer": answer})
+                    if valid and answer == 200 and event_id not in receiver.events:
+                        receiver.events[event_id] = json.loads(body)
+                self.send_response(answer)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()

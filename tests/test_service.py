@@ -272,17 +272,95 @@ def test_api_key_command_prints_a_key_and_its_hash():
     assert digest == hash_key(key) and digest.startswith("sha256:") and len(key) > 30
 
 
-def test_fuzzing_the_openapi_schema_finds_no_server_error(api):
-    """schemathesis generates requests from /openapi.json; none may get a 5xx."""
+def test_fuzzing_the_openapi_schema_finds_no_server_error(tiny_model_dir, tmp_path):
+    """schemathesis generates requests from /openapi.json (jobs included: Redis is configured);
+    none may get a 5xx."""
     from pathlib import Path
+
+    from harness import RedisServer
 
     beside = Path(sys.executable).parent / "schemathesis"
     exe = str(beside) if beside.exists() else shutil.which("schemathesis")
     if exe is None:
         pytest.fail("schemathesis is not installed (it is in the test extra)")
-    result = subprocess.run(
-        [exe, "run", api.url + "/openapi.json", "--checks", "not_a_server_error", "--max-examples", "25",
-         "--header", f"Authorization: Bearer {KEY}", "--exclude-path", "/metrics", "--request-timeout", "30",
-         "--suppress-health-check", "all", "--seed", "1", "--max-time", "300", "--workers", "2"],
-        capture_output=True, text=True, timeout=600, cwd=api.log_path.parent)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    (tmp_path / "redis").mkdir()
+    redis_server = RedisServer(tmp_path / "redis").start()
+    env = {"ZSTAGGER_MODEL": str(tiny_model_dir), "ZSTAGGER_API_KEYS": hash_key(KEY), "ZSTAGGER_REDIS_URL": redis_server.url,
+           "ZSTAGGER_URL_TIMEOUT": "2", "ZSTAGGER_MAX_REQUEST_IMAGES": "8"}
+    server = ApiServer(env, tmp_path).wait_ready()
+    try:
+        result = subprocess.run(
+            [exe, "run", server.url + "/openapi.json", "--checks", "not_a_server_error", "--max-examples", "10",
+             "--header", f"Authorization: Bearer {KEY}", "--exclude-path", "/metrics", "--request-timeout", "30",
+             "--suppress-health-check", "all", "--seed", "1", "--max-time", "120", "--workers", "2"],
+            capture_output=True, text=True, timeout=400, cwd=tmp_path)
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+        assert "Traceback" not in server.output()
+    finally:
+        server.stop()
+        redis_server.stop()
+
+
+def test_async_jobs_through_a_real_worker(tiny_model_dir, tmp_path, slow_server):
+    from harness import RedisServer, WebhookReceiver, Worker
+
+    (tmp_path / "redis").mkdir()
+    server_redis = RedisServer(tmp_path / "redis").start()
+    receiver = WebhookReceiver("hook-secret")
+    common = {"ZSTAGGER_MODEL": str(tiny_model_dir), "ZSTAGGER_PRECISION": "fp32", "ZSTAGGER_REDIS_URL": server_redis.url,
+              "ZSTAGGER_ALLOW_PRIVATE_URLS": "1", "ZSTAGGER_WEBHOOK_SECRET": "hook-secret", "ZSTAGGER_METRICS_PORT": "0"}
+    api = ApiServer({**common, "ZSTAGGER_API_KEYS": hash_key(KEY)}, tmp_path).wait_ready()
+    worker = None
+    try:
+        body = {"images": [f"{slow_server.url}/j{i}.png" for i in range(5)] + ["http://127.0.0.1:1/gone.png"],
+                "labels": ["a", "b"], "chunk_size": 2, "queue": "interactive", "callback_url": receiver.url}
+        submitted = httpx.post(api.url + "/v1/jobs", json=body, headers=auth(), timeout=30)
+        assert submitted.status_code == 202, submitted.text
+        job = submitted.json()
+        assert set(job) == {"job_id", "status_url", "results_url"} and job["status_url"].endswith(job["job_id"])
+        pending = httpx.get(job["status_url"], headers=auth()).json()
+        assert pending["state"] == "pending" and pending["total"] == 6
+        worker = Worker("api-jobs", {**common, "ZSTAGGER_MAX_RETRIES": "0"}, tmp_path).wait_ready()
+
+        def finished():
+            return httpx.get(job["status_url"], headers=auth()).json()["state"] == "done"
+
+        from harness import wait_for
+
+        wait_for(finished, 90, "the job to finish")
+        page = httpx.get(job["results_url"], params={"limit": 4}, headers=auth()).json()
+        assert page["state"] == "done" and page["next_offset"] == 4 and len(page["results"]) == 4
+        rest = httpx.get(job["results_url"], params={"offset": 4}, headers=auth()).json()
+        assert rest["next_offset"] is None and [r["error"]["type"] for r in rest["results"][1:]] == ["fetch_failed"]
+        lines = httpx.get(job["results_url"], params={"format": "jsonl"}, headers=auth())
+        assert lines.headers["content-type"].startswith("application/x-ndjson")
+        records = [json.loads(line) for line in lines.text.splitlines()]
+        assert records == page["results"] + rest["results"] and [r["image"] for r in records] == body["images"]
+        wait_for(lambda: receiver.events, 60, "the job's webhook")
+        event = receiver.events[f"evt_{job['job_id']}_done"]
+        assert event["results_url"] == job["results_url"] and event["status"]["failed"] == 1
+
+        # cancel: a job nobody works on (a queue no worker consumes)
+        idle = httpx.post(api.url + "/v1/jobs", json={**body, "queue": "nobody", "callback_url": None},
+                          headers=auth(), timeout=30).json()
+        cancelled = httpx.delete(idle["status_url"], headers=auth())
+        assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+        assert httpx.get(idle["status_url"], headers=auth()).json()["state"] == "cancelled"
+        for path, status in [("/v1/jobs/" + "f" * 32, 404), ("/v1/jobs/not-a-job", 404), ("/v1/jobs/x/results", 404)]:
+            response = httpx.get(api.url + path, headers=auth())
+            assert response.status_code == status and response.json()["error"]["type"] == "unknown_job", path
+        # the server allows private image URLs here, so the callback policy is the same: loopback passes,
+        # and a malformed callback is refused before anything is queued
+        refused = httpx.post(api.url + "/v1/jobs", json={**body, "callback_url": "ftp://example.com/x"}, headers=auth())
+        assert refused.status_code == 400 and "not an http(s) URL" in refused.json()["error"]["message"]
+    finally:
+        if worker is not None:
+            worker.terminate()
+        api.stop()
+        receiver.close()
+        server_redis.stop()
+
+
+def test_jobs_without_redis_say_what_to_set(api):
+    response = httpx.post(api.url + "/v1/jobs", json={"images": ["http://x/a.png"], "labels": ["a"]}, headers=auth())
+    assert response.status_code == 503 and "ZSTAGGER_REDIS_URL" in response.json()["error"]["message"]

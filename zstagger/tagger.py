@@ -40,7 +40,7 @@ from .engine.scoring import normalize
 from .errors import ConfigurationError, ImageLoadError, ZstaggerError
 from .images import ImageInput, ImagePolicy, describe, is_url, iter_inputs, open_image, read_image_bytes
 from .registry import resolve_taxonomy
-from .results import LabelScore, TagResult
+from .results import LabelScore, Provenance, TagResult
 from .settings import Settings
 from .taxonomy import Taxonomy
 
@@ -259,12 +259,13 @@ class Tagger:
         service's micro-batches, anything scoring stored embeddings).
         """
         compiled = self.classifier(taxonomy)
+        provenance = self.provenance(taxonomy)
         done = iter(compiled.classify(embeds, top_k) if embeds is not None else [])
         out = []
         for ref, error in zip(refs, errors):
             name = describe(ref)
             if error is not None:
-                out.append(TagResult.failed(name, taxonomy.name, error.kind, error.message, error.transient))
+                out.append(TagResult.failed(name, taxonomy.name, error.kind, error.message, error.transient, provenance))
                 continue
             c = next(done)
             out.append(TagResult(
@@ -273,8 +274,14 @@ class Tagger:
                 scores=[LabelScore(label=label, score=score, cosine=cos) for label, score, cos in c.scores],
                 tags=c.tags,
                 verdict=c.verdict,
+                provenance=provenance,
             ))
         return out
+
+    def provenance(self, taxonomy: Taxonomy, source: str = "image") -> Provenance:
+        """What this Tagger's results with ``taxonomy`` record about how they were made."""
+        return Provenance(model=self.model_name, model_fingerprint=self.fingerprint, taxonomy_version=taxonomy.version,
+                          taxonomy_fingerprint=taxonomy.fingerprint, preprocessing=self.preprocessing, source=source)
 
     @staticmethod
     def _plan_lanes(encoder: ClipEncoder, lanes: int) -> int:

@@ -30,7 +30,8 @@ def check_callback_url(url: str, settings: Settings) -> str:
     a secret to sign with (the one rule for the Python API, the CLI and the HTTP service)."""
     from urllib.parse import urlsplit
 
-    from ..images.addresses import check_url_host
+    from ..errors import UrlBlockedError
+    from ..images.addresses import resolve_allowed
 
     if settings.webhook_secret is None or not settings.webhook_secret.get_secret_value():
         raise ConfigurationError("a callback URL needs ZSTAGGER_WEBHOOK_SECRET (events are signed with it; "
@@ -43,8 +44,14 @@ def check_callback_url(url: str, settings: Settings) -> str:
         raise ConfigurationError(f"malformed callback URL {url!r}: {exc}") from None
     if parts.scheme.lower() not in ("http", "https") or not host:
         raise ConfigurationError(f"callback URL {url!r} is not an http(s) URL with a host")
-    check_url_host(host, port or (443 if parts.scheme.lower() == "https" else 80), settings.allow_private_urls,
-                   settings.url_timeout)
+    try:
+        resolve_allowed(host, port or (443 if parts.scheme.lower() == "https" else 80), settings.allow_private_urls,
+                        settings.url_timeout)
+    except UrlBlockedError as exc:
+        raise ConfigurationError(f"callback URL refused: {exc} (ZSTAGGER_ALLOW_PRIVATE_URLS=1 allows it on a "
+                                 "trusted network)") from None
+    except (OSError, TimeoutError):
+        pass  # not resolvable from here: the workers resolve and check it again for every delivery
     return url
 
 
@@ -170,6 +177,7 @@ def enqueue(
     on_done: str | None = None,
     on_done_queue: str | None = None,
     results_url: str | None = None,
+    job_id: str | None = None,
     settings: Settings | None = None,
 ) -> Job:
     """Validate, split into chunks and enqueue images for the workers; returns the :class:`Job`.
@@ -187,7 +195,8 @@ def enqueue(
     When the job finishes (done, or cancelled), ``callback_url`` receives a signed webhook
     event (``ZSTAGGER_WEBHOOK_SECRET``; see :mod:`zstagger.queue.signing`), and the Celery
     task named ``on_done`` is sent ``(job_id, status)`` on ``on_done_queue``, both at least
-    once. ``results_url`` is put in the webhook event (the HTTP service sets it).
+    once. ``results_url`` is put in the webhook event (the HTTP service sets it, with the
+    ``job_id`` it chose).
     """
     settings = settings or Settings()
     spec = resolve_taxonomy(taxonomy, labels, template)
@@ -216,7 +225,7 @@ def enqueue(
         raise ConfigurationError("nothing to enqueue: no images in the inputs")
 
     store = open_store(settings)
-    job_id = new_job_id()
+    job_id = check_job_id(job_id) if job_id is not None else new_job_id()
     expires_at = int(time.time() + settings.result_ttl)
     chunks = [[[i, ref] for i, ref in enumerate(encoded[start : start + chunk_size], start)]
               for start in range(0, len(encoded), chunk_size)]

@@ -135,7 +135,7 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
                 continue
             result = TagResult.failed(
                 result.image, result.taxonomy, result.error.type,
-                f"{result.error.message} (gave up after {chunk.attempt + 1} attempts)",
+                f"{result.error.message} (gave up after {chunk.attempt + 1} attempts)", provenance=result.provenance,
             )
         final.append((index, result))
     expires_at = int(chunk.expires_at) if chunk.expires_at else int(time.time() + settings.result_ttl)

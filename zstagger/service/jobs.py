@@ -24,6 +24,8 @@ class JobRequest(TagRequest):
     queue: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")] = Field(
         "bulk", description="interactive or bulk (or any queue your workers consume).")
     chunk_size: int | None = Field(None, ge=1, le=1024, description="Images per task (default ZSTAGGER_CHUNK_SIZE).")
+    callback_url: Annotated[str, StringConstraints(max_length=2048)] | None = Field(
+        None, description="Receives a signed POST when the job is done or cancelled (see the README's webhook section).")
 
 
 jobs = APIRouter(prefix="/v1/jobs", dependencies=[Depends(authorized)], tags=["jobs"],
@@ -72,16 +74,20 @@ async def submit_job(request: Request) -> JSONResponse:
     spec = taxonomy_for(body.taxonomy, body.labels, body.template)
     refs = [image_from_json(value, i, settings) for i, value in enumerate(body.images)]
     from ..queue.client import enqueue
+    from ..queue.store import new_job_id
 
+    job_id = new_job_id()
     job = await run_in_threadpool(_queue_call, enqueue, refs, spec, top_k=body.top_k, chunk_size=body.chunk_size,
-                                  queue=body.queue, settings=settings)
+                                  queue=body.queue, callback_url=body.callback_url,
+                                  results_url=_links(request, job_id)["results_url"], job_id=job_id, settings=settings)
     return JSONResponse({"job_id": job.id, **_links(request, job.id)}, status_code=202)
 
 
 def _job(request: Request, job_id: str):
     from ..queue.client import Job
 
-    return Job(job_id, queue_settings(request))
+    settings = queue_settings(request)
+    return _queue_call(Job, job_id, settings)  # a malformed id is an unknown job: 404
 
 
 @jobs.get("/{job_id}", name="job_status")
@@ -89,6 +95,13 @@ def job_status(request: Request, job_id: Annotated[str, StringConstraints(max_le
     """Progress: state (pending, running, done), total, done, failed, pending."""
     job = _job(request, job_id)
     return {**_queue_call(job.status), **_links(request, job_id)}
+
+
+@jobs.delete("/{job_id}")
+def cancel_job(request: Request, job_id: Annotated[str, StringConstraints(max_length=128)]) -> dict[str, Any]:
+    """Cancel: chunks not yet started are skipped; the status says ``cancelled`` (a done job stays done)."""
+    job = _job(request, job_id)
+    return {**_queue_call(job.cancel), **_links(request, job_id)}
 
 
 @jobs.get("/{job_id}/results", responses={200: {"content": {"application/x-ndjson": {}}}})
