@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from . import extras
 from .classifier import TaxonomyClassifier
 from .embedding_cache import (
     EmbeddingCache,
@@ -152,7 +153,10 @@ class Tagger:
         with self._load_lock:
             if self._encoder is not None:
                 return
-            from .engine.model import ClipEncoder
+            try:
+                from .engine.model import ClipEncoder
+            except ImportError as exc:  # a producer-only install: no torch, no transformers
+                raise extras.missing(exc.name or "torch") from None
 
             encoder = ClipEncoder.load(self.model_name, device=self._device, precision=self._precision)
             self._lanes = self._plan_lanes(encoder, self._requested_lanes)

@@ -36,7 +36,10 @@ def worker(concurrency, queues, model, precision, device, hostname, loglevel, po
     from ..engine.locate import check_available
     from ..errors import ZstaggerError
 
-    try:  # before forking: a missing model is one clear line, not a pool of failing processes
+    from ..extras import check_installed
+
+    try:  # before forking: a missing model (or torch) is one clear line, not a pool of failing processes
+        check_installed("torch", "transformers")
         check_available(settings.model)
     except ZstaggerError as exc:
         click.echo(f"Error: {exc}", err=True)

@@ -31,16 +31,15 @@ def serve(host, port, workers, model, log_level):
     settings = Settings()
     try:
         from ..engine.locate import check_available
+        from ..extras import check_installed
+
+        check_installed("fastapi", "uvicorn", "multipart", "torch", "transformers")
         from ..service.auth import ApiKeys
 
         check_available(settings.model)  # a missing model: one line now, not a server that never gets ready
         keys = ApiKeys.from_settings(settings)
     except ZstaggerError as exc:
         click.echo(f"Error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
-    except ImportError as exc:
-        click.echo(f"Error: the HTTP service needs the serve extra ({exc.name} is missing): "
-                   "pip install 'zstagger[serve]'", err=True)
         sys.exit(EXIT_USAGE)
     if not keys.configured and not keys.anonymous:
         click.echo("warning: no API keys configured: every API call will be answered 401 until you set "
