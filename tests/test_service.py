@@ -364,3 +364,50 @@ def test_async_jobs_through_a_real_worker(tiny_model_dir, tmp_path, slow_server)
 def test_jobs_without_redis_say_what_to_set(api):
     response = httpx.post(api.url + "/v1/jobs", json={"images": ["http://x/a.png"], "labels": ["a"]}, headers=auth())
     assert response.status_code == 503 and "ZSTAGGER_REDIS_URL" in response.json()["error"]["message"]
+
+
+def test_openai_client_works_by_changing_its_base_url(api):
+    """The official OpenAI Python client, pointed at zstagger, gets a moderation result."""
+    from openai import BadRequestError, OpenAI
+
+    client = OpenAI(base_url=api.url + "/v1", api_key=KEY)
+    url = "data:image/png;base64," + base64.b64encode(png(6)).decode()
+    answer = client.moderations.create(model="omni-moderation-latest",
+                                       input=[{"type": "image_url", "image_url": {"url": url}}])
+    result = answer.results[0]
+    assert answer.id.startswith("modr-") and isinstance(result.flagged, bool)
+    assert 0.0 <= result.category_scores.violence <= 1.0 and result.category_applied_input_types.violence == ["image"]
+    with pytest.raises(BadRequestError, match="text inputs are not supported"):
+        client.moderations.create(input="some text")
+
+
+def readme_block(language, marker):
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = text.split(f"```{language}\n")[1:]
+    return next(block.split("```")[0] for block in blocks if marker in block)
+
+
+def test_the_readme_webhook_verification_snippets_work(tmp_path):
+    """The README's Node.js verifier accepts a real signed event and refuses a tampered one;
+    the Python one is zstagger.verify_webhook, which the README calls as shown."""
+    from zstagger.queue.signing import signed_headers
+
+    body = b'{"id":"evt_0123_done","type":"job.done"}'
+    headers = {k.lower(): v for k, v in signed_headers("sekret", "evt_0123_done", body).items()}
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: the README's Node.js snippet is not checked")
+    script = readme_block("js", "verifyZstagger") + (
+        "\nconst [headers, body, tampered] = [JSON.parse(process.argv[2]), Buffer.from(process.argv[3]), process.argv[4]];"
+        "\ntry { console.log(verifyZstagger('sekret', headers, tampered ? Buffer.concat([body, Buffer.from(' ')]) : body)); }"
+        "\ncatch (e) { console.log('refused: ' + e.message); }\n")
+    (tmp_path / "verify.js").write_text(script)
+    ok = subprocess.run([node, str(tmp_path / "verify.js"), json.dumps(headers), body.decode(), ""],
+                        capture_output=True, text=True, timeout=30)
+    assert ok.stdout.strip() == "evt_0123_done", ok.stdout + ok.stderr
+    bad = subprocess.run([node, str(tmp_path / "verify.js"), json.dumps(headers), body.decode(), "1"],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.stdout.strip() == "refused: bad signature", bad.stdout + bad.stderr
+    assert "verify_webhook(secret, request.headers, request.get_data())" in readme_block("python", "verify_webhook")

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from harness import RedisServer, wait_for
+from harness import RedisServer
 from zstagger.synthetic import sample_image
 
 WORKER_PYTHON = os.environ.get("ZSTAGGER_TEST_WORKER_PYTHON")
