@@ -4,6 +4,7 @@ import base64
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -294,7 +295,13 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error(tiny_model_dir, tmp_pa
              "--header", f"Authorization: Bearer {KEY}", "--exclude-path", "/metrics", "--request-timeout", "30",
              "--suppress-health-check", "all", "--seed", "1", "--max-time", "120", "--workers", "2"],
             capture_output=True, text=True, timeout=400, cwd=tmp_path)
-        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+        output = result.stdout + result.stderr
+        # What this test is about: no generated request got a 5xx (schemathesis' ST101). An
+        # internal error of the generator itself (it has hit CPython recursion bugs on some
+        # schemas) is not the server's, and must not hide that cases were sent.
+        assert "Server error" not in output and "ST101" not in output, output[-4000:]
+        sent = re.search(r"(\d+) generated", output)
+        assert sent and int(sent.group(1)) >= 200, output[-4000:]
         assert "Traceback" not in server.output()
     finally:
         server.stop()

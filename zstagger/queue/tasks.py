@@ -23,6 +23,7 @@ from ..results import TagResult
 from ..settings import Settings
 from ..taxonomy import Taxonomy
 from .celery_app import TASK_NAME, app
+from ..images import describe
 from .messages import ChunkRequest, decode_ref
 from .notify import job_finished
 from .store import describe_failure
@@ -94,9 +95,16 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
     store = worker_store()
     try:
         chunk = ChunkRequest.from_message(args, kwargs)
-        spec = _taxonomy(json.dumps(chunk.taxonomy, sort_keys=True))
     except (ZstaggerError, ValueError, TypeError) as exc:
         return _refuse(self.request.id, exc)
+    try:
+        spec: Taxonomy | None = _taxonomy(json.dumps(chunk.taxonomy, sort_keys=True))
+        spec_problem = ""
+    except (ZstaggerError, ValueError, TypeError) as exc:
+        # A spec no worker can tag with (forged, or from a producer that skipped validation):
+        # its inputs become error records below, so the job still finishes and says why.
+        spec, spec_problem = None, " ".join(str(exc).split())[:500]
+        log.error("zstagger: refused the taxonomy spec of a chunk of job %s: %s", chunk.job_id, spec_problem)
 
     job_id = chunk.job_id
     meta = _with_redis(lambda: store.meta(job_id), "reading the job", settings)
@@ -116,6 +124,15 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
     todo = set(_with_redis(lambda: store.missing(job_id, [index for index, _ in items]), "reading the job's results", settings))
 
     pending = [(index, ref) for index, ref in items if index in todo]
+    if spec is None:
+        name = str(chunk.taxonomy.get("name", "?"))[:100]
+        refused = [(index, TagResult.failed(describe(decode_ref(ref)), name, "invalid_taxonomy",
+                                            f"the job's taxonomy spec is invalid: {spec_problem}")) for index, ref in pending]
+        finished = _with_redis(lambda: store.save(job_id, refused, int(chunk.expires_at) or int(time.time() + settings.result_ttl)),
+                               "storing results", settings)
+        if finished >= total:
+            _with_redis(lambda: job_finished(store, app, job_id, "done"), "sending the job's notifications", settings)
+        return {"tagged": 0, "refused": len(refused)}
     try:
         tagger = worker_tagger()
     except Exception as exc:  # no model in this process: give the chunk back, untouched
