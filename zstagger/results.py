@@ -34,6 +34,22 @@ class ErrorInfo(BaseModel):
     transient: bool = Field(False, exclude=True)
 
 
+class Provenance(BaseModel):
+    """What produced a result, so a decision can be audited later: which model (and exactly
+    which weights), which taxonomy (and exactly which spec), which preprocessing, and where
+    the image embedding came from (``image``: encoded from the image; ``store``: re-scored
+    from an embedding stored earlier)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    model_fingerprint: str | None = None
+    taxonomy_version: str
+    taxonomy_fingerprint: str
+    preprocessing: str = "fast"
+    source: str = "image"
+
+
 class TagResult(BaseModel):
     """Tags for one input. ``error`` is set (and scores empty) when the input could not be read."""
 
@@ -45,6 +61,7 @@ class TagResult(BaseModel):
     tags: list[str] = []
     verdict: str | None = None
     error: ErrorInfo | None = None
+    provenance: Provenance | None = None
 
     def to_json(self) -> str:
         """One line of JSON (the schema of ``zstagger tag`` and ``zstagger results``), always valid UTF-8."""
@@ -61,8 +78,12 @@ class TagResult(BaseModel):
         return self.error is None
 
     @classmethod
-    def failed(cls, image: str, taxonomy: str, kind: str, message: str, transient: bool = False) -> TagResult:
-        return cls(image=image, taxonomy=taxonomy, error=ErrorInfo(type=kind, message=message, transient=transient))
+    def failed(
+        cls, image: str, taxonomy: str, kind: str, message: str, transient: bool = False,
+        provenance: Provenance | None = None,
+    ) -> TagResult:
+        return cls(image=image, taxonomy=taxonomy, error=ErrorInfo(type=kind, message=message, transient=transient),
+                   provenance=provenance)
 
 
 def _finite(value):

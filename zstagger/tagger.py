@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from . import extras
 from .classifier import TaxonomyClassifier
 from .embedding_cache import (
     EmbeddingCache,
@@ -40,7 +41,7 @@ from .engine.scoring import normalize
 from .errors import ConfigurationError, ImageLoadError, ZstaggerError
 from .images import ImageInput, ImagePolicy, describe, is_url, iter_inputs, open_image, read_image_bytes
 from .registry import resolve_taxonomy
-from .results import LabelScore, TagResult
+from .results import LabelScore, Provenance, TagResult
 from .settings import Settings
 from .taxonomy import Taxonomy
 
@@ -62,8 +63,9 @@ def _cpu_budget() -> int:
 
 
 @dataclass
-class _Prepared:
-    """One readable image on its way to an embedding: cached already, or pixels to encode."""
+class Prepared:
+    """One readable image on its way to an embedding: cached already, or pixels to encode
+    (:meth:`Tagger.prepare`, then :meth:`Tagger.embed_prepared`)."""
 
     key: EmbeddingKey | None
     vector: np.ndarray | None = None
@@ -151,7 +153,10 @@ class Tagger:
         with self._load_lock:
             if self._encoder is not None:
                 return
-            from .engine.model import ClipEncoder
+            try:
+                from .engine.model import ClipEncoder
+            except ImportError as exc:  # a producer-only install: no torch, no transformers
+                raise extras.missing(exc.name or "torch") from None
 
             encoder = ClipEncoder.load(self.model_name, device=self._device, precision=self._precision)
             self._lanes = self._plan_lanes(encoder, self._requested_lanes)
@@ -240,22 +245,47 @@ class Tagger:
         spec = self.resolve(taxonomy, labels, template)
         if top_k is not None and top_k < 1:
             raise ConfigurationError(f"top_k must be at least 1, got {top_k}")
-        compiled = self.classifier(spec)
+        self.classifier(spec)  # compile (text embeddings) before the first image is read
         for refs, embeds, errors in self.embed_batches(iter_inputs(images), batch_size):
-            done = iter(compiled.classify(embeds, top_k) if embeds is not None else [])
-            for ref, error in zip(refs, errors):
-                name = describe(ref)
-                if error is not None:
-                    yield TagResult.failed(name, spec.name, error.kind, error.message, error.transient)
-                    continue
-                c = next(done)
-                yield TagResult(
-                    image=name,
-                    taxonomy=spec.name,
-                    scores=[LabelScore(label=label, score=score, cosine=cos) for label, score, cos in c.scores],
-                    tags=c.tags,
-                    verdict=c.verdict,
-                )
+            yield from self.results(spec, refs, embeds, errors, top_k)
+
+    def results(
+        self,
+        taxonomy: Taxonomy,
+        refs: Sequence[ImageInput],
+        embeds: np.ndarray | None,
+        errors: Sequence[ImageLoadError | None],
+        top_k: int | None = None,
+    ) -> list[TagResult]:
+        """Result records for one batch: ``embeds`` has a row for each ref whose error is None.
+
+        The one place where embeddings become :class:`TagResult`s (tagging, the HTTP
+        service's micro-batches, anything scoring stored embeddings).
+        """
+        compiled = self.classifier(taxonomy)
+        provenance = self.provenance(taxonomy)
+        done = iter(compiled.classify(embeds, top_k) if embeds is not None else [])
+        out = []
+        for ref, error in zip(refs, errors):
+            name = describe(ref)
+            if error is not None:
+                out.append(TagResult.failed(name, taxonomy.name, error.kind, error.message, error.transient, provenance))
+                continue
+            c = next(done)
+            out.append(TagResult(
+                image=name,
+                taxonomy=taxonomy.name,
+                scores=[LabelScore(label=label, score=score, cosine=cos) for label, score, cos in c.scores],
+                tags=c.tags,
+                verdict=c.verdict,
+                provenance=provenance,
+            ))
+        return out
+
+    def provenance(self, taxonomy: Taxonomy, source: str = "image") -> Provenance:
+        """What this Tagger's results with ``taxonomy`` record about how they were made."""
+        return Provenance(model=self.model_name, model_fingerprint=self.fingerprint, taxonomy_version=taxonomy.version,
+                          taxonomy_fingerprint=taxonomy.fingerprint, preprocessing=self.preprocessing, source=source)
 
     @staticmethod
     def _plan_lanes(encoder: ClipEncoder, lanes: int) -> int:
@@ -294,7 +324,7 @@ class Tagger:
         def submit_next() -> None:
             batch = next(batches, None)
             if batch:
-                loads = [(ref, loader.submit(self._prepare, ref)) for ref in batch]
+                loads = [(ref, loader.submit(self.prepare, ref)) for ref in batch]
                 in_flight.append(encoders.submit(self._encode_batch, loads))
 
         for _ in range(self.lanes + _PREFETCH_BATCHES - 1):
@@ -325,6 +355,11 @@ class Tagger:
             errors.append(prepared if isinstance(prepared, ImageLoadError) else None)
             if not isinstance(prepared, ImageLoadError):
                 ready.append(prepared)
+        return refs, (self.embed_prepared(ready) if ready else None), errors
+
+    def embed_prepared(self, ready: Sequence[Prepared]) -> np.ndarray:
+        """Embeddings for images from :meth:`prepare`, one row each, in order: cached ones as
+        they are, the others in one forward pass (stored in the image cache, if any)."""
         todo = [p for p in ready if p.vector is None]
         if todo:
             encoder = self.encoder
@@ -343,13 +378,14 @@ class Tagger:
             with self._lock:
                 self.cache_misses += len(todo)
                 self.cache_hits += len(ready) - len(todo)
-        return refs, (np.stack([p.vector for p in ready]) if ready else None), errors
+        return np.stack([p.vector for p in ready])
 
-    def _prepare(self, ref: ImageInput) -> _Prepared | ImageLoadError:
-        """In a loader thread: the cached embedding, or model-ready pixels, or the error."""
+    def prepare(self, ref: ImageInput) -> Prepared | ImageLoadError:
+        """In a loader thread: the cached embedding, or model-ready pixels, or the error
+        (never raises for one image's problem; see :meth:`embed_prepared`)."""
         if self.image_cache is None or isinstance(ref, Image.Image):
             pixels = _or_error(self._pixels, ref)
-            return pixels if isinstance(pixels, ImageLoadError) else _Prepared(None, pixels=pixels)
+            return pixels if isinstance(pixels, ImageLoadError) else Prepared(None, pixels=pixels)
         path = os.fspath(ref) if isinstance(ref, (str, os.PathLike)) and not is_url(ref) else None
         st, hit = self._unchanged_file_hit(path) if path is not None else (None, None)
         if hit is not None:
@@ -361,11 +397,11 @@ class Tagger:
         hashed = (path, st, key.sha256) if st is not None else None
         cached = self.image_cache.get_many([key]).get(key)
         if cached is not None:
-            return _Prepared(key, vector=normalize(cached), hashed=hashed)
+            return Prepared(key, vector=normalize(cached), hashed=hashed)
         pixels = _or_error(self._pixels, data)
-        return pixels if isinstance(pixels, ImageLoadError) else _Prepared(key, pixels=pixels, hashed=hashed)
+        return pixels if isinstance(pixels, ImageLoadError) else Prepared(key, pixels=pixels, hashed=hashed)
 
-    def _unchanged_file_hit(self, path: str) -> tuple[os.stat_result | None, _Prepared | None]:
+    def _unchanged_file_hit(self, path: str) -> tuple[os.stat_result | None, Prepared | None]:
         """A local file the cache hashed before and that is unchanged since: its embedding,
         without reading the file (stores with a digest index only). Also its stat, taken
         before any read, for recording its digest."""
@@ -381,7 +417,7 @@ class Tagger:
             return st, None
         key = self._key(digest)
         cached = self.image_cache.get_many([key]).get(key)  # type: ignore[union-attr]
-        return st, (_Prepared(key, vector=normalize(cached)) if cached is not None else None)
+        return st, (Prepared(key, vector=normalize(cached)) if cached is not None else None)
 
     def _key(self, digest: str) -> EmbeddingKey:
         return EmbeddingKey(digest, self.fingerprint, self.preprocessing)  # type: ignore[arg-type]
