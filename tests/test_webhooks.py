@@ -149,6 +149,31 @@ def test_the_event_survives_the_worker_that_delivers_it_being_killed(settings, w
         receiver.close()
 
 
+def test_a_worker_killed_mid_job_still_ends_in_one_event(settings, env, workers, tmp_path):
+    """The worker holding the job's last chunk is killed: the chunk is redelivered, the
+    rescuer finishes the job and sends its event; the receiver sees one event id."""
+    from harness import SlowImageServer
+
+    images_server = SlowImageServer()
+    receiver = WebhookReceiver(SECRET)
+    try:
+        victim = workers("victim", {"ZSTAGGER_LOADER_THREADS": "1", "ZSTAGGER_VISIBILITY_TIMEOUT": "14"}).wait_ready()
+        refs = [f"{images_server.url}/slow/1.0/m{i}.png" for i in range(3)]
+        job = enqueue(refs, labels=["a", "b"], chunk_size=3, callback_url=receiver.url, settings=settings)
+        wait_for(lambda: job.status()["state"] == "running", 30, "the victim to start the chunk")
+        time.sleep(0.5)
+        victim.kill9()
+        workers("rescuer", {"ZSTAGGER_VISIBILITY_TIMEOUT": "14"}).wait_ready()
+        assert job.wait(timeout=90)["done"] == 3
+        wait_for(lambda: receiver.events, 60, "the event")
+        time.sleep(2.0)  # room for a duplicate delivery, if any
+        assert set(receiver.events) == {f"evt_{job.id}_done"}
+        assert all(d["valid"] and d["event_id"] == f"evt_{job.id}_done" for d in receiver.deliveries)
+    finally:
+        receiver.close()
+        images_server.close()
+
+
 def test_cancelling_skips_unstarted_chunks_and_notifies(settings, env, workers, tmp_path):
     receiver = WebhookReceiver(SECRET)
     try:
