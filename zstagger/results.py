@@ -34,6 +34,22 @@ class ErrorInfo(BaseModel):
     transient: bool = Field(False, exclude=True)
 
 
+class Provenance(BaseModel):
+    """What produced a result, so a decision can be audited later: which model (and exactly
+    which weights), which taxonomy (and exactly which spec), which preprocessing, and where
+    the image embedding came from (``image``: encoded from the image; ``store``: re-scored
+    from an embedding stored earlier)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    model_fingerprint: str | None = None
+    taxonomy_version: str
+    taxonomy_fingerprint: str
+    preprocessing: str = "fast"
+    source: str = "image"
+
+
 class KnownImageMatch(BaseModel):
     """A label fired because the image is a near copy of one of its known images."""
 
@@ -59,6 +75,7 @@ class TagResult(BaseModel):
     tags: list[str] = []
     verdict: str | None = None
     error: ErrorInfo | None = None
+    provenance: Provenance | None = None
     matches: list[KnownImageMatch] | None = None
 
     @model_serializer(mode="wrap")
@@ -83,8 +100,12 @@ class TagResult(BaseModel):
         return self.error is None
 
     @classmethod
-    def failed(cls, image: str, taxonomy: str, kind: str, message: str, transient: bool = False) -> TagResult:
-        return cls(image=image, taxonomy=taxonomy, error=ErrorInfo(type=kind, message=message, transient=transient))
+    def failed(
+        cls, image: str, taxonomy: str, kind: str, message: str, transient: bool = False,
+        provenance: Provenance | None = None,
+    ) -> TagResult:
+        return cls(image=image, taxonomy=taxonomy, error=ErrorInfo(type=kind, message=message, transient=transient),
+                   provenance=provenance)
 
 
 def _finite(value):

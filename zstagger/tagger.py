@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from . import extras
 from .classifier import TaxonomyClassifier
 from .embedding_cache import (
     EmbeddingCache,
@@ -48,7 +49,7 @@ from .fewshot import ImageSets, resolve_image_sets
 from .fewshot.sets import LoadPack
 from .images import ImageInput, ImagePolicy, describe, is_url, iter_inputs, open_image, read_image_bytes
 from .registry import resolve_taxonomy
-from .results import KnownImageMatch, LabelScore, TagResult
+from .results import KnownImageMatch, LabelScore, Provenance, TagResult
 from .settings import Settings
 from .taxonomy import Taxonomy
 
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
     from .engine.model import ClipEncoder
 
 _PREFETCH_BATCHES = 2
+_OWN = object()  # "the Tagger's own image cache", for the methods that can be handed another
 _cores: int | None = None
 
 
@@ -70,8 +72,9 @@ def _cpu_budget() -> int:
 
 
 @dataclass
-class _Prepared:
-    """One readable image on its way to an embedding: cached already, or pixels to encode."""
+class Prepared:
+    """One readable image on its way to an embedding: cached already, or pixels to encode
+    (:meth:`Tagger.prepare`, then :meth:`Tagger.embed_prepared`)."""
 
     key: EmbeddingKey | None
     vector: np.ndarray | None = None
@@ -166,7 +169,10 @@ class Tagger:
         with self._load_lock:
             if self._encoder is not None:
                 return
-            from .engine.model import ClipEncoder
+            try:
+                from .engine.model import ClipEncoder
+            except ImportError as exc:  # a producer-only install: no torch, no transformers
+                raise extras.missing(exc.name or "torch") from None
 
             encoder = ClipEncoder.load(self.model_name, device=self._device, precision=self._precision)
             self._lanes = self._plan_lanes(encoder, self._requested_lanes)
@@ -297,24 +303,49 @@ class Tagger:
         spec = self.resolve(taxonomy, labels, template)
         if top_k is not None and top_k < 1:
             raise ConfigurationError(f"top_k must be at least 1, got {top_k}")
-        compiled = self.classifier(spec)
+        self.classifier(spec)  # compile (text embeddings) before the first image is read
         for refs, embeds, errors in self.embed_batches(iter_inputs(images), batch_size):
-            done = iter(compiled.classify(embeds, top_k) if embeds is not None else [])
-            for ref, error in zip(refs, errors):
-                name = describe(ref)
-                if error is not None:
-                    yield TagResult.failed(name, spec.name, error.kind, error.message, error.transient)
-                    continue
-                c = next(done)
-                yield TagResult(
-                    image=name,
-                    taxonomy=spec.name,
-                    scores=[LabelScore(label=label, score=score, cosine=cos) for label, score, cos in c.scores],
-                    tags=c.tags,
-                    verdict=c.verdict,
-                    matches=[KnownImageMatch(label=label, image=image, cosine=cos) for label, image, cos in c.matches]
-                    if c.matches else None,
-                )
+            yield from self.results(spec, refs, embeds, errors, top_k)
+
+    def results(
+        self,
+        taxonomy: Taxonomy,
+        refs: Sequence[ImageInput],
+        embeds: np.ndarray | None,
+        errors: Sequence[ImageLoadError | None],
+        top_k: int | None = None,
+    ) -> list[TagResult]:
+        """Result records for one batch: ``embeds`` has a row for each ref whose error is None.
+
+        The one place where embeddings become :class:`TagResult`s (tagging, the HTTP
+        service's micro-batches, anything scoring stored embeddings).
+        """
+        compiled = self.classifier(taxonomy)
+        provenance = self.provenance(taxonomy)
+        done = iter(compiled.classify(embeds, top_k) if embeds is not None else [])
+        out = []
+        for ref, error in zip(refs, errors):
+            name = describe(ref)
+            if error is not None:
+                out.append(TagResult.failed(name, taxonomy.name, error.kind, error.message, error.transient, provenance))
+                continue
+            c = next(done)
+            out.append(TagResult(
+                image=name,
+                taxonomy=taxonomy.name,
+                scores=[LabelScore(label=label, score=score, cosine=cos) for label, score, cos in c.scores],
+                tags=c.tags,
+                verdict=c.verdict,
+                provenance=provenance,
+                matches=[KnownImageMatch(label=label, image=image, cosine=cos) for label, image, cos in c.matches]
+                if c.matches else None,
+            ))
+        return out
+
+    def provenance(self, taxonomy: Taxonomy, source: str = "image") -> Provenance:
+        """What this Tagger's results with ``taxonomy`` record about how they were made."""
+        return Provenance(model=self.model_name, model_fingerprint=self.fingerprint, taxonomy_version=taxonomy.version,
+                          taxonomy_fingerprint=taxonomy.fingerprint, preprocessing=self.preprocessing, source=source)
 
     @staticmethod
     def _plan_lanes(encoder: ClipEncoder, lanes: int) -> int:
@@ -335,17 +366,16 @@ class Tagger:
         return lanes
 
     def embed_batches(
-        self, images: Iterable[ImageInput], batch_size: int | None = None, *, cache: ImageEmbeddingStore | None | bool = True,
+        self, images: Iterable[ImageInput], batch_size: int | None = None, *, cache: Any = _OWN,
     ) -> Iterator[tuple[list[ImageInput], np.ndarray | None, list[ImageLoadError | None]]]:
         """Load, preprocess and encode images in batches, keeping every stage busy.
 
         Decoding runs in the loader threads, ahead of the encoder lanes; up to ``lanes``
         batches are encoded at once. Yields ``(refs, embeddings, errors)`` per batch, in
         input order: ``embeddings`` has one row per ref whose error is None (None when
-        no image of the batch could be read). ``cache``: the image-embedding cache to use
-        (True: the tagger's own; its hits and misses are the ones :meth:`cache_stats` counts).
+        no image of the batch could be read). ``cache``: another image-embedding cache to
+        use than the tagger's own (whose hits and misses :meth:`cache_stats` counts), or None.
         """
-        store: ImageEmbeddingStore | None = self.image_cache if cache is True else (cache or None)  # type: ignore[assignment]
         loader, encoders = self._pools()
         source = iter(images)
         size = batch_size or self.batch_size
@@ -355,8 +385,8 @@ class Tagger:
         def submit_next() -> None:
             batch = next(batches, None)
             if batch:
-                loads = [(ref, loader.submit(self._prepare, ref, store)) for ref in batch]
-                in_flight.append(encoders.submit(self._encode_batch, loads, store))
+                loads = [(ref, loader.submit(self.prepare, ref, cache)) for ref in batch]
+                in_flight.append(encoders.submit(self._encode_batch, loads, cache))
 
         for _ in range(self.lanes + _PREFETCH_BATCHES - 1):
             submit_next()
@@ -377,7 +407,7 @@ class Tagger:
             return {"hits": self.cache_hits, "misses": self.cache_misses}
 
     def _encode_batch(
-        self, loads: list[tuple[ImageInput, Future]], cache: ImageEmbeddingStore | None
+        self, loads: list[tuple[ImageInput, Future]], cache: Any = _OWN
     ) -> tuple[list[ImageInput], np.ndarray | None, list[ImageLoadError | None]]:
         refs, errors, ready = [], [], []
         for ref, future in loads:
@@ -386,6 +416,12 @@ class Tagger:
             errors.append(prepared if isinstance(prepared, ImageLoadError) else None)
             if not isinstance(prepared, ImageLoadError):
                 ready.append(prepared)
+        return refs, (self.embed_prepared(ready, cache) if ready else None), errors
+
+    def embed_prepared(self, ready: Sequence[Prepared], cache: Any = _OWN) -> np.ndarray:
+        """Embeddings for images from :meth:`prepare`, one row each, in order: cached ones as
+        they are, the others in one forward pass (stored in the image cache, if any)."""
+        cache = self.image_cache if cache is _OWN else cache
         todo = [p for p in ready if p.vector is None]
         if todo:
             encoder = self.encoder
@@ -404,13 +440,16 @@ class Tagger:
             with self._lock:
                 self.cache_misses += len(todo)
                 self.cache_hits += len(ready) - len(todo)
-        return refs, (np.stack([p.vector for p in ready]) if ready else None), errors
+        return np.stack([p.vector for p in ready])
 
-    def _prepare(self, ref: ImageInput, cache: ImageEmbeddingStore | None) -> _Prepared | ImageLoadError:
-        """In a loader thread: the cached embedding, or model-ready pixels, or the error."""
+    def prepare(self, ref: ImageInput, cache: Any = _OWN) -> Prepared | ImageLoadError:
+        """In a loader thread: the cached embedding, or model-ready pixels, or the error
+        (never raises for one image's problem; see :meth:`embed_prepared`). ``cache``:
+        another image-embedding cache than the tagger's own, or None."""
+        cache = self.image_cache if cache is _OWN else cache
         if cache is None or isinstance(ref, Image.Image):
             pixels = _or_error(self._pixels, ref)
-            return pixels if isinstance(pixels, ImageLoadError) else _Prepared(None, pixels=pixels)
+            return pixels if isinstance(pixels, ImageLoadError) else Prepared(None, pixels=pixels)
         path = os.fspath(ref) if isinstance(ref, (str, os.PathLike)) and not is_url(ref) else None
         st, hit = self._unchanged_file_hit(path, cache) if path is not None else (None, None)
         if hit is not None:
@@ -422,11 +461,11 @@ class Tagger:
         hashed = (path, st, key.sha256) if st is not None else None
         cached = cache.get_many([key]).get(key)
         if cached is not None:
-            return _Prepared(key, vector=normalize(cached), hashed=hashed)
+            return Prepared(key, vector=normalize(cached), hashed=hashed)
         pixels = _or_error(self._pixels, data)
-        return pixels if isinstance(pixels, ImageLoadError) else _Prepared(key, pixels=pixels, hashed=hashed)
+        return pixels if isinstance(pixels, ImageLoadError) else Prepared(key, pixels=pixels, hashed=hashed)
 
-    def _unchanged_file_hit(self, path: str, cache: ImageEmbeddingStore) -> tuple[os.stat_result | None, _Prepared | None]:
+    def _unchanged_file_hit(self, path: str, cache: ImageEmbeddingStore) -> tuple[os.stat_result | None, Prepared | None]:
         """A local file the cache hashed before and that is unchanged since: its embedding,
         without reading the file (stores with a digest index only). Also its stat, taken
         before any read, for recording its digest."""
@@ -442,7 +481,7 @@ class Tagger:
             return st, None
         key = self._key(digest)
         cached = cache.get_many([key]).get(key)
-        return st, (_Prepared(key, vector=normalize(cached)) if cached is not None else None)
+        return st, (Prepared(key, vector=normalize(cached)) if cached is not None else None)
 
     def _key(self, digest: str) -> EmbeddingKey:
         return EmbeddingKey(digest, self.fingerprint, self.preprocessing)  # type: ignore[arg-type]

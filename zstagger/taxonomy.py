@@ -57,6 +57,10 @@ class Label(BaseModel):
     parent: str | None = Field(None, description="Name of the parent label, for hierarchies.")
     action: Action | None = Field(None, description="Moderation action when this label fires: allow, review or block.")
     background: bool = Field(False, description="Competes in scoring but is never a tag ('none of the above').")
+    openai_categories: list[str] = Field(
+        default_factory=list,
+        description="OpenAI moderation category names (sexual, violence, ...) this label reports under in POST /v1/moderations.",
+    )
     description: str | None = None
     examples: list[str] = Field(
         default_factory=list, description="Images of this label (paths, directories, URLs): few-shot, combined with the text."
