@@ -19,7 +19,6 @@ from celery.exceptions import Reject
 from kombu.exceptions import OperationalError
 
 from ..errors import ExamplesError, ZstaggerError
-from ..images import describe
 from ..results import TagResult
 from ..settings import Settings
 from ..taxonomy import Taxonomy
