@@ -20,6 +20,15 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300, cwd: Path | None = None):
+    """`zstagger ARGS` as a user runs it, with no ZSTAGGER_* setting but ``env``'s."""
+    exe = shutil.which("zstagger")
+    cmd = [exe, *args] if exe else [sys.executable, "-m", "zstagger.cli", *args]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+    full_env.update(env or {})
+    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, check=False, cwd=cwd)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from harness import run_cli
 
 from zstagger import Label, Taxonomy
 from zstagger.classifier import TaxonomyClassifier
@@ -26,11 +27,7 @@ LABELS = ["explicit_nudity", "firearms", "drugs", "alcohol"]
 
 
 def zstagger(*args, env=None, timeout=300):
-    exe = shutil.which("zstagger")
-    cmd = [exe, *args] if exe else [sys.executable, "-m", "zstagger.cli", *args]
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
-    full_env.update(env or {})
-    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, check=False)
+    return run_cli(*args, env=env, timeout=timeout)
 
 
 # -- metrics on hand-made cases (no model) --------------------------------------------------------

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "zstagger"
 LAYERS = {
     "errors": 0, "settings": 0, "results": 0, "files": 0, "extras": 0,
     "engine": 1,
-    "taxonomy": 2, "hookspecs": 2, "plugins": 2, "registry": 2, "builtin": 2, "images": 2, "synthetic": 2, "embedding_cache": 2,
+    "taxonomy": 2, "hookspecs": 2, "plugins": 2, "registry": 2, "builtin": 2, "images": 2, "synthetic": 2, "embedding_cache": 2, "fewshot": 2,
     "classifier": 3,
     "tagger": 4,
     "evaluation": 5, "store": 5, "bench": 5, "testing": 5,

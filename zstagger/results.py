@@ -12,7 +12,7 @@ import json
 import math
 import re
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -50,8 +50,22 @@ class Provenance(BaseModel):
     source: str = "image"
 
 
+class KnownImageMatch(BaseModel):
+    """A label fired because the image is a near copy of one of its known images."""
+
+    model_config = ConfigDict(frozen=True)
+
+    label: str
+    image: str  # the known image, as the taxonomy names it
+    cosine: float  # how close: at or above the label's match_threshold
+
+
 class TagResult(BaseModel):
-    """Tags for one input. ``error`` is set (and scores empty) when the input could not be read."""
+    """Tags for one input. ``error`` is set (and scores empty) when the input could not be read.
+
+    ``matches`` lists the known images the input matched (taxonomies with known images);
+    it is left out of the output when there are none, so results without it read as before.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -62,6 +76,14 @@ class TagResult(BaseModel):
     verdict: str | None = None
     error: ErrorInfo | None = None
     provenance: Provenance | None = None
+    matches: list[KnownImageMatch] | None = None
+
+    @model_serializer(mode="wrap")
+    def _leave_out_no_matches(self, handler: SerializerFunctionWrapHandler):
+        data = handler(self)
+        if isinstance(data, dict) and data.get("matches", 0) is None:
+            del data["matches"]
+        return data
 
     def to_json(self) -> str:
         """One line of JSON (the schema of ``zstagger tag`` and ``zstagger results``), always valid UTF-8."""

@@ -8,6 +8,12 @@ With an image-embedding cache (``image_cache=``, any :class:`~zstagger.embedding
 the loader threads read and hash each image's bytes first; a hit skips decoding and the
 forward pass, and the model is loaded only at the first miss, so a fully cached run
 never imports torch. Scoring is numpy.
+
+A taxonomy that names images (examples, counter-examples, known images) is compiled with
+their vectors: the ones embedded in the spec for this model, else its image files read
+and embedded here, through the image-embedding cache (``ZSTAGGER_CACHE_DIR``, even when
+tagging leaves it off), so a taxonomy with hundreds of examples compiles in seconds after
+the first time (:mod:`zstagger.fewshot`).
 """
 
 from __future__ import annotations
@@ -39,9 +45,11 @@ from .embedding_cache.images import to_fp16
 from .engine.locate import model_fingerprint
 from .engine.scoring import normalize
 from .errors import ConfigurationError, ImageLoadError, ZstaggerError
+from .fewshot import ImageSets, resolve_image_sets
+from .fewshot.sets import LoadPack
 from .images import ImageInput, ImagePolicy, describe, is_url, iter_inputs, open_image, read_image_bytes
 from .registry import resolve_taxonomy
-from .results import LabelScore, Provenance, TagResult
+from .results import KnownImageMatch, LabelScore, Provenance, TagResult
 from .settings import Settings
 from .taxonomy import Taxonomy
 
@@ -49,6 +57,7 @@ if TYPE_CHECKING:
     from .engine.model import ClipEncoder
 
 _PREFETCH_BATCHES = 2
+_OWN = object()  # "the Tagger's own image cache", for the methods that can be handed another
 _cores: int | None = None
 
 
@@ -86,6 +95,9 @@ class Tagger:
     ``None`` to follow ``ZSTAGGER_IMAGE_CACHE`` (off by default). With a cache, image
     embeddings are rounded to fp16 whether they were cached or just computed (so a
     cached run scores exactly like the first), and the model loads at the first miss.
+
+    ``vector_loader``: where a taxonomy's embedded image vectors that travel by hash alone
+    are read (a queue worker reads them from Redis): ``sha256 -> bytes | None``.
     """
 
     def __init__(
@@ -101,6 +113,7 @@ class Tagger:
         image_policy: ImagePolicy | None = None,
         settings: Settings | None = None,
         image_cache: ImageEmbeddingStore | bool | None = None,
+        vector_loader: LoadPack | None = None,
     ):
         settings = settings or Settings()
         self.settings = settings
@@ -122,6 +135,8 @@ class Tagger:
             default_image_cache(settings.cache_dir) if use_cache is True else (use_cache or None)  # type: ignore[assignment]
         )
         self.cache_hits = self.cache_misses = 0
+        self.vector_loader = vector_loader
+        self._examples_cache: ImageEmbeddingStore | None | bool = False  # False: not opened yet
         self._encoder: ClipEncoder | None = None
         self._lanes: int | None = None
         self._forward_gate: threading.Semaphore | None = None
@@ -131,6 +146,7 @@ class Tagger:
         self._classifiers: dict[str, TaxonomyClassifier] = {}
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
+        self._compile_lock = threading.Lock()  # compiling may embed example images, which takes self._lock
         # With a cache the model waits for the first miss; the fingerprint that keys the
         # cache comes from the checkpoint's files. A Hub model not downloaded yet has none.
         self.fingerprint = model_fingerprint(self.model_name) if self.image_cache is not None else None
@@ -198,19 +214,61 @@ class Tagger:
         """The compiled taxonomy; its text embeddings are computed on first use only.
 
         They are also cached on disk (``ZSTAGGER_CACHE_DIR``), keyed by model and prompts.
+        Image sets (:meth:`image_sets`) are resolved then too; an :class:`~zstagger.errors.ExamplesError`
+        says why they cannot be.
         """
+        # Relative image paths name other files under another base: part of the key.
+        key = (taxonomy.fingerprint, taxonomy.images_base() if taxonomy.has_images else None)
         with self._lock:
-            compiled = self._classifiers.get(taxonomy.fingerprint)
+            compiled = self._classifiers.get(key)
+        if compiled is not None:
+            return compiled
+        with self._compile_lock:
+            compiled = self._classifiers.get(key)
             if compiled is None:
                 embed: Callable[[Sequence[str]], np.ndarray] = lambda prompts: self.encoder.encode_text(prompts).numpy()
                 info = self.model_info()
                 if self.settings.cache_dir:
                     embed = EmbeddingCache(self.settings.cache_dir, self.fingerprint).wrap(embed)  # type: ignore[arg-type]
                 compiled = TaxonomyClassifier.build(
-                    taxonomy, embed, logit_scale=info.logit_scale, logit_bias=info.logit_bias, uses_sigmoid=info.uses_sigmoid
+                    taxonomy, embed, logit_scale=info.logit_scale, logit_bias=info.logit_bias, uses_sigmoid=info.uses_sigmoid,
+                    image_sets=self.image_sets(taxonomy),
                 )
-                self._classifiers[taxonomy.fingerprint] = compiled
+                with self._lock:
+                    self._classifiers[key] = compiled
             return compiled
+
+    def image_sets(self, taxonomy: Taxonomy) -> ImageSets | None:
+        """The taxonomy's example, counter-example and known images as vectors for this model
+        (None when it names none): embedded in the spec, else read and embedded here."""
+        if not taxonomy.has_images:
+            return None
+        fingerprint = self.fingerprint or self.encoder.fingerprint  # a Hub model not cached yet: loaded now
+        return resolve_image_sets(taxonomy, fingerprint, self.model_name, self.embed_images, self.vector_loader)
+
+    def embed_images(
+        self, images: Sequence[ImageInput], progress: Callable[[int], None] | None = None
+    ) -> list[np.ndarray | ImageLoadError]:
+        """Each image's unit embedding, or the error it met, in order; with the same loading
+        (limits, URL policy) as tagging, through the image-embedding cache of
+        ``ZSTAGGER_CACHE_DIR`` (the tagger's own when it has one), so that example images are
+        encoded once per model. ``progress(n)`` is told how many images each batch did."""
+        cache = self._images_cache()
+        out: list[np.ndarray | ImageLoadError] = []
+        for refs, embeds, errors in self.embed_batches(images, cache=cache):
+            vectors = iter(embeds if embeds is not None else [])
+            out.extend(error if error is not None else next(vectors) for error in errors)
+            if progress is not None:
+                progress(len(refs))
+        return out
+
+    def _images_cache(self) -> ImageEmbeddingStore | None:
+        if self.image_cache is not None:
+            return self.image_cache
+        with self._lock:
+            if self._examples_cache is False:
+                self._examples_cache = default_image_cache(self.settings.cache_dir)
+            return self._examples_cache  # type: ignore[return-value]
 
     # -- tagging ----------------------------------------------------------------------
 
@@ -279,6 +337,8 @@ class Tagger:
                 tags=c.tags,
                 verdict=c.verdict,
                 provenance=provenance,
+                matches=[KnownImageMatch(label=label, image=image, cosine=cos) for label, image, cos in c.matches]
+                if c.matches else None,
             ))
         return out
 
@@ -306,14 +366,15 @@ class Tagger:
         return lanes
 
     def embed_batches(
-        self, images: Iterable[ImageInput], batch_size: int | None = None
+        self, images: Iterable[ImageInput], batch_size: int | None = None, *, cache: Any = _OWN,
     ) -> Iterator[tuple[list[ImageInput], np.ndarray | None, list[ImageLoadError | None]]]:
         """Load, preprocess and encode images in batches, keeping every stage busy.
 
         Decoding runs in the loader threads, ahead of the encoder lanes; up to ``lanes``
         batches are encoded at once. Yields ``(refs, embeddings, errors)`` per batch, in
         input order: ``embeddings`` has one row per ref whose error is None (None when
-        no image of the batch could be read).
+        no image of the batch could be read). ``cache``: another image-embedding cache to
+        use than the tagger's own (whose hits and misses :meth:`cache_stats` counts), or None.
         """
         loader, encoders = self._pools()
         source = iter(images)
@@ -324,8 +385,8 @@ class Tagger:
         def submit_next() -> None:
             batch = next(batches, None)
             if batch:
-                loads = [(ref, loader.submit(self.prepare, ref)) for ref in batch]
-                in_flight.append(encoders.submit(self._encode_batch, loads))
+                loads = [(ref, loader.submit(self.prepare, ref, cache)) for ref in batch]
+                in_flight.append(encoders.submit(self._encode_batch, loads, cache))
 
         for _ in range(self.lanes + _PREFETCH_BATCHES - 1):
             submit_next()
@@ -346,7 +407,7 @@ class Tagger:
             return {"hits": self.cache_hits, "misses": self.cache_misses}
 
     def _encode_batch(
-        self, loads: list[tuple[ImageInput, Future]]
+        self, loads: list[tuple[ImageInput, Future]], cache: Any = _OWN
     ) -> tuple[list[ImageInput], np.ndarray | None, list[ImageLoadError | None]]:
         refs, errors, ready = [], [], []
         for ref, future in loads:
@@ -355,39 +416,42 @@ class Tagger:
             errors.append(prepared if isinstance(prepared, ImageLoadError) else None)
             if not isinstance(prepared, ImageLoadError):
                 ready.append(prepared)
-        return refs, (self.embed_prepared(ready) if ready else None), errors
+        return refs, (self.embed_prepared(ready, cache) if ready else None), errors
 
-    def embed_prepared(self, ready: Sequence[Prepared]) -> np.ndarray:
+    def embed_prepared(self, ready: Sequence[Prepared], cache: Any = _OWN) -> np.ndarray:
         """Embeddings for images from :meth:`prepare`, one row each, in order: cached ones as
         they are, the others in one forward pass (stored in the image cache, if any)."""
+        cache = self.image_cache if cache is _OWN else cache
         todo = [p for p in ready if p.vector is None]
         if todo:
             encoder = self.encoder
             with self._forward_gate:  # type: ignore[union-attr]
                 embeds = encoder.encode_images(np.stack([p.pixels for p in todo])).numpy()
-            if self.image_cache is not None:
-                self.image_cache.put_many([(p.key, e) for p, e in zip(todo, embeds) if p.key is not None])
+            if cache is not None:
+                cache.put_many([(p.key, e) for p, e in zip(todo, embeds) if p.key is not None])
                 # What a later hit will read back, so cached and fresh runs give the same scores.
                 embeds = normalize(to_fp16(embeds).astype(np.float32))
             for p, e in zip(todo, embeds):
                 p.vector = e
         hashed = [p.hashed for p in ready if p.hashed is not None]
         if hashed:  # local files read and hashed: their digests, for the next run
-            self.image_cache.remember_digests(hashed)  # type: ignore[union-attr]
-        if self.image_cache is not None:
+            cache.remember_digests(hashed)  # type: ignore[union-attr]
+        if cache is not None and cache is self.image_cache:
             with self._lock:
                 self.cache_misses += len(todo)
                 self.cache_hits += len(ready) - len(todo)
         return np.stack([p.vector for p in ready])
 
-    def prepare(self, ref: ImageInput) -> Prepared | ImageLoadError:
+    def prepare(self, ref: ImageInput, cache: Any = _OWN) -> Prepared | ImageLoadError:
         """In a loader thread: the cached embedding, or model-ready pixels, or the error
-        (never raises for one image's problem; see :meth:`embed_prepared`)."""
-        if self.image_cache is None or isinstance(ref, Image.Image):
+        (never raises for one image's problem; see :meth:`embed_prepared`). ``cache``:
+        another image-embedding cache than the tagger's own, or None."""
+        cache = self.image_cache if cache is _OWN else cache
+        if cache is None or isinstance(ref, Image.Image):
             pixels = _or_error(self._pixels, ref)
             return pixels if isinstance(pixels, ImageLoadError) else Prepared(None, pixels=pixels)
         path = os.fspath(ref) if isinstance(ref, (str, os.PathLike)) and not is_url(ref) else None
-        st, hit = self._unchanged_file_hit(path) if path is not None else (None, None)
+        st, hit = self._unchanged_file_hit(path, cache) if path is not None else (None, None)
         if hit is not None:
             return hit
         data = _or_error(read_image_bytes, ref, self.image_policy)
@@ -395,17 +459,17 @@ class Tagger:
             return data
         key = self._key(hashlib.sha256(data).hexdigest())
         hashed = (path, st, key.sha256) if st is not None else None
-        cached = self.image_cache.get_many([key]).get(key)
+        cached = cache.get_many([key]).get(key)
         if cached is not None:
             return Prepared(key, vector=normalize(cached), hashed=hashed)
         pixels = _or_error(self._pixels, data)
         return pixels if isinstance(pixels, ImageLoadError) else Prepared(key, pixels=pixels, hashed=hashed)
 
-    def _unchanged_file_hit(self, path: str) -> tuple[os.stat_result | None, Prepared | None]:
+    def _unchanged_file_hit(self, path: str, cache: ImageEmbeddingStore) -> tuple[os.stat_result | None, Prepared | None]:
         """A local file the cache hashed before and that is unchanged since: its embedding,
         without reading the file (stores with a digest index only). Also its stat, taken
         before any read, for recording its digest."""
-        index = getattr(self.image_cache, "file_digest", None)
+        index = getattr(cache, "file_digest", None)
         if index is None:
             return None, None
         try:
@@ -416,7 +480,7 @@ class Tagger:
         if digest is None:
             return st, None
         key = self._key(digest)
-        cached = self.image_cache.get_many([key]).get(key)  # type: ignore[union-attr]
+        cached = cache.get_many([key]).get(key)
         return st, (Prepared(key, vector=normalize(cached)) if cached is not None else None)
 
     def _key(self, digest: str) -> EmbeddingKey:
@@ -443,6 +507,8 @@ class Tagger:
             self._pool = self._encoders = None
         if self._owns_cache and hasattr(self.image_cache, "close"):
             self.image_cache.close()  # type: ignore[union-attr]
+        if self._examples_cache not in (False, None) and hasattr(self._examples_cache, "close"):
+            self._examples_cache.close()  # type: ignore[union-attr]
 
     def __enter__(self) -> Tagger:
         return self

@@ -20,6 +20,7 @@ from .celery_app import TASK_NAME, app_for
 from .messages import encode_ref
 from .notify import FINAL_STATES, job_finished
 from .store import JobStore, QueueUnavailableError, check_job_id, connect, new_job_id, redis_failure
+from .vectors import read_packs, spec_for_workers
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -223,13 +224,14 @@ def enqueue(
     encoded = [encode_ref(ref, settings.max_upload_bytes) for ref in iter_inputs(images)]
     if not encoded:
         raise ConfigurationError("nothing to enqueue: no images in the inputs")
+    packs = read_packs(spec)  # embedded image vectors: read (and checked to be there) before anything is written
 
     store = open_store(settings)
     job_id = check_job_id(job_id) if job_id is not None else new_job_id()
     expires_at = int(time.time() + settings.result_ttl)
     chunks = [[[i, ref] for i, ref in enumerate(encoded[start : start + chunk_size], start)]
               for start in range(0, len(encoded), chunk_size)]
-    spec_json = spec.model_dump(mode="json")
+    spec_json = _reachable(settings, lambda: spec_for_workers(spec, packs, store.redis, expires_at))
     _reachable(settings, lambda: store.create(
         job_id, len(encoded), expires_at, chunks=len(chunks), queue=queue, taxonomy=spec.name, fingerprint=spec.fingerprint,
         **notify,

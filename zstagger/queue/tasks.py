@@ -18,7 +18,7 @@ import redis
 from celery.exceptions import Reject
 from kombu.exceptions import OperationalError
 
-from ..errors import ZstaggerError
+from ..errors import ExamplesError, ZstaggerError
 from ..results import TagResult
 from ..settings import Settings
 from ..taxonomy import Taxonomy
@@ -140,7 +140,16 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
     # Split the chunk so that every encoder lane gets a share of it.
     share = max(1, -(-len(pending) // tagger.lanes))
     started = time.perf_counter()
-    results = tagger.tag([decode_ref(ref) for _, ref in pending], taxonomy=spec, top_k=chunk.top_k, batch_size=share) if pending else []
+    refs = [decode_ref(ref) for _, ref in pending]
+    try:  # compiled once per process; its image vectors may have to be read from Redis
+        _with_redis(lambda: tagger.classifier(spec), "reading the taxonomy's image vectors", settings)
+    except ExamplesError as exc:  # never tag with text alone when the images cannot be had: say so per input
+        log.error("zstagger: taxonomy %s cannot be used here: %s", spec.name, exc)
+        provenance = tagger.provenance(spec)
+        results = [TagResult.failed(describe(ref), spec.name, "examples_unavailable", str(exc), provenance=provenance)
+                   for ref in refs]
+    else:
+        results = tagger.tag(refs, taxonomy=spec, top_k=chunk.top_k, batch_size=share) if pending else []
     seconds = time.perf_counter() - started
 
     final: list[tuple[int, TagResult]] = []
