@@ -22,7 +22,11 @@ WORKER_PYTHON = os.environ.get("ZSTAGGER_TEST_WORKER_PYTHON")
 
 
 def cli(*args, env):
-    exe = shutil.which("zstagger") or os.path.join(os.path.dirname(sys.executable), "zstagger")
+    # The producer venv's own command: CI runs this file with the full install's venv still
+    # activated, so the first `zstagger` on PATH would be the one that has torch.
+    exe = os.path.join(os.path.dirname(sys.executable), "zstagger")
+    if not os.path.exists(exe):
+        exe = shutil.which("zstagger")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
     return subprocess.run([exe, *args], env={**clean, **env}, capture_output=True, text=True, timeout=120)
 
@@ -60,9 +64,9 @@ def test_producing_and_following_a_job_without_torch(tmp_path):
                 [WORKER_PYTHON, "-m", "zstagger.cli", "worker", "-n", "full@%h", "--pool", "solo"],
                 env={**os.environ, **env, "ZSTAGGER_MODEL": os.environ["ZSTAGGER_TEST_MODEL"],
                      "ZSTAGGER_METRICS_PORT": "0"},
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-            got = cli("results", job_id, "--wait", "--timeout", "120", env=env)
-            assert got.returncode == 0, got.stderr
+                stdout=subprocess.DEVNULL, stderr=open(tmp_path / "worker.log", "w"), start_new_session=True)
+            got = cli("results", job_id, "--wait", "--timeout", "100", env=env)
+            assert got.returncode == 0, got.stderr + (tmp_path / "worker.log").read_text()[-3000:]
             assert [json.loads(line)["image"] for line in got.stdout.splitlines()] == images
     finally:
         if worker is not None:
