@@ -23,6 +23,15 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300, cwd: Path | None = None):
+    """`zstagger ARGS` as a user runs it, with no ZSTAGGER_* setting but ``env``'s."""
+    exe = shutil.which("zstagger")
+    cmd = [exe, *args] if exe else [sys.executable, "-m", "zstagger.cli", *args]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+    full_env.update(env or {})
+    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, check=False, cwd=cwd)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -247,3 +256,102 @@ def _postgres_tool(name: str) -> str:
     if not candidates:
         raise RuntimeError("PostgreSQL is not installed (apt-get install postgresql); the embedding store tests need it")
     return str(candidates[-1])
+
+
+class ApiServer:
+    """`zstagger serve` on a free loopback port, as its own process group."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, args: tuple[str, ...] = ()):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"serve-{self.port}.log"
+        exe = shutil.which("zstagger")
+        cmd = [exe] if exe else [sys.executable, "-m", "zstagger.cli"]
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+        full_env.update(env)
+        full_env["ZSTAGGER_PORT"] = str(self.port)
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([*cmd, "serve", "--log-level", "warning", *args], env=full_env, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text()
+
+    def wait_ready(self, timeout: float = 120) -> ApiServer:
+        import httpx
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"zstagger serve exited ({self.proc.returncode}):\n{self.output()}")
+            try:
+                return httpx.get(self.url + "/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, timeout, "zstagger serve to load its model", interval=0.2)
+        return self
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.log.close()
+        return self.proc.returncode
+
+
+class WebhookReceiver:
+    """A webhook endpoint on 127.0.0.1 that checks signatures and de-duplicates by event id,
+    as a receiver should. ``answers`` are the status codes to give, in turn (then 200);
+    ``hold`` seconds are waited before answering the first request (so a worker can be
+    killed mid-delivery)."""
+
+    def __init__(self, secret: str, answers: tuple[int, ...] = (), hold: float = 0.0):
+        from zstagger import verify_webhook
+
+        receiver = self
+        self.deliveries: list[dict] = []  # every request, valid or not
+        self.events: dict[str, dict] = {}  # processed once per event id
+        self.answers = list(answers)
+        self.hold = hold
+        self.lock = threading.Lock()
+        self.first_request = threading.Event()  # set as soon as a delivery arrives (before any hold)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                import json
+
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with receiver.lock:
+                    first = not receiver.deliveries
+                    answer = receiver.answers.pop(0) if receiver.answers else 200
+                receiver.first_request.set()
+                if first and receiver.hold:
+                    time.sleep(receiver.hold)
+                try:
+                    event_id = verify_webhook(secret, dict(self.headers), body)
+                    valid = True
+                except Exception as exc:  # noqa: BLE001
+                    event_id, valid, answer = str(exc), False, 400
+                with receiver.lock:
+                    receiver.deliveries.append({"event_id": event_id, "valid": valid, "answer": answer})
+                    if valid and answer == 200 and event_id not in receiver.events:
+                        receiver.events[event_id] = json.loads(body)
+                self.send_response(answer)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()

@@ -10,7 +10,7 @@ import pytest
 
 from zstagger.testing import sample_image
 
-SCHEMA_KEYS = ["image", "taxonomy", "scores", "tags", "verdict", "error"]
+SCHEMA_KEYS = ["image", "taxonomy", "scores", "tags", "verdict", "error", "provenance"]
 
 
 def command(*args):
@@ -46,6 +46,14 @@ def test_tag_directory_with_a_taxonomy_prints_jsonl_in_input_order(image_dir, ti
         assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
         assert all(set(s) == {"label", "score", "cosine"} for s in record["scores"])
         assert "safe" not in {s["label"] for s in record["scores"]}  # background: a rival, not a result
+    from zstagger.engine.locate import model_fingerprint
+    from zstagger.registry import get_taxonomy
+
+    moderation = get_taxonomy("moderation")
+    assert records[0]["provenance"] == {  # auditable later: exactly which weights and which spec
+        "model": str(tiny_model_dir), "model_fingerprint": model_fingerprint(str(tiny_model_dir)),
+        "taxonomy_version": moderation.version, "taxonomy_fingerprint": moderation.fingerprint,
+        "preprocessing": "fast", "source": "image"}
 
 
 def test_labels_template_top_k_and_stdin(image_dir, tiny_model_dir):

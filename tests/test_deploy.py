@@ -30,7 +30,7 @@ def yaml_docs(path):
 
 def test_every_manifest_parses():
     compose = yaml_docs(DEPLOY / "compose.yaml")[0]
-    assert {"redis", "worker-interactive", "worker-bulk", "flower"} <= set(compose["services"])
+    assert {"redis", "worker-interactive", "worker-bulk", "flower", "api"} <= set(compose["services"])
     kinds = [doc["kind"] for path in (DEPLOY / "k8s").glob("*.yaml") for doc in yaml_docs(path)]
     for kind in ("Deployment", "StatefulSet", "Service", "ConfigMap", "ScaledObject", "TriggerAuthentication", "Kustomization"):
         assert kind in kinds
@@ -223,6 +223,64 @@ def test_ready_worker_health_and_metrics_after_a_real_job(redis_server, tiny_mod
     assert gone.returncode == 1  # a stopped worker is not ready at once (heartbeat removed)
 
 
+def test_the_api_unit_and_manifests_serve_for_real(tiny_model_dir, tmp_path):
+    """deploy/systemd/zstagger-api.service's ExecStart with api.env.example's settings becomes
+    ready, tags with a key, and stops on SIGTERM as the unit expects; the Kubernetes and
+    Compose probes name routes that exist."""
+    import httpx
+
+    from zstagger.service.auth import hash_key, new_key
+
+    unit = (DEPLOY / "systemd" / "zstagger-api.service").read_text()
+    directives = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
+    argv = shlex.split(directives["ExecStart"])
+    assert argv[0] == "/opt/zstagger/bin/zstagger"
+    import shutil
+    import sys
+
+    exe = shutil.which("zstagger")  # installed here in the test environment instead of /opt/zstagger
+    argv = [*([exe] if exe else [sys.executable, "-m", "zstagger.cli"]), *argv[1:]]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+    for line in (DEPLOY / "systemd" / "api.env.example").read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            env[key] = value
+    key = new_key()
+    port = free_port()
+    env.update({"ZSTAGGER_MODEL": str(tiny_model_dir), "ZSTAGGER_API_KEYS": hash_key(key), "ZSTAGGER_PORT": str(port)})
+    del env["ZSTAGGER_REDIS_URL"]  # sync tagging needs no Redis
+    log = open(tmp_path / "api.log", "w")
+    proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def ready():
+            try:
+                return httpx.get(base + "/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, 120, "the API unit to be ready")
+        sample_image(1).save(tmp_path / "one.png")
+        tagged = httpx.post(base + "/v1/tag", headers={"Authorization": f"Bearer {key}"}, data={"labels": "a,b"},
+                            files={"images": ("one.png", (tmp_path / "one.png").read_bytes())}, timeout=60)
+        assert tagged.status_code == 200 and tagged.json()["results"][0]["error"] is None
+        probes = set()
+        for doc in yaml_docs(DEPLOY / "k8s" / "api.yaml"):
+            for container in doc.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+                probes |= {container[p]["httpGet"]["path"] for p in ("startupProbe", "livenessProbe", "readinessProbe")}
+        compose_check = yaml_docs(DEPLOY / "compose.yaml")[0]["services"]["api"]["healthcheck"]["test"][-1]
+        probes.add(re.search(r"127\.0\.0\.1:8000(/\w+)", compose_check).group(1))
+        for path in probes:
+            assert httpx.get(base + path, timeout=5).status_code == 200, path
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(int(directives["TimeoutStopSec"]))
+        assert code == 0 or (code == -signal.SIGTERM and directives["SuccessExitStatus"] == "SIGTERM"), code
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
 def test_systemd_unit_starts_serves_and_stops_cleanly(redis_server, tiny_model_dir, tmp_path):
     unit = (DEPLOY / "systemd" / "zstagger-worker@.service").read_text()
     directives = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
@@ -269,10 +327,13 @@ def test_settings_never_print_secrets():
 
     from pydantic import SecretStr
 
-    class WithSecret(Settings):  # how a future secret (webhook secret, API key) is declared
-        webhook_secret: SecretStr = SecretStr("do-not-print")
+    class WithSecret(Settings):  # how a future secret is declared
+        another_secret: SecretStr = SecretStr("do-not-print")
 
     assert "do-not-print" not in WithSecret().model_dump_json() and "do-not-print" not in repr(WithSecret())
+    hooked = run("settings", env={"ZSTAGGER_WEBHOOK_SECRET": "hook-secret-value"})
+    assert hooked.returncode == 0 and "hook-secret-value" not in hooked.stdout
+    assert json.loads(hooked.stdout)["webhook_secret"] == "**********"
 
 
 def listening_addresses(port):

@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from harness import run_cli
 
 from zstagger import Label, Taxonomy
 from zstagger.classifier import TaxonomyClassifier
@@ -26,11 +27,7 @@ LABELS = ["explicit_nudity", "firearms", "drugs", "alcohol"]
 
 
 def zstagger(*args, env=None, timeout=300):
-    exe = shutil.which("zstagger")
-    cmd = [exe, *args] if exe else [sys.executable, "-m", "zstagger.cli", *args]
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
-    full_env.update(env or {})
-    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, check=False)
+    return run_cli(*args, env=env, timeout=timeout)
 
 
 # -- metrics on hand-made cases (no model) --------------------------------------------------------
@@ -304,7 +301,12 @@ def test_calibrate_writes_a_taxonomy_whose_held_out_figures_check_out(labelled, 
     assert "too few positives (< 10) to calibrate, thresholds kept: suggestive" in result.stderr
     report = json.loads(result.stdout)
     spec = yaml.safe_load(out.read_text())
-    assert spec["name"] == "moderation-calibrated" and spec["version"] == "1.1" and spec["calibration"]["source"] == "moderation@1.0"
+    from zstagger.evaluation.calibrate import bump_version
+    from zstagger.registry import get_taxonomy
+
+    source = get_taxonomy("moderation").version  # the calibrated file carries the next version
+    assert spec["name"] == "moderation-calibrated" and spec["version"] == bump_version(source) != source
+    assert spec["calibration"]["source"] == f"moderation@{source}"
     # the written file loads through ZSTAGGER_TAXONOMY_PATH
     shown = zstagger("taxonomies", "show", "moderation-calibrated", "--json", env={**env, "ZSTAGGER_TAXONOMY_PATH": str(out.parent)})
     assert shown.returncode == 0, shown.stderr

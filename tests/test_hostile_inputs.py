@@ -497,6 +497,10 @@ def test_a_worker_records_fifos_and_odd_names_and_refuses_bad_specs(tmp_path, ti
         spec = {"name": "x", "templates": ["{:>300000000}"], "labels": [{"name": "a"}, {"name": "b"}]}
         app_for(settings).send_task(TASK_NAME, args=(job_id, [[0, os.fsdecode(cafe)]], spec), queue="bulk")
         wait_for(lambda: "only a bare '{}'" in worker.output(), 60, "the worker to refuse the spec")
+        refused = zstagger("results", job_id, "--wait", "--timeout", "60", env=env, timeout=90)
+        assert refused.returncode == 1  # the job finished: its input is an error record saying why
+        record = records(refused.stdout)[0]
+        assert record["error"]["type"] == "invalid_taxonomy" and "only a bare '{}'" in record["error"]["message"]
         again = zstagger("enqueue", later, "--labels", "a,b", env=env, timeout=60)
         job_id = again.stdout.decode().strip()
         done = zstagger("results", job_id, "--wait", "--timeout", "60", env=env, timeout=90)

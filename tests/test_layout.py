@@ -9,9 +9,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "zstagger"
 
 # Lower numbers are deeper. A module may import its own layer and the ones below it, never above.
 LAYERS = {
-    "errors": 0, "settings": 0, "results": 0, "files": 0,
+    "errors": 0, "settings": 0, "results": 0, "files": 0, "extras": 0,
     "engine": 1,
-    "taxonomy": 2, "hookspecs": 2, "plugins": 2, "registry": 2, "builtin": 2, "images": 2, "synthetic": 2, "embedding_cache": 2,
+    "taxonomy": 2, "hookspecs": 2, "plugins": 2, "registry": 2, "builtin": 2, "images": 2, "synthetic": 2, "embedding_cache": 2, "fewshot": 2,
     "store": 2,  # below the tagger, which opens it from ZSTAGGER_STORE; what reads it to re-tag is "catalogue"
     "classifier": 3,
     "tagger": 4,
@@ -43,7 +43,10 @@ def internal_imports(path: Path, parts: tuple[str, ...]):
                 target = [*base, *(node.module.split(".") if node.module else [])]
                 if not node.module:  # from . import x, y
                     for alias in node.names:
-                        yield node.lineno, ([*target, alias.name] or [None])[0]
+                        name = ([*target, alias.name] or [None])[0]
+                        # `from .. import __version__`: the package root, not an area
+                        yield node.lineno, None if not target and not (PACKAGE / name).exists() and not (
+                            PACKAGE / f"{name}.py").exists() else name
                     continue
                 yield node.lineno, target[0] if target else None
             elif node.module and node.module.split(".")[0] == "zstagger":

@@ -395,7 +395,6 @@ def test_task_messages_with_malformed_arguments_are_refused(redis_server, worker
         ((job.id, [[0]], spec), {}),
         ((job.id, [[0, 42]], spec), {}),
         ((job.id, [[0, {"b64": "!!"}]], spec), {}),
-        ((job.id, [[0, path]], {"labels": "not a taxonomy"}), {}),
         ((job.id, [[0, path]], "nope"), {}),
         ((job.id, [[0, path]], spec), {"top_k": "many"}),
         ((job.id, [[0, path]], spec), {"expires_at": "soon"}),
@@ -405,8 +404,12 @@ def test_task_messages_with_malformed_arguments_are_refused(redis_server, worker
         ((42, [[0, path]], spec), {}),
         ((job.id,), {}),
     ]
+    # A well-formed chunk whose spec no worker can use (a forged one, or from a newer
+    # producer): its inputs become error records saying so, and that job finishes.
+    other = enqueue([path], labels=["a", "b"], queue="nobody", settings=settings)
+    bad_spec = ((other.id, [[0, path]], {"labels": "not a taxonomy"}), {})
     app = app_for(settings)
-    for args, kwargs in poisoned:
+    for args, kwargs in [*poisoned, bad_spec]:
         app.send_task(TASK_NAME, args=args, kwargs=kwargs, queue="bulk")
     client = redis_server.client()
     worker = workers("wary").wait_ready()
@@ -415,6 +418,9 @@ def test_task_messages_with_malformed_arguments_are_refused(redis_server, worker
     assert job.status() == {"job_id": job.id, "state": "done", "total": 1, "done": 1, "failed": 0, "pending": 0}
     assert client.hkeys(f"zstagger:job:{job.id}:results") == [b"0"]
     assert worker.output().count("refused a malformed chunk") == len(poisoned)
+    assert worker.output().count("refused the taxonomy spec") == 1
+    refused = other.results()[0]
+    assert other.status()["state"] == "done" and refused.error.type == "invalid_taxonomy"
     assert worker.alive()
     assert [r.image for r in job.results()] == [path]
 

@@ -149,34 +149,38 @@ def test_a_plain_tagger_does_not_open_a_store_unless_set(tiny_model_dir, clean_e
 def test_result_lines_are_what_json_dumps_writes_for_the_result():
     import re
 
-    from zstagger.results import LabelScore, TagResult, _finite, format_results
+    from zstagger.results import KnownImageMatch, LabelScore, Provenance, TagResult, _finite, format_results
 
     def dumped(result):  # the serializer before it took plain values: json.dumps of the model, surrogates escaped
-        data = {k: v for k, v in result.model_dump(mode="json").items() if k != "source" or v is not None}
-        text = json.dumps(_finite(data), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        text = json.dumps(_finite(result.model_dump(mode="json")), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         return re.sub("[\ud800-\udfff]", lambda m: f"\\u{ord(m.group()):04x}", text)
 
+    stored = Provenance(model="m/\u00e9", model_fingerprint="ab", taxonomy_version="1.0", taxonomy_fingerprint="cd",
+                        source="store")
     odd = [1e-05, 0.1, 1.0, 0.0, -0.0, 3.4028234663852886e+38, 1 / 3, float("nan"), float("inf"), 2.5e-310]
     results = [
         TagResult(image="caf\u00e9/na\udcffme \"q\" \\ \u2603.jpg", taxonomy="t\u00e4x",
                   scores=[LabelScore(label=f"l\u00e9{i}", score=v, cosine=-v) for i, v in enumerate(odd)],
                   tags=["l\u00e90"], verdict="block"),
-        TagResult(image="plain.jpg", taxonomy="t\u00e4x", source="store"),
-        TagResult.failed("gone\udcfe.jpg", "t\u00e4x", "not_found", "no such file: gone\udcfe.jpg"),
+        TagResult(image="plain.jpg", taxonomy="t\u00e4x", provenance=stored,
+                  matches=[KnownImageMatch(label="l\u00e90", image="k\udcfe.jpg", cosine=0.97)]),
+        TagResult.failed("gone\udcfe.jpg", "t\u00e4x", "not_found", "no such file: gone\udcfe.jpg", provenance=stored),
     ]
     for r in results:
         assert r.to_json() == dumped(r)
         json.loads(r.to_json())  # valid JSON, valid UTF-8
     assert TagResult.from_json(results[2].to_json()) == results[2]
+    assert TagResult.from_json(results[1].to_json()) == results[1]
+    assert '"matches"' not in results[0].to_json() and '"matches"' in results[1].to_json()
     first = results[0]
     names = [s.label for s in first.scores]
     order = np.array([list(range(len(names))), list(reversed(range(len(names))))])
     values = np.array([s.score for s in first.scores])
     page = format_results([first.image, "b.jpg"], first.taxonomy, names, order, values[order], -values[order], [[0], []],
-                          [first.verdict, None], extra={"source": "store"})
-    second = TagResult(image="b.jpg", taxonomy=first.taxonomy, scores=[first.scores[i] for i in order[1]], source="store")
-    assert page == [first.to_json()[:-1] + ',"source":"store"}', second.to_json()]
-    assert '"source"' not in first.to_json() and results[1].to_json().endswith(',"source":"store"}')
+                          [first.verdict, None], provenance=stored, matches=[None, [("l\u00e90", "k\udcfe.jpg", 0.97)]])
+    second = TagResult(image="b.jpg", taxonomy=first.taxonomy, scores=[first.scores[i] for i in order[1]], provenance=stored,
+                       matches=results[1].matches)
+    assert page == [first.model_copy(update={"provenance": stored}).to_json(), second.to_json()]
 
 
 def test_retag_writes_what_tag_wrote_and_matches_plain_tagging_within_fp16(env, tmp_path, capsys):
@@ -185,10 +189,12 @@ def test_retag_writes_what_tag_wrote_and_matches_plain_tagging_within_fp16(env, 
     tagged = zstagger("tag", *paths, "-t", "moderation", "--format", "jsonl", env=env)
     retagged = zstagger("retag", "-t", "moderation", "--format", "jsonl", env=env)
     assert tagged.returncode == retagged.returncode == 0, retagged.stderr
-    # Byte for byte the line `zstagger tag` wrote with the same model, preprocessing and store, plus the source.
-    assert retagged.stdout.splitlines() == [line[:-1] + ',"source":"store"}' for line in tagged.stdout.splitlines()]
+    # Byte for byte the line `zstagger tag` wrote with the same model, preprocessing and store, but for the source.
+    image_source, store_source = '"source":"image"}}', '"source":"store"}}'
+    assert all(line.endswith(image_source) for line in tagged.stdout.splitlines())
+    assert retagged.stdout.splitlines() == [line[:-len(image_source)] + store_source for line in tagged.stdout.splitlines()]
     stored = [json.loads(line) for line in retagged.stdout.splitlines()]
-    assert [r["image"] for r in stored] == paths and all(r["source"] == "store" for r in stored)
+    assert [r["image"] for r in stored] == paths and all(r["provenance"]["source"] == "store" for r in stored)
     # Against tagging without a store (fp32 embeddings, never rounded): only fp16 rounding apart.
     gap = max(abs(a["score"] - b["score"]) for x, y in zip(plain, stored)
               for a, b in zip(sorted(x["scores"], key=lambda s: s["label"]), sorted(y["scores"], key=lambda s: s["label"])))
@@ -208,8 +214,9 @@ def test_retag_hierarchical_single_label_through_the_python_api(env, tiny_model_
     store = open_store(settings.store)
     with Tagger(str(tiny_model_dir), settings=settings, image_cache=ReadOnly(store)) as reader:
         again = list(retag(open_catalogue(store, reader), reader.resolve("ecommerce"), top_k=5))
-    assert [r.model_dump(exclude={"source"}) for r in again] == [r.model_dump(exclude={"source"}) for r in direct]
-    assert {r.source for r in again} == {"store"}
+    same = {"provenance": {"source"}}
+    assert [r.model_dump(exclude=same) for r in again] == [r.model_dump(exclude=same) for r in direct]
+    assert {r.provenance.source for r in again} == {"store"} and {r.provenance.source for r in direct} == {"image"}
 
 
 def test_retag_loads_no_model_when_the_text_side_is_cached(env, tmp_path):

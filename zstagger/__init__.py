@@ -41,6 +41,7 @@ _LAZY = {
     "evaluate": "zstagger.evaluation",
     "calibrate": "zstagger.evaluation",
     "Job": "zstagger.queue.client",
+    "verify_webhook": "zstagger.queue.signing",
 }
 
 if TYPE_CHECKING:
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from .plugins import load_plugins
     from .registry import get_taxonomy, registered_taxonomies, resolve_taxonomy
     from .queue.client import Job, enqueue
+    from .queue.signing import verify_webhook
     from .settings import Settings
     from .tagger import Tagger
 
@@ -66,5 +68,5 @@ __all__ = [
     "ClipEncoder", "ConfigurationError", "ErrorInfo", "Job", "calibrate", "enqueue", "evaluate", "ImageLoadError", "ImagePolicy", "Label", "LabelScore",
     "ModelLoadError", "ModelNotFoundError", "PluginError", "Settings", "TagResult", "Tagger", "Taxonomy",
     "TaxonomyError", "UnknownTaxonomyError", "ZstaggerError", "get_taxonomy", "hookimpl", "load_plugins",
-    "registered_taxonomies", "resolve_taxonomy", "__version__",
+    "registered_taxonomies", "resolve_taxonomy", "verify_webhook", "__version__",
 ]

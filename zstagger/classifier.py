@@ -3,6 +3,12 @@
 :class:`TaxonomyClassifier` turns a :class:`~zstagger.taxonomy.Taxonomy` into an engine
 :class:`~zstagger.engine.ScoringPlan` (prompt-ensembled label embeddings, competitor
 structure, hierarchy) and turns scores into tags and a moderation verdict.
+
+With image sets (:class:`~zstagger.fewshot.ImageSets`): example images are combined with
+the text as the taxonomy's ``few_shot`` says (:mod:`zstagger.engine.fewshot`),
+counter-examples become competitors of their label, and known images are matched: a
+label fires when an image is within its ``match_threshold`` of one of them. A label given
+only known images takes no part in scoring; its score is its best cosine to them.
 """
 
 from __future__ import annotations
@@ -12,19 +18,46 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .engine.fewshot import NEUTRAL, ImageEvidence, best_matches, blend_prototypes
 from .engine.scoring import ScoringPlan, ensemble
-from .taxonomy import ACTION_SEVERITY, Taxonomy
+from .errors import ExamplesError
+from .fewshot import ImageSets
+from .taxonomy import ACTION_SEVERITY, FewShot, Taxonomy
 
 _ACTION_OF = {severity: action for action, severity in ACTION_SEVERITY.items()}
 
 
 @dataclass(frozen=True)
 class Classification:
-    """Scores for one image: (label, score, cosine) sorted best first, plus tags and verdict."""
+    """Scores for one image: (label, score, cosine) sorted best first, plus tags and verdict;
+    ``matches``: (label, known image, cosine) for each label fired by a known image."""
 
     scores: list[tuple[str, float, float]]
     tags: list[str]
     verdict: str | None
+    matches: list[tuple[str, str, float]] | None = None
+
+
+@dataclass(frozen=True)
+class BatchScores:
+    """A batch scored against every label of the taxonomy (columns in taxonomy order)."""
+
+    scores: np.ndarray  # (B, L) float64
+    cosines: np.ndarray  # (B, L) float64
+    matched: np.ndarray  # (B, L) bool: a known image is within the label's match_threshold
+    match_rows: np.ndarray  # (B, K): per known-image label, the closest known image (its row)
+    match_cosines: np.ndarray  # (B, K): and its cosine
+
+
+@dataclass
+class KnownImages:
+    """Every label's known images as one matrix; each label owns a range of rows."""
+
+    vectors: np.ndarray  # (N, D) unit rows
+    labels: list[int]  # label index of each range
+    bounds: list[tuple[int, int]]
+    names: list[str]  # one per row
+    thresholds: np.ndarray  # match_threshold of each range's label
 
 
 @dataclass
@@ -36,12 +69,21 @@ class BatchClassification:
     cosines: np.ndarray  # (N, K) float64
     tags: list[list[int]]  # label indices that became tags
     verdicts: list[str | None]
+    matches: list[list[tuple[str, str, float]] | None]  # per image: the known images it matched (see Classification)
 
 
 class TaxonomyClassifier:
-    def __init__(self, taxonomy: Taxonomy, plan: ScoringPlan):
+    def __init__(self, taxonomy: Taxonomy, plan: ScoringPlan | None, known: KnownImages | None = None,
+                 image_sets: ImageSets | None = None):
         self.taxonomy = taxonomy
         self.plan = plan
+        self.known = known
+        # Where the image sets came from ("embedded vectors" or "image files") and their sizes; not
+        # the sets themselves, so that a pack's memory goes once the plan is built.
+        self.images_from = image_sets.origin if image_sets is not None else None
+        self.image_counts: dict[str, dict[str, int]] = {}
+        for (label, kind), found in (image_sets.sets if image_sets is not None else {}).items():
+            self.image_counts.setdefault(label, {})[kind] = len(found.names)
         labels = taxonomy.labels
         self.names = [label.name for label in labels]
         self.thresholds = np.array([taxonomy.threshold_of(label) for label in labels], dtype=np.float64)
@@ -49,11 +91,14 @@ class TaxonomyClassifier:
         self.parents = _parent_indices(taxonomy)
         self.severity = [ACTION_SEVERITY[label.action or "allow"] for label in labels]
         self.has_actions = taxonomy.has_actions
+        # Plan columns are the labels that are scored; labels matched by known images alone are not.
+        self.scored = np.array([i for i, label in enumerate(labels) if not label.match_only], dtype=np.int64)
+        self.match_only = np.array([i for i, label in enumerate(labels) if label.match_only], dtype=np.int64)
         depth = _depths(self.parents)
         self.order = sorted(range(len(labels)), key=lambda i: depth[i])
         self.children: dict[int, list[int]] = {}
-        for i, parent in enumerate(self.parents):
-            self.children.setdefault(parent, []).append(i)
+        for i in self.scored.tolist():
+            self.children.setdefault(self.parents[i], []).append(i)
         # Multi-label mode reports the labels that can be tags; background labels are only rivals.
         self.reported = [i for i in range(len(labels)) if taxonomy.mode == "single" or not labels[i].background]
 
@@ -66,82 +111,140 @@ class TaxonomyClassifier:
         logit_scale: float,
         logit_bias: float | None = None,
         uses_sigmoid: bool = False,
+        image_sets: ImageSets | None = None,
     ) -> TaxonomyClassifier:
-        """Embed every prompt of the taxonomy once (``embed_texts``) and build the plan."""
-        labels = taxonomy.labels
-        label_prompts = [taxonomy.prompts_for(label) for label in labels]
-        negative_phrases = list(dict.fromkeys(n for label in labels for n in (label.negatives or taxonomy.negatives)))
+        """Embed every prompt of the taxonomy once (``embed_texts``) and build the plan.
+
+        ``image_sets``: the taxonomy's example, counter-example and known images for this
+        model (:func:`zstagger.fewshot.resolve_image_sets`); required when it names any.
+        """
+        if taxonomy.has_images and image_sets is None:
+            raise ExamplesError(f"taxonomy {taxonomy.name!r} names images: compile it with their vectors (image_sets)")
+        scored = [label for label in taxonomy.labels if not label.match_only]
+        label_prompts = [taxonomy.prompts_for(label) for label in scored]
+        negative_phrases = list(dict.fromkeys(n for label in scored for n in (label.negatives or taxonomy.negatives)))
         negative_prompts = [taxonomy.prompts_for(phrase) for phrase in negative_phrases]
         unique = list(dict.fromkeys(p for group in label_prompts + negative_prompts for p in group))
         position = {prompt: i for i, prompt in enumerate(unique)}
-        embeds = embed_texts(unique)
+        embeds = embed_texts(unique) if unique else None
+        known = _known_images(taxonomy, image_sets)
+        if embeds is None:  # every label is matched by known images alone
+            return cls(taxonomy, None, known, image_sets)
         label_embeds = ensemble(embeds, [[position[p] for p in group] for group in label_prompts])
+        few_shot = _FewShotPlan(scored, image_sets, taxonomy.few_shot or FewShot(), label_embeds.shape[1])
 
-        if uses_sigmoid:
-            plan = ScoringPlan("sigmoid", label_embeds, logit_scale, logit_bias)
-        elif taxonomy.mode == "single":
-            groups, parents = _sibling_groups(_parent_indices(taxonomy))
-            plan = ScoringPlan("softmax", label_embeds, logit_scale, groups=groups, group_parents=parents)
-        else:
-            # Rivals: ensembled negative phrases, then the background labels' own embeddings.
-            background = [i for i, label in enumerate(labels) if label.background]
-            negatives = (
-                ensemble(embeds, [[position[p] for p in group] for group in negative_prompts])
-                if negative_prompts
-                else np.zeros((0, label_embeds.shape[1]), dtype=np.float32)
-            )
-            rivals = np.concatenate([negatives, label_embeds[background]])
-            mask = np.zeros((len(labels), rivals.shape[0]), dtype=bool)
-            mask[:, len(negative_phrases):] = True  # every label also faces the background labels
-            phrase_index = {phrase: j for j, phrase in enumerate(negative_phrases)}
-            for i, label in enumerate(labels):
-                for phrase in label.negatives or taxonomy.negatives:
-                    mask[i, phrase_index[phrase]] = True
-            plan = ScoringPlan(
-                "contrastive", label_embeds, logit_scale, competitor_embeds=rivals, competitor_mask=mask
-            )
-        return cls(taxonomy, plan)
+        if uses_sigmoid or taxonomy.mode == "single":
+            label_embeds = few_shot.blend(label_embeds, few_shot.label_sets)
+            evidence = few_shot.evidence(few_shot.label_sets, [])
+            if uses_sigmoid:
+                plan = ScoringPlan("sigmoid", label_embeds, logit_scale, logit_bias, evidence=evidence)
+            else:
+                groups, parents = _sibling_groups(_parent_indices(taxonomy, scored))
+                plan = ScoringPlan("softmax", label_embeds, logit_scale, groups=groups, group_parents=parents, evidence=evidence)
+            return cls(taxonomy, plan, known, image_sets)
+
+        # Rivals: ensembled negative phrases, the background labels' own embeddings, then
+        # each label's counter-examples (its own text with their images).
+        background = [i for i, label in enumerate(scored) if label.background]
+        counters = [i for i, label in enumerate(scored) if label.negative_examples]
+        negatives = (
+            ensemble(embeds, [[position[p] for p in group] for group in negative_prompts])
+            if negative_prompts
+            else np.zeros((0, label_embeds.shape[1]), dtype=np.float32)
+        )
+        rival_text = np.concatenate([negatives, label_embeds[background], label_embeds[counters]])
+        rival_sets = ([NEUTRAL] * len(negative_phrases) + [few_shot.label_sets[i] for i in background]
+                      + [few_shot.counter_sets[i] for i in counters])
+        label_embeds, rivals = few_shot.blend(label_embeds, few_shot.label_sets), few_shot.blend(rival_text, rival_sets)
+        evidence = few_shot.evidence(few_shot.label_sets, rival_sets)
+        mask = np.zeros((len(scored), rivals.shape[0]), dtype=bool)
+        first_counter = len(negative_phrases) + len(background)
+        mask[:, len(negative_phrases):first_counter] = True  # every label also faces the background labels
+        phrase_index = {phrase: j for j, phrase in enumerate(negative_phrases)}
+        for i, label in enumerate(scored):
+            for phrase in label.negatives or taxonomy.negatives:
+                mask[i, phrase_index[phrase]] = True
+        for j, i in enumerate(counters):
+            mask[i, first_counter + j] = True
+        plan = ScoringPlan(
+            "contrastive", label_embeds, logit_scale, competitor_embeds=rivals, competitor_mask=mask, evidence=evidence
+        )
+        return cls(taxonomy, plan, known, image_sets)
+
+    def score(self, image_embeds: np.ndarray) -> BatchScores:
+        """Every label's score and cosine for a batch of unit image embeddings, and the known-image matches."""
+        images = np.asarray(image_embeds, dtype=np.float32)
+        batch, count = images.shape[0], len(self.names)
+        scores = np.zeros((batch, count), dtype=np.float64)
+        cosines = np.zeros((batch, count), dtype=np.float64)
+        if self.plan is not None:
+            plan_scores, plan_cosines = self.plan.score(images)
+            scores[:, self.scored], cosines[:, self.scored] = plan_scores, plan_cosines
+        matched = np.zeros((batch, count), dtype=bool)
+        rows = best = np.zeros((batch, 0))
+        if self.known is not None:
+            if images.shape[1] != self.known.vectors.shape[1]:
+                raise ExamplesError(f"taxonomy {self.taxonomy.name!r}: its known images are {self.known.vectors.shape[1]}-d "
+                                    f"vectors, this model's images {images.shape[1]}-d: they were embedded with another model")
+            rows, best = best_matches(images, self.known.vectors, self.known.bounds)
+            labels = np.asarray(self.known.labels, dtype=np.int64)
+            matched[:, labels] = best >= self.known.thresholds
+            only = np.isin(labels, self.match_only)
+            scores[:, labels[only]] = np.clip(best[:, only], 0.0, 1.0)
+            cosines[:, labels[only]] = best[:, only]
+        return BatchScores(scores, cosines, matched, rows, best)
 
     def classify(self, image_embeds: np.ndarray, top_k: int | None = None) -> list[Classification]:
         batch = self.classify_batch(image_embeds, top_k)
         names = self.names
         return [
             Classification(scores=[(names[i], s, c) for i, s, c in zip(ranked, scores, cosines)],
-                           tags=[names[i] for i in tags], verdict=verdict)
-            for ranked, scores, cosines, tags, verdict in zip(batch.ranked.tolist(), batch.scores.tolist(),
-                                                             batch.cosines.tolist(), batch.tags, batch.verdicts)
+                           tags=[names[i] for i in tags], verdict=verdict, matches=matches)
+            for ranked, scores, cosines, tags, verdict, matches in zip(
+                batch.ranked.tolist(), batch.scores.tolist(), batch.cosines.tolist(), batch.tags, batch.verdicts,
+                batch.matches)
         ]
 
     def classify_batch(self, image_embeds: np.ndarray, top_k: int | None = None) -> BatchClassification:
         """Score a batch and apply the taxonomy's rules to every row at once (no per-label Python)."""
-        scores_f32, cosine_f32 = self.plan.score(image_embeds)
-        scores, cosines = scores_f32.astype(np.float64), cosine_f32.astype(np.float64)
-        ranked = self._ranked(scores)
-        tags, mask = self._tags(scores, ranked)
+        batch = self.score(image_embeds)
+        ranked = self._ranked(batch.scores)
+        tags, mask = self._tags(batch.scores, ranked, batch.matched)
         shown = ranked[:, :top_k] if top_k is not None else ranked
         return BatchClassification(
             ranked=shown,
-            scores=np.take_along_axis(scores, shown, axis=1),
-            cosines=np.take_along_axis(cosines, shown, axis=1),
+            scores=np.take_along_axis(batch.scores, shown, axis=1),
+            cosines=np.take_along_axis(batch.cosines, shown, axis=1),
             tags=tags,
             verdicts=[_ACTION_OF[s] for s in self.severities(mask).tolist()] if self.has_actions else [None] * len(tags),
+            matches=[self.matches(batch, b) for b in range(len(tags))] if self.known is not None else [None] * len(tags),
         )
 
-    def tagged(self, row: np.ndarray) -> list[int]:
-        """Indices of the labels that become tags for one row of scores (thresholds applied)."""
-        return self.tag_rows(np.asarray(row, dtype=np.float64)[None, :])[0]
+    def matches(self, batch: BatchScores, b: int) -> list[tuple[str, str, float]] | None:
+        """(label, known image, cosine) for each label that image ``b`` matched, closest first; None without any."""
+        if self.known is None or not batch.matched[b].any():
+            return None
+        found = [(self.names[label], self.known.names[int(batch.match_rows[b, j])], min(1.0, float(batch.match_cosines[b, j])))
+                 for j, label in enumerate(self.known.labels) if batch.matched[b, label]]
+        return sorted(found, key=lambda m: -m[2])
 
-    def tag_rows(self, scores: np.ndarray) -> list[list[int]]:
+    def tagged(self, row: np.ndarray, matched: np.ndarray | None = None) -> list[int]:
+        """Indices of the labels that become tags for one row of scores (thresholds applied);
+        ``matched``: labels whose known images the image matched, which fire whatever their score."""
+        return self.tag_rows(np.asarray(row, dtype=np.float64)[None, :], None if matched is None else matched[None, :])[0]
+
+    def tag_rows(self, scores: np.ndarray, matched: np.ndarray | None = None) -> list[list[int]]:
         """Tags of each row of scores (N, L): single-label, the best label per level from the root
         down while it clears its threshold; multi-label, every label over its threshold whose
-        parent fired too, best first."""
-        return self._tags(scores, self._ranked(scores) if self.taxonomy.mode != "single" else None)[0]
+        parent fired too, best first. ``matched`` (N, L): labels fired by a known image, whatever
+        their score (in single-label mode they follow the path, best first)."""
+        return self._tags(scores, self._ranked(scores) if self.taxonomy.mode != "single" else None, matched)[0]
 
-    def tag_mask(self, scores: np.ndarray) -> np.ndarray:
+    def tag_mask(self, scores: np.ndarray, matched: np.ndarray | None = None) -> np.ndarray:
         """(N, L) bool: which labels became tags, for each row of scores."""
         if self.taxonomy.mode != "single":
-            return self._fired(scores)
-        return self._tags(scores, None)[1]
+            return self._fired(scores, matched)
+        return self._tags(scores, None, matched)[1]
 
     def severities(self, mask: np.ndarray) -> np.ndarray:
         """(N,) int: the severity of each row's verdict (see ACTION_SEVERITY) from its tag mask."""
@@ -153,22 +256,33 @@ class TaxonomyClassifier:
         reported = np.asarray(self.reported, dtype=np.int64)
         return reported[np.argsort(-scores[:, reported], axis=1, kind="stable")]
 
-    def _tags(self, scores: np.ndarray, ranked: np.ndarray | None) -> tuple[list[list[int]], np.ndarray]:
+    def _tags(self, scores: np.ndarray, ranked: np.ndarray | None,
+              matched: np.ndarray | None = None) -> tuple[list[list[int]], np.ndarray]:
         """Each row's tags (in order) and the (N, L) mask of them."""
+        if matched is not None and not matched.any():
+            matched = None
         if self.taxonomy.mode == "single":
             paths = self._descend(scores)
             mask = np.zeros(scores.shape, dtype=bool)
             for row, path in enumerate(paths):
                 mask[row, path] = True
+            if matched is not None:  # known images fire their labels beside the path, best first
+                for row in np.flatnonzero((matched & ~mask).any(axis=1)).tolist():
+                    extra = np.flatnonzero(matched[row] & ~mask[row])
+                    paths[row] += extra[np.argsort(-scores[row, extra], kind="stable")].tolist()
+                mask |= matched
             return paths, mask
-        fired = self._fired(scores)
+        fired = self._fired(scores, matched)
         keep = np.take_along_axis(fired, ranked, axis=1)  # type: ignore[arg-type]
         flat = ranked[keep].tolist()  # type: ignore[index]  # row by row, each row best first
         ends = np.cumsum(keep.sum(axis=1)).tolist()
         return [flat[start:end] for start, end in zip([0, *ends[:-1]], ends)], fired
 
-    def _fired(self, scores: np.ndarray) -> np.ndarray:
+    def _fired(self, scores: np.ndarray, matched: np.ndarray | None = None) -> np.ndarray:
+        """Multi-label: every label over its threshold (or matched) whose parent fired too."""
         fired = (scores >= self.thresholds) & ~self.background
+        if matched is not None:
+            fired |= matched
         for i in self.order:  # parents before children
             if self.parents[i] >= 0:
                 fired[:, i] &= fired[:, self.parents[i]]
@@ -203,9 +317,69 @@ class TaxonomyClassifier:
         return path
 
 
-def _parent_indices(taxonomy: Taxonomy) -> list[int]:
-    index = {label.name: i for i, label in enumerate(taxonomy.labels)}
-    return [index[label.parent] if label.parent is not None else -1 for label in taxonomy.labels]
+def _parent_indices(taxonomy: Taxonomy, labels: Sequence | None = None) -> list[int]:
+    """Each label's parent index (-1 at the root), among ``labels`` (default: all of them)."""
+    labels = taxonomy.labels if labels is None else labels
+    index = {label.name: i for i, label in enumerate(labels)}
+    return [index[label.parent] if label.parent is not None else -1 for label in labels]
+
+
+class _FewShotPlan:
+    """Which image set each prototype uses, and the taxonomy's method, for :meth:`TaxonomyClassifier.build`."""
+
+    def __init__(self, scored: Sequence, image_sets: ImageSets | None, settings: FewShot, dim: int):
+        self.method, self.settings = settings.method, settings
+        self.sets: list[np.ndarray] = []
+        self.label_sets = [self._add(image_sets, label.name, "examples", dim) for label in scored]
+        self.counter_sets = [self._add(image_sets, label.name, "negative_examples", dim) for label in scored]
+
+    def _add(self, image_sets: ImageSets | None, label: str, kind: str, dim: int) -> int:
+        found = image_sets.get(label, kind) if image_sets is not None else None
+        if found is None:
+            return NEUTRAL
+        if found.vectors.shape[1] != dim:
+            raise ExamplesError(f"label {label!r}: its {kind.replace('_', ' ')} are {found.vectors.shape[1]}-d vectors, but "
+                                f"this model's embeddings are {dim}-d: they were embedded with another model")
+        self.sets.append(found.vectors)
+        return len(self.sets) - 1
+
+    def blend(self, text: np.ndarray, set_index: Sequence[int]) -> np.ndarray:
+        """The ``blend`` method's prototypes (the text embeddings as they are for the other methods)."""
+        if self.method != "blend" or not self.sets:
+            return text
+        return blend_prototypes(text, set_index, self.sets, self.settings.weight)
+
+    def evidence(self, label_sets: Sequence[int], competitor_sets: Sequence[int]) -> ImageEvidence | None:
+        """The ``centroid`` and ``cache`` methods' image evidence (None for ``blend``, or without sets)."""
+        if self.method == "blend" or not self.sets:
+            return None
+        if self.method == "centroid":
+            return ImageEvidence.centroid(self.sets, label_sets, competitor_sets, self.settings.weight)
+        return ImageEvidence.cache(self.sets, label_sets, competitor_sets, self.settings.alpha, self.settings.beta)
+
+
+def _known_images(taxonomy: Taxonomy, image_sets: ImageSets | None) -> KnownImages | None:
+    """Every label's known images in one float32 matrix, filled set by set from the stored fp16
+    rows (100,000 images at 512-d: 205 MB, and no second copy)."""
+    found = [(i, label, image_sets.get(label.name, "known_images")) for i, label in enumerate(taxonomy.labels)
+             if image_sets is not None and label.known_images]
+    found = [(i, label, entry) for i, label, entry in found if entry is not None]
+    if not found:
+        return None
+    dim = found[0][2].half.shape[1]
+    if any(entry.half.shape[1] != dim for _, _, entry in found):
+        raise ExamplesError(f"taxonomy {taxonomy.name!r}: its known images were embedded with different models")
+    matrix = np.empty((sum(len(entry.names) for _, _, entry in found), dim), dtype=np.float32)
+    ranges, names, start = [], [], 0
+    for _, _, entry in found:
+        block = matrix[start : start + len(entry.names)]
+        np.copyto(block, entry.half, casting="unsafe")
+        block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)  # as ImageSet.vectors does
+        ranges.append((start, start + len(entry.names)))
+        names.extend(entry.names)
+        start += len(entry.names)
+    thresholds = np.asarray([label.match_threshold for _, label, _ in found], dtype=np.float32)
+    return KnownImages(matrix, [i for i, _, _ in found], ranges, names, thresholds)
 
 
 def _depths(parents: list[int]) -> list[int]:

@@ -82,3 +82,9 @@ class StoreUnavailableError(StoreError):
 
 class MissingExtraError(ZstaggerError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
+
+
+class ExamplesError(ZstaggerError, ValueError):
+    """A taxonomy's example, counter-example or known images cannot be used here: an image
+    cannot be read, a directory has none, or the spec carries no vectors for this model and
+    its files are not readable."""

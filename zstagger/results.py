@@ -18,7 +18,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -40,8 +40,38 @@ class ErrorInfo(BaseModel):
     transient: bool = Field(False, exclude=True)
 
 
+class Provenance(BaseModel):
+    """What produced a result, so a decision can be audited later: which model (and exactly
+    which weights), which taxonomy (and exactly which spec), which preprocessing, and where
+    the image embedding came from (``image``: encoded from the image; ``store``: re-scored
+    from an embedding stored earlier)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    model_fingerprint: str | None = None
+    taxonomy_version: str
+    taxonomy_fingerprint: str
+    preprocessing: str = "fast"
+    source: str = "image"
+
+
+class KnownImageMatch(BaseModel):
+    """A label fired because the image is a near copy of one of its known images."""
+
+    model_config = ConfigDict(frozen=True)
+
+    label: str
+    image: str  # the known image, as the taxonomy names it
+    cosine: float  # how close: at or above the label's match_threshold
+
+
 class TagResult(BaseModel):
-    """Tags for one input. ``error`` is set (and scores empty) when the input could not be read."""
+    """Tags for one input. ``error`` is set (and scores empty) when the input could not be read.
+
+    ``matches`` lists the known images the input matched (taxonomies with known images);
+    it is left out of the output when there are none, so results without it read as before.
+    """
 
     model_config = ConfigDict(frozen=True)
 
@@ -51,17 +81,22 @@ class TagResult(BaseModel):
     tags: list[str] = []
     verdict: str | None = None
     error: ErrorInfo | None = None
-    # Where the embedding came from when it was not the image itself: "store" for `zstagger retag`.
-    # Written only when set, so `zstagger tag` lines keep their six fields.
-    source: str | None = None
+    provenance: Provenance | None = None
+    matches: list[KnownImageMatch] | None = None
+
+    @model_serializer(mode="wrap")
+    def _leave_out_no_matches(self, handler: SerializerFunctionWrapHandler):
+        data = handler(self)
+        if isinstance(data, dict) and data.get("matches", 0) is None:
+            del data["matches"]
+        return data
 
     def to_json(self) -> str:
         """One line of JSON (the schema of ``zstagger tag`` and ``zstagger results``), always valid UTF-8."""
-        extra = {name: getattr(self, name) for name in type(self).model_fields if name not in _CORE_FIELDS}
         return format_result(
             self.image, self.taxonomy, ((s.label, s.score, s.cosine) for s in self.scores), self.tags, self.verdict,
             self.error.model_dump(mode="json") if self.error is not None else None,
-            {name: _plain(value) for name, value in extra.items() if value is not None},
+            self.provenance, None if self.matches is None else [(m.label, m.image, m.cosine) for m in self.matches],
         )
 
     @classmethod
@@ -74,11 +109,12 @@ class TagResult(BaseModel):
         return self.error is None
 
     @classmethod
-    def failed(cls, image: str, taxonomy: str, kind: str, message: str, transient: bool = False) -> TagResult:
-        return cls(image=image, taxonomy=taxonomy, error=ErrorInfo(type=kind, message=message, transient=transient))
-
-
-_CORE_FIELDS = ("image", "taxonomy", "scores", "tags", "verdict", "error")
+    def failed(
+        cls, image: str, taxonomy: str, kind: str, message: str, transient: bool = False,
+        provenance: Provenance | None = None,
+    ) -> TagResult:
+        return cls(image=image, taxonomy=taxonomy, error=ErrorInfo(type=kind, message=message, transient=transient),
+                   provenance=provenance)
 
 
 _ENTRY = '{"label":%s,"score":%s,"cosine":%s}'
@@ -92,13 +128,15 @@ def format_result(
     tags: Iterable[str],
     verdict: str | None,
     error: dict | None = None,
-    extra: dict[str, Any] | None = None,
+    provenance: Provenance | None = None,
+    matches: Sequence[tuple[str, str, float]] | None = None,
 ) -> str:
     """The JSON line of one result: what ``json.dumps`` writes for the result's fields (no
-    spaces, non-ASCII kept, NaN and infinities as null), lone surrogates as ``\\udcXX``."""
+    spaces, non-ASCII kept, NaN and infinities as null), lone surrogates as ``\\udcXX``;
+    ``matches`` (label, known image, cosine) left out when None, as :class:`TagResult` leaves them out."""
     entries = ",".join([_ENTRY % (_label(label), _number(score), _number(cosine)) for label, score, cosine in scores])
     return _LINE % (_string(image), _label(taxonomy), entries, ",".join(map(_label, tags)), _verdict(verdict),
-                    "null" if error is None else _dumps(error), _tail(extra))
+                    "null" if error is None else _dumps(error), _provenance(provenance) + _matches(matches))
 
 
 def format_results(
@@ -110,24 +148,26 @@ def format_results(
     cosines: np.ndarray,
     tags: Sequence[Sequence[int]],
     verdicts: Sequence[str | None],
-    extra: dict[str, Any] | None = None,
+    provenance: Provenance | None = None,
+    matches: Sequence[Sequence[tuple[str, str, float]] | None] | None = None,
 ) -> list[str]:
     """:func:`format_result` for a page of results of one taxonomy, none of them an error,
     from arrays: ``ranked`` (N, K) label indices into ``names``, best first; ``scores`` and
-    ``cosines`` (N, K) in the same order; ``tags`` label indices. The floats of the whole
-    page are printed in one pass and each line is one ``%`` formatting, which is what makes
-    a million lines affordable."""
+    ``cosines`` (N, K) in the same order; ``tags`` label indices; one provenance for the page,
+    ``matches`` per image. The floats of the whole page are printed in one pass and each line
+    is one ``%`` formatting, which is what makes a million lines affordable."""
     rows, width = np.shape(ranked)
     quoted = np.array([_label(name) for name in names], dtype=object)
     args = np.empty((rows, 3 * width), dtype=object)
     args[:, 0::3] = quoted[ranked]
     args[:, 1::3] = _number_array(scores)
     args[:, 2::3] = _number_array(cosines)
-    entries, taxonomy_json, tail, tag_json = ",".join([_ENTRY] * width), _label(taxonomy), _tail(extra), quoted.tolist()
+    entries, taxonomy_json, tail, tag_json = ",".join([_ENTRY] * width), _label(taxonomy), _provenance(provenance), quoted.tolist()
+    found = matches if matches is not None else [None] * rows
     return [
         _LINE % (_string(image), taxonomy_json, entries % tuple(row), ",".join([tag_json[i] for i in row_tags]),
-                 _verdict(verdict), "null", tail)
-        for image, row, row_tags, verdict in zip(images, args.tolist(), tags, verdicts)
+                 _verdict(verdict), "null", tail + _matches(hits) if hits else tail)
+        for image, row, row_tags, verdict, hits in zip(images, args.tolist(), tags, verdicts, found)
     ]
 
 
@@ -142,8 +182,14 @@ def _verdict(verdict: str | None) -> str:
     return "null" if verdict is None else _label(verdict)
 
 
-def _tail(extra: dict[str, Any] | None) -> str:
-    return "".join(f",{_label(name)}:{_dumps(value)}" for name, value in (extra or {}).items())
+def _provenance(provenance: Provenance | None) -> str:
+    return ',"provenance":' + ("null" if provenance is None else _dumps(provenance.model_dump(mode="json")))
+
+
+def _matches(matches: Sequence[tuple[str, str, float]] | None) -> str:
+    if matches is None:
+        return ""
+    return ',"matches":' + _dumps([{"label": label, "image": image, "cosine": cosine} for label, image, cosine in matches])
 
 
 def _number_array(values: np.ndarray) -> np.ndarray:
@@ -167,10 +213,6 @@ def _escaped(json_text: str) -> str:
     if not _LONE_SURROGATE.search(json_text):
         return json_text
     return _LONE_SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", json_text)
-
-
-def _plain(value: Any) -> Any:
-    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
 
 
 def _finite(value):

@@ -16,7 +16,7 @@ import tempfile
 from typing import Annotated
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, PlainSerializer, field_validator
+from pydantic import Field, PlainSerializer, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
@@ -135,6 +135,30 @@ class Settings(BaseSettings):
     result_ttl: int = Field(7 * 24 * 3600, ge=60, description="Seconds job results are kept in Redis.")
     max_retries: int = Field(3, ge=0, description="Retries of transient failures (URL timeouts, Redis blips) before they become error records.")
     max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Largest image sent through the queue as bytes.")
+    # HTTP service (`zstagger serve`)
+    host: str = Field("127.0.0.1", description="Address `zstagger serve` binds (loopback unless you mean otherwise).")
+    port: int = Field(8000, ge=0, le=65535, description="Port of `zstagger serve`.")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Accepted API keys, as comma-separated SHA-256 hashes (`zstagger api-key` prints one)."
+    )
+    api_keys_file: str = Field("", description="File of accepted API key hashes, one per line (# comments).")
+    api_allow_anonymous: bool = Field(False, description="Serve API calls without a key (only on a trusted network).")
+    max_request_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Largest HTTP request body, in bytes.")
+    max_request_images: int = Field(64, ge=1, description="Most images in one synchronous HTTP request.")
+    max_job_images: int = Field(100_000, ge=1, description="Most images in one job submitted over HTTP.")
+    batch_wait_ms: float = Field(5.0, ge=0, description="Milliseconds an image waits for others to fill a model batch.")
+    max_pending_images: int = Field(
+        512, ge=1, description="Images in flight in the HTTP service (decoding, waiting, encoding); beyond it: 503."
+    )
+    # job notifications
+    webhook_secret: SecretStr | None = Field(
+        None, description="Key that signs webhook events (HMAC-SHA256); set the same on producers and workers."
+    )
+    webhook_max_attempts: int = Field(8, ge=1, le=100, description="Delivery attempts of one webhook event before it is given up.")
+    webhook_timeout: float = Field(10.0, gt=0, description="Seconds allowed for one webhook delivery attempt.")
+    webhook_inline_bytes: int = Field(
+        256 * 1024, ge=0, description="Results are put in the webhook event itself when their JSON is at most this size."
+    )
     # operations
     metrics_port: int = Field(9808, ge=0, le=65535, description="Port of a worker's Prometheus /metrics endpoint (0: off).")
     metrics_address: str = Field(
@@ -147,7 +171,7 @@ class Settings(BaseSettings):
         description="Where workers touch a heartbeat file for `zstagger health --local` (liveness without Redis).",
     )
 
-    @field_validator("block_plugins", "queues", mode="before")
+    @field_validator("block_plugins", "queues", "api_keys", mode="before")
     @classmethod
     def _split_commas(cls, value):
         if isinstance(value, str):

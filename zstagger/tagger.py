@@ -12,6 +12,12 @@ never imports torch. Scoring is numpy.
 With ``ZSTAGGER_STORE`` set, the cache is the embedding store (:mod:`zstagger.store`),
 which also records every image tagged: its reference, content hash and job id, written
 once per :data:`WRITE_EVERY` images (a queue chunk: one write).
+
+A taxonomy that names images (examples, counter-examples, known images) is compiled with
+their vectors: the ones embedded in the spec for this model, else its image files read
+and embedded here, through the image-embedding cache (``ZSTAGGER_CACHE_DIR``, even when
+tagging leaves it off), so a taxonomy with hundreds of examples compiles in seconds after
+the first time (:mod:`zstagger.fewshot`).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
+from . import extras
 from .classifier import TaxonomyClassifier
 from .embedding_cache import (
     EmbeddingCache,
@@ -43,9 +50,11 @@ from .embedding_cache.images import to_fp16
 from .engine.locate import model_fingerprint
 from .engine.scoring import normalize
 from .errors import ConfigurationError, ImageLoadError, ZstaggerError
+from .fewshot import ImageSets, resolve_image_sets
+from .fewshot.sets import LoadPack
 from .images import ImageInput, ImagePolicy, describe, is_url, iter_inputs, open_image, read_image_bytes
 from .registry import resolve_taxonomy
-from .results import LabelScore, TagResult, format_results
+from .results import KnownImageMatch, LabelScore, Provenance, TagResult, format_results
 from .settings import Settings
 from .taxonomy import Taxonomy
 
@@ -56,6 +65,7 @@ _PREFETCH_BATCHES = 2
 #: Images an embedding store is told about per write when tagging a stream (at least a
 #: whole queue chunk, ZSTAGGER_CHUNK_SIZE <= 1024, so a chunk is one write).
 WRITE_EVERY = 1024
+_OWN = object()  # "the Tagger's own image cache", for the methods that can be handed another
 _cores: int | None = None
 
 
@@ -95,6 +105,9 @@ class Tagger:
     ``ZSTAGGER_IMAGE_CACHE`` (off by default). With a cache, image embeddings are rounded
     to fp16 whether they were cached or just computed (so a cached run scores exactly like
     the first), and the model loads at the first miss.
+
+    ``vector_loader``: where a taxonomy's embedded image vectors that travel by hash alone
+    are read (a queue worker reads them from Redis): ``sha256 -> bytes | None``.
     """
 
     def __init__(
@@ -110,6 +123,7 @@ class Tagger:
         image_policy: ImagePolicy | None = None,
         settings: Settings | None = None,
         image_cache: ImageEmbeddingStore | bool | None = None,
+        vector_loader: LoadPack | None = None,
     ):
         settings = settings or Settings()
         self.settings = settings
@@ -138,6 +152,8 @@ class Tagger:
         # An embedding store records every image seen (reference, job), not only new embeddings.
         self._recorder = getattr(self.image_cache, "record", None)
         self.cache_hits = self.cache_misses = self.unrecorded = 0
+        self.vector_loader = vector_loader
+        self._examples_cache: ImageEmbeddingStore | None | bool = False  # False: not opened yet
         self._encoder: ClipEncoder | None = None
         self._lanes: int | None = None
         self._forward_gate: threading.Semaphore | None = None
@@ -147,6 +163,7 @@ class Tagger:
         self._classifiers: dict[str, TaxonomyClassifier] = {}
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()
+        self._compile_lock = threading.Lock()  # compiling may embed example images, which takes self._lock
         # With a cache the model waits for the first miss; the fingerprint that keys the
         # cache comes from the checkpoint's files. A Hub model not downloaded yet has none.
         self.fingerprint = model_fingerprint(self.model_name) if self.image_cache is not None else None
@@ -169,7 +186,10 @@ class Tagger:
         with self._load_lock:
             if self._encoder is not None:
                 return
-            from .engine.model import ClipEncoder
+            try:
+                from .engine.model import ClipEncoder
+            except ImportError as exc:  # a producer-only install: no torch, no transformers
+                raise extras.missing(exc.name or "torch") from None
 
             encoder = ClipEncoder.load(self.model_name, device=self._device, precision=self._precision)
             self._lanes = self._plan_lanes(encoder, self._requested_lanes)
@@ -211,19 +231,62 @@ class Tagger:
         """The compiled taxonomy; its text embeddings are computed on first use only.
 
         They are also cached on disk (``ZSTAGGER_CACHE_DIR``), keyed by model and prompts.
+        Image sets (:meth:`image_sets`) are resolved then too; an :class:`~zstagger.errors.ExamplesError`
+        says why they cannot be.
         """
+        # Relative image paths name other files under another base: part of the key.
+        key = (taxonomy.fingerprint, taxonomy.images_base() if taxonomy.has_images else None)
         with self._lock:
-            compiled = self._classifiers.get(taxonomy.fingerprint)
+            compiled = self._classifiers.get(key)
+        if compiled is not None:
+            return compiled
+        with self._compile_lock:
+            compiled = self._classifiers.get(key)
             if compiled is None:
                 embed: Callable[[Sequence[str]], np.ndarray] = lambda prompts: self.encoder.encode_text(prompts).numpy()
                 info = self.model_info()
                 if self.settings.cache_dir:
                     embed = EmbeddingCache(self.settings.cache_dir, self.fingerprint).wrap(embed)  # type: ignore[arg-type]
                 compiled = TaxonomyClassifier.build(
-                    taxonomy, embed, logit_scale=info.logit_scale, logit_bias=info.logit_bias, uses_sigmoid=info.uses_sigmoid
+                    taxonomy, embed, logit_scale=info.logit_scale, logit_bias=info.logit_bias, uses_sigmoid=info.uses_sigmoid,
+                    image_sets=self.image_sets(taxonomy),
                 )
-                self._classifiers[taxonomy.fingerprint] = compiled
+                with self._lock:
+                    self._classifiers[key] = compiled
             return compiled
+
+    def image_sets(self, taxonomy: Taxonomy) -> ImageSets | None:
+        """The taxonomy's example, counter-example and known images as vectors for this model
+        (None when it names none): embedded in the spec, else read and embedded here."""
+        if not taxonomy.has_images:
+            return None
+        fingerprint = self.fingerprint or self.encoder.fingerprint  # a Hub model not cached yet: loaded now
+        return resolve_image_sets(taxonomy, fingerprint, self.model_name, self.embed_images, self.vector_loader)
+
+    def embed_images(
+        self, images: Sequence[ImageInput], progress: Callable[[int], None] | None = None
+    ) -> list[np.ndarray | ImageLoadError]:
+        """Each image's unit embedding, or the error it met, in order; with the same loading
+        (limits, URL policy) as tagging, through the image-embedding cache of
+        ``ZSTAGGER_CACHE_DIR`` (the tagger's own when it has one, other than an embedding
+        store), so that example images are encoded once per model. ``progress(n)`` is told how many images each batch did."""
+        cache = self._images_cache()
+        out: list[np.ndarray | ImageLoadError] = []
+        for refs, embeds, errors in self.embed_batches(images, cache=cache):
+            vectors = iter(embeds if embeds is not None else [])
+            out.extend(error if error is not None else next(vectors) for error in errors)
+            if progress is not None:
+                progress(len(refs))
+        return out
+
+    def _images_cache(self) -> ImageEmbeddingStore | None:
+        # Not an embedding store: example images are not images tagged, and retag must not list them.
+        if self.image_cache is not None and self._recorder is None:
+            return self.image_cache
+        with self._lock:
+            if self._examples_cache is False:
+                self._examples_cache = default_image_cache(self.settings.cache_dir)
+            return self._examples_cache  # type: ignore[return-value]
 
     # -- tagging ----------------------------------------------------------------------
 
@@ -273,22 +336,23 @@ class Tagger:
         embeds: np.ndarray | None,
         errors: Sequence[ImageLoadError | None],
         top_k: int | None = None,
-        source: str | None = None,
+        source: str = "image",
     ) -> list[TagResult]:
         """Result records for one batch: ``embeds`` has a row for each ref whose error is None.
 
         The one place where embeddings become :class:`TagResult`s (tagging, the HTTP
         service's micro-batches, anything scoring stored embeddings; ``source="store"``
-        marks results scored from stored embeddings). :meth:`result_lines` is the same
-        as JSON lines, for millions of rows.
+        marks results scored from stored embeddings in their provenance). :meth:`result_lines`
+        is the same as JSON lines, for millions of rows.
         """
         compiled = self.classifier(taxonomy)
+        provenance = self.provenance(taxonomy, source)
         done = iter(compiled.classify(embeds, top_k) if embeds is not None else [])
         out = []
         for ref, error in zip(refs, errors):
             name = describe(ref)
             if error is not None:
-                out.append(TagResult.failed(name, taxonomy.name, error.kind, error.message, error.transient))
+                out.append(TagResult.failed(name, taxonomy.name, error.kind, error.message, error.transient, provenance))
                 continue
             c = next(done)
             out.append(TagResult(
@@ -297,19 +361,26 @@ class Tagger:
                 scores=[LabelScore(label=label, score=score, cosine=cos) for label, score, cos in c.scores],
                 tags=c.tags,
                 verdict=c.verdict,
-                source=source,
+                provenance=provenance,
+                matches=[KnownImageMatch(label=label, image=image, cosine=cos) for label, image, cos in c.matches]
+                if c.matches else None,
             ))
         return out
 
     def result_lines(
-        self, taxonomy: Taxonomy, names: Sequence[str], embeds: np.ndarray, top_k: int | None = None, source: str | None = None
+        self, taxonomy: Taxonomy, names: Sequence[str], embeds: np.ndarray, top_k: int | None = None, source: str = "image"
     ) -> list[str]:
         """``[r.to_json() for r in self.results(...)]`` for images that all have an embedding,
         written straight from the arrays (no result objects): re-tagging a stored catalogue."""
         compiled = self.classifier(taxonomy)
         batch = compiled.classify_batch(embeds, top_k)
         return format_results(names, taxonomy.name, compiled.names, batch.ranked, batch.scores, batch.cosines, batch.tags,
-                              batch.verdicts, extra={"source": source} if source is not None else None)
+                              batch.verdicts, provenance=self.provenance(taxonomy, source), matches=batch.matches)
+
+    def provenance(self, taxonomy: Taxonomy, source: str = "image") -> Provenance:
+        """What this Tagger's results with ``taxonomy`` record about how they were made."""
+        return Provenance(model=self.model_name, model_fingerprint=self.fingerprint, taxonomy_version=taxonomy.version,
+                          taxonomy_fingerprint=taxonomy.fingerprint, preprocessing=self.preprocessing, source=source)
 
     @staticmethod
     def _plan_lanes(encoder: ClipEncoder, lanes: int) -> int:
@@ -330,28 +401,31 @@ class Tagger:
         return lanes
 
     def embed_batches(
-        self, images: Iterable[ImageInput], batch_size: int | None = None, *, job_id: str = ""
+        self, images: Iterable[ImageInput], batch_size: int | None = None, *, cache: Any = _OWN, job_id: str = "",
     ) -> Iterator[tuple[list[ImageInput], np.ndarray | None, list[ImageLoadError | None]]]:
         """Load, preprocess and encode images in batches, keeping every stage busy.
 
         Decoding runs in the loader threads, ahead of the encoder lanes; up to ``lanes``
         batches are encoded at once. Yields ``(refs, embeddings, errors)`` per batch, in
         input order: ``embeddings`` has one row per ref whose error is None (None when
-        no image of the batch could be read). An embedding store is told about the images
-        every :data:`WRITE_EVERY` images and at the end, with ``job_id``.
+        no image of the batch could be read). ``cache``: another image-embedding cache to
+        use than the tagger's own (whose hits and misses :meth:`cache_stats` counts), or None.
+        An embedding store as the tagger's own cache is told about the images every
+        :data:`WRITE_EVERY` images and at the end, with ``job_id``.
         """
         loader, encoders = self._pools()
         source = iter(images)
         size = batch_size or self.batch_size
         batches = iter(lambda: list(islice(source, size)), [])
         in_flight: deque[Future] = deque()
-        pending: list[ImageSighting] | None = [] if self._recorder is not None else None
+        own = cache is _OWN or cache is self.image_cache
+        pending: list[ImageSighting] | None = [] if self._recorder is not None and own else None
 
         def submit_next() -> None:
             batch = next(batches, None)
             if batch:
-                loads = [(ref, loader.submit(self.prepare, ref)) for ref in batch]
-                in_flight.append(encoders.submit(self._encode_batch, loads, job_id, pending))
+                loads = [(ref, loader.submit(self.prepare, ref, cache)) for ref in batch]
+                in_flight.append(encoders.submit(self._encode_batch, loads, cache, job_id, pending))
 
         try:
             for _ in range(self.lanes + _PREFETCH_BATCHES - 1):
@@ -385,12 +459,8 @@ class Tagger:
         self._record(sightings)
 
     def _record(self, sightings: list[ImageSighting]) -> None:
-        if not sightings:
-            return
-        if self._recorder is None:  # a plain cache keeps new embeddings only
-            fresh = [(s.key, s.vector) for s in sightings if s.vector is not None]
-            if fresh:
-                self.image_cache.put_many(fresh)  # type: ignore[union-attr]
+        """Write sightings to the embedding store; what it could not take is counted as unrecorded."""
+        if not sightings or self._recorder is None:
             return
         missed = self._recorder(sightings, self.model_name)
         if missed:
@@ -398,7 +468,8 @@ class Tagger:
                 self.unrecorded += missed
 
     def _encode_batch(
-        self, loads: list[tuple[ImageInput, Future]], job_id: str = "", pending: list[ImageSighting] | None = None
+        self, loads: list[tuple[ImageInput, Future]], cache: Any = _OWN, job_id: str = "",
+        pending: list[ImageSighting] | None = None,
     ) -> tuple[list[ImageInput], np.ndarray | None, list[ImageLoadError | None]]:
         refs, errors, ready = [], [], []
         for ref, future in loads:
@@ -407,59 +478,67 @@ class Tagger:
             errors.append(prepared if isinstance(prepared, ImageLoadError) else None)
             if not isinstance(prepared, ImageLoadError):
                 ready.append(prepared)
-        return refs, (self.embed_prepared(ready, job_id=job_id, pending=pending) if ready else None), errors
+        return refs, (self.embed_prepared(ready, cache, job_id=job_id, pending=pending) if ready else None), errors
 
     def embed_prepared(
-        self, ready: Sequence[Prepared], *, job_id: str = "", pending: list[ImageSighting] | None = None
+        self, ready: Sequence[Prepared], cache: Any = _OWN, *, job_id: str = "", pending: list[ImageSighting] | None = None
     ) -> np.ndarray:
         """Embeddings for images from :meth:`prepare`, one row each, in order: cached ones as
         they are, the others in one forward pass (stored in the image cache, if any).
 
-        An embedding store records every one of them (reference, ``job_id``), now or, with
-        ``pending``, when the caller flushes it."""
+        An embedding store as the tagger's own cache records every one of them (reference,
+        ``job_id``), now or, with ``pending``, when the caller flushes it. ``cache``: another
+        image-embedding cache than the tagger's own (nothing is recorded there), or None."""
+        cache = self.image_cache if cache is _OWN else cache
+        recorder = self._recorder if cache is not None and cache is self.image_cache else None
         todo = [p for p in ready if p.vector is None]
         sightings: list[ImageSighting] = []
         if todo:
             encoder = self.encoder
             with self._forward_gate:  # type: ignore[union-attr]
                 embeds = encoder.encode_images(np.stack([p.pixels for p in todo])).numpy()
-            if self.image_cache is not None:
-                sightings = [ImageSighting(p.key, p.name or "", job_id, e) for p, e in zip(todo, embeds) if p.key is not None]
+            if cache is not None:
+                if recorder is None:  # a plain cache keeps new embeddings only
+                    cache.put_many([(p.key, e) for p, e in zip(todo, embeds) if p.key is not None])
+                else:
+                    sightings = [ImageSighting(p.key, p.name or "", job_id, e) for p, e in zip(todo, embeds) if p.key is not None]
                 # What a later hit will read back, so cached and fresh runs give the same scores.
                 embeds = normalize(to_fp16(embeds).astype(np.float32))
             for p, e in zip(todo, embeds):
                 p.vector = e
-        if self._recorder is not None:
+        if recorder is not None:
             fresh = {id(p) for p in todo}
             sightings += [ImageSighting(p.key, p.name or "", job_id, None) for p in ready if p.key is not None and id(p) not in fresh]
-        if pending is not None:
-            with self._lock:
-                pending.extend(sightings)
-        else:
-            self._record(sightings)
+            if pending is not None:
+                with self._lock:
+                    pending.extend(sightings)
+            else:
+                self._record(sightings)
         hashed = [p.hashed for p in ready if p.hashed is not None]
         if hashed:  # local files read and hashed: their digests, for the next run
-            self.image_cache.remember_digests(hashed)  # type: ignore[union-attr]
-        if self.image_cache is not None:
+            cache.remember_digests(hashed)  # type: ignore[union-attr]
+        if cache is not None and cache is self.image_cache:
             with self._lock:
                 self.cache_misses += len(todo)
                 self.cache_hits += len(ready) - len(todo)
         return np.stack([p.vector for p in ready])
 
-    def prepare(self, ref: ImageInput) -> Prepared | ImageLoadError:
+    def prepare(self, ref: ImageInput, cache: Any = _OWN) -> Prepared | ImageLoadError:
         """In a loader thread: the cached embedding, or model-ready pixels, or the error
-        (never raises for one image's problem; see :meth:`embed_prepared`)."""
-        prepared = self._prepare(ref)
-        if self._recorder is not None and isinstance(prepared, Prepared):
+        (never raises for one image's problem; see :meth:`embed_prepared`). ``cache``:
+        another image-embedding cache than the tagger's own, or None."""
+        cache = self.image_cache if cache is _OWN else cache
+        prepared = self._prepare(ref, cache)
+        if self._recorder is not None and cache is self.image_cache and isinstance(prepared, Prepared):
             prepared.name = describe(ref)
         return prepared
 
-    def _prepare(self, ref: ImageInput) -> Prepared | ImageLoadError:
-        if self.image_cache is None or isinstance(ref, Image.Image):
+    def _prepare(self, ref: ImageInput, cache: ImageEmbeddingStore | None) -> Prepared | ImageLoadError:
+        if cache is None or isinstance(ref, Image.Image):
             pixels = _or_error(self._pixels, ref)
             return pixels if isinstance(pixels, ImageLoadError) else Prepared(None, pixels=pixels)
         path = os.fspath(ref) if isinstance(ref, (str, os.PathLike)) and not is_url(ref) else None
-        st, hit = self._unchanged_file_hit(path) if path is not None else (None, None)
+        st, hit = self._unchanged_file_hit(path, cache) if path is not None else (None, None)
         if hit is not None:
             return hit
         data = _or_error(read_image_bytes, ref, self.image_policy)
@@ -467,17 +546,17 @@ class Tagger:
             return data
         key = self._key(hashlib.sha256(data).hexdigest())
         hashed = (path, st, key.sha256) if st is not None else None
-        cached = self.image_cache.get_many([key]).get(key)
+        cached = cache.get_many([key]).get(key)
         if cached is not None:
             return Prepared(key, vector=normalize(cached), hashed=hashed)
         pixels = _or_error(self._pixels, data)
         return pixels if isinstance(pixels, ImageLoadError) else Prepared(key, pixels=pixels, hashed=hashed)
 
-    def _unchanged_file_hit(self, path: str) -> tuple[os.stat_result | None, Prepared | None]:
+    def _unchanged_file_hit(self, path: str, cache: ImageEmbeddingStore) -> tuple[os.stat_result | None, Prepared | None]:
         """A local file the cache hashed before and that is unchanged since: its embedding,
         without reading the file (stores with a digest index only). Also its stat, taken
         before any read, for recording its digest."""
-        index = getattr(self.image_cache, "file_digest", None)
+        index = getattr(cache, "file_digest", None)
         if index is None:
             return None, None
         try:
@@ -488,7 +567,7 @@ class Tagger:
         if digest is None:
             return st, None
         key = self._key(digest)
-        cached = self.image_cache.get_many([key]).get(key)  # type: ignore[union-attr]
+        cached = cache.get_many([key]).get(key)
         return st, (Prepared(key, vector=normalize(cached)) if cached is not None else None)
 
     def _key(self, digest: str) -> EmbeddingKey:
@@ -515,6 +594,8 @@ class Tagger:
             self._pool = self._encoders = None
         if self._owns_cache and hasattr(self.image_cache, "close"):
             self.image_cache.close()  # type: ignore[union-attr]
+        if self._examples_cache not in (False, None) and hasattr(self._examples_cache, "close"):
+            self._examples_cache.close()  # type: ignore[union-attr]
 
     def __enter__(self) -> Tagger:
         return self

@@ -3,19 +3,26 @@
 A taxonomy is plain data (it can live in a YAML file) validated by pydantic. Every
 problem in a spec is reported at once, each naming the taxonomy and the label, e.g.
 ``taxonomy 'shop': label 'shoes': parent 'apparel' is not a label of this taxonomy``.
+
+Labels may also name images: ``examples`` and ``negative_examples`` (few-shot, combined
+with the text as ``few_shot`` says) and ``known_images`` (near-copy matching). Image
+references are paths (relative to ``examples_root``, else to the taxonomy file's
+directory), directories or URLs; ``image_vectors`` carries their embeddings per model
+(written by ``zstagger examples embed``) so that a spec can travel without its files.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import string
 from collections.abc import Iterable, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from .errors import FileReadError, TaxonomyError
 from .files import read_regular_file
@@ -50,11 +57,83 @@ class Label(BaseModel):
     parent: str | None = Field(None, description="Name of the parent label, for hierarchies.")
     action: Action | None = Field(None, description="Moderation action when this label fires: allow, review or block.")
     background: bool = Field(False, description="Competes in scoring but is never a tag ('none of the above').")
+    openai_categories: list[str] = Field(
+        default_factory=list,
+        description="OpenAI moderation category names (sexual, violence, ...) this label reports under in POST /v1/moderations.",
+    )
     description: str | None = None
+    examples: list[str] = Field(
+        default_factory=list, description="Images of this label (paths, directories, URLs): few-shot, combined with the text."
+    )
+    negative_examples: list[str] = Field(
+        default_factory=list, description="Images this label must NOT be taken for (multi-label scoring): counter-examples."
+    )
+    known_images: list[str] = Field(
+        default_factory=list, description="Images whose near copies fire this label (with match_threshold)."
+    )
+    match_threshold: float | None = Field(
+        None, description="Cosine at or above which an image matches one of known_images (0.9-0.97 for near copies)."
+    )
 
     @property
     def prompt_text(self) -> str:
         return self.text if self.text is not None else self.name.rsplit("/", 1)[-1].replace("_", " ")
+
+    @property
+    def match_only(self) -> bool:
+        """A label given only known images (no text, synonyms, prompts, negatives or examples)
+        is matched, never scored: its score is its best cosine to a known image."""
+        return bool(self.known_images) and not (
+            self.text is not None or self.synonyms or self.prompts or self.negatives or self.examples or self.negative_examples
+        )
+
+    def image_refs(self) -> dict[str, list[str]]:
+        """The label's image references by kind (examples, negative_examples, known_images), non-empty kinds only."""
+        return {kind: refs for kind in IMAGE_KINDS if (refs := getattr(self, kind))}
+
+
+IMAGE_KINDS = ("examples", "negative_examples", "known_images")
+
+
+class FewShot(BaseModel):
+    """How a label's example images are combined with its text (see :mod:`zstagger.engine.fewshot`).
+
+    ``blend`` (default): the label's embedding becomes ``normalize((1 - weight) * text + weight * image centroid)``.
+    ``centroid``: ``logit = scale * ((1 - weight) * cos(x, text) + weight * cos(x - mu, mean - mu))``.
+    ``cache``: Tip-Adapter's cache, ``logit += scale * alpha * mean exp(-beta * (1 - cos(image, example)))``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Literal["blend", "centroid", "cache"] = "blend"
+    weight: float = Field(0.5, ge=0.0, le=1.0, description="centroid, blend: share of the images against the text.")
+    alpha: float = Field(1.0, ge=0.0, description="cache: weight of the example affinities, in cosine units.")
+    beta: float = Field(5.5, gt=0.0, description="cache: sharpness of the affinity exp(-beta * (1 - cos)).")
+
+    def knobs(self) -> dict[str, float]:
+        """The settings that apply to the method."""
+        return {"alpha": self.alpha, "beta": self.beta} if self.method == "cache" else {"weight": self.weight}
+
+
+class ImageVectors(BaseModel):
+    """The embeddings of a taxonomy's example and known images for one model (the key of
+    ``image_vectors``: the model's fingerprint), written by ``zstagger examples embed``.
+
+    The vectors are a pack (:mod:`zstagger.fewshot.pack`) identified by its SHA-256: inline
+    (base64), in a file beside the taxonomy file, or, in a queued task, only named (the
+    worker reads it from Redis by that hash).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(description="The model they were embedded with, as it was given.")
+    preprocessing: Literal["fast", "exact"] = "fast"
+    dim: int = Field(ge=1, le=65536)
+    count: int = Field(ge=0, description="Vectors in the pack.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0, description="Bytes in the pack.")
+    inline: str | None = Field(None, description="The pack, base64.")
+    file: str | None = Field(None, description="The pack's file, relative to the taxonomy file.")
 
 
 class CalibratedLabel(BaseModel):
@@ -109,6 +188,16 @@ class Taxonomy(BaseModel):
     negatives: list[str] = Field(default_factory=list, description="Negatives for labels that list none of their own.")
     labels: list[Label]
     calibration: Calibration | None = Field(None, description="Set by `zstagger calibrate`: how the thresholds were chosen.")
+    few_shot: FewShot | None = Field(None, description="How example images are combined with text (default: blend, weight 0.5).")
+    examples_root: str | None = Field(
+        None, description="Directory that relative image paths are relative to (default: the taxonomy file's directory)."
+    )
+    image_vectors: dict[str, ImageVectors] = Field(
+        default_factory=dict, description="Embedded example/known images per model fingerprint (`zstagger examples embed`)."
+    )
+
+    # Where the spec was read from (Taxonomy.from_file): not part of the spec or its fingerprint.
+    _source_dir: str | None = PrivateAttr(default=None)
 
     def __init__(self, **data: Any) -> None:
         """Validate field types (pydantic), then the semantics (:meth:`_problems`); every problem is
@@ -150,7 +239,9 @@ class Taxonomy(BaseModel):
                 data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 (a safe loader)
         except Exception as exc:  # JSONDecodeError is a ValueError; yaml's errors do not all derive from one
             raise TaxonomyError(f"{path}: cannot parse taxonomy file: {exc}") from None
-        return cls.parse(data, source=str(path))
+        taxonomy = cls.parse(data, source=str(path))
+        taxonomy._source_dir = str(path.resolve().parent)
+        return taxonomy
 
     @classmethod
     def from_labels(cls, labels: Sequence[str], template: str = DEFAULT_TEMPLATE) -> Taxonomy:
@@ -187,6 +278,7 @@ class Taxonomy(BaseModel):
                 yield f"label {name!r}: duplicate label name ({count} labels are called that)"
         by_name = {label.name: label for label in self.labels}
         has_background = any(label.background for label in self.labels)
+        parents = {label.parent for label in self.labels if label.parent is not None}
         for label in self.labels:
             where = f"label {label.name!r}"
             if label.threshold is not None and not 0.0 <= label.threshold <= 1.0:
@@ -198,7 +290,12 @@ class Taxonomy(BaseModel):
                     yield f"{where}: background labels cannot be part of a hierarchy"
             if not label.prompt_text.strip() and not label.prompts:
                 yield f"{where}: has no text to build prompts from"
-            if self.mode == "multi" and not label.background and not (label.negatives or self.negatives or has_background):
+            yield from (f"{where}: {problem}" for problem in _image_problems(self, label, parents))
+            if label.match_only:
+                continue
+            if self.mode == "multi" and not label.background and not (
+                label.negatives or self.negatives or has_background or label.negative_examples
+            ):
                 yield (
                     f"{where}: multi-label scoring needs something to compare against: give the label "
                     "negatives, give the taxonomy negatives, or add a background label"
@@ -206,6 +303,18 @@ class Taxonomy(BaseModel):
         for name in (self.calibration.labels if self.calibration else {}):
             if name not in by_name:
                 yield f"calibration: label {name!r} is not a label of this taxonomy"
+        taught = [(label.name, kind) for label in self.labels for kind in ("examples", "negative_examples")
+                  if getattr(label, kind)]
+        if len(taught) == 1:
+            name, kind = taught[0]
+            yield (f"label {name!r}: its {kind.replace('_', ' ')} are the only image set, so there is nothing to tell them "
+                   "apart from: give other labels examples (a background label's, of images that show none of the "
+                   "labels, say)" + (" or give it negative_examples" if self.mode == "multi" and kind == "examples" else ""))
+        for key, vectors in self.image_vectors.items():
+            if not key.isalnum() or len(key) > 64:
+                yield f"image_vectors: key {key!r} is not a model fingerprint"
+            if vectors.inline is not None and vectors.file is not None:
+                yield f"image_vectors[{key}]: give the pack inline or as a file, not both"
         for name in _cycle_members(by_name):
             yield f"label {name!r}: parent chain loops back to itself"
         if self.labels and all(label.background for label in self.labels):
@@ -216,10 +325,43 @@ class Taxonomy(BaseModel):
     @cached_property
     def fingerprint(self) -> str:
         """Stable hash of the spec; keys cached text embeddings."""
-        # Without a calibration block the hash is what it was before the block existed.
-        spec = self.model_dump(mode="json", exclude={"calibration"} if self.calibration is None else None)
+        # Without a calibration block or images the hash is what it was before they existed.
+        spec = _without_unused(self.model_dump(mode="json"))
         canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def spec_dict(self) -> dict[str, Any]:
+        """The spec as plain data for a file: no null fields, no empty image lists."""
+        return _without_unused(self.model_dump(mode="json", exclude_none=True))
+
+    @property
+    def has_images(self) -> bool:
+        """Any label names example, counter-example or known images."""
+        return any(label.examples or label.negative_examples or label.known_images for label in self.labels)
+
+    @property
+    def source_dir(self) -> str | None:
+        """The directory of the file the spec was read from, if it was read from a file."""
+        return self._source_dir
+
+    def images_base(self) -> str:
+        """What relative image paths are relative to: ``examples_root``, else the taxonomy file's
+        directory, else the current directory."""
+        base = self.examples_root or self._source_dir or "."
+        if self.examples_root and not os.path.isabs(self.examples_root) and self._source_dir:
+            base = os.path.join(self._source_dir, self.examples_root)
+        return os.path.abspath(base)
+
+    def with_images_base(self) -> Taxonomy:
+        """The same spec with ``examples_root`` set to :meth:`images_base` when it has relative
+        image paths, so that it names the same files wherever it is read (a queued task)."""
+        if self.examples_root is not None and os.path.isabs(self.examples_root) or not self.has_images:
+            return self
+        spec = self.model_dump(mode="json")
+        spec["examples_root"] = self.images_base()
+        located = Taxonomy.parse(spec)
+        located._source_dir = self._source_dir
+        return located
 
     @property
     def has_actions(self) -> bool:
@@ -234,6 +376,8 @@ class Taxonomy(BaseModel):
         return self.labels_by_name[name]
 
     def threshold_of(self, label: Label) -> float:
+        if label.match_only:  # its score is its best cosine to a known image
+            return label.match_threshold  # type: ignore[return-value]
         return label.threshold if label.threshold is not None else self.default_threshold
 
     def path_of(self, name: str) -> list[str]:
@@ -251,6 +395,48 @@ class Taxonomy(BaseModel):
         label = text_or_label
         texts = [label.prompt_text, *label.synonyms]
         return [template.format(text) for text in texts if text.strip() for template in self.templates] + list(label.prompts)
+
+
+_LABEL_IMAGE_FIELDS = {"examples": [], "negative_examples": [], "known_images": [], "match_threshold": None}
+_TAXONOMY_NEW_FIELDS = {"calibration": None, "few_shot": None, "examples_root": None, "image_vectors": {}}
+
+
+def _without_unused(spec: dict[str, Any]) -> dict[str, Any]:
+    """``spec`` without the optional blocks and image fields it does not use, so a spec that
+    uses none of them dumps (and hashes) exactly as before they existed."""
+    for key, empty in _TAXONOMY_NEW_FIELDS.items():
+        if key in spec and spec[key] == empty:
+            del spec[key]
+    for label in spec.get("labels", []):
+        for key, empty in _LABEL_IMAGE_FIELDS.items():
+            if key in label and label[key] == empty:
+                del label[key]
+    return spec
+
+
+def _image_problems(taxonomy: Taxonomy, label: Label, parents: set[str]) -> Iterable[str]:
+    """What is wrong with one label's image fields."""
+    for kind, refs in label.image_refs().items():
+        for ref in refs:
+            if not isinstance(ref, str) or not ref.strip() or any(c in ref for c in "\0\n\r"):
+                yield f"{kind}: {ref!r} is not an image path, directory or URL"
+            elif "://" in ref[:16] and not ref[:8].lower().startswith(("http://", "https://")):
+                yield f"{kind}: {ref!r}: only http:// and https:// URLs can be fetched"
+    if label.known_images and label.match_threshold is None:
+        yield "known_images need a match_threshold (the cosine of a near copy: 0.9-0.97 for CLIP models)"
+    if label.match_threshold is not None:
+        if not label.known_images:
+            yield "match_threshold applies to known_images, and the label has none"
+        if not 0.0 < label.match_threshold <= 1.0:
+            yield f"match_threshold {label.match_threshold} is outside (0, 1]"
+    if label.known_images and label.background:
+        yield "a background label is never a tag, so known_images cannot fire it"
+    if label.negative_examples and taxonomy.mode == "single":
+        yield "negative_examples apply to multi-label taxonomies (single-label ones compare labels with each other)"
+    if label.match_only and label.threshold is not None:
+        yield "threshold does not apply to a label matched by known_images alone: match_threshold is its threshold"
+    if label.match_only and (label.parent is not None or label.name in parents):
+        yield "a label matched by known_images alone cannot be part of a hierarchy (give it text to score it too)"
 
 
 def is_single_bare_placeholder(template: str) -> bool:

@@ -90,8 +90,9 @@ def diff_policies(catalogue: Catalogue, old: Taxonomy, new: Taxonomy, samples: i
 
     for batch, embeds in catalogue.pages(page):
         rows = len(batch.references)
-        old_raw = before.tag_mask(before.plan.score(embeds)[0].astype(np.float64))
-        new_raw = after.tag_mask(after.plan.score(embeds)[0].astype(np.float64))
+        old_scored, new_scored = before.score(embeds), after.score(embeds)  # known images fire their labels too
+        old_raw = before.tag_mask(old_scored.scores, old_scored.matched)
+        new_raw = after.tag_mask(new_scored.scores, new_scored.matched)
         old_mask = np.zeros((rows, len(union)), dtype=bool)
         new_mask = np.zeros((rows, len(union)), dtype=bool)
         old_mask[:, old_columns[1]] = old_raw[:, old_columns[0]]

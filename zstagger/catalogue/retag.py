@@ -3,8 +3,8 @@
 No image is read and no vision model runs: each page of stored embeddings goes through
 the Tagger's own scoring (:meth:`~zstagger.Tagger.result_lines`, the same code as
 ``zstagger tag``), so a line of ``zstagger retag`` is the line ``zstagger tag`` wrote for
-that image with the same model, preprocessing and embedding store, plus
-``"source": "store"``. The model is not loaded either when the taxonomy's text embeddings
+that image with the same model, preprocessing and embedding store, but for its
+provenance's ``"source": "store"``. The model is not loaded either when the taxonomy's text embeddings
 and the model's scalars are in ``ZSTAGGER_CACHE_DIR`` (as for ``zstagger eval``).
 
 Most of the time goes into writing the JSON (each score printed as ``json.dumps`` prints a

@@ -93,17 +93,21 @@ def eval_command(data, taxonomy, labels, template, model, batch_size, device, pr
 @click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True, help="Cross-validation folds for held-out figures.")
 @click.option("--min-positives", type=click.IntRange(min=1), default=10, show_default=True,
               help="Labels with fewer positives keep their threshold.")
+@click.option("--examples", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also pick K example images per label from the data and write them into the taxonomy "
+                   "(held-out figures with and without them are reported).")
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration report as JSON.")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the image-embedding cache.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal).")
 @reports_errors
 def calibrate_command(data, taxonomy, target_precision, target_recall, objective, per_action, output, name, folds,
-                      min_positives, model, batch_size, device, precision, as_json, no_cache, progress):
+                      min_positives, examples, model, batch_size, device, precision, as_json, no_cache, progress):
     """Choose per-label thresholds on labelled images for a target; write a calibrated taxonomy.
 
     \b
     zstagger calibrate labelled/ -t moderation --target-precision 0.9 --per-action block=0.99 -o moderation-calibrated.yaml
+    zstagger calibrate labelled/ -t shop --objective f1 --examples 8 -o shop-calibrated.yaml
     ZSTAGGER_TAXONOMY_PATH=. zstagger eval labelled/ -t moderation-calibrated
     """
     from ..evaluation import calibrate, write_taxonomy
@@ -112,6 +116,7 @@ def calibrate_command(data, taxonomy, target_precision, target_recall, objective
         data, taxonomy, target_precision=target_precision, target_recall=target_recall, objective=objective,
         per_action=parse_per_action(per_action), folds=folds, min_positives=min_positives, name=name,
         settings=_settings(model, device, precision, batch_size), cache=not no_cache, progress=_progress(progress, "calibrate"),
+        examples=examples,
     )
     path = write_taxonomy(report.taxonomy, output)
     click.echo(report.model_dump_json(indent=2)) if as_json else print_calibration(report)
@@ -165,6 +170,12 @@ def print_eval(report) -> None:
                     ["true"] + [f"got {b}" for b in v.actions])
         click.echo(f"misses (block-worthy got allow): {v.misses}   review-worthy got allow: {v.review_misses}")
         click.echo(f"false alarms (clean got block or review): {v.false_alarms}")
+    if report.few_shot is not None:
+        f = report.few_shot
+        kinds = {"examples": "examples", "negative_examples": "counter-examples", "known_images": "known images"}
+        click.echo(f"\nlabels with images ({f.method}, " + ", ".join(f"{k} {v:g}" for k, v in f.settings.items())
+                   + f"; vectors from {f.images_from}): " + "; ".join(
+                       f"{label} " + ", ".join(f"{n} {kinds[k]}" for k, n in counts.items()) for label, counts in f.labels.items()))
     if report.calibration is not None:
         c = report.calibration
         click.echo(f"\ncalibrated {c.date} for {c.target} on {c.dataset} ({c.images} images, {c.folds}-fold held-out):")
@@ -190,6 +201,17 @@ def print_calibration(report) -> None:
                   "held-out precision": str(r.held_out_precision), "held-out recall": str(r.held_out_recall)}
                  for r in report.labels],
                 ["label", "target", "status", "positives", "threshold", "held-out precision", "held-out recall"])
+    if report.examples is not None:
+        x = report.examples
+        before = {r.label: r for r in x.labels_without_examples}
+        click.echo(f"\nwith up to {x.per_label} examples per label (written into the taxonomy; held out: each fold's "
+                   f"examples picked from the other folds): {x.metric} {x.with_examples} against {x.without_examples} without them "
+                   "(the taxonomy as given)")
+        print_table([{"label": r.label, "examples": x.labels.get(r.label, 0),
+                      "held-out precision (without)": f"{r.held_out_precision} ({before[r.label].held_out_precision})",
+                      "held-out recall (without)": f"{r.held_out_recall} ({before[r.label].held_out_recall})"}
+                     for r in report.labels if r.label in before and x.labels.get(r.label)],
+                    ["label", "examples", "held-out precision (without)", "held-out recall (without)"])
 
 
 def _num(value: float | None) -> str:

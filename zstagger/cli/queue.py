@@ -35,8 +35,10 @@ def worker(concurrency, queues, model, precision, device, hostname, loglevel, po
     settings = Settings()
     from ..engine.locate import check_available
     from ..errors import ZstaggerError
+    from ..extras import check_installed
 
-    try:  # before forking: a missing model (or a bad ZSTAGGER_STORE) is one clear line, not a pool of failing processes
+    try:  # before forking: a missing model, torch or a bad ZSTAGGER_STORE is one clear line, not a pool of failing processes
+        check_installed("torch", "transformers")
         check_available(settings.model)
         if settings.store:
             from ..store import open_store
@@ -65,8 +67,9 @@ def worker(concurrency, queues, model, precision, device, hostname, loglevel, po
 @click.option("--queue", default="bulk", show_default=True, help="interactive or bulk (or any queue your workers consume).")
 @click.option("--top-k", type=click.IntRange(min=1), help="Keep only the K best scores per image.")
 @click.option("--upload", is_flag=True, help="Send local files' bytes instead of their paths (workers on other machines).")
+@click.option("--callback-url", help="POST a signed event here when the job is done or cancelled (ZSTAGGER_WEBHOOK_SECRET).")
 @reports_errors
-def enqueue(inputs, taxonomy, labels, template, chunk_size, queue, top_k, upload):
+def enqueue(inputs, taxonomy, labels, template, chunk_size, queue, top_k, upload, callback_url):
     """Enqueue images for the workers; prints the job id.
 
     Paths are sent as absolute paths and read by the workers: they must see the same
@@ -82,7 +85,7 @@ def enqueue(inputs, taxonomy, labels, template, chunk_size, queue, top_k, upload
     if upload:
         refs = list(load_refs_for_upload(refs, settings.max_upload_bytes))
     job = enqueue_images(refs, taxonomy, labels=labels.split(",") if labels else None, template=template,
-                         top_k=top_k, chunk_size=chunk_size, queue=queue, settings=settings)
+                         top_k=top_k, chunk_size=chunk_size, queue=queue, callback_url=callback_url, settings=settings)
     click.echo(job.id)
 
 
@@ -98,14 +101,28 @@ def status(job_id):
 
 @cli.command()
 @click.argument("job_id")
+@reports_errors
+def cancel(job_id):
+    """Cancel a job: chunks not yet started are skipped; prints its status as JSON.
+
+    Results already stored stay available; the job's webhook is sent with state
+    "cancelled". A job that is already done is left as it is.
+    """
+    from ..queue.client import Job
+
+    click.echo(json.dumps(Job(job_id).cancel()))
+
+
+@cli.command()
+@click.argument("job_id")
 @click.option("--wait", is_flag=True, help="Block until the job is done (riding out Redis outages until --timeout).")
 @click.option("--timeout", type=click.FloatRange(min=0), help="With --wait: give up after S seconds (exit 3).")
 @reports_errors
 def results(job_id, wait, timeout):
     """Print a job's results as JSON Lines, in input order (same schema as `tag`).
 
-    Exit 0 all tagged, 1 some inputs failed, 3 not finished (--wait timed out, or the
-    job is still running without --wait: the finished results are printed).
+    Exit 0 all tagged, 1 some inputs failed, 3 not finished (--wait timed out, the job
+    is still running without --wait, or it was cancelled: the finished results are printed).
     """
     from ..queue.client import Job, JobTimeout
 

@@ -189,7 +189,7 @@ def store_forget(store_url, refs, hashes, as_json):
 def retag(taxonomy, labels, template, since, job, model, store_url, top_k, fmt, as_job, workers, progress):
     """Re-tag stored images with a (new or changed) taxonomy, without reading any image.
 
-    Output is what `zstagger tag` prints for those images, plus "source": "store", in the
+    Output is what `zstagger tag` prints for those images, with "source": "store" in its provenance, in the
     order the images were first recorded.
 
     \b

@@ -21,15 +21,22 @@ applied to every batch of image embeddings. Three scoring rules:
 ``sigmoid``
     Sigmoid-trained models (SigLIP): ``sigmoid(logit_scale * cosine + logit_bias)`` per
     label, the model's native calibrated probability and what the HF pipeline reports.
+
+Few-shot examples (:mod:`.fewshot`) either change the label and competitor embeddings
+before a plan is built (``blend``) or add image evidence to the logits of every rule
+(``centroid``, ``cache``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .fewshot import ImageEvidence
 
 ScoringRule = Literal["softmax", "contrastive", "sigmoid"]
 
@@ -98,6 +105,8 @@ class ScoringPlan:
     # contrastive: competitor embeddings and which label faces which (L, N).
     competitor_embeds: np.ndarray | None = None
     competitor_mask: np.ndarray | None = None
+    # few-shot ``centroid`` and ``cache`` methods: logits from example images (labels and competitors)
+    evidence: ImageEvidence | None = None
 
     def __post_init__(self) -> None:
         self.label_embeds = np.asarray(self.label_embeds, dtype=np.float32)
@@ -124,12 +133,19 @@ class ScoringPlan:
         """Unit image embeddings (B, D) -> (scores, cosines), both (B, L) float32."""
         images = np.asarray(image_embeds, dtype=np.float32)
         cosine = similarity(images, self.label_embeds)
-        logits = self.logit_scale * cosine
+        text_scale = self.logit_scale * (self.evidence.text_weight if self.evidence is not None else 1.0)
+        logits = text_scale * cosine
+        extra_competitor = None
+        if self.evidence is not None:
+            extra_label, extra_competitor = self.evidence.extra_logits(images, self.logit_scale)
+            logits = logits + extra_label
         if self.rule == "sigmoid":
             return sigmoid(logits + (self.logit_bias or 0.0)), cosine
         if self.rule == "softmax":
             return hierarchical_softmax(logits, self.groups, self.group_parents), cosine
-        competitor_logits = self.logit_scale * similarity(images, self.competitor_embeds)  # type: ignore[arg-type]
+        competitor_logits = text_scale * similarity(images, self.competitor_embeds)  # type: ignore[arg-type]
+        if extra_competitor is not None:
+            competitor_logits = competitor_logits + extra_competitor
         # per label: logsumexp over its own competitors -> (B, L)
         rivals = grouped_logsumexp(competitor_logits[:, self._rival_columns], self._rival_starts, self._rival_counts)
         return sigmoid(logits - rivals), cosine

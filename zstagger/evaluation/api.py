@@ -12,17 +12,20 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
+
+from ..classifier import TaxonomyClassifier
 from ..errors import ConfigurationError, DatasetError
 from ..registry import resolve_taxonomy
 from ..settings import Settings
 from ..tagger import Tagger
-from ..taxonomy import ACTION_SEVERITY, Taxonomy
+from ..taxonomy import ACTION_SEVERITY, FewShot, Taxonomy
 from .calibrate import MIN_POSITIVES, Target, calibrate_scored, calibrated_taxonomy
 from .datasets import LabelledDataset, load_dataset
 from .extra import check_installed, import_in_background
 from .metrics import Bootstrap, multi_label, single_label_levels, verdict_metrics
-from .models import CalibrationReport, EvalReport
-from .scored import UNREADABLE_SHOWN, ScoredDataset, score_dataset
+from .models import CalibrationReport, EvalReport, FewShotUse
+from .scored import UNREADABLE_SHOWN, ScoredDataset, rescore, score_dataset
 
 Progress = Callable[[int], None]
 
@@ -73,6 +76,7 @@ def build_eval_report(scored: ScoredDataset, dataset: LabelledDataset, tagger: T
     if spec.has_actions:
         fields["verdicts"] = verdict_metrics(scored, boot)
     return EvalReport(
+        few_shot=few_shot_use(scored.classifier),
         taxonomy=spec.name, taxonomy_version=spec.version, mode=spec.mode, model=tagger.model_name,
         model_fingerprint=tagger.fingerprint, preprocessing=tagger.preprocessing, dataset=dataset.source,
         dataset_fingerprint=dataset.fingerprint, images=len(dataset.items), evaluated=len(scored.items),
@@ -80,6 +84,15 @@ def build_eval_report(scored: ScoredDataset, dataset: LabelledDataset, tagger: T
         cache_hits=scored.cache_hits, cache_misses=scored.cache_misses, bootstrap_rounds=rounds,
         calibration=spec.calibration, **fields,
     )
+
+
+def few_shot_use(compiled: TaxonomyClassifier) -> FewShotUse | None:
+    """Which labels use images, from a compiled taxonomy (None when none does)."""
+    if compiled.images_from is None:
+        return None
+    settings = compiled.taxonomy.few_shot or FewShot()
+    return FewShotUse(method=settings.method, settings=settings.knobs(), images_from=compiled.images_from,
+                      labels=compiled.image_counts)
 
 
 def calibrate(
@@ -99,18 +112,23 @@ def calibrate(
     bootstrap_rounds: int = 1000,
     settings: Settings | None = None,
     progress: Callable[[LabelledDataset], Progress] | None = None,
+    examples: int = 0,
 ) -> CalibrationReport:
     """Choose per-label thresholds on a labelled dataset; ``report.taxonomy`` is the calibrated taxonomy.
 
     Exactly one of ``target_precision``, ``target_recall`` or ``objective="f1"``;
     ``per_action`` (e.g. ``{"block": 0.99, "review": 0.9}``) sets a precision target for
-    the labels with that action. Write the result with :func:`write_taxonomy`.
+    the labels with that action. ``examples=K`` also picks K example images per label
+    from the data and writes them into the taxonomy (:mod:`.examples`); ``report.examples``
+    compares held-out figures with and without them. Write the result with :func:`write_taxonomy`.
     """
     started = time.perf_counter()
     target = parse_target(target_precision, target_recall, objective)
     per_action = check_per_action(per_action or {})
     if not 2 <= folds <= 20:
         raise ConfigurationError(f"folds must be between 2 and 20, got {folds}")
+    if examples < 0:
+        raise ConfigurationError(f"examples must be a number of images per label (0 for none), got {examples}")
     check_installed("sklearn")
     spec = resolve_taxonomy(taxonomy)
     dataset = load_dataset(data, spec)
@@ -121,8 +139,12 @@ def calibrate(
             raise DatasetError(f"{dataset.source}: {len(scored.items)} readable images are too few for {folds}-fold cross-validation")
         boot = Bootstrap(len(scored.items), bootstrap_rounds)
         results, warnings = calibrate_scored(scored, target, per_action, folds=folds, min_positives=min_positives, boot=boot)
+        comparison, final = None, scored
+        if examples:
+            comparison, final, results, warnings = _with_examples(
+                scored, spec, active, examples, target, per_action, folds, min_positives, boot, results)
         calibrated = calibrated_taxonomy(
-            scored, results, target=target, per_action=per_action, folds=folds, model=active.model_name,
+            final, results, target=target, per_action=per_action, folds=folds, model=active.model_name,
             model_fingerprint=active.fingerprint, preprocessing=active.preprocessing, dataset=dataset.source,
             dataset_fingerprint=dataset.fingerprint, name=name,
         )
@@ -133,20 +155,49 @@ def calibrate(
         taxonomy=calibrated, source_taxonomy=f"{spec.name}@{spec.version}", model=active.model_name, dataset=dataset.source,
         images=len(dataset.items), evaluated=len(scored.items), unreadable_count=len(scored.unreadable),
         unreadable=scored.unreadable[:UNREADABLE_SHOWN], folds=folds, labels=results, warnings=warnings,
-        seconds=round(time.perf_counter() - started, 3),
+        examples=comparison, seconds=round(time.perf_counter() - started, 3),
     )
 
 
-def write_taxonomy(taxonomy: Taxonomy, path: str | Path) -> Path:
-    """Write a complete taxonomy file (YAML) that ``ZSTAGGER_TAXONOMY_PATH`` loads as it is."""
+def _with_examples(scored: ScoredDataset, spec: Taxonomy, tagger: Tagger, k: int, target: Target, per_action: dict,
+                   folds: int, min_positives: int, boot: Bootstrap, without: list) -> tuple:
+    """Thresholds and held-out figures for ``spec`` with K examples per label picked from the data."""
+    from .examples import ExampleFolds, compare, pick_examples, with_examples
+
+    fingerprint = tagger.fingerprint or tagger.encoder.fingerprint
+    source_sets = tagger.image_sets(spec)
+
+    def scored_with(picks):
+        taxonomy = with_examples(scored, spec, picks, source_sets, fingerprint=fingerprint, model=tagger.model_name,
+                                 preprocessing=tagger.preprocessing)
+        return rescore(scored, tagger.classifier(taxonomy))
+
+    fold_scores = ExampleFolds(scored, k, scored_with)
+    picks = pick_examples(scored, np.arange(len(scored.items)), k)
+    final = scored_with(picks)
+    learnt = np.zeros(len(scored.items), dtype=bool)
+    for rows in picks.values():
+        learnt[rows] = True
+    results, warnings = calibrate_scored(final, target, per_action, folds=folds, min_positives=min_positives, boot=boot,
+                                         fold_scorer=fold_scores, fitted=~learnt)
+    return compare(scored, final, fold_scores, picks, without, boot), final, results, warnings
+
+
+CALIBRATED = "Written by `zstagger calibrate`: thresholds chosen on labelled data (see calibration below)."
+
+
+def write_taxonomy(taxonomy: Taxonomy, path: str | Path, header: str = CALIBRATED, files: dict[str, bytes] | None = None) -> Path:
+    """Write a complete taxonomy file (YAML) that ``ZSTAGGER_TAXONOMY_PATH`` loads as it is,
+    and ``files`` (name -> bytes: vector packs) beside it, first."""
     import yaml
 
     path = Path(path)
-    body = yaml.safe_dump(taxonomy.model_dump(mode="json", exclude_none=True), sort_keys=False, allow_unicode=True, width=100)
-    header = "# Written by `zstagger calibrate`: thresholds chosen on labelled data (see calibration below).\n"
+    body = yaml.safe_dump(taxonomy.spec_dict(), sort_keys=False, allow_unicode=True, width=100)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(header + body, encoding="utf-8")
+        for name, data in (files or {}).items():
+            (path.parent / name).write_bytes(data)
+        path.write_text(f"# {header}\n" + body, encoding="utf-8")
     except OSError as exc:
         raise ConfigurationError(f"cannot write {path}: {exc.strerror or exc}") from None
     Taxonomy.from_file(path)  # what was written loads and validates

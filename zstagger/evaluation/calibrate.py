@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -74,6 +75,8 @@ def calibration_scores(scored: ScoredDataset) -> np.ndarray:
     if scored.taxonomy.mode != "single":
         return scored.scores
     out = np.zeros_like(scored.scores)
+    only = scored.classifier.match_only  # matched by known images alone: their own score is their cosine
+    out[:, only] = scored.scores[:, only]
     for members in scored.classifier.children.values():  # groups of siblings
         members = np.asarray(members)
         block = scored.scores[:, members]
@@ -83,23 +86,41 @@ def calibration_scores(scored: ScoredDataset) -> np.ndarray:
     return out
 
 
+FoldScorer = Callable[[np.ndarray], tuple[ScoredDataset, np.ndarray]]
+
+
 def calibrate_scored(
     scored: ScoredDataset, target: Target, per_action: dict[str, float] | None = None, folds: int = 5,
-    min_positives: int = MIN_POSITIVES, boot: Bootstrap | None = None, seed: int = 0,
+    min_positives: int = MIN_POSITIVES, boot: Bootstrap | None = None, seed: int = 0, *,
+    fold_scorer: FoldScorer | None = None, fitted: np.ndarray | None = None,
 ) -> tuple[list[LabelCalibrationResult], list[str]]:
-    """Choose every label's threshold; returns the per-label results and warnings."""
+    """Choose every label's threshold; returns the per-label results and warnings.
+
+    ``fold_scorer(train_rows)``: the dataset scored by what was learnt from those rows
+    alone, and the rows it learnt from (few-shot examples), which are left out of that
+    fold's threshold choice; without it every fold uses ``scored``. ``fitted``: the rows
+    ``scored``'s own thresholds may be chosen on (default: all).
+    """
     model_selection = require("sklearn.model_selection")
     taxonomy = scored.taxonomy
     boot = boot or Bootstrap(len(scored.items))
     scores = calibration_scores(scored)
     n = len(scored.items)
+    fit = np.ones(n, dtype=bool) if fitted is None else np.asarray(fitted, dtype=bool)
     splits = list(model_selection.KFold(n_splits=folds, shuffle=True, random_state=seed).split(np.arange(n)))
+    per_fold = []  # (train rows usable for thresholds, test rows, that fold's scores)
+    for train, test in splits:
+        if fold_scorer is None:
+            per_fold.append((train, test, scores))
+        else:
+            fold, learnt_from = fold_scorer(train)
+            per_fold.append((np.setdiff1d(train, learnt_from), test, calibration_scores(fold)))
     results, few, unreachable = [], [], []
     for i, label in enumerate(taxonomy.labels):
         if label.background:
             continue
         goal = Target("precision", per_action[label.action]) if per_action and label.action in per_action else target
-        truth, column = scored.truth[:, i], scores[:, i]
+        truth, column = scored.truth[:, i] & fit, np.where(fit, scores[:, i], -np.inf)
         previous = taxonomy.threshold_of(label)
         positives = int(truth.sum())
         in_p, in_r = _figures(boot, column >= previous, truth)
@@ -113,17 +134,17 @@ def calibrate_scored(
                 note=f"{positives} positives (< {min_positives}): threshold kept; its figures are measured, not fitted",
             ))
             continue
-        chosen = choose_threshold(column, truth, goal)
+        chosen = choose_threshold(column[fit], truth[fit], goal)
         fold_thresholds: list[float | None] = []
         held_out = np.zeros(n, dtype=bool)
-        for train, test in splits:
-            t = choose_threshold(column[train], truth[train], goal)
+        for train, test, fold_scores in per_fold:
+            t = choose_threshold(fold_scores[train, i], scored.truth[train, i], goal)
             fold_thresholds.append(t)
-            held_out[test] = column[test] >= (t if t is not None else previous)
-        out_p, out_r = _figures(boot, held_out, truth)
+            held_out[test] = fold_scores[test, i] >= (t if t is not None else previous)
+        out_p, out_r = _figures(boot, held_out, scored.truth[:, i])
         if chosen is None:
             unreachable.append(label.name)
-            best = _best_reachable(column, truth, goal)
+            best = _best_reachable(column[fit], truth[fit], goal)
             results.append(LabelCalibrationResult(
                 **common, status="unreachable", threshold=previous, in_sample_precision=in_p, in_sample_recall=in_r,
                 held_out_precision=out_p, held_out_recall=out_r, fold_thresholds=fold_thresholds,
@@ -169,7 +190,8 @@ def calibrated_taxonomy(
     spec = source.model_dump(mode="json")
     for label in spec["labels"]:
         if label["name"] in by_label:
-            label["threshold"] = by_label[label["name"]].threshold
+            key = "match_threshold" if source.label(label["name"]).match_only else "threshold"
+            label[key] = by_label[label["name"]].threshold
     spec["name"] = name or (source.name if source.name.endswith("-calibrated") else f"{source.name}-calibrated")
     spec["version"] = bump_version(source.version)
     spec["calibration"] = Calibration(

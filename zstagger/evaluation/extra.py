@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 from importlib import import_module
-from types import ModuleType
 
-from ..errors import MissingExtraError
-
-_PACKAGES = {"sklearn": "scikit-learn", "matplotlib": "matplotlib"}
-
-
-def require(module: str) -> ModuleType:
-    """Import ``module`` from the eval extra, or say how to install it."""
-    try:
-        return import_module(module)
-    except ImportError:
-        top = module.split(".")[0]
-        raise MissingExtraError(
-            f"{_PACKAGES.get(top, top)} is not installed; evaluation needs the eval extra: pip install \"zstagger[eval]\""
-        ) from None
+from .. import extras
+from ..extras import require  # noqa: F401  (re-exported for the evaluation modules)
 
 
 def check_installed(*modules: str) -> None:
@@ -28,13 +14,7 @@ def check_installed(*modules: str) -> None:
     Only looks the packages up: importing scikit-learn takes over a second, which a run
     whose embeddings are all cached would otherwise spend before doing anything.
     """
-    for module in modules or ("sklearn",):
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except (ImportError, ValueError):  # ValueError: a module blocked with sys.modules[name] = None
-            found = False
-        if not found:
-            require(module)  # raises the one-line error
+    extras.check_installed(*(modules or ("sklearn",)))
 
 
 def import_in_background(*modules: str) -> None:

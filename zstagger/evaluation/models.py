@@ -96,6 +96,15 @@ class UnreadableImage(_Model):
     message: str
 
 
+class FewShotUse(_Model):
+    """Which labels of an evaluated taxonomy use images, and how they are combined with the text."""
+
+    method: str
+    settings: dict[str, float]
+    images_from: str  # "embedded vectors" (the spec's, for this model) or "image files"
+    labels: dict[str, dict[str, int]]  # label -> images per kind (examples, negative_examples, known_images)
+
+
 class EvalReport(_Model):
     taxonomy: str
     taxonomy_version: str
@@ -117,6 +126,7 @@ class EvalReport(_Model):
     averages: Averages | None = None  # multi-label taxonomies
     verdicts: VerdictMetrics | None = None  # taxonomies with actions
     calibration: Calibration | None = None  # the taxonomy's own calibration record, shown again
+    few_shot: FewShotUse | None = None  # labels that use example, counter-example or known images
     report_dir: str | None = None
     seconds: float = 0.0
 
@@ -137,6 +147,17 @@ class LabelCalibrationResult(_Model):
     note: str = ""
 
 
+class ExamplesComparison(_Model):
+    """``calibrate --examples K``: held-out figures with the picked examples and without them."""
+
+    per_label: int  # K asked for
+    labels: dict[str, int]  # examples written per label (fewer where the data has fewer)
+    metric: str  # "top-1 accuracy" (single-label) or "macro average precision" (multi-label)
+    without_examples: Estimate  # the taxonomy as given (text alone, or its own examples); nothing fitted, every image counts
+    with_examples: Estimate  # held out: each fold scored with examples picked from the other folds
+    labels_without_examples: list[LabelCalibrationResult]  # the calibration the taxonomy gets without examples
+
+
 class CalibrationReport(_Model):
     taxonomy: Taxonomy  # the calibrated taxonomy, ready to write
     source_taxonomy: str
@@ -149,4 +170,5 @@ class CalibrationReport(_Model):
     folds: int
     labels: list[LabelCalibrationResult]
     warnings: list[str]
+    examples: ExamplesComparison | None = None  # calibrate --examples K
     seconds: float = 0.0

@@ -8,7 +8,7 @@ no model. Unreadable images are kept aside with their error records, never dropp
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -33,6 +33,8 @@ class ScoredDataset:
     unreadable: list[UnreadableImage] = field(default_factory=list)
     cache_hits: int = 0
     cache_misses: int = 0
+    embeddings: np.ndarray | None = None  # (N, D) unit image embeddings (for choosing few-shot examples)
+    matched: np.ndarray | None = None  # (N, L) bool: known-image matches
 
     @property
     def names(self) -> list[str]:
@@ -61,11 +63,10 @@ def score_dataset(
     """Embed (or fetch from the cache) and score every image of ``dataset`` against ``taxonomy``."""
     compiled = tagger.classifier(taxonomy)
     before = tagger.cache_stats()
-    items, rows, unreadable = [], [], []
+    items, vectors, unreadable = [], [], []
     position = 0
     for refs, embeds, errors in tagger.embed_batches(item.ref for item in dataset.items):
-        scores = compiled.plan.score(embeds)[0].astype(np.float64) if embeds is not None else np.empty((0, 0))
-        done = iter(scores)
+        done = iter(embeds if embeds is not None else [])
         for error in errors:
             item = dataset.items[position]
             position += 1
@@ -73,14 +74,26 @@ def score_dataset(
                 unreadable.append(UnreadableImage(image=item.ref, type=error.kind, message=error.message))
                 continue
             items.append(item)
-            rows.append(next(done))
+            vectors.append(next(done))
         if progress is not None:
             progress(len(refs))
-    scores = np.stack(rows) if rows else np.zeros((0, len(taxonomy.labels)))
-    tagged = compiled.tag_rows(scores) if len(scores) else []
     after = tagger.cache_stats()
-    return ScoredDataset(
-        taxonomy=taxonomy, classifier=compiled, items=items, truth=truth_matrix(items, taxonomy), scores=scores,
-        tagged=tagged, verdicts=[compiled.verdict(t) for t in tagged], unreadable=unreadable,
-        cache_hits=after["hits"] - before["hits"], cache_misses=after["misses"] - before["misses"],
-    )
+    embeddings = np.stack(vectors).astype(np.float32) if vectors else None
+    return rescore(ScoredDataset(
+        taxonomy=taxonomy, classifier=compiled, items=items, truth=truth_matrix(items, taxonomy),
+        scores=np.zeros((0, len(taxonomy.labels))), tagged=[], verdicts=[], unreadable=unreadable,
+        cache_hits=after["hits"] - before["hits"], cache_misses=after["misses"] - before["misses"], embeddings=embeddings,
+    ), compiled)
+
+
+def rescore(scored: ScoredDataset, compiled: TaxonomyClassifier) -> ScoredDataset:
+    """The same images scored by another compiled taxonomy (with examples, say), from their embeddings."""
+    count = len(compiled.taxonomy.labels)
+    if scored.embeddings is None:
+        scores, matched = np.zeros((0, count)), np.zeros((0, count), dtype=bool)
+    else:
+        batch = compiled.score(scored.embeddings)
+        scores, matched = batch.scores, batch.matched
+    tagged = compiled.tag_rows(scores, matched) if len(scores) else []
+    return replace(scored, taxonomy=compiled.taxonomy, classifier=compiled, scores=scores, matched=matched, tagged=tagged,
+                   verdicts=[compiled.verdict(t) for t in tagged])

@@ -14,6 +14,8 @@ import http.client
 import socket
 import ssl
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import urljoin, urlsplit
 
 from ..errors import ImageLoadError, UrlBlockedError
@@ -33,17 +35,9 @@ def fetch_url(url: str, policy: ImagePolicy = DEFAULT_POLICY) -> bytes:
     """
     deadline = time.monotonic() + policy.url_timeout
     for _ in range(_MAX_REDIRECTS + 1):
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "https") or not parts.hostname:
-            raise ImageLoadError("invalid_url", f"not an http(s) URL: {url}")
-        conn = None
-        try:
-            port = parts.port or (443 if scheme == "https" else 80)
-            address = resolve_allowed(parts.hostname, port, policy.allow_private_urls, _remaining(deadline, url, policy))[0]
-            conn = _connection(scheme, parts.hostname, port, address, deadline)
-            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            conn.request("GET", path, headers={"User-Agent": _USER_AGENT, "Accept": "image/*,*/*;q=0.5"})
+        with _hop(url, policy, deadline) as hop:
+            conn = hop.open()
+            conn.request("GET", hop.path, headers={"User-Agent": _USER_AGENT, "Accept": "image/*,*/*;q=0.5"})
             conn.refresh_timeout()
             resp = conn.getresponse()
             if resp.status in (301, 302, 303, 307, 308) and resp.getheader("Location"):
@@ -53,28 +47,77 @@ def fetch_url(url: str, policy: ImagePolicy = DEFAULT_POLICY) -> bytes:
                 transient = resp.status in (408, 425, 429) or resp.status >= 500
                 raise ImageLoadError("fetch_failed", f"HTTP {resp.status} {resp.reason} from {url}", transient=transient)
             return _read_capped(conn, resp, url, policy)
-        except UrlBlockedError as exc:
-            raise ImageLoadError(
-                "url_blocked", f"{exc}; fetching private, loopback or link-local addresses is refused "
-                "(set ZSTAGGER_ALLOW_PRIVATE_URLS=1 to allow it on a trusted network)",
-            ) from None
-        except ImageLoadError:
-            raise
-        except Exception as exc:
-            # Whatever a socket shut down at the deadline made http.client or ssl raise, it is a timeout.
-            if time.monotonic() >= deadline or (conn is not None and conn.timed_out) or isinstance(exc, TimeoutError):
-                raise _timeout(url, policy) from None
-            if isinstance(exc, socket.gaierror):
-                raise ImageLoadError("fetch_failed", f"cannot resolve host {parts.hostname!r}: {exc.strerror}", transient=True) from None
-            if isinstance(exc, ssl.SSLError):
-                raise ImageLoadError("fetch_failed", f"TLS error fetching {url}: {exc}") from None
-            if isinstance(exc, (OSError, http.client.HTTPException)):
-                raise ImageLoadError("fetch_failed", f"could not fetch {url}: {exc}", transient=True) from None
-            raise
-        finally:
-            if conn is not None:
-                conn.close()
     raise ImageLoadError("fetch_failed", f"more than {_MAX_REDIRECTS} redirects fetching {url}")
+
+
+def post_url(url: str, body: bytes, headers: dict[str, str], policy: ImagePolicy = DEFAULT_POLICY) -> tuple[int, str]:
+    """POST ``body`` under the same deadline and address policy as downloads (webhook
+    deliveries use it); redirects are not followed. Returns (status, reason); raises
+    :class:`~zstagger.errors.ImageLoadError` with the same kinds as :func:`fetch_url`."""
+    deadline = time.monotonic() + policy.url_timeout
+    with _hop(url, policy, deadline) as hop:
+        conn = hop.open()
+        conn.request("POST", hop.path, body=body, headers={"User-Agent": _USER_AGENT, **headers})
+        conn.refresh_timeout()
+        resp = conn.getresponse()
+        resp.read(64 * 1024)  # the answer's body is not needed; read a bounded part of it
+        return resp.status, resp.reason
+
+
+class _Hop:
+    """One request to one URL: its parsed parts, and the pinned connection once opened."""
+
+    def __init__(self, url: str, policy: ImagePolicy, deadline: float):
+        self.url, self.policy, self.deadline = url, policy, deadline
+        self.host: str | None = None
+        self.path = "/"
+        self.conn: _PinnedHTTP | _PinnedHTTPS | None = None
+
+    def open(self) -> _PinnedHTTP | _PinnedHTTPS:
+        self.parts = urlsplit(self.url)  # a malformed URL raises ValueError here: invalid_url
+        self.host = self.parts.hostname
+        self.path = (self.parts.path or "/") + (f"?{self.parts.query}" if self.parts.query else "")
+        scheme = self.parts.scheme.lower()
+        if scheme not in ("http", "https") or not self.parts.hostname:
+            raise ImageLoadError("invalid_url", f"not an http(s) URL: {self.url}")
+        port = self.parts.port or (443 if scheme == "https" else 80)
+        left = _remaining(self.deadline, self.url, self.policy)
+        address = resolve_allowed(self.parts.hostname, port, self.policy.allow_private_urls, left)[0]
+        self.conn = _connection(scheme, self.parts.hostname, port, address, self.deadline)
+        return self.conn
+
+
+@contextmanager
+def _hop(url: str, policy: ImagePolicy, deadline: float) -> Iterator[_Hop]:
+    """Every failure of one exchange as an ImageLoadError with a stable kind; the connection closed."""
+    hop = _Hop(url, policy, deadline)
+    try:
+        yield hop
+    except UrlBlockedError as exc:
+        raise ImageLoadError(
+            "url_blocked", f"{exc}; fetching private, loopback or link-local addresses is refused "
+            "(set ZSTAGGER_ALLOW_PRIVATE_URLS=1 to allow it on a trusted network)",
+        ) from None
+    except ImageLoadError:
+        raise
+    except Exception as exc:
+        conn = hop.conn
+        # Whatever a socket shut down at the deadline made http.client or ssl raise, it is a timeout.
+        if time.monotonic() >= deadline or (conn is not None and conn.timed_out) or isinstance(exc, TimeoutError):
+            raise _timeout(url, policy) from None
+        if isinstance(exc, ValueError) and conn is None:  # urlsplit's complaint about a malformed port
+            raise ImageLoadError("invalid_url", f"malformed URL {url!r}: {exc}") from None
+        if isinstance(exc, socket.gaierror):
+            raise ImageLoadError("fetch_failed", f"cannot resolve host {hop.host!r}: {exc.strerror}",
+                                 transient=True) from None
+        if isinstance(exc, ssl.SSLError):
+            raise ImageLoadError("fetch_failed", f"TLS error fetching {url}: {exc}") from None
+        if isinstance(exc, (OSError, http.client.HTTPException)):
+            raise ImageLoadError("fetch_failed", f"could not fetch {url}: {exc}", transient=True) from None
+        raise
+    finally:
+        if hop.conn is not None:
+            hop.conn.close()
 
 
 def _timeout(url: str, policy: ImagePolicy) -> ImageLoadError:

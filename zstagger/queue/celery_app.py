@@ -25,7 +25,7 @@ REDIS_TRANSPORT = "zstagger.queue.transport:Transport"
 
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings()
-    app = Celery("zstagger", include=["zstagger.queue.tasks"])
+    app = Celery("zstagger", include=["zstagger.queue.tasks", "zstagger.queue.webhooks"])
     vt = settings.visibility_timeout
     app.conf.update(
         broker_url=settings.redis_url,

@@ -18,9 +18,42 @@ from ..settings import Settings
 from ..taxonomy import Taxonomy
 from .celery_app import TASK_NAME, app_for
 from .messages import encode_ref
+from .notify import FINAL_STATES, job_finished
 from .store import JobStore, QueueUnavailableError, check_job_id, connect, new_job_id, redis_failure
+from .vectors import read_packs, spec_for_workers
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def check_callback_url(url: str, settings: Settings) -> str:
+    """A webhook URL the workers may call: http(s), a host, allowed by the address policy, and
+    a secret to sign with (the one rule for the Python API, the CLI and the HTTP service)."""
+    from urllib.parse import urlsplit
+
+    from ..errors import UrlBlockedError
+    from ..images.addresses import resolve_allowed
+
+    if settings.webhook_secret is None or not settings.webhook_secret.get_secret_value():
+        raise ConfigurationError("a callback URL needs ZSTAGGER_WEBHOOK_SECRET (events are signed with it; "
+                                 "set the same secret on the workers)")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigurationError(f"malformed callback URL {url!r}: {exc}") from None
+    if parts.scheme.lower() not in ("http", "https") or not host:
+        raise ConfigurationError(f"callback URL {url!r} is not an http(s) URL with a host")
+    try:
+        resolve_allowed(host, port or (443 if parts.scheme.lower() == "https" else 80), settings.allow_private_urls,
+                        settings.url_timeout)
+    except UrlBlockedError as exc:
+        raise ConfigurationError(f"callback URL refused: {exc} (ZSTAGGER_ALLOW_PRIVATE_URLS=1 allows it on a "
+                                 "trusted network)") from None
+    except (OSError, TimeoutError):
+        pass  # not resolvable from here: the workers resolve and check it again for every delivery
+    return url
 
 
 class JobTimeout(TimeoutError):
@@ -70,7 +103,7 @@ class Job:
                 time.sleep(1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic())))
                 continue
             outage = False
-            if status["state"] == "done":
+            if status["state"] in FINAL_STATES:
                 return status
             if deadline is not None and time.monotonic() >= deadline:
                 raise JobTimeout(f"job {self.id} not done after {timeout:g}s: {status['pending']} of {status['total']} pending")
@@ -82,6 +115,32 @@ class Job:
         for _, line in self.store.iter_results(self.id, total):
             if line is not None:
                 yield line
+
+    def cancel(self) -> dict[str, Any]:
+        """Cancel the job: chunks not yet started are skipped; chunks already running finish.
+
+        Its status becomes ``cancelled`` (the results stored so far stay available) and its
+        webhook or on-done task is sent with that state. A job that is already done (or
+        cancelled) is left as it is. Returns the job's status.
+        """
+        status = self.status()
+        if status["state"] in FINAL_STATES:
+            return status
+
+        def cancel() -> None:
+            if self.store.claim(self.id, "cancelled"):
+                job_finished(self.store, app_for(self.settings), self.id, "cancelled")
+
+        _reachable(self.settings, cancel)
+        return self.status()
+
+    def result_page(self, offset: int, limit: int) -> list[str | None]:
+        """Result JSON for inputs ``offset`` to ``offset + limit - 1`` (None where not finished yet)."""
+        total = self.status()["total"]
+        end = min(total, offset + limit)
+        if offset >= end:
+            return []
+        return [line for _, line in self.store.iter_results(self.id, end, start=offset)]
 
     def results(self, wait: bool = False, timeout: float | None = None) -> list[TagResult]:
         """One :class:`~zstagger.TagResult` per finished input, in input order."""
@@ -115,6 +174,11 @@ def enqueue(
     top_k: int | None = None,
     chunk_size: int | None = None,
     queue: str = "bulk",
+    callback_url: str | None = None,
+    on_done: str | None = None,
+    on_done_queue: str | None = None,
+    results_url: str | None = None,
+    job_id: str | None = None,
     settings: Settings | None = None,
 ) -> Job:
     """Validate, split into chunks and enqueue images for the workers; returns the :class:`Job`.
@@ -128,6 +192,12 @@ def enqueue(
     Directories are expanded here, on the producer, and paths are made absolute. Paths
     are read by the workers, so they must name files the workers can see at that path
     (shared storage); send bytes (``--upload``) or URLs otherwise.
+
+    When the job finishes (done, or cancelled), ``callback_url`` receives a signed webhook
+    event (``ZSTAGGER_WEBHOOK_SECRET``; see :mod:`zstagger.queue.signing`), and the Celery
+    task named ``on_done`` is sent ``(job_id, status)`` on ``on_done_queue``, both at least
+    once. ``results_url`` is put in the webhook event (the HTTP service sets it, with the
+    ``job_id`` it chose).
     """
     settings = settings or Settings()
     spec = resolve_taxonomy(taxonomy, labels, template)
@@ -138,18 +208,33 @@ def enqueue(
         raise ConfigurationError(f"top_k must be at least 1, got {top_k}")
     if not _QUEUE_NAME.match(queue or ""):
         raise ConfigurationError(f"invalid queue name {queue!r}")
+    notify: dict[str, str] = {}
+    if callback_url is not None:
+        notify["callback_url"] = check_callback_url(callback_url, settings)
+    if on_done is not None:
+        if not _TASK_NAME.match(on_done):
+            raise ConfigurationError(f"invalid task name {on_done!r} for on_done (a dotted Celery task name)")
+        notify["on_done_task"] = on_done
+        if on_done_queue is not None:
+            if not _QUEUE_NAME.match(on_done_queue):
+                raise ConfigurationError(f"invalid queue name {on_done_queue!r} for on_done_queue")
+            notify["on_done_queue"] = on_done_queue
+    if results_url is not None:
+        notify["results_url"] = results_url
     encoded = [encode_ref(ref, settings.max_upload_bytes) for ref in iter_inputs(images)]
     if not encoded:
         raise ConfigurationError("nothing to enqueue: no images in the inputs")
+    packs = read_packs(spec)  # embedded image vectors: read (and checked to be there) before anything is written
 
     store = open_store(settings)
-    job_id = new_job_id()
+    job_id = check_job_id(job_id) if job_id is not None else new_job_id()
     expires_at = int(time.time() + settings.result_ttl)
     chunks = [[[i, ref] for i, ref in enumerate(encoded[start : start + chunk_size], start)]
               for start in range(0, len(encoded), chunk_size)]
-    spec_json = spec.model_dump(mode="json")
+    spec_json = _reachable(settings, lambda: spec_for_workers(spec, packs, store.redis, expires_at))
     _reachable(settings, lambda: store.create(
-        job_id, len(encoded), expires_at, chunks=len(chunks), queue=queue, taxonomy=spec.name, fingerprint=spec.fingerprint
+        job_id, len(encoded), expires_at, chunks=len(chunks), queue=queue, taxonomy=spec.name, fingerprint=spec.fingerprint,
+        **notify,
     ))
     app = app_for(settings)
     try:

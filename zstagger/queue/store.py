@@ -129,14 +129,6 @@ class JobStore:
     def mark_started(self, job_id: str) -> None:
         self.redis.hsetnx(self.keys(job_id)[0], "started", time.time())
 
-    def total(self, job_id: str) -> int | None:
-        """How many inputs the job has, or None if there is no such job (never was, expired, rolled back)."""
-        value = self.redis.hget(self.keys(job_id)[0], "total")
-        try:
-            return int(value) if value is not None else None
-        except ValueError:
-            return None
-
     def missing(self, job_id: str, indices: list[int]) -> list[int]:
         """Which of these inputs have no stored result yet."""
         if not indices:
@@ -145,17 +137,18 @@ class JobStore:
         return [i for i, value in zip(indices, stored) if value is None]
 
     def save(self, job_id: str, results: Iterable[tuple[int, TagResult]], expires_at: int,
-             counts: dict[str, int] | None = None) -> None:
+             counts: dict[str, int] | None = None) -> int:
         """Store results by input index; ``counts`` are added to the job's record in the same transaction
-        (so a chunk redelivered after its results were saved does not count twice)."""
-        self.save_lines(job_id, [(i, r.to_json(), r.error is not None) for i, r in results], expires_at, counts)
+        (so a chunk redelivered after its results were saved does not count twice). Returns how
+        many inputs of the job have a result now."""
+        return self.save_lines(job_id, [(i, r.to_json(), r.error is not None) for i, r in results], expires_at, counts)
 
     def save_lines(self, job_id: str, results: list[tuple[int, str, bool]], expires_at: int,
-                   counts: dict[str, int] | None = None) -> None:
+                   counts: dict[str, int] | None = None) -> int:
         """:meth:`save` for results already serialized: (index, JSON line, failed)."""
         job, results_key, failed_key = self.keys(job_id)
         if not results:
-            return
+            return int(self.redis.hlen(results_key))
         failed = [str(i) for i, _, bad in results if bad]
         succeeded = [str(i) for i, _, bad in results if not bad]
         with self.redis.pipeline(transaction=True) as pipe:
@@ -170,7 +163,30 @@ class JobStore:
                 pipe.hincrby(job, field, value)
             if counts:
                 pipe.expireat(job, expires_at)  # never a job record without an expiry (one rolled back meanwhile)
-            pipe.execute()
+            pipe.hlen(results_key)
+            return int(pipe.execute()[-1])
+
+    def meta(self, job_id: str) -> dict[str, str]:
+        """The job's record (total, queue, taxonomy, callback settings, ...); empty if there is no such job."""
+        raw = self.redis.hgetall(self.keys(job_id)[0])
+        return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
+
+    # Both only touch a job record that exists: HSET on a missing key would create a record
+    # with no expiry, for a job that was rolled back or has expired.
+    _UPDATE = "if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HSET', KEYS[1], unpack(ARGV)) end return -1"
+    _CLAIM = "if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) end return 0"
+
+    def update(self, job_id: str, **fields: Any) -> bool:
+        """Set fields of an existing job's record; False if there is no such job."""
+        args = [part for key, value in fields.items() for part in (key, str(value))]
+        return self.redis.eval(self._UPDATE, 1, self.keys(job_id)[0], *args) != -1
+
+    def claim(self, job_id: str, field: str) -> bool:
+        """Set ``field`` to now unless it is set: True for the one caller that set it."""
+        return bool(self.redis.eval(self._CLAIM, 1, self.keys(job_id)[0], field, str(time.time())))
+
+    def is_cancelled(self, job_id: str) -> bool:
+        return bool(self.redis.hexists(self.keys(job_id)[0], "cancelled"))
 
     def status(self, job_id: str) -> dict[str, Any]:
         job, results_key, failed_key = self.keys(job_id)
@@ -188,8 +204,11 @@ class JobStore:
             raise UnknownJobError(f"{job.decode() if isinstance(job, bytes) else job} in Redis is not a zstagger job record") from None
         finished = min(finished, total)  # indices are checked before they are stored; never report negative pending
         failed = min(failed, finished)
-        state = "done" if finished >= total else ("running" if finished or "started" in meta else "pending")
-        status = {
+        if "cancelled" in meta:
+            state = "cancelled"
+        else:
+            state = "done" if finished >= total else ("running" if finished or "started" in meta else "pending")
+        status: dict[str, Any] = {
             "job_id": check_job_id(job_id),
             "state": state,
             "total": total,
@@ -199,12 +218,20 @@ class JobStore:
         }
         if "cache_hits" in meta:  # workers with an embedding store or image cache: images neither decoded nor encoded
             status["cache_hits"] = int(meta["cache_hits"])
+        if "callback_url" in meta:
+            status["webhook"] = {
+                "attempts": int(meta.get("webhook_attempts", 0)),
+                "delivered": "webhook_delivered" in meta,
+                "last_error": meta.get("webhook_last_error") or None,
+            }
         return status
 
-    def iter_results(self, job_id: str, total: int, page: int = 1000) -> Iterator[tuple[int, str | None]]:
-        """(index, result JSON or None if not finished) for every input, in input order."""
+    def iter_results(
+        self, job_id: str, total: int, page: int = 1000, start: int = 0
+    ) -> Iterator[tuple[int, str | None]]:
+        """(index, result JSON or None if not finished) for inputs ``start`` to ``total - 1``, in order."""
         results_key = self.keys(job_id)[1]
-        for start in range(0, total, page):
-            indices = range(start, min(total, start + page))
+        for first in range(start, total, page):
+            indices = range(first, min(total, first + page))
             for i, value in zip(indices, self.redis.hmget(results_key, [str(i) for i in indices])):
                 yield i, value.decode() if value is not None else None

@@ -18,12 +18,14 @@ import redis
 from celery.exceptions import Reject
 from kombu.exceptions import OperationalError
 
-from ..errors import ZstaggerError
+from ..errors import ExamplesError, ZstaggerError
 from ..results import TagResult
 from ..settings import Settings
 from ..taxonomy import Taxonomy
 from .celery_app import TASK_NAME, app
+from ..images import describe
 from .messages import ChunkRequest, decode_ref
+from .notify import job_finished
 from .store import describe_failure
 from .worker import metrics, worker_settings, worker_store, worker_tagger
 
@@ -93,14 +95,25 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
     store = worker_store()
     try:
         chunk = ChunkRequest.from_message(args, kwargs)
-        spec = _taxonomy(json.dumps(chunk.taxonomy, sort_keys=True))
     except (ZstaggerError, ValueError, TypeError) as exc:
         return _refuse(self.request.id, exc)
+    try:
+        spec: Taxonomy | None = _taxonomy(json.dumps(chunk.taxonomy, sort_keys=True))
+        spec_problem = ""
+    except (ZstaggerError, ValueError, TypeError) as exc:
+        # A spec no worker can tag with (forged, or from a producer that skipped validation):
+        # its inputs become error records below, so the job still finishes and says why.
+        spec, spec_problem = None, " ".join(str(exc).split())[:500]
+        log.error("zstagger: refused the taxonomy spec of a chunk of job %s: %s", chunk.job_id, spec_problem)
 
     job_id = chunk.job_id
-    total = _with_redis(lambda: store.total(job_id), "reading the job", settings)
+    meta = _with_redis(lambda: store.meta(job_id), "reading the job", settings)
+    total = int(meta["total"]) if meta.get("total", "").isdigit() else None
     if chunk.expires_at and time.time() > chunk.expires_at or total is None:
         log.warning("zstagger: job %s has expired or was deleted; dropping a chunk of %d", job_id, len(chunk.items))
+        return {"tagged": 0, "skipped": len(chunk.items)}
+    if "cancelled" in meta:
+        log.info("zstagger: job %s was cancelled; skipping a chunk of %d", job_id, len(chunk.items))
         return {"tagged": 0, "skipped": len(chunk.items)}
     try:
         chunk.check_indices(total)
@@ -111,6 +124,15 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
     todo = set(_with_redis(lambda: store.missing(job_id, [index for index, _ in items]), "reading the job's results", settings))
 
     pending = [(index, ref) for index, ref in items if index in todo]
+    if spec is None:
+        name = str(chunk.taxonomy.get("name", "?"))[:100]
+        refused = [(index, TagResult.failed(describe(decode_ref(ref)), name, "invalid_taxonomy",
+                                            f"the job's taxonomy spec is invalid: {spec_problem}")) for index, ref in pending]
+        finished = _with_redis(lambda: store.save(job_id, refused, int(chunk.expires_at) or int(time.time() + settings.result_ttl)),
+                               "storing results", settings)
+        if finished >= total:
+            _with_redis(lambda: job_finished(store, app, job_id, "done"), "sending the job's notifications", settings)
+        return {"tagged": 0, "refused": len(refused)}
     try:
         tagger = worker_tagger()
     except Exception as exc:  # no model in this process: give the chunk back, untouched
@@ -119,12 +141,20 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
     share = max(1, -(-len(pending) // tagger.lanes))
     started = time.perf_counter()
     before, unrecorded = tagger.cache_stats(), tagger.unrecorded
-    # With an embedding store (ZSTAGGER_STORE) the Tagger records the chunk's images under
-    # this job in one write at the end of tag(): idempotent, so a redelivered chunk rewrites
-    # the same rows; if the store is away, the images are counted and logged as unrecorded
-    # and the results below are saved all the same.
-    results = tagger.tag([decode_ref(ref) for _, ref in pending], taxonomy=spec, top_k=chunk.top_k, batch_size=share,
-                         job_id=job_id) if pending else []
+    refs = [decode_ref(ref) for _, ref in pending]
+    try:  # compiled once per process; its image vectors may have to be read from Redis
+        _with_redis(lambda: tagger.classifier(spec), "reading the taxonomy's image vectors", settings)
+    except ExamplesError as exc:  # never tag with text alone when the images cannot be had: say so per input
+        log.error("zstagger: taxonomy %s cannot be used here: %s", spec.name, exc)
+        provenance = tagger.provenance(spec)
+        results = [TagResult.failed(describe(ref), spec.name, "examples_unavailable", str(exc), provenance=provenance)
+                   for ref in refs]
+    else:
+        # With an embedding store (ZSTAGGER_STORE) the Tagger records the chunk's images under
+        # this job in one write at the end of tag(): idempotent, so a redelivered chunk rewrites
+        # the same rows; if the store is away, the images are counted and logged as unrecorded
+        # and the results below are saved all the same.
+        results = tagger.tag(refs, taxonomy=spec, top_k=chunk.top_k, batch_size=share, job_id=job_id) if pending else []
     seconds = time.perf_counter() - started
     after = tagger.cache_stats()
     hits, misses = after["hits"] - before["hits"], after["misses"] - before["misses"]
@@ -139,11 +169,11 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
                 continue
             result = TagResult.failed(
                 result.image, result.taxonomy, result.error.type,
-                f"{result.error.message} (gave up after {chunk.attempt + 1} attempts)",
+                f"{result.error.message} (gave up after {chunk.attempt + 1} attempts)", provenance=result.provenance,
             )
         final.append((index, result))
     expires_at = int(chunk.expires_at) if chunk.expires_at else int(time.time() + settings.result_ttl)
-    _with_redis(lambda: store.save(job_id, final, expires_at, counts), "storing results", settings)
+    finished = _with_redis(lambda: store.save(job_id, final, expires_at, counts), "storing results", settings)
     if again:
         queue = (self.request.delivery_info or {}).get("routing_key") or None
         _with_redis(lambda: tag_chunk.apply_async(
@@ -152,6 +182,8 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
             countdown=retry_delay(chunk.attempt + 1, settings.visibility_timeout),
             queue=queue,
         ), "queueing a retry", settings)
+    if finished >= total:  # also when a redelivered chunk finds everything done: notifications are at least once
+        _with_redis(lambda: job_finished(store, app, job_id, "done"), "sending the job's notifications", settings)
     metrics().chunk_done(spec.name, [result for _, result in final], seconds, len(again))
     if counts is not None:
         metrics().store_done(hits, misses, tagger.unrecorded - unrecorded)

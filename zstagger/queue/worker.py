@@ -149,9 +149,12 @@ def worker_tagger():
         threads = int(os.environ.get("ZSTAGGER_TORCH_THREADS", "0"))
         if threads:
             torch.set_num_threads(threads)
+        from .vectors import RedisPackLoader
+
         started = time.monotonic()
         settings = worker_settings()
-        _state["tagger"] = Tagger(settings=settings, loader_threads=settings.loader_threads or threads or None)
+        _state["tagger"] = Tagger(settings=settings, loader_threads=settings.loader_threads or threads or None,
+                                  vector_loader=RedisPackLoader(worker_store().redis))
         _state["model_load_seconds"] = time.monotonic() - started
         log.info("zstagger: loaded %s in %.1fs", settings.model, _state["model_load_seconds"])
     return _state["tagger"]

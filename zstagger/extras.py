@@ -1,0 +1,59 @@
+"""Optional dependencies: which extra brings which package, and one clear line when one is missing.
+
+The core install is a producer's (enqueue, status, results, cancel, webhook verification):
+tagging needs ``zstagger[model]`` (torch, transformers), the HTTP service ``zstagger[serve]``,
+evaluation ``zstagger[eval]``. Imports nothing from zstagger but its errors.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from importlib import import_module
+from types import ModuleType
+
+from .errors import MissingExtraError
+
+# top-level module -> (extra, package to pip install)
+PROVIDERS: dict[str, tuple[str, str]] = {
+    "torch": ("model", "torch"),
+    "transformers": ("model", "transformers"),
+    "safetensors": ("model", "safetensors"),
+    "huggingface_hub": ("model", "huggingface-hub"),
+    "fastapi": ("serve", "fastapi"),
+    "uvicorn": ("serve", "uvicorn"),
+    "multipart": ("serve", "python-multipart"),
+    "sklearn": ("eval", "scikit-learn"),
+    "matplotlib": ("eval", "matplotlib"),
+}
+_PURPOSE = {"model": "tagging images", "serve": "the HTTP service", "eval": "evaluation"}
+
+
+def missing(module: str) -> MissingExtraError:
+    """The error for a missing module: what is missing, which extra brings it, how to install it."""
+    top = (module or "").split(".")[0]
+    extra, package = PROVIDERS.get(top, ("all", top))
+    purpose = _PURPOSE.get(extra, "this")
+    return MissingExtraError(
+        f"{package} is not installed; {purpose} needs the {extra} extra: pip install \"zstagger[{extra}]\""
+        + (" (for the CPU build of torch first: pip install torch --index-url https://download.pytorch.org/whl/cpu)"
+           if extra in ("model", "serve") else "")
+    )
+
+
+def require(module: str) -> ModuleType:
+    """Import ``module``, or raise the one-line error naming its extra."""
+    try:
+        return import_module(module)
+    except ImportError as exc:
+        raise missing(exc.name or module) from None
+
+
+def check_installed(*modules: str) -> None:
+    """Fail before any work when a package is missing, without importing it (imports are slow)."""
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # ValueError: a module blocked with sys.modules[name] = None
+            found = False
+        if not found:
+            raise missing(module)

@@ -1,0 +1,76 @@
+"""Webhook signatures: HMAC-SHA256 over the timestamp and the exact body bytes.
+
+Every event carries three headers::
+
+    Zstagger-Event-Id:  evt_<job id>_<done|cancelled>   (stable across retries: de-duplicate on it)
+    Zstagger-Timestamp: <unix seconds when this attempt was signed>
+    Zstagger-Signature: v1=<hex HMAC-SHA256(secret, "<timestamp>." + body)>
+
+A receiver recomputes the HMAC over the raw body it received, compares in constant time,
+and refuses timestamps more than a few minutes away (a replayed old event). Receivers in
+Python call :func:`verify`; it needs nothing but the standard library (producer installs
+without torch have it). Small on purpose: review it alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Mapping
+
+from ..errors import ZstaggerError
+
+EVENT_ID_HEADER = "Zstagger-Event-Id"
+TIMESTAMP_HEADER = "Zstagger-Timestamp"
+SIGNATURE_HEADER = "Zstagger-Signature"
+DEFAULT_TOLERANCE = 300  # seconds
+
+
+class InvalidSignatureError(ZstaggerError):
+    """A webhook request whose signature, timestamp or headers do not check out: reject it."""
+
+
+def _key(secret: str | bytes) -> bytes:
+    return secret.encode("utf-8") if isinstance(secret, str) else secret
+
+
+def sign(secret: str | bytes, timestamp: int, body: bytes) -> str:
+    digest = hmac.new(_key(secret), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"v1={digest}"
+
+
+def signed_headers(secret: str | bytes, event_id: str, body: bytes, now: float | None = None) -> dict[str, str]:
+    timestamp = int(time.time() if now is None else now)
+    return {EVENT_ID_HEADER: event_id, TIMESTAMP_HEADER: str(timestamp), SIGNATURE_HEADER: sign(secret, timestamp, body)}
+
+
+def verify(
+    secret: str | bytes, headers: Mapping[str, str], body: bytes, tolerance: float = DEFAULT_TOLERANCE,
+    now: float | None = None,
+) -> str:
+    """Check a received event; returns its event id, or raises :class:`InvalidSignatureError`.
+
+    ``headers``: the request's headers (any mapping; names are matched case-insensitively);
+    ``body``: the raw request body, exactly as received (not re-serialised JSON).
+    """
+    lowered = {str(k).lower(): str(v) for k, v in headers.items()}
+    event_id = lowered.get(EVENT_ID_HEADER.lower())
+    stamp = lowered.get(TIMESTAMP_HEADER.lower())
+    signatures = lowered.get(SIGNATURE_HEADER.lower())
+    if not event_id or not stamp or not signatures:
+        raise InvalidSignatureError(f"missing {EVENT_ID_HEADER}, {TIMESTAMP_HEADER} or {SIGNATURE_HEADER} header")
+    try:
+        timestamp = int(stamp)
+    except ValueError:
+        raise InvalidSignatureError(f"{TIMESTAMP_HEADER} is not a whole number of seconds") from None
+    if abs((time.time() if now is None else now) - timestamp) > tolerance:
+        raise InvalidSignatureError(f"timestamp is more than {tolerance:g}s away from now (a replayed or delayed event)")
+    expected = sign(secret, timestamp, body)
+    # Several signatures (comma-separated) let a receiver accept events during a secret rotation.
+    if not any(hmac.compare_digest(expected, candidate.strip()) for candidate in signatures.split(",")):
+        raise InvalidSignatureError("signature does not match: wrong secret, or the body was changed")
+    return event_id
+
+
+verify_webhook = verify  # the name the package root exports

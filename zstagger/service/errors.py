@@ -1,0 +1,66 @@
+"""Error bodies of the HTTP API: every error is ``{"error": {"type", "message"}}`` with a stable type.
+
+No stack trace ever reaches a client: anything unexpected is logged here and answered as
+``internal_error``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+log = logging.getLogger("zstagger.service")
+
+# Stable error types by HTTP status, for errors raised without one of our own.
+_TYPES = {400: "invalid_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+          406: "not_acceptable", 413: "payload_too_large", 415: "unsupported_media_type", 422: "invalid_request",
+          429: "rate_limited", 503: "unavailable"}
+
+
+class ApiError(HTTPException):
+    """An error answered to the client as is: a status, a stable ``type`` and a message.
+
+    It subclasses Starlette's HTTPException so that FastAPI re-raises it from body parsing
+    instead of turning it into a generic 400.
+    """
+
+    def __init__(self, status: int, type: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(status_code=status, detail=message, headers=headers)
+        self.type = type
+        self.message = message
+
+
+def error_response(status: int, type: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"type": type, "message": message}}, status_code=status, headers=headers)
+
+
+async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    if isinstance(exc, ApiError):
+        return error_response(exc.status_code, exc.type, exc.message, exc.headers)
+    message = exc.detail if isinstance(exc.detail, str) else "request refused"
+    return error_response(exc.status_code, _TYPES.get(exc.status_code, "error"), message, getattr(exc, "headers", None))
+
+
+async def validation_error(request: Request, exc) -> JSONResponse:
+    problems = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(part) for part in err.get("loc", ()) if part != "body")
+        problems.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+    return error_response(422, "invalid_request", "; ".join(problems) or "invalid request")
+
+
+async def zstagger_error(request: Request, exc) -> JSONResponse:
+    """zstagger's own errors raised inside a route: a clear 4xx (their messages are written for users)."""
+    from ..errors import UnknownTaxonomyError
+
+    if isinstance(exc, UnknownTaxonomyError):
+        return error_response(404, "unknown_taxonomy", str(exc))
+    return error_response(400, "invalid_request", str(exc).replace("\n", "; "))
+
+
+async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("zstagger: unexpected error answering %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", "the server met an unexpected error; it is logged on the server")

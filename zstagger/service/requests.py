@@ -1,0 +1,194 @@
+"""HTTP bodies in, image references and a taxonomy out: JSON (URLs, base64) or multipart uploads.
+
+The server never reads a path named by a client: an image is an upload, base64 bytes, an
+``http(s)`` URL (fetched under the same policy as everywhere else) or a ``data:`` URL.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from ..errors import ConfigurationError, TaxonomyError, UnknownTaxonomyError
+from ..images import ImageInput, NamedBytes, is_url
+from ..registry import resolve_taxonomy
+from ..settings import Settings
+from ..taxonomy import Taxonomy
+from .errors import ApiError
+
+Name = Annotated[str, StringConstraints(max_length=1024)]
+MAX_URL_LENGTH = 8192
+
+
+class ImageObject(BaseModel):
+    """One image in a JSON body: exactly one of ``url`` or ``base64``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(None, description="http(s) URL, or a data: URL with base64 bytes.")
+    base64: str | None = Field(None, description="The encoded image file, base64.")
+    name: Name | None = Field(None, description="Name reported as `image` in the result (default: the URL, or a content hash).")
+
+
+class TagRequest(BaseModel):
+    """``POST /v1/tag`` as JSON. Images are URLs (strings) or objects."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[Union[str, ImageObject]] = Field(
+        description="http(s) URLs, data: URLs, or {url | base64, name} objects.")
+    taxonomy: Name | None = Field(None, description="A registered taxonomy (GET /v1/taxonomies).")
+    labels: list[Annotated[str, StringConstraints(max_length=512)]] | None = Field(
+        None, max_length=10_000, description="Ad-hoc labels, like the Hugging Face pipeline's candidate_labels.")
+    template: Annotated[str, StringConstraints(max_length=512)] | None = Field(
+        None, description='Template for labels, with {} for the label. Default: "This is a photo of {}."')
+    top_k: int | None = Field(None, ge=1, le=100_000, description="Report only the K best scores per image.")
+
+
+def decode_data_url(url: str, max_bytes: int) -> bytes:
+    header, _, payload = url.partition(",")
+    if not header.lower().startswith("data:") or ";base64" not in header.lower():
+        raise ApiError(400, "invalid_request", "data: URLs must be base64 (data:image/png;base64,...)")
+    return decode_base64(payload, max_bytes)
+
+
+def decode_base64(payload: str, max_bytes: int) -> bytes:
+    if len(payload) > (max_bytes + 2) // 3 * 4 + 4:
+        raise ApiError(413, "payload_too_large",
+                       f"an image is over the {max_bytes:,}-byte limit (ZSTAGGER_MAX_IMAGE_BYTES)")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, "invalid_request", "image bytes are not valid base64") from None
+
+
+def image_from_json(value: str | ImageObject, index: int, settings: Settings) -> ImageInput:
+    if isinstance(value, str):
+        value = ImageObject(url=value)
+    if (value.url is None) == (value.base64 is None):
+        raise ApiError(400, "invalid_request", f"images[{index}]: give exactly one of url or base64")
+    if value.base64 is not None:
+        data = decode_base64(value.base64, settings.max_image_bytes)
+        return NamedBytes(value.name, data) if value.name else data
+    url = value.url or ""
+    if url[:5].lower() == "data:":
+        data = decode_data_url(url, settings.max_image_bytes)
+        return NamedBytes(value.name, data) if value.name else data
+    if not is_url(url):
+        raise ApiError(400, "invalid_request",
+                       f"images[{index}]: {url[:80]!r} is not an http(s) or data: URL (the server reads no local paths)")
+    if len(url) > MAX_URL_LENGTH:
+        raise ApiError(400, "invalid_request", f"images[{index}]: URL longer than {MAX_URL_LENGTH} characters")
+    return url
+
+
+def taxonomy_for(taxonomy: str | None, labels: list[str] | None, template: str | None) -> Taxonomy:
+    """The one owner of "exactly one of taxonomy or labels", as an HTTP error."""
+    try:
+        return resolve_taxonomy(taxonomy, labels, template)
+    except UnknownTaxonomyError as exc:
+        raise ApiError(404, "unknown_taxonomy", str(exc)) from None
+    except (ConfigurationError, TaxonomyError) as exc:
+        raise ApiError(400, "invalid_request", str(exc).replace("\n", "; ")) from None
+
+
+def check_count(count: int, limit: int) -> None:
+    if count == 0:
+        raise ApiError(400, "invalid_request", "no images in the request")
+    if count > limit:
+        raise ApiError(413, "payload_too_large",
+                       f"{count} images in one request, over the limit of {limit} (ZSTAGGER_MAX_REQUEST_IMAGES); "
+                       "split the request, or submit a job to /v1/jobs")
+
+
+async def read_tag_request(request: Request, settings: Settings) -> tuple[list[ImageInput], Taxonomy, int | None]:
+    """(image references, taxonomy, top_k) from a JSON or multipart ``/v1/tag`` body."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        return await _read_multipart(request, settings)
+    if content_type not in ("application/json", ""):
+        raise ApiError(415, "unsupported_media_type",
+                       f"send application/json or multipart/form-data, not {content_type}")
+    body = await request.body()
+    try:
+        parsed = TagRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise ApiError(422, "invalid_request", describe_validation(exc)) from None
+    check_count(len(parsed.images), settings.max_request_images)
+    spec = taxonomy_for(parsed.taxonomy, parsed.labels, parsed.template)
+    refs = [image_from_json(value, i, settings) for i, value in enumerate(parsed.images)]
+    return refs, spec, parsed.top_k
+
+
+async def _read_multipart(request: Request, settings: Settings) -> tuple[list[ImageInput], Taxonomy, int | None]:
+    try:
+        form = await request.form(max_files=settings.max_request_images, max_fields=64, max_part_size=64 * 1024)
+    except ApiError:
+        raise
+    except Exception as exc:  # python-multipart / Starlette: malformed, or over max_files
+        raise ApiError(400, "invalid_request", f"could not read the multipart body: {exc}") from None
+    try:
+        uploads = [value for key, value in form.multi_items() if isinstance(value, UploadFile)]
+        fields: dict[str, list[str]] = {}
+        for key, value in form.multi_items():
+            if isinstance(value, str):
+                fields.setdefault(key, []).append(value)
+        unknown = set(fields) - {"taxonomy", "labels", "template", "top_k"}
+        if unknown:
+            raise ApiError(400, "invalid_request", f"unknown form fields: {', '.join(sorted(unknown))}")
+        check_count(len(uploads), settings.max_request_images)
+        labels = [label for value in fields.get("labels", []) for label in value.split(",")] or None
+        top_k = _one_int(fields.get("top_k"), "top_k")
+        spec = taxonomy_for(_one(fields.get("taxonomy"), "taxonomy"), labels, _one(fields.get("template"), "template"))
+        refs: list[ImageInput] = []
+        for i, upload in enumerate(uploads):
+            data = await upload.read(settings.max_image_bytes + 1)
+            if len(data) > settings.max_image_bytes:
+                raise ApiError(413, "payload_too_large", f"upload {upload.filename or i!r} is over the "
+                               f"{settings.max_image_bytes:,}-byte limit (ZSTAGGER_MAX_IMAGE_BYTES)")
+            refs.append(NamedBytes(upload.filename or f"upload-{i}", data))
+        return refs, spec, top_k
+    finally:
+        await form.close()
+
+
+def _one(values: list[str] | None, name: str) -> str | None:
+    if not values:
+        return None
+    if len(values) > 1:
+        raise ApiError(400, "invalid_request", f"form field {name} given {len(values)} times")
+    return values[0]
+
+
+def _one_int(values: list[str] | None, name: str) -> int | None:
+    value = _one(values, name)
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise ApiError(400, "invalid_request", f"{name} must be a whole number, not {value[:20]!r}") from None
+    if number < 1:
+        raise ApiError(400, "invalid_request", f"{name} must be at least 1")
+    return number
+
+
+def describe_validation(exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(part) for part in err.get("loc", ()))
+        problems.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
+    return "; ".join(problems)
+
+
+def openapi_body(model: type[BaseModel], multipart: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The requestBody of an endpoint that reads its body itself (JSON, optionally multipart)."""
+    content: dict[str, Any] = {"application/json": {"schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}}
+    if multipart:
+        content["multipart/form-data"] = {"schema": multipart}
+    return {"requestBody": {"required": True, "content": content}}
