@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from harness import PostgresServer
 
-from zstagger import Tagger
+from zstagger import Tagger, get_taxonomy
 from zstagger.embedding_cache import EmbeddingKey, ImageSighting, SQLiteImageCache
 from zstagger.engine.locate import model_fingerprint
 from zstagger.settings import Settings
@@ -291,7 +291,8 @@ def test_diff_counts_equal_a_direct_comparison_of_two_tag_runs(env, tmp_path):
                    env=env)
     assert got.returncode == 0, got.stderr
     d = json.loads(got.stdout)
-    assert d["images"] == len(paths) and d["old"] == "moderation@1.0" and d["new"] == "moderation-next@2"
+    version = get_taxonomy("moderation").version
+    assert d["images"] == len(paths) and d["old"] == f"moderation@{version}" and d["new"] == "moderation-next@2"
     assert d["changed_tags"] == sum(set(a["tags"]) != set(b["tags"]) for a, b in zip(old, new))
     assert d["changed_verdict"] == sum(a["verdict"] != b["verdict"] for a, b in zip(old, new))
     actions = d["verdict_actions"]

@@ -136,7 +136,8 @@ def test_a_worker_killed_after_recording_its_chunk_leaves_one_row_per_image(redi
 def test_postgres_restarted_mid_job_loses_nothing(postgres, pg_url, queue_env, workers, slow_server):
     settings = settings_for(queue_env, ZSTAGGER_STORE=pg_url)
     worker = workers("steady", {"ZSTAGGER_STORE": pg_url}).wait_ready()
-    refs = [f"{slow_server.url}/slow/0.3/restart{i}.png" for i in range(16)]
+    # Enough slow images that the job is still running (and looking images up) while the server is down.
+    refs = [f"{slow_server.url}/slow/0.5/restart{i}.png" for i in range(32)]
     job = enqueue(refs, labels=["a", "b"], chunk_size=2, settings=settings)
     wait_for(lambda: len(job_rows(pg_url, job.id)) >= 4, 60, "some images recorded before the restart")
     postgres.stop()
