@@ -294,6 +294,11 @@ def test_diff_counts_equal_a_direct_comparison_of_two_tag_runs(env, tmp_path):
     version = get_taxonomy("moderation").version
     assert d["images"] == len(paths) and d["old"] == f"moderation@{version}" and d["new"] == "moderation-next@2"
     assert d["changed_tags"] == sum(set(a["tags"]) != set(b["tags"]) for a, b in zip(old, new))
+    # retag takes the same file; a file that is not there is named as such
+    from_file = lines(zstagger("retag", "-t", str(taxonomies / "next.yaml"), "--format", "jsonl", env=env))
+    assert [r["tags"] for r in from_file] == [r["tags"] for r in new]
+    missing = zstagger("diff", "--old", "moderation", "--new", str(taxonomies / "v3.yaml"), env=env)
+    assert missing.returncode == 2 and f"no such taxonomy file: {taxonomies / 'v3.yaml'}" in missing.stderr
     assert d["changed_verdict"] == sum(a["verdict"] != b["verdict"] for a, b in zip(old, new))
     actions = d["verdict_actions"]
     table = np.zeros((3, 3), int)
@@ -380,6 +385,11 @@ def test_forget_really_removes_rows_and_cached_embeddings(env, tmp_path):
     by_hash = json.loads(zstagger("store", "forget", "--sha256", digest[paths[1]], "--json", env=env).stdout)
     assert (by_hash["images"], by_hash["embeddings"], by_hash["cache_embeddings"]) == (1, 1, 1)
     assert {r for b in store.iter_images(store.models()[0].id) for r in b.references} == {paths[2], paths[3]}
+    # An erasure that finds nothing says so and fails: references are kept as tag was given them.
+    relative = os.path.relpath(paths[2])
+    nothing = zstagger("store", "forget", "--ref", relative, "--sha256", "0" * 64, env=env)
+    assert nothing.returncode == 1 and f"no record of {relative}" in nothing.stderr and f"no record of {'0' * 64}" in nothing.stderr
+    assert "forgot 0 images" in nothing.stdout
     bad = zstagger("store", "forget", "--sha256", "abc", env=env)
     assert bad.returncode == 2 and "not a SHA-256" in bad.stderr
     assert zstagger("store", "forget", env=env).returncode == 2
@@ -406,6 +416,9 @@ def test_purge_deletes_images_not_seen_for_the_age_and_unused_embeddings(store_u
     stats = store.stats()
     assert (stats["images"], stats["embeddings"]) == (4, 4)  # img0's bytes are still used by again.jpg
     assert zstagger("store", "purge", "--older-than", "soon", env=env).returncode == 2
+    ambiguous = zstagger("store", "purge", "--older-than", "6m", "--dry-run", env=env)  # minutes or months?
+    assert ambiguous.returncode == 2 and "6m" in ambiguous.stderr and "min" in ambiguous.stderr
+    assert zstagger("store", "purge", "--older-than", "90min", "--dry-run", env=env).returncode == 0
 
 
 # -- schema, settings, errors ------------------------------------------------------------------------------
@@ -450,6 +463,16 @@ def test_store_urls_are_checked_and_their_passwords_never_shown(tmp_path, tiny_m
     assert missing.returncode == 2 and "no embedding store at" in missing.stderr and not (tmp_path / "nothing.db").exists()
     unset = zstagger("store", "stats")
     assert unset.returncode == 2 and "set ZSTAGGER_STORE" in unset.stderr
+    # Typos that would otherwise start a second, empty store somewhere: refused before anything is written.
+    (tmp_path / "adir").mkdir()
+    image = write_images(tmp_path / "img", 1)[0]
+    for url, message in [("sqlite//store.db", "neither a store URL nor a plain file path"),
+                         ("sqlite:/store.db", "neither a store URL nor a plain file path"),
+                         (f"sqlite:///{tmp_path}/adir", "is a directory"),
+                         (f"sqlite:///{tmp_path}/no/such/dir/store.db", "no directory")]:
+        typo = zstagger("tag", image, "--labels", "a,b", env={"ZSTAGGER_STORE": url, "ZSTAGGER_MODEL": str(tiny_model_dir)})
+        assert typo.returncode == 2 and message in typo.stderr and typo.stderr.count("\n") == 1, (url, typo.stderr)
+    assert not (tmp_path / "no").exists() and list((tmp_path / "adir").iterdir()) == []
     worker = zstagger("worker", env={"ZSTAGGER_STORE": "mysql://u:hunter2@h/db", "ZSTAGGER_MODEL": str(tiny_model_dir)})
     assert worker.returncode == 2 and "unsupported scheme 'mysql'" in worker.stderr and "hunter2" not in worker.stderr
 

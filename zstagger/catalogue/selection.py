@@ -22,15 +22,17 @@ from ..errors import ConfigurationError, StoreError
 from ..store import EmbeddingStore, StoredBatch, StoredModel
 from ..tagger import Tagger
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|min|h|d|w)\s*$")
+# No "m": minutes or months? Minutes are "min"; months are not a fixed length (use days).
+_UNIT_SECONDS = {"s": 1, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def parse_age(text: str) -> float:
-    """``90d``, ``12h``, ``2w``, ``30m``, ``45s`` -> seconds."""
+    """``90d``, ``12h``, ``2w``, ``30min``, ``45s`` -> seconds."""
     match = _DURATION.match(text or "")
     if not match:
-        raise ConfigurationError(f"{text!r} is not an age: give a number and a unit, e.g. 90d, 12h, 2w, 30m")
+        raise ConfigurationError(f"{text!r} is not an age: give a number and a unit: s, min, h, d or w (90d, 12h, 2w, "
+                                 "30min); months are not a fixed length, give days")
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from ..settings import Settings
-from .common import check_taxonomy_choice, cli, print_table, reader_may_leave, reports_errors, taxonomy_options
+from .common import EXIT_FAILED_INPUTS, check_taxonomy_choice, cli, print_table, reader_may_leave, reports_errors, taxonomy_options
 
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -162,13 +162,20 @@ def store_forget(store_url, refs, hashes, as_json):
     cached = cache.forget(erasure.erased) if cache is not None and cache.path.exists() else 0
     if as_json:
         click.echo(json.dumps({"images": erasure.images, "embeddings": erasure.embeddings, "cache_embeddings": cached,
-                               "erased": erasure.erased, "kept": erasure.kept}, indent=2))
+                               "erased": erasure.erased, "kept": erasure.kept, "unmatched": erasure.unmatched}, indent=2))
+        if erasure.unmatched:
+            sys.exit(EXIT_FAILED_INPUTS)
         return
     click.echo(f"forgot {erasure.images} images and {erasure.embeddings} embeddings in the store, {cached} embeddings in "
                f"the image-embedding cache ({settings.cache_dir or 'off'})")
     if erasure.kept:
         click.echo(f"kept {len(erasure.kept)} embeddings that other references still use (forget them with --sha256): "
                    + ", ".join(erasure.kept[:5]) + (" ..." if len(erasure.kept) > 5 else ""), err=True)
+    for given in erasure.unmatched:  # an erasure request must not pass silently when it found nothing
+        click.echo(f"no record of {given}: references are kept as they were given to the command that tagged them "
+                   "(relative paths stay relative); `zstagger similar FILE` finds an image by its content", err=True)
+    if erasure.unmatched:
+        sys.exit(EXIT_FAILED_INPUTS)
 
 
 # -- retag, diff, similar ---------------------------------------------------------------------------
@@ -201,7 +208,8 @@ def retag(taxonomy, labels, template, since, job, model, store_url, top_k, fmt, 
     from ..tagger import Tagger
 
     check_taxonomy_choice(taxonomy, labels, template)
-    spec = Tagger.resolve(taxonomy, labels.split(",") if labels else None, template)
+    spec = _policy(taxonomy) if taxonomy and not labels else Tagger.resolve(taxonomy, labels.split(",") if labels else None,
+                                                                             template)
     since_ts, job_id = _selection(since, job)
     settings = _settings(model)
     store = _open(store_url, settings)
@@ -241,10 +249,13 @@ def retag(taxonomy, labels, template, since, job, model, store_url, top_k, fmt, 
 
 def _policy(text: str):
     """A taxonomy by name, or a YAML/JSON taxonomy file."""
+    from ..errors import ConfigurationError
     from ..registry import resolve_taxonomy
     from ..taxonomy import Taxonomy
 
-    if Path(text).suffix.lower() in (".yaml", ".yml", ".json") and os.path.isfile(text):
+    if Path(text).suffix.lower() in (".yaml", ".yml", ".json") or os.sep in text:
+        if not os.path.exists(text):
+            raise ConfigurationError(f"no such taxonomy file: {text}")
         return Taxonomy.from_file(text)
     return resolve_taxonomy(text)
 

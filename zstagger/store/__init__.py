@@ -17,6 +17,7 @@ the store to re-tag, diff and search (:mod:`zstagger.catalogue`) sits above the 
 from __future__ import annotations
 
 import os
+import re
 
 from ..errors import ConfigurationError, MissingExtraError, StoreError, StoreUnavailableError
 from ..settings import redact_url
@@ -24,6 +25,9 @@ from .base import EmbeddingStore, Erasure, StoredBatch, StoredImage, StoredModel
 
 __all__ = ["EmbeddingStore", "Erasure", "StoreError", "StoreUnavailableError", "StoredBatch", "StoredImage", "StoredModel",
            "open_store", "reference_from_store", "stored_reference"]
+
+
+_SCHEME_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 
 def open_store(url: str, *, timeout: float = 20.0, connections: int = 4, create: bool = True) -> EmbeddingStore:
@@ -56,7 +60,17 @@ def open_store(url: str, *, timeout: float = 20.0, connections: int = 4, create:
         if scheme and (not url.startswith("sqlite:///") or not path or "?" in path):
             raise ConfigurationError(f"ZSTAGGER_STORE={redact_url(url)}: an SQLite store is sqlite:///relative/path.db or "
                                      "sqlite:////absolute/path.db (in-memory stores are not supported)")
+        if not scheme and (_SCHEME_LIKE.match(url) or url.lower().startswith("sqlite")):
+            raise ConfigurationError(f"ZSTAGGER_STORE={redact_url(url)} is neither a store URL nor a plain file path: an "
+                                     "SQLite store is sqlite:///relative/path.db or sqlite:////absolute/path.db")
         path = os.path.expanduser(path)
+        if os.path.isdir(path):
+            raise ConfigurationError(f"the embedding store {path} is a directory: give the path of a file in it, "
+                                     f"e.g. {os.path.join(path, 'store.db')}")
+        parent = os.path.dirname(os.path.abspath(path))
+        if create and not os.path.exists(parent):  # a typo in the path would otherwise start a second, empty store
+            raise ConfigurationError(f"no directory {parent} for the embedding store {path}: create it (mkdir -p) or "
+                                     "correct the path")
         if not create and not os.path.isfile(path):
             raise StoreError(f"no embedding store at {path}: nothing has been recorded there yet (tag with ZSTAGGER_STORE "
                              "set to it), or the path is wrong")

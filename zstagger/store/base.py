@@ -85,6 +85,7 @@ class Erasure:
     embeddings: int  # rows of zstagger_embeddings
     erased: list[str]  # SHA-256s whose embeddings are gone (every model): clear them from caches too
     kept: list[str]  # SHA-256s of forgotten references still used by other references: embeddings kept
+    unmatched: list[str] = field(default_factory=list)  # references and SHA-256s that matched nothing
 
 
 @dataclass
@@ -428,14 +429,20 @@ class EmbeddingStore:
 
         def apply(conn) -> Erasure:
             of_refs: set[bytes] = set()
+            found: set[Any] = set()
             images = 0
             for start in range(0, len(refs), _IN_CHUNK):
                 where, params = self._any("reference", refs[start : start + _IN_CHUNK])
+                found.update(r[0] for r in self._execute(conn, f"SELECT DISTINCT reference FROM zstagger_images WHERE {where}",
+                                                         params))
                 of_refs.update(bytes(r[0]) for r in self._execute(conn, f"SELECT DISTINCT sha256 FROM zstagger_images WHERE {where}",
                                                                   params))
                 images += self._execute(conn, f"DELETE FROM zstagger_images WHERE {where}", params).rowcount
             for start in range(0, len(hashes), _IN_CHUNK):
                 where, params = self._any("sha256", hashes[start : start + _IN_CHUNK])
+                for table in ("zstagger_images", "zstagger_embeddings"):
+                    found.update(bytes(r[0]) for r in self._execute(conn, f"SELECT DISTINCT sha256 FROM {table} WHERE {where}",
+                                                                    params))
                 images += self._execute(conn, f"DELETE FROM zstagger_images WHERE {where}", params).rowcount
             still_used: set[bytes] = set()
             candidates = sorted(of_refs - set(hashes))
@@ -448,7 +455,9 @@ class EmbeddingStore:
             for start in range(0, len(erased), _IN_CHUNK):
                 where, params = self._any("sha256", erased[start : start + _IN_CHUNK])
                 embeddings += self._execute(conn, f"DELETE FROM zstagger_embeddings WHERE {where}", params).rowcount
-            return Erasure(images, embeddings, [h.hex() for h in erased], sorted(h.hex() for h in still_used))
+            unmatched = [given for given, stored in zip(references, refs) if stored not in found]
+            unmatched += [h.hex() for h in hashes if h not in found]
+            return Erasure(images, embeddings, [h.hex() for h in erased], sorted(h.hex() for h in still_used), unmatched)
 
         erasure = self._run(apply, write=True)
         self._after_erasure()

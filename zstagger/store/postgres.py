@@ -13,6 +13,7 @@ in binary, so embeddings arrive as raw bytes.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -50,6 +51,9 @@ class PostgresStore(EmbeddingStore):
         with self._pool_lock:
             if self._pool is None or self._pid != os.getpid():
                 from psycopg_pool import ConnectionPool
+
+                # The pool logs every failed connection attempt; zstagger reports an outage itself, once.
+                logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
 
                 self._pool = ConnectionPool(
                     self.url, min_size=1, max_size=self.connections, open=False, timeout=CONNECT_WAIT,
