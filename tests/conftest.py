@@ -47,3 +47,34 @@ def image_dir(tmp_path):
     sample_image(3, (80, 80), mode="L").save(sub / "c.png")
     (tmp_path / "notes.txt").write_text("not an image")
     return tmp_path
+
+
+# Servers the queue, service, webhook and store tests share (each test module gets its own
+# PostgreSQL and slow image server; each test its own redis-server).
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    from harness import RedisServer
+
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def slow_server():
+    from harness import SlowImageServer
+
+    server = SlowImageServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    from harness import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.remove()

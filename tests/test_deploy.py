@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import RedisServer, Worker, free_port, wait_for
+from harness import Worker, free_port, wait_for
 from zstagger.cli import cli
 from zstagger.settings import Settings
 from zstagger.testing import sample_image
@@ -129,13 +129,6 @@ def test_every_setting_is_documented_in_the_readme():
 
 
 # --- health, metrics and the systemd unit, for real ---
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    server = RedisServer(tmp_path).start()
-    yield server
-    server.stop()
 
 
 def run(*args, env, timeout=120):

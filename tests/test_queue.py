@@ -12,25 +12,11 @@ import time
 import pytest
 import redis
 
-from harness import RedisServer, SlowImageServer, Worker, wait_for
+from harness import RedisServer, Worker, wait_for
 from zstagger import ConfigurationError, UnknownTaxonomyError
 from zstagger.queue import Job, JobTimeout, QueueUnavailableError, UnknownJobError, enqueue
 from zstagger.settings import Settings
 from zstagger.testing import sample_image
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    server = RedisServer(tmp_path).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def slow_server():
-    server = SlowImageServer()
-    yield server
-    server.close()
 
 
 @pytest.fixture

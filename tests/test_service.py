@@ -13,7 +13,7 @@ import threading
 import httpx
 import pytest
 
-from harness import ApiServer, SlowImageServer
+from harness import ApiServer
 from zstagger.service.auth import hash_key
 from zstagger.testing import sample_image
 
@@ -29,13 +29,6 @@ def png(seed=0, size=(90, 70)):
 
 def auth(key=KEY):
     return {"Authorization": f"Bearer {key}"}
-
-
-@pytest.fixture(scope="module")
-def slow_server():
-    server = SlowImageServer()
-    yield server
-    server.close()
 
 
 @pytest.fixture(scope="module")
@@ -293,7 +286,7 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error(tiny_model_dir, tmp_pa
         result = subprocess.run(
             [exe, "run", server.url + "/openapi.json", "--checks", "not_a_server_error", "--max-examples", "10",
              "--header", f"Authorization: Bearer {KEY}", "--exclude-path", "/metrics", "--request-timeout", "30",
-             "--suppress-health-check", "all", "--seed", "1", "--max-time", "120", "--workers", "2"],
+             "--suppress-health-check", "all", "--seed", "1", "--max-time", "80", "--workers", "2"],
             capture_output=True, text=True, timeout=400, cwd=tmp_path)
         output = result.stdout + result.stderr
         # What this test is about: no generated request got a 5xx (schemathesis' ST101). An
@@ -301,7 +294,7 @@ def test_fuzzing_the_openapi_schema_finds_no_server_error(tiny_model_dir, tmp_pa
         # schemas) is not the server's, and must not hide that cases were sent.
         assert "Server error" not in output and "ST101" not in output, output[-4000:]
         sent = re.search(r"(\d+) generated", output)
-        assert sent and int(sent.group(1)) >= 200, output[-4000:]
+        assert sent and int(sent.group(1)) >= 150, output[-4000:]
         assert "Traceback" not in server.output()
     finally:
         server.stop()

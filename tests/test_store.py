@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from harness import PostgresServer
 
 from zstagger import Tagger, get_taxonomy
 from zstagger.embedding_cache import EmbeddingKey, ImageSighting, SQLiteImageCache
@@ -30,13 +29,6 @@ def zstagger(*args, env=None, timeout=300, stdin=None):
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
     full_env.update(env or {})
     return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, input=stdin, check=False)
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    server = PostgresServer().start()
-    yield server
-    server.remove()
 
 
 _databases = itertools.count()

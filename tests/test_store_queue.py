@@ -12,19 +12,12 @@ import time
 import urllib.request
 
 import pytest
-from harness import PostgresServer, RedisServer, SlowImageServer, Worker, free_port, wait_for
+from harness import Worker, free_port, wait_for
 
 from zstagger.queue import enqueue
 from zstagger.settings import Settings
 from zstagger.store import open_store
 from zstagger.testing import sample_image
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    server = PostgresServer().start()
-    yield server
-    server.remove()
 
 
 @pytest.fixture
@@ -37,20 +30,6 @@ def pg_url(postgres, request):
     url = postgres.url.rsplit("/", 1)[0] + "/" + name
     open_store(url).migrate()
     return url
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    server = RedisServer(tmp_path).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def slow_server():
-    server = SlowImageServer()
-    yield server
-    server.close()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from harness import RedisServer, WebhookReceiver, Worker, wait_for
+from harness import WebhookReceiver, Worker, wait_for
 from zstagger import ConfigurationError, verify_webhook
 from zstagger.queue import Job, enqueue
 from zstagger.queue.signing import InvalidSignatureError, sign, signed_headers
@@ -18,13 +18,6 @@ from zstagger.settings import Settings
 from zstagger.testing import sample_image
 
 SECRET = "s3cret-for-tests"
-
-
-@pytest.fixture
-def redis_server(tmp_path):
-    server = RedisServer(tmp_path).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

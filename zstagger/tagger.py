@@ -588,10 +588,16 @@ class Tagger:
 
     def close(self) -> None:
         with self._lock:
-            for pool in (self._encoders, self._pool):
-                if pool is not None:
-                    pool.shutdown(wait=True, cancel_futures=True)
+            loader, encoders = self._pool, self._encoders
             self._pool = self._encoders = None
+        # Loads not started are dropped first: the encoder tasks waiting on them then end at
+        # once, so an interrupted run stops in about one image's time, not a prefetch's.
+        if loader is not None:
+            loader.shutdown(wait=False, cancel_futures=True)
+        if encoders is not None:
+            encoders.shutdown(wait=True, cancel_futures=True)
+        if loader is not None:
+            loader.shutdown(wait=True)
         if self._owns_cache and hasattr(self.image_cache, "close"):
             self.image_cache.close()  # type: ignore[union-attr]
         if self._examples_cache not in (False, None) and hasattr(self._examples_cache, "close"):
