@@ -86,39 +86,66 @@ class RedisServer:
         return redis.Redis(port=self.port, password=self.password, **kwargs)
 
 
-class Worker:
-    """`zstagger worker` as its own process group (so kill -9 takes the pool children too)."""
+class _CommandProcess:
+    """A `zstagger` command as its own process group (so kill -9 takes its children too),
+    its output in a log file, stopped by SIGTERM and killed if it does not stop."""
 
-    def __init__(self, name: str, env: dict[str, str], log_dir: Path, args: tuple[str, ...] = (),
-                 cwd: Path = ROOT, cmd: list[str] | None = None):
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
+    what = "zstagger"
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, cwd: Path = ROOT,
+                 cmd: list[str] | None = None):
         exe = shutil.which("zstagger")
         cmd = cmd or ([exe] if exe else [sys.executable, "-m", "zstagger.cli"])
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
         full_env.update(env)
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(
-            [*cmd, "worker", "-n", f"{name}@%h", "--loglevel", "INFO", *args],
-            env=full_env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd,
-        )
+        self.log_path = log_path
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen([*cmd, *args], env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True, cwd=cwd)
 
     def output(self) -> str:
         self.log.flush()
         return self.log_path.read_text()
 
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"{self.what} exited ({self.proc.returncode}):\n{self.output()}")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill9(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # Celery: warm shutdown; uvicorn: graceful
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.log.close()
+        return self.proc.returncode
+
+
+class Worker(_CommandProcess):
+    """`zstagger worker` as its own process group (so kill -9 takes the pool children too)."""
+
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path, args: tuple[str, ...] = (),
+                 cwd: Path = ROOT, cmd: list[str] | None = None):
+        self.name, self.what = name, f"worker {name}"
+        super().__init__(["worker", "-n", f"{name}@%h", "--loglevel", "INFO", *args], env, log_dir / f"{name}.log", cwd, cmd)
+
     def wait_ready(self, timeout: float = 120) -> Worker:
         def ready():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"worker {self.name} exited ({self.proc.returncode}):\n{self.output()}")
+            self.check_alive()
             text = self.output()
             return "zstagger: loaded" in text and " ready." in text
 
         wait_for(ready, timeout, f"worker {self.name} to load its model")
         return self
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
 
     def wait_exit(self, timeout: float) -> int:
         """The exit status of a worker expected to stop by itself."""
@@ -129,21 +156,6 @@ class Worker:
 
     def chunks_done(self) -> int:
         return self.output().count("] succeeded in")
-
-    def kill9(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def terminate(self, timeout: float = 60) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # Celery: warm shutdown
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self.log.close()
-        return self.proc.returncode
 
 
 class SlowImageServer:
@@ -258,32 +270,22 @@ def _postgres_tool(name: str) -> str:
     return str(candidates[-1])
 
 
-class ApiServer:
+class ApiServer(_CommandProcess):
     """`zstagger serve` on a free loopback port, as its own process group."""
+
+    what = "zstagger serve"
 
     def __init__(self, env: dict[str, str], log_dir: Path, args: tuple[str, ...] = ()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_dir / f"serve-{self.port}.log"
-        exe = shutil.which("zstagger")
-        cmd = [exe] if exe else [sys.executable, "-m", "zstagger.cli"]
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
-        full_env.update(env)
-        full_env["ZSTAGGER_PORT"] = str(self.port)
-        self.log = open(self.log_path, "w")
-        self.proc = subprocess.Popen([*cmd, "serve", "--log-level", "warning", *args], env=full_env, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
-
-    def output(self) -> str:
-        self.log.flush()
-        return self.log_path.read_text()
+        super().__init__(["serve", "--log-level", "warning", *args], {**env, "ZSTAGGER_PORT": str(self.port)},
+                         log_dir / f"serve-{self.port}.log")
 
     def wait_ready(self, timeout: float = 120) -> ApiServer:
         import httpx
 
         def ready():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"zstagger serve exited ({self.proc.returncode}):\n{self.output()}")
+            self.check_alive()
             try:
                 return httpx.get(self.url + "/readyz", timeout=2).status_code == 200
             except httpx.HTTPError:
@@ -293,15 +295,7 @@ class ApiServer:
         return self
 
     def stop(self, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self.log.close()
-        return self.proc.returncode
+        return self.terminate(timeout)
 
 
 class WebhookReceiver:
