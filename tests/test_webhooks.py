@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from harness import WebhookReceiver, Worker, wait_for
+from harness import WebhookReceiver, wait_for, worker_starter
 from zstagger import ConfigurationError, verify_webhook
 from zstagger.queue import Job, enqueue
 from zstagger.queue.signing import InvalidSignatureError, sign, signed_headers
@@ -36,16 +36,8 @@ def settings(env, monkeypatch):
 
 @pytest.fixture
 def workers(env, tmp_path):
-    started = []
-
-    def start(name, extra=None):
-        worker = Worker(name, {**env, **(extra or {})}, tmp_path)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.terminate(timeout=20)
+    with worker_starter(env, tmp_path) as start:
+        yield start
 
 
 def images(directory, count):
@@ -180,6 +172,8 @@ def test_cancelling_skips_unstarted_chunks_and_notifies(settings, env, workers, 
         assert json.loads(cancelled.stdout)["state"] == "cancelled"
         worker = workers("late").wait_ready()  # starts after the cancel: every chunk is skipped
         wait_for(lambda: worker.output().count("was cancelled; skipping") >= 3, 60, "the chunks to be skipped")
+        # The event is delivered by a task of its own, which may run after the skips under load.
+        wait_for(lambda: job.status().get("webhook", {}).get("delivered"), 60, "the cancelled event to be delivered")
         assert job.status() == {"job_id": job.id, "state": "cancelled", "total": 6, "done": 0, "failed": 0, "pending": 6,
                                 "webhook": {"attempts": 1, "delivered": True, "last_error": None}}
         assert receiver.events[f"evt_{job.id}_cancelled"]["type"] == "job.cancelled"
