@@ -4,6 +4,7 @@ PostgreSQL server for the embedding store."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import io
 import os
@@ -16,7 +17,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -156,6 +159,24 @@ class Worker(_CommandProcess):
 
     def chunks_done(self) -> int:
         return self.output().count("] succeeded in")
+
+
+@contextlib.contextmanager
+def worker_starter(env: dict[str, str], log_dir: Path) -> Iterator[Callable[..., Worker]]:
+    """``start(name, extra_env=None, args=(), **kwargs)`` starts a Worker with ``env`` (plus
+    ``extra_env``); every worker started is terminated at the end."""
+    started: list[Worker] = []
+
+    def start(name: str, extra_env: dict[str, str] | None = None, args: tuple[str, ...] = (), **kwargs: Any) -> Worker:
+        worker = Worker(name, {**env, **(extra_env or {})}, log_dir, args, **kwargs)
+        started.append(worker)
+        return worker
+
+    try:
+        yield start
+    finally:
+        for worker in started:
+            worker.terminate(timeout=20)
 
 
 class SlowImageServer:

@@ -12,7 +12,7 @@ import time
 import pytest
 import redis
 
-from harness import RedisServer, Worker, wait_for
+from harness import RedisServer, Worker, wait_for, worker_starter
 from zstagger import ConfigurationError, UnknownTaxonomyError
 from zstagger.queue import Job, JobTimeout, QueueUnavailableError, UnknownJobError, enqueue
 from zstagger.settings import Settings
@@ -34,16 +34,8 @@ def queue_env(redis_server, tiny_model_dir):
 
 @pytest.fixture
 def workers(queue_env, tmp_path):
-    started = []
-
-    def start(name, extra_env=None, args=(), **kwargs):
-        worker = Worker(name, {**queue_env, **(extra_env or {})}, tmp_path, args, **kwargs)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.terminate(timeout=20)
+    with worker_starter(queue_env, tmp_path) as start:
+        yield start
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import time
 import urllib.request
 
 import pytest
-from harness import Worker, free_port, wait_for
+from harness import free_port, wait_for, worker_starter
 
 from zstagger.queue import enqueue
 from zstagger.settings import Settings
@@ -49,16 +49,8 @@ def queue_env(redis_server, tiny_model_dir, tmp_path):
 
 @pytest.fixture
 def workers(queue_env, tmp_path):
-    started = []
-
-    def start(name, extra_env=None):
-        worker = Worker(name, {**queue_env, **(extra_env or {})}, tmp_path)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.terminate(timeout=20)
+    with worker_starter(queue_env, tmp_path) as start:
+        yield start
 
 
 def settings_for(queue_env, **extra):

@@ -418,8 +418,7 @@ class Tagger:
         size = batch_size or self.batch_size
         batches = iter(lambda: list(islice(source, size)), [])
         in_flight: deque[Future] = deque()
-        own = cache is _OWN or cache is self.image_cache
-        pending: list[ImageSighting] | None = [] if self._recorder is not None and own else None
+        pending: list[ImageSighting] | None = [] if self._records(cache) else None
 
         def submit_next() -> None:
             batch = next(batches, None)
@@ -458,6 +457,11 @@ class Tagger:
             pending.clear()
         self._record(sightings)
 
+    def _records(self, cache: Any) -> bool:
+        """Whether images read through ``cache`` are recorded: only through the tagger's own
+        cache, when that is an embedding store (another cache, for example images, is not)."""
+        return self._recorder is not None and (cache is _OWN or cache is self.image_cache)
+
     def _record(self, sightings: list[ImageSighting]) -> None:
         """Write sightings to the embedding store; what it could not take is counted as unrecorded."""
         if not sightings or self._recorder is None:
@@ -490,7 +494,7 @@ class Tagger:
         ``job_id``), now or, with ``pending``, when the caller flushes it. ``cache``: another
         image-embedding cache than the tagger's own (nothing is recorded there), or None."""
         cache = self.image_cache if cache is _OWN else cache
-        recorder = self._recorder if cache is not None and cache is self.image_cache else None
+        recorder = self._recorder if self._records(cache) else None
         todo = [p for p in ready if p.vector is None]
         sightings: list[ImageSighting] = []
         if todo:
@@ -529,7 +533,7 @@ class Tagger:
         another image-embedding cache than the tagger's own, or None."""
         cache = self.image_cache if cache is _OWN else cache
         prepared = self._prepare(ref, cache)
-        if self._recorder is not None and cache is self.image_cache and isinstance(prepared, Prepared):
+        if self._records(cache) and isinstance(prepared, Prepared):
             prepared.name = describe(ref)
         return prepared
 

@@ -429,20 +429,21 @@ class EmbeddingStore:
 
         def apply(conn) -> Erasure:
             of_refs: set[bytes] = set()
-            found: set[Any] = set()
+            found_refs: set[str] = set()
+            found_hashes: set[bytes] = set()
             images = 0
             for start in range(0, len(refs), _IN_CHUNK):
                 where, params = self._any("reference", refs[start : start + _IN_CHUNK])
-                found.update(r[0] for r in self._execute(conn, f"SELECT DISTINCT reference FROM zstagger_images WHERE {where}",
-                                                         params))
-                of_refs.update(bytes(r[0]) for r in self._execute(conn, f"SELECT DISTINCT sha256 FROM zstagger_images WHERE {where}",
-                                                                  params))
+                for reference, digest in self._execute(conn, f"SELECT DISTINCT reference, sha256 FROM zstagger_images WHERE {where}",
+                                                       params):
+                    found_refs.add(reference)
+                    of_refs.add(bytes(digest))
                 images += self._execute(conn, f"DELETE FROM zstagger_images WHERE {where}", params).rowcount
             for start in range(0, len(hashes), _IN_CHUNK):
                 where, params = self._any("sha256", hashes[start : start + _IN_CHUNK])
-                for table in ("zstagger_images", "zstagger_embeddings"):
-                    found.update(bytes(r[0]) for r in self._execute(conn, f"SELECT DISTINCT sha256 FROM {table} WHERE {where}",
-                                                                    params))
+                for table in ("zstagger_images", "zstagger_embeddings"):  # an embedding may outlive its images
+                    found_hashes.update(bytes(r[0]) for r in self._execute(
+                        conn, f"SELECT DISTINCT sha256 FROM {table} WHERE {where}", params))
                 images += self._execute(conn, f"DELETE FROM zstagger_images WHERE {where}", params).rowcount
             still_used: set[bytes] = set()
             candidates = sorted(of_refs - set(hashes))
@@ -455,8 +456,8 @@ class EmbeddingStore:
             for start in range(0, len(erased), _IN_CHUNK):
                 where, params = self._any("sha256", erased[start : start + _IN_CHUNK])
                 embeddings += self._execute(conn, f"DELETE FROM zstagger_embeddings WHERE {where}", params).rowcount
-            unmatched = [given for given, stored in zip(references, refs) if stored not in found]
-            unmatched += [h.hex() for h in hashes if h not in found]
+            unmatched = [given for given, stored in zip(references, refs) if stored not in found_refs]
+            unmatched += [h.hex() for h in hashes if h not in found_hashes]
             return Erasure(images, embeddings, [h.hex() for h in erased], sorted(h.hex() for h in still_used), unmatched)
 
         erasure = self._run(apply, write=True)
