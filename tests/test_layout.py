@@ -7,18 +7,41 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "zstagger"
 
-# Lower numbers are deeper. A module may import its own layer and the ones below it, never above.
+# Every area has its own place; lower numbers are deeper. A module may import its own area and
+# areas with a lower number, never one with a higher number (nor one with the same number: no
+# two areas share a place, so two areas can never import each other). The tens are the bands
+# of STYLE.md's arrows, each band below the next:
+#   engine <- taxonomy/plugins/images/net/media/sources <- embedder/pipeline <- tagger
+#   <- evaluation/store/review <- queue <- service <- cli
+# Within a band the order is the one the imports need. Areas that later issues add have their
+# place reserved already (net, media, sources, sinks, runtimes, review), so they just fit.
 LAYERS = {
-    "errors": 0, "settings": 0, "results": 0, "files": 0, "extras": 0,
-    "engine": 1,
-    "taxonomy": 2, "hookspecs": 2, "plugins": 2, "registry": 2, "builtin": 2, "images": 2, "synthetic": 2, "embedding_cache": 2, "fewshot": 2,
-    "store": 2,  # below the tagger, which opens it from ZSTAGGER_STORE; what reads it to re-tag is "catalogue"
-    "classifier": 3,
-    "tagger": 4,
-    "evaluation": 5, "catalogue": 5, "bench": 5, "testing": 5,
-    "queue": 6,
-    "service": 7,
-    "cli": 8,
+    # 0: the foundation, imported by everything
+    "settings": 0, "errors": 1, "results": 2, "files": 3, "extras": 4,
+    # 10: the engine: pure maths and model I/O
+    "engine": 10,
+    # 20: inputs and definitions: the network, images, media, taxonomies and the plugins that bring them
+    "net": 20,  # every outbound request: fetcher, address policy, deadlines
+    "synthetic": 21,  # generated images, for tests and benchmarks
+    "images": 22,
+    "media": 23,  # reserved: animations and video, frames like images
+    "taxonomy": 24, "hookspecs": 25, "plugins": 26, "builtin": 27, "registry": 28,
+    "sources": 29,  # reserved: image sources by scheme, registered like plugins
+    # 30: what the embedder and the tagger are handed: caches, the embedding store's backends,
+    # image sets, compiled taxonomies, model runtimes. The embedding store sits here (not with
+    # evaluation) because every Tagger opens it from ZSTAGGER_STORE as its image cache; what
+    # reads it to re-tag, diff and search is "catalogue", above the tagger.
+    "embedding_cache": 30, "store": 31, "fewshot": 32, "classifier": 33,
+    "runtimes": 34,  # reserved: model runtimes behind one interface (torch, openvino)
+    # 40: one image to one vector, and an iterable through threads
+    "pipeline": 40, "embedder": 41,
+    # 50: the facade
+    "tagger": 50,
+    # 60: what builds on tagging: accuracy, the stored catalogue, review, measuring
+    "evaluation": 60, "catalogue": 61, "review": 62, "sinks": 63, "bench": 64, "testing": 65,
+    "queue": 70,
+    "service": 80,
+    "cli": 90,
 }
 
 
@@ -69,7 +92,7 @@ def test_imports_point_down_the_layers(path, parts):
         if imported is None or imported == own:
             continue
         assert imported in LAYERS, f"{path.name}:{line} imports unknown area {imported}"
-        assert LAYERS[imported] <= LAYERS[own], (
+        assert LAYERS[imported] < LAYERS[own], (
             f"zstagger/{'/'.join(parts)}.py:{line} imports {imported} (layer {LAYERS[imported]}) "
             f"from {own} (layer {LAYERS[own]}): imports must point down"
         )
@@ -94,3 +117,116 @@ def test_every_module_opens_with_a_docstring(path):
     if path.name == "__main__.py":
         return
     assert ast.get_docstring(ast.parse(path.read_text())), f"{path} has no module docstring saying what it owns"
+
+
+# -- import circles between modules -------------------------------------------------------
+# Layers order areas; within an area (and across areas, should a layer ever be wrong) this
+# check looks at modules. It counts every import that can run: module level and function-local
+# (lazy) imports alike. A lazy import only moves a circle from import time to call time and
+# still ties the two modules together, so it counts. Imports under ``if TYPE_CHECKING:`` never
+# run and do not count (they are how a type annotation names a class without importing it).
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(path): path for path, _ in modules()}
+
+
+def _imported_modules(name: str, node: ast.Import | ast.ImportFrom) -> list[str]:
+    """The zstagger modules an import statement in module ``name`` loads (a name imported
+    from a package counts as that package, unless it is one of the package's modules)."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names if alias.name in MODULES]
+    if node.level:
+        package = name if MODULES[name].name == "__init__.py" else name.rpartition(".")[0]
+        base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+        target = ".".join([*base, *([node.module] if node.module else [])])
+    else:
+        target = node.module or ""
+    if target.split(".")[0] != "zstagger":
+        return []
+    return [f"{target}.{alias.name}" if f"{target}.{alias.name}" in MODULES else target for alias in node.names]
+
+
+def _runnable_imports(tree: ast.AST):
+    """Every import statement that can run: skips the bodies of ``if TYPE_CHECKING:``."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.orelse:
+                yield from _runnable_imports(ast.Module(body=[child], type_ignores=[]))
+            continue
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        yield from _runnable_imports(node)
+
+
+def import_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for name, path in MODULES.items():
+        graph[name] = {target for node in _runnable_imports(ast.parse(path.read_text()))
+                       for target in _imported_modules(name, node) if target in MODULES and target != name}
+    return graph
+
+
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    circles: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                group = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    group.append(member)
+                    if member == node:
+                        break
+                if len(group) > 1:
+                    circles.append(sorted(group))
+    return circles
+
+
+def test_no_two_modules_import_each_other_directly_or_through_a_chain():
+    graph = import_graph()
+    circles = import_circles(graph)
+    described = []
+    for group in circles:
+        ties = [f"{a} -> {b}" for a in group for b in sorted(graph[a]) if b in group]
+        described.append(f"{', '.join(group)} ({'; '.join(ties)})")
+    assert not circles, "import circles (break each by moving what both need below both):\n" + "\n".join(described)
+
+
+def test_the_circle_check_sees_a_chain_and_ignores_type_checking_imports():
+    chain = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert import_circles(chain) == [["a", "b", "c"]]
+    assert import_circles({"a": {"b"}, "b": set()}) == []
+    tree = ast.parse("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .x import y\n"
+                     "def f():\n    from .z import w\n")
+    assert [node.module for node in _runnable_imports(tree) if isinstance(node, ast.ImportFrom)] == ["typing", "z"]

@@ -48,7 +48,7 @@ from .embedding_cache import (
 )
 from .embedding_cache.images import to_fp16
 from .engine.locate import model_fingerprint
-from .engine.scoring import normalize
+from .engine.vectors import normalize
 from .errors import ConfigurationError, ImageLoadError, ZstaggerError
 from .fewshot import ImageSets, resolve_image_sets
 from .fewshot.sets import LoadPack

@@ -17,7 +17,7 @@ from datetime import datetime
 import numpy as np
 
 from ..embedding_cache import EmbeddingKey
-from ..engine.scoring import normalize
+from ..engine.vectors import normalize
 from ..errors import ConfigurationError, StoreError
 from ..store import EmbeddingStore, StoredBatch, StoredModel
 from ..tagger import Tagger

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel
 
-from ..engine.scoring import normalize
+from ..engine.vectors import normalize
 from ..errors import ConfigurationError
 from ..images import ImageInput, describe
 from .selection import Catalogue

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .scoring import normalize, similarity
+from .vectors import normalize, similarity
 
 NEUTRAL = -1  # the image-set index of a prototype that has no examples
 
@@ -80,7 +80,7 @@ def blend_prototypes(text: np.ndarray, set_index: Sequence[int], sets: Sequence[
 def large_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b.T`` through BLAS, for a matrix with many rows (examples, known images).
 
-    :func:`~zstagger.engine.scoring.similarity` avoids BLAS for the small matrices of label
+    :func:`~zstagger.engine.vectors.similarity` avoids BLAS for the small matrices of label
     scoring; against thousands of rows BLAS is 5-10x faster than a single-threaded einsum.
     """
     return np.matmul(np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32).T)

@@ -22,6 +22,9 @@ applied to every batch of image embeddings. Three scoring rules:
     Sigmoid-trained models (SigLIP): ``sigmoid(logit_scale * cosine + logit_bias)`` per
     label, the model's native calibrated probability and what the HF pipeline reports.
 
+Unit vectors and their similarity live in :mod:`.vectors` (below both this module and
+:mod:`.fewshot`, so neither imports the other at run time).
+
 Few-shot examples (:mod:`.fewshot`) either change the label and competitor embeddings
 before a plan is built (``blend``) or add image evidence to the logits of every rule
 (``centroid``, ``cache``).
@@ -35,17 +38,12 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from .vectors import normalize, similarity
+
 if TYPE_CHECKING:
     from .fewshot import ImageEvidence
 
 ScoringRule = Literal["softmax", "contrastive", "sigmoid"]
-
-
-def normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Rows scaled to unit L2 norm (zero rows stay zero), as float32."""
-    x = np.asarray(x, dtype=np.float32)
-    norm = np.linalg.norm(x, axis=axis, keepdims=True)
-    return x / np.maximum(norm, 1e-12)
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -66,18 +64,6 @@ def grouped_logsumexp(x: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> 
     peak = np.where(np.isfinite(peak), peak, 0.0).astype(x.dtype)
     spread = np.exp(x - np.repeat(peak, counts, axis=1))
     return np.log(np.add.reduceat(spread, starts, axis=1)) + peak
-
-
-def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b.T`` for (B, D) and (L, D) float32 rows, computed without BLAS threads.
-
-    Scoring matrices are small (a batch by a few hundred labels), and a multithreaded BLAS
-    (numpy's OpenBLAS) spends up to a thousand times the work synchronising its threads
-    when the cores are busy, as they are while encoder lanes run: measured 40 ms instead
-    of 0.05 ms for 32x512 by 47x512. ``einsum`` runs it in one thread, in an order that
-    does not depend on the batch size (so results do not either).
-    """
-    return np.einsum("bd,ld->bl", a, b, optimize=False)
 
 
 def ensemble(prompt_embeds: np.ndarray, groups: Sequence[Sequence[int]]) -> np.ndarray:

@@ -65,7 +65,7 @@ class Bootstrap:
     def _ratio_samples(self, num: np.ndarray, den: np.ndarray) -> np.ndarray:
         if not self.rounds or not self.n:
             return np.full(self.rounds, np.nan)
-        # einsum, not BLAS: see zstagger.engine.scoring.similarity
+        # einsum, not BLAS: see zstagger.engine.vectors.similarity
         nums, dens = np.einsum("rn,n->r", self.counts, num), np.einsum("rn,n->r", self.counts, den)
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(dens > 0, nums / np.where(dens > 0, dens, 1), np.nan)
