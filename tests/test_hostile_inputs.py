@@ -468,7 +468,7 @@ def test_a_worker_records_fifos_and_odd_names_and_refuses_bad_specs(tmp_path, ti
     from harness import RedisServer, Worker, wait_for
 
     from zstagger.queue.celery_app import TASK_NAME, app_for
-    from zstagger.queue.store import JobStore
+    from zstagger.queue.jobstore import JobStore
     from zstagger.settings import Settings
 
     (tmp_path / "redis").mkdir()

@@ -257,7 +257,7 @@ def test_results_expire_after_the_ttl(redis_server, settings, tmp_path):
 
 
 def test_redeliveries_never_duplicate_results(redis_server):
-    from zstagger.queue.store import JobStore
+    from zstagger.queue.jobstore import JobStore
     from zstagger.results import TagResult
 
     store = JobStore(redis_server.client())

@@ -4,7 +4,7 @@ A :class:`Tagger` loads the model once, compiles each taxonomy once (text embedd
 cached in memory and on disk), and tags images in batches: loader threads decode and
 preprocess upcoming images while encoder lanes run the model on earlier batches.
 
-With an image-embedding cache (``image_cache=``, any :class:`~zstagger.embedding_cache.ImageEmbeddingStore`)
+With an image-embedding cache (``image_cache=``, any :class:`~zstagger.embedding_cache.ImageEmbeddingCache`)
 the loader threads read and hash each image's bytes first; a hit skips decoding and the
 forward pass, and the model is loaded only at the first miss, so a fully cached run
 never imports torch. Scoring is numpy.
@@ -40,7 +40,7 @@ from .classifier import TaxonomyClassifier
 from .embedding_cache import (
     EmbeddingCache,
     EmbeddingKey,
-    ImageEmbeddingStore,
+    ImageEmbeddingCache,
     ImageSighting,
     ModelInfo,
     ModelInfoCache,
@@ -100,7 +100,7 @@ class Tagger:
     pipeline's scores (to ~1e-6); the defaults trade that for ~2.5x the speed on CPU.
 
     ``image_cache``: ``True`` for the SQLite cache under ``ZSTAGGER_CACHE_DIR``, ``False``
-    for none, any :class:`~zstagger.embedding_cache.ImageEmbeddingStore` to use that, or
+    for none, any :class:`~zstagger.embedding_cache.ImageEmbeddingCache` to use that, or
     ``None`` for the embedding store of ``ZSTAGGER_STORE`` if set, else the cache if
     ``ZSTAGGER_IMAGE_CACHE`` (off by default). With a cache, image embeddings are rounded
     to fp16 whether they were cached or just computed (so a cached run scores exactly like
@@ -122,7 +122,7 @@ class Tagger:
         exact_preprocessing: bool | None = None,
         image_policy: ImagePolicy | None = None,
         settings: Settings | None = None,
-        image_cache: ImageEmbeddingStore | bool | None = None,
+        image_cache: ImageEmbeddingCache | bool | None = None,
         vector_loader: LoadPack | None = None,
     ):
         settings = settings or Settings()
@@ -141,7 +141,7 @@ class Tagger:
         # image_cache: an object (used as given), True/False, or None to follow ZSTAGGER_STORE, then ZSTAGGER_IMAGE_CACHE.
         use_cache = settings.image_cache if image_cache is None else image_cache
         self._owns_cache = use_cache is True
-        self.image_cache: ImageEmbeddingStore | None = (
+        self.image_cache: ImageEmbeddingCache | None = (
             default_image_cache(settings.cache_dir) if use_cache is True else (use_cache or None)  # type: ignore[assignment]
         )
         if image_cache is None and settings.store:
@@ -153,7 +153,7 @@ class Tagger:
         self._recorder = getattr(self.image_cache, "record", None)
         self.cache_hits = self.cache_misses = self.unrecorded = 0
         self.vector_loader = vector_loader
-        self._examples_cache: ImageEmbeddingStore | None | bool = False  # False: not opened yet
+        self._examples_cache: ImageEmbeddingCache | None | bool = False  # False: not opened yet
         self._encoder: ClipEncoder | None = None
         self._lanes: int | None = None
         self._forward_gate: threading.Semaphore | None = None
@@ -279,7 +279,7 @@ class Tagger:
                 progress(len(refs))
         return out
 
-    def _images_cache(self) -> ImageEmbeddingStore | None:
+    def _images_cache(self) -> ImageEmbeddingCache | None:
         # Not an embedding store: example images are not images tagged, and retag must not list them.
         if self.image_cache is not None and self._recorder is None:
             return self.image_cache
@@ -537,7 +537,7 @@ class Tagger:
             prepared.name = describe(ref)
         return prepared
 
-    def _prepare(self, ref: ImageInput, cache: ImageEmbeddingStore | None) -> Prepared | ImageLoadError:
+    def _prepare(self, ref: ImageInput, cache: ImageEmbeddingCache | None) -> Prepared | ImageLoadError:
         if cache is None or isinstance(ref, Image.Image):
             pixels = _or_error(self._pixels, ref)
             return pixels if isinstance(pixels, ImageLoadError) else Prepared(None, pixels=pixels)
@@ -556,7 +556,7 @@ class Tagger:
         pixels = _or_error(self._pixels, data)
         return pixels if isinstance(pixels, ImageLoadError) else Prepared(key, pixels=pixels, hashed=hashed)
 
-    def _unchanged_file_hit(self, path: str, cache: ImageEmbeddingStore) -> tuple[os.stat_result | None, Prepared | None]:
+    def _unchanged_file_hit(self, path: str, cache: ImageEmbeddingCache) -> tuple[os.stat_result | None, Prepared | None]:
         """A local file the cache hashed before and that is unchanged since: its embedding,
         without reading the file (stores with a digest index only). Also its stat, taken
         before any read, for recording its digest."""

@@ -47,7 +47,7 @@ def _tagger(settings: Settings, store):
 
 def _selection(since: str | None, job: str | None) -> tuple[float | None, str | None]:
     from ..catalogue import parse_since
-    from ..queue.store import check_job_id
+    from ..queue.jobstore import check_job_id
 
     return (parse_since(since) if since else None), (check_job_id(job) if job else None)
 

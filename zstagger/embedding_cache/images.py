@@ -48,7 +48,7 @@ class EmbeddingKey(NamedTuple):
 
 
 @runtime_checkable
-class ImageEmbeddingStore(Protocol):
+class ImageEmbeddingCache(Protocol):
     """What the tagger needs from an image-embedding cache or store."""
 
     def get_many(self, keys: Sequence[EmbeddingKey]) -> dict[EmbeddingKey, np.ndarray]:
@@ -70,8 +70,8 @@ class ImageSighting(NamedTuple):
 
 
 @runtime_checkable
-class ImageRecorder(ImageEmbeddingStore, Protocol):
-    """An :class:`ImageEmbeddingStore` that also records every image seen (the embedding store).
+class ImageRecorder(ImageEmbeddingCache, Protocol):
+    """An :class:`ImageEmbeddingCache` that also records every image seen (the embedding store).
 
     The tagger hands it a chunk's images in one call; it writes them in one transaction,
     idempotently (the same image of the same job recorded twice is one record), and never
@@ -83,7 +83,7 @@ class ImageRecorder(ImageEmbeddingStore, Protocol):
 
 
 class SQLiteImageCache:
-    """The embedded default :class:`ImageEmbeddingStore`: one SQLite file, no server."""
+    """The embedded default :class:`ImageEmbeddingCache`: one SQLite file, no server."""
 
     def __init__(self, path: str | os.PathLike, busy_timeout: float = 30.0):
         self.path = Path(path).expanduser()

@@ -5,6 +5,6 @@ Producer: :func:`enqueue` returns a :class:`Job`; workers: ``zstagger worker`` (
 """
 
 from .client import Job, JobTimeout, enqueue
-from .store import QueueUnavailableError, UnknownJobError
+from .jobstore import QueueUnavailableError, UnknownJobError
 
 __all__ = ["Job", "JobTimeout", "QueueUnavailableError", "UnknownJobError", "enqueue"]

@@ -19,7 +19,7 @@ from ..taxonomy import Taxonomy
 from .celery_app import TASK_NAME, app_for
 from .messages import encode_ref
 from .notify import FINAL_STATES, job_finished
-from .store import JobStore, QueueUnavailableError, check_job_id, connect, new_job_id, redis_failure
+from .jobstore import JobStore, QueueUnavailableError, check_job_id, connect, new_job_id, redis_failure
 from .vectors import read_packs, spec_for_workers
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -71,7 +71,7 @@ class Job:
     @property
     def store(self) -> JobStore:
         if self._store is None:
-            self._store = open_store(self.settings)
+            self._store = open_job_store(self.settings)
         return self._store
 
     def status(self) -> dict[str, Any]:
@@ -152,7 +152,7 @@ class Job:
         return f"Job({self.id!r})"
 
 
-def open_store(settings: Settings) -> JobStore:
+def open_job_store(settings: Settings) -> JobStore:
     store = JobStore(connect(settings.redis_url, retries=2))
     _reachable(settings, store.redis.ping)
     return store
@@ -226,7 +226,7 @@ def enqueue(
         raise ConfigurationError("nothing to enqueue: no images in the inputs")
     packs = read_packs(spec)  # embedded image vectors: read (and checked to be there) before anything is written
 
-    store = open_store(settings)
+    store = open_job_store(settings)
     job_id = check_job_id(job_id) if job_id is not None else new_job_id()
     expires_at = int(time.time() + settings.result_ttl)
     chunks = [[[i, ref] for i, ref in enumerate(encoded[start : start + chunk_size], start)]

@@ -20,7 +20,7 @@ import redis
 
 from ..settings import Settings, redact_url
 from .celery_app import QUEUE_NAMES, app_for
-from .store import connect, redis_failure
+from .jobstore import connect, redis_failure
 from .transport import DEAD_LETTER_KEY
 
 log = logging.getLogger(__name__)

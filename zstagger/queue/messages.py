@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, Valid
 
 from ..errors import ConfigurationError, ZstaggerError
 from ..images import ImageInput, NamedBytes, is_url
-from .store import check_job_id
+from .jobstore import check_job_id
 
 
 class MalformedChunkError(ZstaggerError, ValueError):

@@ -10,7 +10,7 @@ import tempfile
 
 from ..settings import Settings
 from .health import queue_stats
-from .store import QueueUnavailableError
+from .jobstore import QueueUnavailableError
 
 log = logging.getLogger(__name__)
 

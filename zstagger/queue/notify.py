@@ -14,7 +14,7 @@ import time
 
 from celery import Celery
 
-from .store import JobStore
+from .jobstore import JobStore
 
 log = logging.getLogger(__name__)
 

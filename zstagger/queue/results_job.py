@@ -13,13 +13,13 @@ from collections.abc import Iterable
 
 from ..settings import Settings
 from ..taxonomy import Taxonomy
-from .client import Job, _reachable, open_store
-from .store import new_job_id
+from .client import Job, _reachable, open_job_store
+from .jobstore import new_job_id
 
 
 def save_as_job(pages: Iterable[list[str]], taxonomy: Taxonomy, settings: Settings, source: str) -> Job:
     """Store result lines (JSON, none of them errors), page by page, as a finished job."""
-    store = open_store(settings)
+    store = open_job_store(settings)
     job_id = new_job_id()
     expires_at = int(time.time() + settings.result_ttl)
     total = 0

@@ -1,7 +1,7 @@
 """The worker's one task: tag a chunk of images with the engine, store one result per input.
 
 Thin by design: the Tagger does the work, :mod:`.worker` owns the process's model and
-connections, :mod:`.store` owns the job's keys, :mod:`.messages` checks the arguments.
+connections, :mod:`.jobstore` owns the job's keys, :mod:`.messages` checks the arguments.
 Here: what to tag, and the retry policy.
 """
 
@@ -26,8 +26,8 @@ from .celery_app import TASK_NAME, app
 from ..images import describe
 from .messages import ChunkRequest, decode_ref
 from .notify import job_finished
-from .store import describe_failure
-from .worker import metrics, worker_settings, worker_store, worker_tagger
+from .jobstore import describe_failure
+from .worker import metrics, worker_settings, worker_job_store, worker_tagger
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -92,7 +92,7 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
     the chunk is requeued, never dropped.
     """
     settings = worker_settings()
-    store = worker_store()
+    store = worker_job_store()
     try:
         chunk = ChunkRequest.from_message(args, kwargs)
     except (ZstaggerError, ValueError, TypeError) as exc:

@@ -32,7 +32,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
-from .store import describe_failure, refuses_writes
+from .jobstore import describe_failure, refuses_writes
 
 log = logging.getLogger(__name__)
 

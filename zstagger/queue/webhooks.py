@@ -32,9 +32,9 @@ from ..images.policy import ImagePolicy
 from .celery_app import app
 from .notify import WEBHOOK_TASK, event_id
 from .signing import signed_headers
-from .store import JobStore, check_job_id
+from .jobstore import JobStore, check_job_id
 from .tasks import retry_delay
-from .worker import worker_settings, worker_store
+from .worker import worker_settings, worker_job_store
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def event_body(store: JobStore, job_id: str, state: str, created: float, inline_
 @app.task(bind=True, name=WEBHOOK_TASK, typing=False)
 def deliver_event(self, job_id: str, state: str, created: float, attempt: int = 0) -> dict[str, Any]:
     settings = worker_settings()
-    store = worker_store()
+    store = worker_job_store()
     try:
         job_id = check_job_id(job_id)
         if state not in ("done", "cancelled") or not isinstance(created, (int, float)) or not isinstance(attempt, int):
@@ -110,7 +110,7 @@ def _record(store: JobStore, job_id: str, **fields: Any) -> None:
 def _again(task, job_id: str, state: str, created: float, attempt: int, error: str, settings,
            record: bool = True) -> dict[str, Any]:
     """Record a failed attempt, and send the event round again unless attempts are used up."""
-    store = worker_store()
+    store = worker_job_store()
     attempts = attempt + 1
     final = attempts >= settings.webhook_max_attempts
     message = error if not final else f"{error} (gave up after {attempts} attempts)"

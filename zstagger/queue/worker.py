@@ -27,7 +27,7 @@ from celery.exceptions import WorkerShutdown
 from ..settings import Settings, redact_url
 from .health import HEARTBEAT_PREFIX, Heartbeat, report_load_failure
 from .metrics import WorkerMetrics, prepare_metrics_dir, serve_metrics
-from .store import JobStore, connect
+from .jobstore import JobStore, connect
 
 EXIT_FAILURE = 1
 
@@ -154,13 +154,13 @@ def worker_tagger():
         started = time.monotonic()
         settings = worker_settings()
         _state["tagger"] = Tagger(settings=settings, loader_threads=settings.loader_threads or threads or None,
-                                  vector_loader=RedisPackLoader(worker_store().redis))
+                                  vector_loader=RedisPackLoader(worker_job_store().redis))
         _state["model_load_seconds"] = time.monotonic() - started
         log.info("zstagger: loaded %s in %.1fs", settings.model, _state["model_load_seconds"])
     return _state["tagger"]
 
 
-def worker_store() -> JobStore:
+def worker_job_store() -> JobStore:
     if "store" not in _state:
         _state["store"] = JobStore(connect(worker_settings().redis_url))
     return _state["store"]

@@ -43,7 +43,7 @@ def queue_settings(request: Request):
 
 def _queue_call(call, *args, **kwargs):
     """Run a producer call, turning zstagger's own errors into HTTP errors."""
-    from ..queue.store import QueueUnavailableError, UnknownJobError
+    from ..queue.jobstore import QueueUnavailableError, UnknownJobError
 
     try:
         return call(*args, **kwargs)
@@ -74,7 +74,7 @@ async def submit_job(request: Request) -> JSONResponse:
     spec = taxonomy_for(body.taxonomy, body.labels, body.template)
     refs = [image_from_json(value, i, settings) for i, value in enumerate(body.images)]
     from ..queue.client import enqueue
-    from ..queue.store import new_job_id
+    from ..queue.jobstore import new_job_id
 
     job_id = new_job_id()
     job = await run_in_threadpool(_queue_call, enqueue, refs, spec, top_k=body.top_k, chunk_size=body.chunk_size,

@@ -128,7 +128,7 @@ def readyz(request: Request) -> JSONResponse:
 def _redis_problem(url: str) -> str | None:
     import redis
 
-    from ..queue.store import redis_failure
+    from ..queue.jobstore import redis_failure
 
     try:
         redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping()

@@ -1,4 +1,4 @@
-"""Job state in Redis: one hash of results per job, keyed by input index.
+"""The job store: job state in Redis, one hash of results per job, keyed by input index.
 
 Writing a result is ``HSET results <index> <json>``: a chunk that is delivered twice
 (its worker died after tagging but before acknowledging) overwrites its own entries, so
