@@ -443,7 +443,7 @@ def test_translated_and_deprecated_addresses_are_refused_before_any_connect(addr
     assert "ZSTAGGER_ALLOW_PRIVATE_URLS" in error.message
 
     from zstagger.errors import UrlBlockedError
-    from zstagger.images.addresses import check_address
+    from zstagger.net.addresses import check_address
 
     with pytest.raises(UrlBlockedError):
         check_address(ipaddress.ip_address(address), allow_private=False)
@@ -456,7 +456,7 @@ def test_translated_and_deprecated_addresses_are_refused_before_any_connect(addr
 def test_public_addresses_pass_the_check(address):
     import ipaddress
 
-    from zstagger.images.addresses import check_address
+    from zstagger.net.addresses import check_address
 
     check_address(ipaddress.ip_address(address), allow_private=False)
 

@@ -53,6 +53,22 @@ class UrlBlockedError(ZstaggerError):
     trusted network."""
 
 
+class FetchError(ZstaggerError):
+    """An outbound HTTP request failed (:mod:`zstagger.net`): refused by the address policy,
+    timed out, too large, or answered with an error.
+
+    ``kind`` is "invalid_url", "url_blocked", "fetch_failed", "fetch_timeout" or "too_large";
+    ``transient`` marks failures worth retrying (timeouts, 5xx, unreachable hosts). Image
+    reading turns it into an :class:`ImageLoadError` of the same kind.
+    """
+
+    def __init__(self, kind: str, message: str, *, transient: bool = False):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.transient = transient
+
+
 class ImageLoadError(ZstaggerError):
     """One image could not be read. It becomes an error record; the batch goes on.
 

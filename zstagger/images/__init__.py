@@ -4,9 +4,10 @@
 - :mod:`.policy`: the limits every read obeys (:class:`ImagePolicy`);
 - :mod:`.decode`: bytes to an RGB picture, within those limits (:mod:`.jpeg` counts a JPEG's scans first);
 - :mod:`.budget`: the process-wide memory budget for images being decoded at once;
-- :mod:`.fetch`: the hardened URL fetcher (one deadline: :mod:`.deadline`; address policy: :mod:`.addresses`);
 - :mod:`.load`: one reference in, its bytes (:func:`read_image_bytes`, what an embedding cache
-  hashes) or one picture (or an :class:`~zstagger.errors.ImageLoadError`) out.
+  hashes) or one picture (or an :class:`~zstagger.errors.ImageLoadError`) out; URLs are
+  fetched by :mod:`zstagger.net` (the hardened HTTP client), whose
+  :class:`~zstagger.errors.FetchError` becomes an ImageLoadError of the same kind.
 
 Local files are read through :func:`zstagger.files.read_regular_file` (regular files only).
 
@@ -14,9 +15,8 @@ Nothing here imports the engine, the tagger or anything above them.
 """
 
 from .decode import decode, to_rgb
-from .fetch import fetch_url
 from .inputs import IMAGE_EXTENSIONS, ImageInput, NamedBytes, describe, expand_inputs, is_url, iter_inputs
-from .load import load_image, open_image, read_image_bytes
+from .load import fetch_url, load_image, open_image, read_image_bytes
 from .policy import ImagePolicy
 
 __all__ = [

@@ -14,11 +14,11 @@ from contextlib import contextmanager
 
 from PIL import Image
 
-from ..errors import FileReadError, ImageLoadError
+from ..errors import FetchError, FileReadError, ImageLoadError
 from ..files import read_regular_file
+from ..net.fetch import http_get
 from .budget import budget_for
 from .decode import check_pixels, decode_cost, finish, open_encoded, to_rgb
-from .fetch import fetch_url
 from .inputs import ImageInput, NamedBytes, is_url
 from .policy import DEFAULT_POLICY, ImagePolicy
 
@@ -48,6 +48,16 @@ def open_image(ref: ImageInput, policy: ImagePolicy = DEFAULT_POLICY, min_size: 
         picture = finish(opened)
         del data, opened  # the source is not needed once converted: free it before the caller works
         yield picture
+
+
+def fetch_url(url: str, policy: ImagePolicy = DEFAULT_POLICY) -> bytes:
+    """An image URL's bytes through the hardened HTTP client (:mod:`zstagger.net`: one deadline,
+    the size cap, SSRF protection); its failures become :class:`~zstagger.errors.ImageLoadError`
+    of the same kind (``url_blocked``, ``fetch_timeout``, ``too_large``, ...)."""
+    try:
+        return http_get(url, policy.fetch, accept="image/*,*/*;q=0.5")
+    except FetchError as exc:
+        raise ImageLoadError(exc.kind, exc.message, transient=exc.transient) from None
 
 
 def read_image_bytes(ref: ImageInput, policy: ImagePolicy = DEFAULT_POLICY) -> bytes:

@@ -1,12 +1,16 @@
 """The limits applied to every image zstagger reads (one owner: every entry point uses this).
 
-Imports nothing from zstagger but settings' field names, so any layer can build one.
+A URL is fetched under the :class:`~zstagger.net.FetchPolicy` this policy gives
+(:attr:`ImagePolicy.fetch`). Imports nothing from zstagger but that and settings' field
+names, so any layer can build one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from ..net.policy import FetchPolicy
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -41,6 +45,11 @@ class ImagePolicy:
             max_decode_bytes=settings.max_decode_bytes,
             allow_private_urls=settings.allow_private_urls,
         )
+
+    @property
+    def fetch(self) -> FetchPolicy:
+        """The limits an image URL is fetched under: this policy's deadline, size cap and address rule."""
+        return FetchPolicy(timeout=self.url_timeout, max_bytes=self.max_bytes, allow_private_urls=self.allow_private_urls)
 
 
 DEFAULT_POLICY = ImagePolicy()  # the defaults (frozen, so safe to share as a default argument)

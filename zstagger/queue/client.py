@@ -32,7 +32,7 @@ def check_callback_url(url: str, settings: Settings) -> str:
     from urllib.parse import urlsplit
 
     from ..errors import UrlBlockedError
-    from ..images.addresses import resolve_allowed
+    from ..net.addresses import resolve_allowed
 
     if settings.webhook_secret is None or not settings.webhook_secret.get_secret_value():
         raise ConfigurationError("a callback URL needs ZSTAGGER_WEBHOOK_SECRET (events are signed with it; "

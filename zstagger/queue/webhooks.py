@@ -26,9 +26,8 @@ import redis
 from celery.exceptions import Reject
 from kombu.exceptions import OperationalError
 
-from ..errors import ImageLoadError
-from ..images.fetch import post_url
-from ..images.policy import ImagePolicy
+from ..errors import FetchError
+from ..net import FetchPolicy, http_post
 from .celery_app import app
 from .notify import WEBHOOK_TASK, event_id
 from .signing import signed_headers
@@ -88,10 +87,10 @@ def deliver_event(self, job_id: str, state: str, created: float, attempt: int = 
         return _again(self, job_id, state, created, attempt,
                       "ZSTAGGER_WEBHOOK_SECRET is not set on this worker: events cannot be signed", settings)
     headers = {"Content-Type": "application/json", **signed_headers(secret, event_id(job_id, state), body)}
-    policy = ImagePolicy(url_timeout=settings.webhook_timeout, allow_private_urls=settings.allow_private_urls)
+    policy = FetchPolicy(timeout=settings.webhook_timeout, allow_private_urls=settings.allow_private_urls)
     try:
-        status, reason = post_url(url, body, headers, policy)
-    except ImageLoadError as exc:
+        status, reason = http_post(url, body, headers, policy)
+    except FetchError as exc:
         return _again(self, job_id, state, created, attempt, exc.message, settings)
     if 200 <= status < 300:
         _record(store, job_id, webhook_attempts=attempt + 1, webhook_delivered=time.time(), webhook_last_error="")

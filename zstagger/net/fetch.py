@@ -1,6 +1,8 @@
-"""The hardened URL fetcher: one deadline, a size cap and SSRF protection for every download.
+"""The hardened HTTP client: one deadline, a size cap and SSRF protection for every request.
 
-Security-sensitive: keep it small enough to review alone. Every hop of a redirect chain is
+Every outbound request zstagger makes goes through here: image URLs (:mod:`zstagger.images`
+maps a :class:`~zstagger.errors.FetchError` to an error record) and webhook deliveries
+(which use it directly). Security-sensitive: keep it small enough to review alone. Every hop of a redirect chain is
 resolved once, checked against the address policy (:mod:`.addresses`), and connected to by
 that address. ``ZSTAGGER_URL_TIMEOUT`` bounds the whole exchange, redirects included: DNS
 (run with a timeout), connect, TLS handshake, status line, headers and body. Each socket
@@ -18,26 +20,26 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urljoin, urlsplit
 
-from ..errors import ImageLoadError, UrlBlockedError
+from ..errors import FetchError, UrlBlockedError
 from . import deadline as deadlines
 from .addresses import resolve_allowed
-from .policy import DEFAULT_POLICY, ImagePolicy
+from .policy import DEFAULT_POLICY, FetchPolicy
 
 _MAX_REDIRECTS = 5
 _USER_AGENT = "zstagger (+https://pypi.org/project/zstagger/)"
 
 
-def fetch_url(url: str, policy: ImagePolicy = DEFAULT_POLICY) -> bytes:
-    """Download an image with a deadline, a size cap and SSRF protection.
+def http_get(url: str, policy: FetchPolicy = DEFAULT_POLICY, accept: str = "*/*") -> bytes:
+    """Download a resource with a deadline, a size cap and SSRF protection.
 
     Each hop of a redirect chain is resolved once and checked; the connection is made to
     that checked address (no second DNS lookup an attacker could answer differently).
     """
-    deadline = time.monotonic() + policy.url_timeout
+    deadline = time.monotonic() + policy.timeout
     for _ in range(_MAX_REDIRECTS + 1):
         with _hop(url, policy, deadline) as hop:
             conn = hop.open()
-            conn.request("GET", hop.path, headers={"User-Agent": _USER_AGENT, "Accept": "image/*,*/*;q=0.5"})
+            conn.request("GET", hop.path, headers={"User-Agent": _USER_AGENT, "Accept": accept})
             conn.refresh_timeout()
             resp = conn.getresponse()
             if resp.status in (301, 302, 303, 307, 308) and resp.getheader("Location"):
@@ -45,16 +47,16 @@ def fetch_url(url: str, policy: ImagePolicy = DEFAULT_POLICY) -> bytes:
                 continue
             if resp.status != 200:
                 transient = resp.status in (408, 425, 429) or resp.status >= 500
-                raise ImageLoadError("fetch_failed", f"HTTP {resp.status} {resp.reason} from {url}", transient=transient)
+                raise FetchError("fetch_failed", f"HTTP {resp.status} {resp.reason} from {url}", transient=transient)
             return _read_capped(conn, resp, url, policy)
-    raise ImageLoadError("fetch_failed", f"more than {_MAX_REDIRECTS} redirects fetching {url}")
+    raise FetchError("fetch_failed", f"more than {_MAX_REDIRECTS} redirects fetching {url}")
 
 
-def post_url(url: str, body: bytes, headers: dict[str, str], policy: ImagePolicy = DEFAULT_POLICY) -> tuple[int, str]:
+def http_post(url: str, body: bytes, headers: dict[str, str], policy: FetchPolicy = DEFAULT_POLICY) -> tuple[int, str]:
     """POST ``body`` under the same deadline and address policy as downloads (webhook
     deliveries use it); redirects are not followed. Returns (status, reason); raises
-    :class:`~zstagger.errors.ImageLoadError` with the same kinds as :func:`fetch_url`."""
-    deadline = time.monotonic() + policy.url_timeout
+    :class:`~zstagger.errors.FetchError` with the same kinds as :func:`http_get`."""
+    deadline = time.monotonic() + policy.timeout
     with _hop(url, policy, deadline) as hop:
         conn = hop.open()
         conn.request("POST", hop.path, body=body, headers={"User-Agent": _USER_AGENT, **headers})
@@ -67,7 +69,7 @@ def post_url(url: str, body: bytes, headers: dict[str, str], policy: ImagePolicy
 class _Hop:
     """One request to one URL: its parsed parts, and the pinned connection once opened."""
 
-    def __init__(self, url: str, policy: ImagePolicy, deadline: float):
+    def __init__(self, url: str, policy: FetchPolicy, deadline: float):
         self.url, self.policy, self.deadline = url, policy, deadline
         self.host: str | None = None
         self.path = "/"
@@ -79,7 +81,7 @@ class _Hop:
         self.path = (self.parts.path or "/") + (f"?{self.parts.query}" if self.parts.query else "")
         scheme = self.parts.scheme.lower()
         if scheme not in ("http", "https") or not self.parts.hostname:
-            raise ImageLoadError("invalid_url", f"not an http(s) URL: {self.url}")
+            raise FetchError("invalid_url", f"not an http(s) URL: {self.url}")
         port = self.parts.port or (443 if scheme == "https" else 80)
         left = _remaining(self.deadline, self.url, self.policy)
         address = resolve_allowed(self.parts.hostname, port, self.policy.allow_private_urls, left)[0]
@@ -88,17 +90,17 @@ class _Hop:
 
 
 @contextmanager
-def _hop(url: str, policy: ImagePolicy, deadline: float) -> Iterator[_Hop]:
-    """Every failure of one exchange as an ImageLoadError with a stable kind; the connection closed."""
+def _hop(url: str, policy: FetchPolicy, deadline: float) -> Iterator[_Hop]:
+    """Every failure of one exchange as a FetchError with a stable kind; the connection closed."""
     hop = _Hop(url, policy, deadline)
     try:
         yield hop
     except UrlBlockedError as exc:
-        raise ImageLoadError(
+        raise FetchError(
             "url_blocked", f"{exc}; fetching private, loopback or link-local addresses is refused "
             "(set ZSTAGGER_ALLOW_PRIVATE_URLS=1 to allow it on a trusted network)",
         ) from None
-    except ImageLoadError:
+    except FetchError:
         raise
     except Exception as exc:
         conn = hop.conn
@@ -106,35 +108,35 @@ def _hop(url: str, policy: ImagePolicy, deadline: float) -> Iterator[_Hop]:
         if time.monotonic() >= deadline or (conn is not None and conn.timed_out) or isinstance(exc, TimeoutError):
             raise _timeout(url, policy) from None
         if isinstance(exc, ValueError) and conn is None:  # urlsplit's complaint about a malformed port
-            raise ImageLoadError("invalid_url", f"malformed URL {url!r}: {exc}") from None
+            raise FetchError("invalid_url", f"malformed URL {url!r}: {exc}") from None
         if isinstance(exc, socket.gaierror):
-            raise ImageLoadError("fetch_failed", f"cannot resolve host {hop.host!r}: {exc.strerror}",
-                                 transient=True) from None
+            raise FetchError("fetch_failed", f"cannot resolve host {hop.host!r}: {exc.strerror}",
+                             transient=True) from None
         if isinstance(exc, ssl.SSLError):
-            raise ImageLoadError("fetch_failed", f"TLS error fetching {url}: {exc}") from None
+            raise FetchError("fetch_failed", f"TLS error fetching {url}: {exc}") from None
         if isinstance(exc, (OSError, http.client.HTTPException)):
-            raise ImageLoadError("fetch_failed", f"could not fetch {url}: {exc}", transient=True) from None
+            raise FetchError("fetch_failed", f"could not fetch {url}: {exc}", transient=True) from None
         raise
     finally:
         if hop.conn is not None:
             hop.conn.close()
 
 
-def _timeout(url: str, policy: ImagePolicy) -> ImageLoadError:
-    return ImageLoadError("fetch_timeout", f"timed out after {policy.url_timeout:g}s fetching {url}", transient=True)
+def _timeout(url: str, policy: FetchPolicy) -> FetchError:
+    return FetchError("fetch_timeout", f"timed out after {policy.timeout:g}s fetching {url}", transient=True)
 
 
-def _remaining(deadline: float, url: str, policy: ImagePolicy) -> float:
+def _remaining(deadline: float, url: str, policy: FetchPolicy) -> float:
     left = deadline - time.monotonic()
     if left <= 0:
         raise _timeout(url, policy)
     return left
 
 
-def _read_capped(conn: _Pinned, resp: http.client.HTTPResponse, url: str, policy: ImagePolicy) -> bytes:
+def _read_capped(conn: _Pinned, resp: http.client.HTTPResponse, url: str, policy: FetchPolicy) -> bytes:
     length = resp.getheader("Content-Length")
     if length and length.isdigit() and int(length) > policy.max_bytes:
-        raise ImageLoadError("too_large", f"{url} is {int(length):,} bytes, over the {policy.max_bytes:,}-byte limit")
+        raise FetchError("too_large", f"{url} is {int(length):,} bytes, over the {policy.max_bytes:,}-byte limit")
     chunks, total = [], 0
     while True:
         conn.refresh_timeout()
@@ -144,7 +146,7 @@ def _read_capped(conn: _Pinned, resp: http.client.HTTPResponse, url: str, policy
         chunks.append(chunk)
         total += len(chunk)
         if total > policy.max_bytes:
-            raise ImageLoadError("too_large", f"{url} is over the {policy.max_bytes:,}-byte limit")
+            raise FetchError("too_large", f"{url} is over the {policy.max_bytes:,}-byte limit")
 
 
 class _Pinned:

@@ -1,7 +1,8 @@
 """Which network addresses a URL from an untrusted source may reach (SSRF protection).
 
-The one owner of that rule: the image fetcher calls :func:`resolve_allowed` for every hop
-of a redirect chain, and webhook callbacks are to call it too. Security-sensitive: keep it
+The one owner of that rule: the HTTP client (:mod:`.fetch`) calls :func:`resolve_allowed`
+for every hop of a redirect chain, whether it fetches an image or delivers a webhook, and
+the producer checks a callback URL with it before enqueueing. Security-sensitive: keep it
 small enough to review alone.
 
 ``ipaddress``'s ``is_global`` is not enough on its own: it accepts IPv6 forms that lead to
