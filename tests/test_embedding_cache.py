@@ -180,7 +180,7 @@ def test_model_fingerprint_needs_no_transformers_and_matches_the_loaded_model(ti
 
 
 def test_unchanged_files_are_not_read_again_and_edited_ones_are(tiny_model_dir, tmp_path, monkeypatch):
-    import zstagger.tagger as tagger_module
+    import zstagger.embedder as tagger_module  # where images are read and hashed (moved from zstagger.tagger)
 
     paths = write_jpegs(tmp_path / "img", 6)
     cache = SQLiteImageCache(tmp_path / "c.sqlite3")

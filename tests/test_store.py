@@ -135,6 +135,43 @@ def test_a_plain_tagger_does_not_open_a_store_unless_set(tiny_model_dir, clean_e
     assert type(Tagger(str(tiny_model_dir), device="cpu").image_cache).__name__ == "SQLiteStore"
 
 
+@pytest.mark.parametrize("stop, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_stopped_tag_run_leaves_every_printed_image_recorded(tiny_model_dir, tmp_path, stop, code):
+    """`zstagger tag` stopped by SIGTERM (a service manager, `kill`) or Ctrl-C: every image it
+    printed is in the store, though far fewer than a write's worth (1,024) were tagged."""
+    import signal
+
+    from harness import SlowImageServer
+
+    store_url = f"sqlite:///{tmp_path}/store.sqlite3"
+    server = SlowImageServer()
+    exe = shutil.which("zstagger")
+    cmd = [exe] if exe else [sys.executable, "-m", "zstagger.cli"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+    env.update(ZSTAGGER_STORE=store_url, ZSTAGGER_ALLOW_PRIVATE_URLS="1", ZSTAGGER_CACHE_DIR=str(tmp_path / "cache"))
+    proc = subprocess.Popen([*cmd, "tag", "-", "--labels", "a,b", "--model", str(tiny_model_dir), "--batch-size", "2",
+                             "--format", "jsonl"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        proc.stdin.write("\n".join(f"{server.url}/slow/0.2/i{i}.png" for i in range(300)))
+        proc.stdin.close()
+        proc.stdin = None  # written and closed: communicate() below only reads
+        printed = [json.loads(proc.stdout.readline()) for _ in range(6)]  # tagging is under way
+        proc.send_signal(getattr(signal, stop))
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        server.close()
+    printed += [json.loads(line) for line in out.splitlines() if line.strip()]
+    assert proc.returncode == code and "Traceback" not in err, err
+    assert 6 <= len(printed) < 300 and all(r["error"] is None for r in printed)
+    store = open_store(store_url)
+    recorded = {ref for model in store.models() for batch in store.iter_images(model.id) for ref in batch.references}
+    missing = {r["image"] for r in printed} - recorded
+    assert not missing, f"{len(missing)} of {len(printed)} printed images not recorded"
+
+
 # -- retag ---------------------------------------------------------------------------------------------
 
 

@@ -3,7 +3,8 @@
 Machine-readable output goes to stdout, progress and errors to stderr. Exit codes:
 0 success, 1 some inputs failed (every result is still printed), 2 usage or
 configuration errors (unknown taxonomy, bad option, model not found), 3 not finished
-(a wait timed out), 141 the reader closed stdout early.
+(a wait timed out), 130 interrupted (Ctrl-C), 141 the reader closed stdout early, 143
+stopped by SIGTERM (where a command unwinds on it, like `tag`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable
 
 import click
@@ -22,6 +25,34 @@ from ..settings import PRECISIONS
 EXIT_OK, EXIT_FAILED_INPUTS, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a writer killed by SIGPIPE
 EXIT_INTERRUPTED = 128 + 2  # Ctrl-C, as a shell reports a process stopped by SIGINT
+EXIT_TERMINATED = 128 + 15  # SIGTERM, as a shell reports a process stopped by it
+
+
+class Terminated(Exception):
+    """SIGTERM arrived (a service manager, a container runtime or `kill` stopping the command)."""
+
+
+@contextlib.contextmanager
+def unwinds_on_sigterm():
+    """SIGTERM unwinds the block like Ctrl-C does (every ``with`` closes: a tagger writes what
+    it has not yet told the embedding store), then the command exits 143. A second SIGTERM
+    while unwinding stops the process at once, as SIGTERM does by default."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread can take signals
+        yield
+        return
+
+    def unwind(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, unwind)
+    try:
+        yield
+    except Terminated:
+        click.echo("terminated", err=True)
+        sys.exit(EXIT_TERMINATED)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

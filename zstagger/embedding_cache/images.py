@@ -73,12 +73,14 @@ class ImageSighting(NamedTuple):
 class ImageRecorder(ImageEmbeddingCache, Protocol):
     """An :class:`ImageEmbeddingCache` that also records every image seen (the embedding store).
 
-    The tagger hands it a chunk's images in one call; it writes them in one transaction,
-    idempotently (the same image of the same job recorded twice is one record), and never
-    raises for a store that is unreachable: it returns how many images it could not record.
+    The embedder hands it a chunk's images in one call, with the name of the model that
+    embedded them (as the user gave it: the key's fingerprint says which model it is, the
+    name is for people); it writes them in one transaction, idempotently (the same image of
+    the same job recorded twice is one record), and never raises for a store that is
+    unreachable: it returns how many images it could not record.
     """
 
-    def record(self, sightings: Sequence[ImageSighting]) -> int:
+    def record(self, sightings: Sequence[ImageSighting], model_name: str) -> int:
         ...
 
 

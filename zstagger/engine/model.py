@@ -204,6 +204,34 @@ class ClipEncoder:
         feats = _features(self.model.get_image_features(pixel_values=x.to(self.dtype)))
         return torch.nn.functional.normalize(feats.float(), dim=-1).cpu()
 
+    # -- lanes ----------------------------------------------------------------------------
+
+    def plan_lanes(self, lanes: int = 0) -> int:
+        """How many batches to encode at once (``lanes``, or 0 to choose), and torch's threads for each.
+
+        On CPU, several single-threaded forwards side by side beat one forward spread
+        over every core (no synchronisation between threads; measured ~10% more
+        throughput on 2 cores), and decoding slots in between them. The cores torch was
+        given (``torch.get_num_threads()``) are shared out among the lanes.
+        """
+        if self.device.type != "cpu":
+            return 1
+        cores = _cpu_budget()
+        lanes = lanes or min(8, cores)
+        torch.set_num_threads(max(1, cores // lanes))
+        return lanes
+
+
+_cores: int | None = None
+
+
+def _cpu_budget() -> int:
+    """torch's thread count before any encoder split it into lanes (read once per process)."""
+    global _cores
+    if _cores is None:
+        _cores = torch.get_num_threads()
+    return _cores
+
 
 _SCALARS = ("logit_scale", "logit_bias", "temperature")
 

@@ -1,5 +1,9 @@
 """Micro-batching: images from concurrent requests share model batches.
 
+The scheduler the HTTP service puts in front of the embedder: the same two stages as a
+stream's pipeline (:class:`zstagger.pipeline.Stages`: ``prepare`` one image, ``embed`` one
+batch), scheduled across requests instead of along one stream.
+
 Each request's images are read and preprocessed in a thread pool as soon as they arrive
 (network reads and JPEG decoding overlap with the model); ready images wait in one queue.
 One encoder thread per lane takes up to ``batch_size`` of them, waiting at most
@@ -22,10 +26,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
 
 from ..errors import ImageLoadError
 from ..images import ImageInput
+from ..pipeline import Stages
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,7 @@ class Overloaded(Exception):
 
 @dataclass
 class _Item:
-    prepared: object  # what ``prepare`` returned: pixels to encode (or an embedding from a cache)
+    prepared: object  # what ``stages.prepare`` returned: pixels to encode (or an embedding from a cache)
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     queued_at: float = field(default_factory=time.monotonic)
@@ -54,15 +58,14 @@ def _deliver(future: asyncio.Future, value=None, error: BaseException | None = N
 class MicroBatcher:
     """Gathers preprocessed images from any number of requests into model batches.
 
-    ``prepare(ref)`` returns what ``encode`` takes, or an ImageLoadError (it never raises for
-    one image's problem); ``encode(prepared)`` embeds a list of them in one forward pass and
-    returns one row per image (:meth:`zstagger.Tagger.prepare` and ``embed_prepared``).
+    ``stages.prepare(ref)`` returns what ``stages.embed`` takes, or an ImageLoadError (it
+    never raises for one image's problem); ``stages.embed(prepared)`` embeds a list of them
+    in one forward pass and returns one row per image (:meth:`zstagger.Tagger.stages`).
     """
 
     def __init__(
         self,
-        prepare: Callable[[ImageInput], object],
-        encode: Callable[[Sequence[object]], np.ndarray],
+        stages: Stages[ImageInput],
         *,
         batch_size: int,
         max_wait: float,
@@ -71,7 +74,7 @@ class MicroBatcher:
         loader_threads: int,
         observe: Callable[[int, float], None] = lambda size, wait: None,
     ):
-        self.prepare, self.encode = prepare, encode
+        self.stages = stages
         self.batch_size, self.max_wait, self.max_pending = batch_size, max_wait, max_pending
         self.observe = observe
         self._decoders = ThreadPoolExecutor(loader_threads, thread_name_prefix="zstagger-http-load")
@@ -107,7 +110,7 @@ class MicroBatcher:
     async def embed(self, refs: Sequence[ImageInput]) -> tuple[list, list[ImageLoadError | None]]:
         """One embedding row (or None) and one error (or None) per ref, in order."""
         loop = asyncio.get_running_loop()
-        prepared = await asyncio.gather(*(loop.run_in_executor(self._decoders, self.prepare, ref) for ref in refs))
+        prepared = await asyncio.gather(*(loop.run_in_executor(self._decoders, self.stages.prepare, ref) for ref in refs))
         futures: list[asyncio.Future | None] = []
         items = []
         for ready in prepared:
@@ -151,7 +154,7 @@ class MicroBatcher:
             started = time.monotonic()
             self.observe(len(batch), started - min(item.queued_at for item in batch))
             try:
-                rows = self.encode([item.prepared for item in batch])
+                rows = self.stages.embed([item.prepared for item in batch])
             except Exception as exc:  # a failed forward fails these requests, not the lane
                 log.exception("zstagger: a batch of %d failed to encode", len(batch))
                 for item in batch:

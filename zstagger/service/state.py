@@ -47,7 +47,7 @@ class ServiceState:
 
             tagger = Tagger(settings=self.settings)
             self.batcher = MicroBatcher(
-                tagger.prepare, tagger.embed_prepared,
+                tagger.stages(),
                 batch_size=tagger.batch_size,
                 max_wait=self.settings.batch_wait_ms / 1000,
                 max_pending=self.settings.max_pending_images,
