@@ -20,16 +20,14 @@ from .common import (
     reports_errors,
     taxonomy_options,
 )
+from .progress import progress_bar
 
 
 def _progress(show: bool | None, what: str):
-    """A tqdm bar on stderr per dataset (when stderr is a terminal, or --progress)."""
-    show = show if show is not None else sys.stderr.isatty()
+    """A progress bar on stderr per dataset (when stderr is a terminal, or --progress)."""
 
     def start(dataset):
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(dataset.items), unit="img", file=sys.stderr, disable=not show, desc=what)
+        bar = progress_bar(len(dataset.items), what, show)
 
         def update(count: int) -> None:
             bar.update(count)
