@@ -292,6 +292,34 @@ def test_report_writes_a_self_contained_page_and_plots(labelled, env, tmp_path):
     assert "src='pr_curves.png'" not in page  # embedded: the page works on its own
 
 
+def test_report_curves_have_the_tables_average_precision(tmp_path, labelled, env):
+    """The precision-recall plots are drawn from the points in pr_curves.json: their area is
+    the AP the table gives, for single-label taxonomies (a hierarchy: two depths) as for multi-label."""
+    tax_dir = tmp_path / "tax"
+    tax_dir.mkdir()
+    (tax_dir / "shop.yaml").write_text(yaml.safe_dump({"name": "shop", "labels": [
+        {"name": "apparel"}, {"name": "food"}, {"name": "apparel/shoes", "text": "shoes", "parent": "apparel"},
+        {"name": "apparel/hats", "text": "hats", "parent": "apparel"}]}))
+    shop = write_labelled_folders(tmp_path / "shop", ["apparel/shoes", "apparel/hats", "food"], 6, size=(80, 60))
+    runs = [(shop, ["-t", "shop"], "levels"), (labelled, ["-t", "moderation"], "labels")]
+    for n, (data, args, where) in enumerate(runs):
+        out = tmp_path / f"report{n}"
+        result = zstagger("eval", str(data), *args, "--json", "--report", str(out),
+                          env={**env, "ZSTAGGER_TAXONOMY_PATH": str(tax_dir)})
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        table = report["labels"] if where == "labels" else [m for level in report["levels"] for m in level["labels"]]
+        table = {m["label"]: m["average_precision"] for m in table if m["support"]}
+        curves = json.loads((out / "pr_curves.json").read_text())
+        assert set(curves) == set(table) and len(table) >= 3
+        for label, ap in table.items():
+            recall, precision = np.array(curves[label]["recall"]), np.array(curves[label]["precision"])
+            assert recall[0] == 0 and np.all(np.diff(recall) > 0) and math.isclose(recall[-1], 1.0)
+            area = float(np.sum(np.diff(recall) * precision[1:]))  # each step's precision times the recall it adds
+            assert math.isclose(area, ap, rel_tol=1e-9), (label, area, ap)
+        assert (out / "pr_curves.png").stat().st_size > 1000
+
+
 def test_single_label_hierarchy_and_adhoc_labels(tmp_path, env):
     tax_dir = tmp_path / "tax"
     tax_dir.mkdir()
