@@ -320,6 +320,29 @@ def test_report_curves_have_the_tables_average_precision(tmp_path, labelled, env
         assert (out / "pr_curves.png").stat().st_size > 1000
 
 
+def test_eval_warns_about_labels_that_fire_on_nearly_every_image(labelled, env, tmp_path):
+    from zstagger.registry import get_taxonomy
+
+    tax_dir = tmp_path / "tax"
+    tax_dir.mkdir()
+    spec = get_taxonomy("moderation").spec_dict()
+    for name, threshold in (("everything", 0.0), ("nothing", 1.0)):
+        (tax_dir / f"{name}.yaml").write_text(yaml.safe_dump({**spec, "name": name, "default_threshold": threshold,
+                                                              "labels": [dict(label, threshold=None) for label in spec["labels"]]}))
+    env = {**env, "ZSTAGGER_TAXONOMY_PATH": str(tax_dir)}
+    result = zstagger("eval", str(labelled), "-t", "everything", "--json", "--report", str(tmp_path / "rep"), env=env)
+    assert result.returncode == 0, result.stderr
+    warnings = json.loads(result.stdout)["warnings"]
+    assert len(warnings) == len([label for label in spec["labels"] if not label.get("background")])
+    assert warnings[0].startswith("label 'explicit_nudity' fires on 100% of the images (88 of 88; it is true of 16) "
+                                  "at threshold 0:")
+    assert [line for line in result.stderr.splitlines() if line.startswith("warning: ")] == [f"warning: {w}" for w in warnings]
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert page.count("<strong>Warning:</strong>") == len(warnings)
+    quiet = zstagger("eval", str(labelled), "-t", "nothing", "--json", env=env)
+    assert quiet.returncode == 0 and json.loads(quiet.stdout)["warnings"] == [] and "warning" not in quiet.stderr
+
+
 def test_single_label_hierarchy_and_adhoc_labels(tmp_path, env):
     tax_dir = tmp_path / "tax"
     tax_dir.mkdir()

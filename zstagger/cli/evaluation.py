@@ -71,6 +71,8 @@ def eval_command(data, taxonomy, labels, template, model, batch_size, device, pr
         bootstrap_rounds=bootstrap, progress=_progress(progress, "eval"),
     )
     click.echo(report.model_dump_json(indent=2)) if as_json else print_eval(report)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if report.report_dir:
         click.echo(f"report: {report.report_dir}/index.html", err=True)
     if report.unreadable_count:

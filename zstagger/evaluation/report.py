@@ -206,11 +206,14 @@ def _page(report: EvalReport, metrics: list[LabelMetrics], figures, misses: list
     w("<!doctype html><html><head><meta charset='utf-8'><title>zstagger eval: " + e(report.taxonomy) + "</title><style>"
       "body{font:14px/1.4 system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:.5em 0}"
       "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
-      "img.plot{max-width:100%;border:1px solid #eee}.muted{color:#666}</style></head><body>")
+      "img.plot{max-width:100%;border:1px solid #eee}.muted{color:#666}"
+      ".warning{background:#fff3cd;border-left:4px solid #e0a800;padding:.4em .8em}</style></head><body>")
     w(f"<h1>{e(report.taxonomy)} v{e(report.taxonomy_version)} on {e(report.dataset)}</h1>")
     w(f"<p>{report.evaluated} images evaluated ({report.mode}-label), {report.unreadable_count} unreadable left out. "
       f"Model <code>{e(report.model)}</code> (fingerprint {e(str(report.model_fingerprint))}, {e(report.preprocessing)} "
       f"preprocessing). Intervals: 95% bootstrap over images ({report.bootstrap_rounds} resamples).</p>")
+    for warning in report.warnings:
+        w(f"<p class='warning'><strong>Warning:</strong> {e(warning)}</p>")
     for level in report.levels:
         w(f"<h2>Level {level.depth} ({level.images} images)</h2><p>top-1 {e(str(level.top1))} &middot; top-{level.top_k} "
           f"{e(str(level.top5))} &middot; tag accuracy {e(str(level.accuracy))}</p>")
