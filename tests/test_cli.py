@@ -126,6 +126,63 @@ def test_progress_goes_to_stderr_only(image_dir, tiny_model_dir):
     assert len(lines(result.stdout)) == 3
 
 
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def run_batches(bar, clock, batches, *, seconds_before_each, batch=32):
+    """Updates as `zstagger tag` makes them: one per image, a batch's images at once."""
+    for _ in range(batches):
+        clock.now += seconds_before_each
+        for _ in range(batch):
+            clock.now += 0.001
+            bar.update(1)
+
+
+def test_the_progress_estimate_leaves_out_the_warm_up(capsys):
+    import re
+
+    from zstagger.cli.progress import progress_bar
+
+    def seconds_left():
+        minutes, seconds = map(int, re.search(r"<(\d+):(\d+)", str(bar)).groups())
+        return 60 * minutes + seconds
+
+    clock = FakeClock()
+    bar = progress_bar(3000, "tagging", show=True, clock=clock)
+    run_batches(bar, clock, 1, seconds_before_each=20.0)  # the first batch comes after the model loaded
+    assert "<?" in str(bar)  # no estimate from the warm-up alone
+    run_batches(bar, clock, 1, seconds_before_each=1.0)
+    # 2,936 images to go at 32 a second: about 92 s (from the start, 64 images in 21 s: 16 minutes)
+    assert 85 <= seconds_left() <= 100, str(bar)
+    run_batches(bar, clock, 10, seconds_before_each=1.0)
+    assert 80 <= seconds_left() <= 95, str(bar)
+    bar.close()
+    assert "tagging" in capsys.readouterr().err
+
+
+def test_the_steady_rate_counts_the_first_batch_as_warm_up():
+    from zstagger.cli.progress import SteadyRate
+
+    steady = SteadyRate(burst=0.1)
+    assert steady.rate() is None
+    steady.update(32, now=20.0)  # one update for the whole first batch (eval, retag)
+    assert steady.rate() is None and steady.remaining(32, 1000) is None
+    steady.update(64, now=22.0)
+    assert steady.rate() == 16.0 and steady.remaining(64, 1000) == 58.5
+    per_image = SteadyRate(burst=0.1)
+    for i in range(1, 33):  # the first batch, one update per image, within a few milliseconds
+        per_image.update(i, now=20.0 + i / 1000)
+    assert per_image.rate() is None
+    for i in range(33, 65):
+        per_image.update(i, now=21.0 + i / 1000)
+    assert per_image.rate() == pytest.approx(32 / (21.064 - 20.001))  # timed from the first update
+
+
 def test_taxonomies_list_and_show():
     listing = zstagger("taxonomies")
     assert listing.returncode == 0

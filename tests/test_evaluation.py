@@ -249,6 +249,23 @@ def test_manifests_give_the_same_figures_as_folders(labelled, env, tmp_path):
         assert got["labels"] == folders["labels"] and got["averages"] == folders["averages"]
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_a_manifest_with_a_byte_order_mark_reads_as_without(suffix, labelled, tmp_path):
+    """Spreadsheet programs start UTF-8 files with a byte-order mark (EF BB BF)."""
+    from zstagger.registry import get_taxonomy
+
+    items = dataset_order(labelled)
+    if suffix == ".jsonl":
+        text = "".join(json.dumps({"image": i.ref, "labels": list(i.labels)}) + "\n" for i in items)
+    else:
+        text = "image,labels\r\n" + "".join(f"{i.ref},{';'.join(i.labels)}\r\n" for i in items)
+    plain, marked = tmp_path / f"plain{suffix}", tmp_path / f"marked{suffix}"
+    plain.write_text(text, encoding="utf-8")
+    marked.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    spec = get_taxonomy("moderation")
+    assert load_dataset(marked, spec).items == load_dataset(plain, spec).items == items
+
+
 def test_unreadable_images_are_reported_and_left_out(labelled, env, tmp_path):
     data = shutil.copytree(labelled, tmp_path / "data")
     (data / "firearms" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
@@ -273,6 +290,57 @@ def test_report_writes_a_self_contained_page_and_plots(labelled, env, tmp_path):
     page = (tmp_path / "rep" / "index.html").read_text()
     assert page.count("data:image/png;base64,") == 4 and "Worst misses" in page and "data:image/jpeg;base64," in page
     assert "src='pr_curves.png'" not in page  # embedded: the page works on its own
+
+
+def test_report_curves_have_the_tables_average_precision(tmp_path, labelled, env):
+    """The precision-recall plots are drawn from the points in pr_curves.json: their area is
+    the AP the table gives, for single-label taxonomies (a hierarchy: two depths) as for multi-label."""
+    tax_dir = tmp_path / "tax"
+    tax_dir.mkdir()
+    (tax_dir / "shop.yaml").write_text(yaml.safe_dump({"name": "shop", "labels": [
+        {"name": "apparel"}, {"name": "food"}, {"name": "apparel/shoes", "text": "shoes", "parent": "apparel"},
+        {"name": "apparel/hats", "text": "hats", "parent": "apparel"}]}))
+    shop = write_labelled_folders(tmp_path / "shop", ["apparel/shoes", "apparel/hats", "food"], 6, size=(80, 60))
+    runs = [(shop, ["-t", "shop"], "levels"), (labelled, ["-t", "moderation"], "labels")]
+    for n, (data, args, where) in enumerate(runs):
+        out = tmp_path / f"report{n}"
+        result = zstagger("eval", str(data), *args, "--json", "--report", str(out),
+                          env={**env, "ZSTAGGER_TAXONOMY_PATH": str(tax_dir)})
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        table = report["labels"] if where == "labels" else [m for level in report["levels"] for m in level["labels"]]
+        table = {m["label"]: m["average_precision"] for m in table if m["support"]}
+        curves = json.loads((out / "pr_curves.json").read_text())
+        assert set(curves) == set(table) and len(table) >= 3
+        for label, ap in table.items():
+            recall, precision = np.array(curves[label]["recall"]), np.array(curves[label]["precision"])
+            assert recall[0] == 0 and np.all(np.diff(recall) > 0) and math.isclose(recall[-1], 1.0)
+            area = float(np.sum(np.diff(recall) * precision[1:]))  # each step's precision times the recall it adds
+            assert math.isclose(area, ap, rel_tol=1e-9), (label, area, ap)
+        assert (out / "pr_curves.png").stat().st_size > 1000
+
+
+def test_eval_warns_about_labels_that_fire_on_nearly_every_image(labelled, env, tmp_path):
+    from zstagger.registry import get_taxonomy
+
+    tax_dir = tmp_path / "tax"
+    tax_dir.mkdir()
+    spec = get_taxonomy("moderation").spec_dict()
+    for name, threshold in (("everything", 0.0), ("nothing", 1.0)):
+        (tax_dir / f"{name}.yaml").write_text(yaml.safe_dump({**spec, "name": name, "default_threshold": threshold,
+                                                              "labels": [dict(label, threshold=None) for label in spec["labels"]]}))
+    env = {**env, "ZSTAGGER_TAXONOMY_PATH": str(tax_dir)}
+    result = zstagger("eval", str(labelled), "-t", "everything", "--json", "--report", str(tmp_path / "rep"), env=env)
+    assert result.returncode == 0, result.stderr
+    warnings = json.loads(result.stdout)["warnings"]
+    assert len(warnings) == len([label for label in spec["labels"] if not label.get("background")])
+    assert warnings[0].startswith("label 'explicit_nudity' fires on 100% of the images (88 of 88; it is true of 16) "
+                                  "at threshold 0:")
+    assert [line for line in result.stderr.splitlines() if line.startswith("warning: ")] == [f"warning: {w}" for w in warnings]
+    page = (tmp_path / "rep" / "index.html").read_text()
+    assert page.count("<strong>Warning:</strong>") == len(warnings)
+    quiet = zstagger("eval", str(labelled), "-t", "nothing", "--json", env=env)
+    assert quiet.returncode == 0 and json.loads(quiet.stdout)["warnings"] == [] and "warning" not in quiet.stderr
 
 
 def test_single_label_hierarchy_and_adhoc_labels(tmp_path, env):
@@ -346,20 +414,28 @@ def test_calibrate_writes_a_taxonomy_whose_held_out_figures_check_out(labelled, 
 
 
 def test_unreachable_targets_are_reported_not_faked(labelled, env, tmp_path):
-    result = zstagger("calibrate", str(labelled), "-t", "moderation", "--target-precision", "1.0", "--min-positives", "5",
+    # Every drugs image is listed twice, once labelled drugs and once labelled nothing: each
+    # positive ties with a negative at every threshold, so precision 1.0 is out of reach for
+    # drugs whatever the model scores; the other labels keep their images once.
+    manifest = tmp_path / "m.jsonl"
+    rows = [{"image": i.ref, "labels": list(i.labels)} for i in dataset_order(labelled)]
+    rows += [{"image": i.ref, "labels": []} for i in dataset_order(labelled) if "drugs" in i.labels]
+    manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = zstagger("calibrate", str(manifest), "-t", "moderation", "--target-precision", "1.0", "--min-positives", "5",
                       "--json", "-o", str(tmp_path / "c.yaml"), env=env)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
+    unreachable = [r["label"] for r in report["labels"] if r["status"] == "unreachable"]
+    assert "drugs" in unreachable
     for r in report["labels"]:
         if r["status"] == "unreachable":
             assert r["threshold"] == r["previous_threshold"] and "no threshold reaches precision>=1" in r["note"]
-    unreachable = [r["label"] for r in report["labels"] if r["status"] == "unreachable"]
-    if unreachable:
-        assert f"target not reachable on this data, thresholds kept: {', '.join(unreachable)}" in result.stderr
+    assert f"target not reachable on this data, thresholds kept: {', '.join(unreachable)}" in result.stderr
     # a precision of exactly 1 is reachable only where the best-scored images are all positives
-    for r in report["labels"]:
-        if r["status"] == "calibrated":
-            assert r["in_sample_precision"]["value"] == 1.0
+    calibrated = [r for r in report["labels"] if r["status"] == "calibrated"]
+    assert calibrated  # firearms, with the seeded tiny model: the check below must check something
+    for r in calibrated:
+        assert r["in_sample_precision"]["value"] == 1.0
 
 
 def test_the_calibrated_taxonomy_travels_through_the_queue_to_a_real_worker(labelled, env, tmp_path, tiny_model_dir):
@@ -409,6 +485,14 @@ def make_bad(kind, root):
         root.write_text('{"image": "a.jpg", "labels": ["firearms"]}\nnot json\n{"image": "b.jpg"}\n{"labels": []}\n')
     elif kind == "only_negatives":
         write_labelled_folders(root, [], 0, none=3, size=(40, 30))
+    elif kind == "nul_in_path_jsonl":
+        root.mkdir()
+        root = root / "m.jsonl"
+        root.write_text('{"image": "a.jpg", "labels": ["firearms"]}\n{"image": "b\\u0000.jpg", "labels": []}\n')
+    elif kind == "nul_in_path_csv":
+        root.mkdir()
+        root = root / "m.csv"
+        root.write_text("image,labels\na.jpg,firearms\nb\x00.jpg,\n")
     elif kind == "missing":
         pass
     return root
@@ -421,6 +505,8 @@ def make_bad(kind, root):
     ("broken_manifest", ("3 broken rows: line 2: not JSON (Expecting value); line 3: no labels field (use [] when no label "
                          "applies); line 4: no image (a path or URL)")),
     ("only_negatives", "all 3 images are labelled as showing none of the labels"),
+    ("nul_in_path_jsonl", "1 broken row: line 2: image 'b\\x00.jpg' contains a NUL byte, which no path or URL can"),
+    ("nul_in_path_csv", "1 broken row: line 3: image 'b\\x00.jpg' contains a NUL byte, which no path or URL can"),
     ("missing", "does not exist"),
 ])
 @pytest.mark.parametrize("command", ["eval", "calibrate"])

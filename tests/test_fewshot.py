@@ -438,6 +438,38 @@ def test_calibrate_with_examples_writes_them_and_reports_held_out_gains(tmp_path
     assert "labels with images (blend, weight 0.5; vectors from embedded vectors): alpha 4 examples" in again.stdout
 
 
+def test_each_folds_examples_are_drawn_from_that_folds_training_images_only(tmp_path, tiny_model_dir):
+    """Held-out figures with examples are honest only if no fold learns from the images it is judged on."""
+    from sklearn.model_selection import KFold
+
+    import zstagger
+    from zstagger.evaluation.datasets import load_dataset
+
+    data = write_labelled_folders(tmp_path / "labelled", CLASSES, 6, size=(64, 48))
+    taxonomy = Taxonomy(name="four", labels=[{"name": c} for c in CLASSES])
+    compiled = []
+
+    class RecordingTagger(Tagger):  # the real tagger; it also notes every taxonomy it compiles
+        def classifier(self, taxonomy):
+            compiled.append(taxonomy)
+            return super().classifier(taxonomy)
+
+    folds = 3
+    with RecordingTagger(str(tiny_model_dir), precision="fp32", image_cache=False) as tagger:
+        report = zstagger.calibrate(data, taxonomy, objective="f1", examples=2, folds=folds, tagger=tagger, cache=False)
+    assert report.examples is not None
+    row_of = {item.ref: row for row, item in enumerate(load_dataset(data, taxonomy).items)}
+    learnt = [t for t in compiled if any(label.examples for label in t.labels)]
+    # the final taxonomy's examples (picked from every image) first, then one per fold, in fold order
+    assert len(learnt) == folds + 1
+    splits = list(KFold(n_splits=folds, shuffle=True, random_state=0).split(np.arange(len(row_of))))
+    for (train, test), fold_taxonomy in zip(splits, learnt[1:]):
+        picked = {row_of[ref] for label in fold_taxonomy.labels for ref in label.examples}
+        assert len(picked) == 2 * len(CLASSES)
+        assert not picked & set(test.tolist()), "a fold learnt from its own held-out images"
+        assert picked <= set(train.tolist())
+
+
 def test_the_examples_cli_shows_what_a_taxonomy_carries(tmp_path, cli_env):
     write_labelled_folders(tmp_path / "ex", ["alpha"], 2, none=2, size=(48, 36))
     (tmp_path / "t.yaml").write_text(yaml.safe_dump({"name": "t", "mode": "multi", "few_shot": {"method": "cache", "alpha": 2},

@@ -268,6 +268,34 @@ def test_ordinary_jpegs_pass_the_scan_walk():
     assert count_scans(scan_bomb(500, side=64), limit=100) == 101  # stops counting past the limit
 
 
+def progressive_photo(width: int, height: int) -> bytes:
+    """A photo-like progressive JPEG (smooth gradients and sensor noise), libjpeg's 10 scans."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    noise = np.random.default_rng(1).normal(0, 8, (height, width, 3)).astype(np.float32)
+    planes = np.stack([np.sin(x / 200) * 90 + 128, np.cos(y / 150) * 90 + 128, (x + y) / (width + height) * 255], axis=-1)
+    buf = io.BytesIO()
+    Image.fromarray((planes + noise).clip(0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90, progressive=True)
+    return buf.getvalue()
+
+
+def test_decode_work_is_bounded_by_scans_times_pixels_not_scans_alone():
+    """99 scans (inside the 100-scan cap) of a 16-megapixel image: each refinement scan is a few
+    bytes yet a full pass over the image; an ordinary progressive 12-megapixel photo passes."""
+    from zstagger.images.jpeg import count_scans
+
+    bomb = scan_bomb(89, side=4096)  # libjpeg's 10 scans and 89 copies of the last one
+    assert count_scans(bomb, limit=100) == 99 and len(bomb) < 200_000
+    error, _ = within(120, load_image, bomb)
+    assert isinstance(error, ImageLoadError) and error.kind == "too_many_scans", error
+    assert "99 scans of 4096x4096 pixels" in error.message and "ZSTAGGER_MAX_JPEG_SCAN_PIXELS" in error.message
+    photo = progressive_photo(4000, 3000)
+    assert count_scans(photo, limit=100) == 10
+    assert load_image(photo).size == (4000, 3000)
+    # the limit is a setting: below this photo's 10 x 12 million scan-pixels it is refused too
+    with pytest.raises(ImageLoadError, match="10 scans of 4000x3000 pixels = 120,000,000 scan-pixels"):
+        load_image(photo, ImagePolicy(max_jpeg_scan_pixels=100_000_000))
+
+
 # --- 4. memory: strip-wise conversion and a budget for bytes in flight ---------------------
 
 PEAK_RSS = textwrap.dedent(

@@ -97,8 +97,90 @@ def test_taxonomy_files_from_the_taxonomy_path(tmp_path, clean_env):
     assert found["fruit"].source == str(tmp_path / "fruit.yaml")
     assert [label.name for label in found["fruit"].taxonomy.labels] == ["apple", "pear"]
     (tmp_path / "zbad.yml").write_text("name: veg\nlabels:\n  - name: leek\n    parent: onion\n")
+    assert "fruit" in registered_taxonomies() and "veg" not in registered_taxonomies()  # the broken file stays with itself
     with pytest.raises(TaxonomyError, match=r"zbad.yml: taxonomy 'veg': label 'leek': parent 'onion'"):
-        registered_taxonomies()
+        get_taxonomy("veg")
+
+
+BROKEN_FILES = {
+    "veg.yml": ("name: veg\nlabels:\n  - name: leek\n    parent: onion\n",
+                "veg.yml: taxonomy 'veg': label 'leek': parent 'onion' is not a label of this taxonomy"),
+    "nuts.yaml": ("name: nuts\nlabels: [{name: almond\n", "nuts.yaml: cannot parse taxonomy file"),
+}
+
+
+def broken_taxonomy_dir(root: Path) -> Path:
+    """A taxonomy directory with one good file and two broken ones (an invalid spec, bad YAML)."""
+    root.mkdir()
+    (root / "fruit.yaml").write_text("name: fruit\nlabels:\n  - name: apple\n  - name: pear\n")
+    for name, (text, _) in BROKEN_FILES.items():
+        (root / name).write_text(text)
+    return root
+
+
+def test_a_broken_taxonomy_file_breaks_only_its_own_taxonomy(tmp_path, tiny_model_dir):
+    env = {"ZSTAGGER_TAXONOMY_PATH": str(broken_taxonomy_dir(tmp_path / "tax"))}
+    listed = run_cli("taxonomies", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    rows = {row["name"]: row for row in json.loads(listed.stdout)}
+    assert rows["fruit"]["status"] == rows["moderation"]["status"] == "ok"
+    for name, (_, problem) in BROKEN_FILES.items():
+        row = rows[name.split(".")[0]]
+        assert row["status"] == "invalid" and problem in row["error"] and row["plugin"].endswith(f"{name})")
+    warnings = listed.stderr.strip().splitlines()  # one line per broken file, naming it
+    assert len(warnings) == 2 and all("Traceback" not in line for line in warnings)
+    assert sorted(name for name in BROKEN_FILES if any(name in line for line in warnings)) == sorted(BROKEN_FILES)
+    table = run_cli("taxonomies", env=env)
+    assert table.returncode == 0 and "invalid nuts: " in table.stdout and "invalid veg: " in table.stdout
+
+    image = tmp_path / "a.jpg"
+    from zstagger.testing import sample_image
+
+    sample_image(1).save(image)
+    tagged = run_cli("tag", str(image), "-t", "moderation", "--model", str(tiny_model_dir), "--format", "jsonl", env=env)
+    assert tagged.returncode == 0, tagged.stderr
+    assert json.loads(tagged.stdout)["taxonomy"] == "moderation" and tagged.stderr.count("\n") == 2
+    for name, (_, problem) in BROKEN_FILES.items():
+        for args in (["taxonomies", "show", name.split(".")[0]], ["tag", str(image), "-t", name.split(".")[0]]):
+            used = run_cli(*args, "--model", str(tiny_model_dir), env=env) if args[0] == "tag" else run_cli(*args, env=env)
+            assert used.returncode == 2, used.stderr
+            assert f"Error: taxonomy {name.split('.')[0]!r} cannot be used: " in used.stderr and problem in used.stderr
+            assert "Traceback" not in used.stderr
+
+
+def test_a_broken_taxonomy_file_stops_neither_the_http_service_nor_a_worker(tmp_path, tiny_model_dir, redis_server):
+    import httpx
+    from harness import ApiServer, worker_starter
+
+    from zstagger.testing import sample_image
+
+    env = {"ZSTAGGER_TAXONOMY_PATH": str(broken_taxonomy_dir(tmp_path / "tax")), "ZSTAGGER_MODEL": str(tiny_model_dir),
+           "ZSTAGGER_PRECISION": "fp32", "ZSTAGGER_API_ALLOW_ANONYMOUS": "1", "ZSTAGGER_REDIS_URL": redis_server.url}
+    image = tmp_path / "a.png"
+    sample_image(2).save(image)
+    server = ApiServer(env, tmp_path).wait_ready()
+    try:
+        with worker_starter(env, tmp_path) as start:
+            worker = start("w1").wait_ready()
+            for name in ("moderation", "fruit"):
+                ok = httpx.post(server.url + "/v1/tag", files=[("images", ("a.png", image.read_bytes()))],
+                                data={"taxonomy": name}, timeout=60)
+                assert ok.status_code == 200 and ok.json()["results"][0]["error"] is None, ok.text
+            refused = httpx.post(server.url + "/v1/tag", files=[("images", ("a.png", image.read_bytes()))],
+                                 data={"taxonomy": "veg"}, timeout=60)
+            assert refused.status_code == 400, refused.text
+            message = refused.json()["error"]["message"]
+            assert "taxonomy 'veg' cannot be used" in message and BROKEN_FILES["veg.yml"][1] in message
+            job = run_cli("enqueue", str(image), "-t", "fruit", env=env)
+            assert job.returncode == 0, job.stderr
+            done = run_cli("results", job.stdout.strip(), "--wait", "--timeout", "60", env=env)
+            assert done.returncode == 0 and json.loads(done.stdout)["error"] is None, done.stderr
+            bad = run_cli("enqueue", str(image), "-t", "veg", env=env)
+            assert bad.returncode == 2 and "taxonomy 'veg' cannot be used" in bad.stderr
+            assert worker.alive() and "Traceback" not in worker.output()
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log_path.read_text()
 
 
 def test_blocking_a_plugin_by_name():

@@ -516,6 +516,48 @@ def test_tagging_goes_on_when_the_sqlite_store_cannot_be_opened(tiny_model_dir, 
     assert "3 images tagged but not recorded" in caplog.text and "tagging goes on without it" in caplog.text
 
 
+@pytest.fixture
+def read_only_store(store_url, tmp_path):
+    """The store of ``store_url``, set up, then made read-only: for SQLite the file (chmod, or
+    for root, who ignores file modes, the immutable attribute); for PostgreSQL the database
+    (default_transaction_read_only, as on a hot standby)."""
+    store = open_store(store_url)
+    store.record([ImageSighting(key(0), "a.jpg", "", unit(1)[0])], "m")
+    store.close()
+    if store_url.startswith("sqlite"):
+        path = Path(store_url.removeprefix("sqlite:///"))
+        if os.geteuid() != 0:
+            path.chmod(0o444)
+        elif subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+            pytest.skip("running as root without chattr +i: no way to make a file read-only here")
+        yield store_url
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+        return
+    import psycopg
+
+    name = store_url.rsplit("/", 1)[1]
+    with psycopg.connect(store_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = on")
+    yield store_url
+
+
+def test_a_read_only_store_is_reported_as_read_only_not_as_away(read_only_store, tiny_model_dir, tmp_path):
+    env = {"ZSTAGGER_MODEL": str(tiny_model_dir), "ZSTAGGER_CACHE_DIR": str(tmp_path / "cache"),
+           "ZSTAGGER_STORE": read_only_store, "ZSTAGGER_STORE_TIMEOUT": "600"}  # an outage would be waited out for 10 min
+    tagged = zstagger("tag", *write_images(tmp_path / "img", 2), "--labels", "a,b", env=env, timeout=120)
+    assert tagged.returncode == 0, tagged.stderr  # tagging goes on; the images are not recorded
+    assert len(tagged.stdout.splitlines()) == 2
+    assert "2 images tagged but not recorded" in tagged.stderr and "is read-only" in tagged.stderr
+    assert "cannot reach" not in tagged.stderr and "start it" not in tagged.stderr
+    purge = zstagger("store", "purge", "--older-than", "1s", env=env, timeout=120)
+    assert purge.returncode == 2 and "Traceback" not in purge.stderr
+    (line,) = purge.stderr.strip().splitlines()
+    assert "is read-only" in line and "cannot reach" not in line
+    advice = "writable by this user" if read_only_store.startswith("sqlite") else "point ZSTAGGER_STORE at the primary"
+    assert advice in line
+
+
 def test_a_store_that_is_away_costs_reads_nothing_and_writes_wait_only_once(postgres, pg_url, caplog):
     store = open_store(pg_url, timeout=1.5)
     store.record([ImageSighting(key(0), "a.jpg", "", unit(1)[0])], "m")

@@ -42,6 +42,29 @@ def test_valid_taxonomy_and_prompts():
     assert not tax.has_actions
 
 
+def test_a_multi_label_taxonomy_without_a_default_threshold_fires_at_one_half(tmp_path):
+    """0.5: as close to the label as to its rivals (the contrastive score), SigLIP's probability 1/2.
+    Not 0.0, at which every label fired on every image (a Chihuahua got verdict=block)."""
+    import numpy as np
+
+    from zstagger.classifier import TaxonomyClassifier
+
+    spec = {"name": "pets", "mode": "multi", "labels": [
+        {"name": "chihuahua", "negatives": ["a blueberry muffin"]},
+        {"name": "firearms", "action": "block", "negatives": ["a toy gun"]}]}
+    (tmp_path / "pets.yaml").write_text(json.dumps(spec))
+    for tax in (Taxonomy(**spec), Taxonomy.from_file(tmp_path / "pets.yaml")):
+        assert tax.default_threshold == 0.5 and tax.threshold_of(tax.label("firearms")) == 0.5
+        assert tax.spec_dict()["default_threshold"] == 0.5  # written out, it reads the same anywhere
+        classifier = TaxonomyClassifier.build(tax, lambda prompts: np.eye(len(prompts), 8, dtype=np.float32), logit_scale=10.0)
+        tags = classifier.tag_rows(np.array([[0.93, 0.08], [0.2, 0.49], [0.6, 0.5]]))
+        assert tags == [[0], [], [0, 1]]
+        assert [classifier.verdict(t) for t in tags] == ["allow", "allow", "block"]
+    # single-label: the best label of each level is the tag, as in the HF pipeline
+    assert Taxonomy(name="s", labels=[Label(name="a"), Label(name="b")]).default_threshold == 0.0
+    assert Taxonomy(name="m", mode="multi", default_threshold=0.2, negatives=["x"], labels=[Label(name="a")]).default_threshold == 0.2
+
+
 def test_explicit_prompts_are_used_verbatim_and_underscores_read_as_spaces():
     tax = Taxonomy(name="t", templates=["{}"], labels=[Label(name="hate_symbols", prompts=["a swastika flag"])])
     assert tax.prompts_for(tax.labels[0]) == ["hate symbols", "a swastika flag"]

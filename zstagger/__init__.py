@@ -35,6 +35,7 @@ _LAZY = {
     "Settings": "zstagger.settings",
     "get_taxonomy": "zstagger.registry",
     "registered_taxonomies": "zstagger.registry",
+    "invalid_taxonomies": "zstagger.registry",
     "resolve_taxonomy": "zstagger.registry",
     "load_plugins": "zstagger.plugins",
     "enqueue": "zstagger.queue.client",
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
     from .evaluation import calibrate, evaluate
     from .images import ImagePolicy
     from .plugins import load_plugins
-    from .registry import get_taxonomy, registered_taxonomies, resolve_taxonomy
+    from .registry import get_taxonomy, invalid_taxonomies, registered_taxonomies, resolve_taxonomy
     from .queue.client import Job, enqueue
     from .queue.signing import verify_webhook
     from .settings import Settings
@@ -67,6 +68,6 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "ClipEncoder", "ConfigurationError", "ErrorInfo", "Job", "calibrate", "enqueue", "evaluate", "ImageLoadError", "ImagePolicy", "Label", "LabelScore",
     "ModelLoadError", "ModelNotFoundError", "PluginError", "Settings", "TagResult", "Tagger", "Taxonomy",
-    "TaxonomyError", "UnknownTaxonomyError", "ZstaggerError", "get_taxonomy", "hookimpl", "load_plugins",
-    "registered_taxonomies", "resolve_taxonomy", "verify_webhook", "__version__",
+    "TaxonomyError", "UnknownTaxonomyError", "ZstaggerError", "get_taxonomy", "hookimpl", "invalid_taxonomies",
+    "load_plugins", "registered_taxonomies", "resolve_taxonomy", "verify_webhook", "__version__",
 ]

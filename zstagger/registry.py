@@ -3,24 +3,50 @@
 Lookups (``get_taxonomy``, ``resolve_taxonomy``) run on every command, every HTTP request
 and every enqueue, so the registry is built once and kept until a plugin is registered or
 unregistered, or a file in ``ZSTAGGER_TAXONOMY_PATH`` appears, changes or goes.
+
+A broken taxonomy file stays with itself: it is left out of the registry (one warning line
+per process names the file and its problem), listed by :func:`invalid_taxonomies`, and
+asking for it by name is an :class:`InvalidTaxonomyError`; every other taxonomy works.
 """
 
 from __future__ import annotations
 
 import difflib
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from . import plugins
-from .builtin.taxonomy_files import files_signature
+from .builtin.taxonomy_files import BrokenTaxonomyFile, files_signature
 from .errors import ConfigurationError, PluginError, TaxonomyError, UnknownTaxonomyError
 from .settings import Settings
 from .taxonomy import DEFAULT_TEMPLATE, Taxonomy
 
 
+log = logging.getLogger(__name__)
+
+
 class DuplicateTaxonomyError(TaxonomyError):
     """Two plugins registered taxonomies with the same name."""
+
+
+class InvalidTaxonomyError(TaxonomyError):
+    """The taxonomy asked for comes from a file that cannot be used (broken); the message names it."""
+
+
+@dataclass(frozen=True)
+class InvalidTaxonomy:
+    """A taxonomy that was registered but cannot be used: where it came from and why."""
+
+    name: str
+    plugin: str
+    source: str
+    error: str
+
+    @property
+    def origin(self) -> str:
+        return f"{self.plugin} ({self.source})"
 
 
 @dataclass(frozen=True)
@@ -35,18 +61,33 @@ class RegisteredTaxonomy:
 
 
 _lock = threading.Lock()
-_cache: tuple[object, dict[str, RegisteredTaxonomy]] | None = None
+_cache: tuple[object, dict[str, RegisteredTaxonomy], list[InvalidTaxonomy]] | None = None
+_warned: set[tuple[str, str]] = set()  # (source, error) of the broken files already reported by this process
 
 
 def registered_taxonomies() -> dict[str, RegisteredTaxonomy]:
-    """Every taxonomy every plugin registers, by name. Duplicates are an error naming both."""
+    """Every usable taxonomy every plugin registers, by name. Duplicates are an error naming both."""
+    return dict(_registry()[0])
+
+
+def invalid_taxonomies() -> list[InvalidTaxonomy]:
+    """Registered taxonomies that cannot be used (broken taxonomy files), with their errors."""
+    return list(_registry()[1])
+
+
+def _registry() -> tuple[dict[str, RegisteredTaxonomy], list[InvalidTaxonomy]]:
     global _cache
     plugins.load_plugins()
     key = (plugins.generation(), files_signature(Settings().taxonomy_dirs))
     with _lock:
         if _cache is None or _cache[0] != key:
-            _cache = (key, _collect())
-        return dict(_cache[1])
+            _cache = (key, *_collect())
+            for broken in _cache[2]:
+                if (broken.source, broken.error) not in _warned:
+                    _warned.add((broken.source, broken.error))
+                    log.warning("zstagger: taxonomy %r is left out: %s; the other taxonomies work (fix the file, or "
+                                "move it out of ZSTAGGER_TAXONOMY_PATH)", broken.name, broken.error.replace("\n", "; "))
+        return _cache[1], _cache[2]
 
 
 def invalidate() -> None:
@@ -56,11 +97,16 @@ def invalidate() -> None:
         _cache = None
 
 
-def _collect() -> dict[str, RegisteredTaxonomy]:
+def _collect() -> tuple[dict[str, RegisteredTaxonomy], list[InvalidTaxonomy]]:
     found: dict[str, RegisteredTaxonomy] = {}
+    invalid: list[InvalidTaxonomy] = []
     for impl in plugins.pm.hook.register_taxonomies.get_hookimpls():  # in registration order
 
-        def add(taxonomy: Taxonomy | dict, source: str | None = None, _plugin: str = impl.plugin_name) -> None:
+        def add(taxonomy: Taxonomy | dict | BrokenTaxonomyFile, source: str | None = None,
+                _plugin: str = impl.plugin_name) -> None:
+            if isinstance(taxonomy, BrokenTaxonomyFile):
+                invalid.append(InvalidTaxonomy(taxonomy.name, _plugin, taxonomy.source, taxonomy.error))
+                return
             if isinstance(taxonomy, dict):
                 taxonomy = Taxonomy.parse(taxonomy, source=source)
             if not isinstance(taxonomy, Taxonomy):
@@ -81,7 +127,7 @@ def _collect() -> dict[str, RegisteredTaxonomy]:
             raise TaxonomyError(f"plugin {impl.plugin_name}: {exc}") from None
         except Exception as exc:
             raise PluginError(f"plugin {impl.plugin_name} failed while registering taxonomies: {exc!r}") from exc
-    return found
+    return found, invalid
 
 
 def resolve_taxonomy(
@@ -106,9 +152,12 @@ def resolve_taxonomy(
 
 
 def get_taxonomy(name: str) -> Taxonomy:
-    taxonomies = registered_taxonomies()
+    taxonomies, invalid = _registry()
     if name in taxonomies:
         return taxonomies[name].taxonomy
+    for broken in invalid:
+        if broken.name == name:
+            raise InvalidTaxonomyError(f"taxonomy {name!r} cannot be used: {broken.error}")
     close = difflib.get_close_matches(name, taxonomies, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     available = ", ".join(sorted(taxonomies)) or "none"

@@ -114,6 +114,12 @@ class Settings(BaseSettings):
     max_jpeg_scans: int = Field(
         100, ge=1, description="Most scans a JPEG may have (progressive ones have about 10); guards against scan bombs."
     )
+    max_jpeg_scan_pixels: int = Field(
+        1_000_000_000, gt=0,
+        description="Most decoding work a JPEG may ask for, as scans x pixels (each scan is decoded over the whole image "
+        "again): a 12-megapixel progressive photo (10 scans) needs 120 million; about a second of decoding at the "
+        "default. Guards against scan bombs that stay under ZSTAGGER_MAX_JPEG_SCANS.",
+    )
     max_decode_bytes: int = Field(
         1024 * 1024 * 1024, gt=0,
         description="Memory for images being decoded at once in one process, shared by its loader threads, in bytes; "

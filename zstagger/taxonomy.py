@@ -22,7 +22,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from .errors import FileReadError, TaxonomyError
 from .files import read_regular_file
@@ -33,6 +33,11 @@ MAX_FILE_BYTES = 16 * 1024 * 1024  # the largest real taxonomies (tens of thousa
 
 Action = Literal["allow", "review", "block"]
 ACTION_SEVERITY: dict[str, int] = {"allow": 0, "review": 1, "block": 2}
+# The default_threshold of a taxonomy that gives none, per mode. Multi-label: a label fires when
+# it is at least as close to the image as its strongest rival (the contrastive score's 0.5;
+# SigLIP's sigmoid probability 0.5). Single-label: the best label of each level is the tag
+# (a background label's win, or a label's own threshold, can still leave an image untagged).
+DEFAULT_THRESHOLDS: dict[str, float] = {"multi": 0.5, "single": 0.0}
 
 
 class Label(BaseModel):
@@ -184,7 +189,10 @@ class Taxonomy(BaseModel):
     description: str = ""
     mode: Literal["single", "multi"] = "single"
     templates: list[str] = Field(default_factory=lambda: [DEFAULT_TEMPLATE])
-    default_threshold: float = 0.0
+    default_threshold: float = Field(
+        0.0, description="Score at or above which a label becomes a tag; without one, 0.5 for multi-label taxonomies "
+        "and 0.0 for single-label ones (see DEFAULT_THRESHOLDS)."
+    )
     negatives: list[str] = Field(default_factory=list, description="Negatives for labels that list none of their own.")
     labels: list[Label]
     calibration: Calibration | None = Field(None, description="Set by `zstagger calibrate`: how the thresholds were chosen.")
@@ -198,6 +206,14 @@ class Taxonomy(BaseModel):
 
     # Where the spec was read from (Taxonomy.from_file): not part of the spec or its fingerprint.
     _source_dir: str | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_threshold_of_its_mode(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("default_threshold") is None:
+            mode = data.get("mode", "single")
+            data = {**data, "default_threshold": DEFAULT_THRESHOLDS.get(mode, 0.0) if isinstance(mode, str) else 0.0}
+        return data
 
     def __init__(self, **data: Any) -> None:
         """Validate field types (pydantic), then the semantics (:meth:`_problems`); every problem is

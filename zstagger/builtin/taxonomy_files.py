@@ -1,12 +1,17 @@
 """Taxonomies as data: every YAML/JSON file in the ``ZSTAGGER_TAXONOMY_PATH`` directories.
 
 A file is parsed once per process and again only when it changes (path, size, mtime).
+A file that cannot be used (unreadable, not YAML/JSON, an invalid spec) is registered as a
+:class:`BrokenTaxonomyFile`: the registry keeps it apart, so the other taxonomies work and
+only asking for this one is an error.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import TaxonomyError
@@ -16,7 +21,24 @@ from ..taxonomy import Taxonomy
 
 SUFFIXES = (".yaml", ".yml", ".json")
 
-_parsed: dict[tuple, Taxonomy] = {}
+# A top-level "name: x" line (YAML, at the margin) or the first "name": "x" pair (JSON).
+_NAME = re.compile(
+    r"^name\s*:\s*[\"']?([A-Za-z0-9][A-Za-z0-9_.\-]*)[\"']?\s*(?:#.*)?$"
+    r"|\"name\"\s*:\s*\"([A-Za-z0-9][A-Za-z0-9_.\-]*)\"",
+    re.M,
+)
+
+
+@dataclass(frozen=True)
+class BrokenTaxonomyFile:
+    """A taxonomy file that could not be used, under the name it gives (else its file name)."""
+
+    name: str
+    source: str
+    error: str
+
+
+_parsed: dict[tuple, Taxonomy | BrokenTaxonomyFile] = {}
 _lock = threading.Lock()
 
 
@@ -46,18 +68,33 @@ def files_signature(directories: list[str]) -> tuple:
         return (tuple(directories), None)  # reported when the registry is built
 
 
-def load(path: Path) -> Taxonomy:
+def load(path: Path) -> Taxonomy | BrokenTaxonomyFile:
     stamp = _stamp(path)
     with _lock:
         cached = _parsed.get(stamp)
     if cached is None:
-        cached = Taxonomy.from_file(path)
+        try:
+            cached = Taxonomy.from_file(path)
+        except TaxonomyError as exc:
+            cached = BrokenTaxonomyFile(_declared_name(path), str(path), str(exc))
         with _lock:
             _parsed[stamp] = cached
     return cached
 
 
+def _declared_name(path: Path) -> str:
+    """The ``name`` a broken file declares, as far as a line of it says (else the file's stem)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(64 * 1024).decode("utf-8", "replace")
+    except OSError:
+        head = ""
+    found = _NAME.search(head)
+    return (found.group(1) or found.group(2)) if found else path.stem
+
+
 @hookimpl
 def register_taxonomies(register):
     for path in taxonomy_files(Settings().taxonomy_dirs):
-        register(load(path), source=str(path))
+        loaded = load(path)
+        register(loaded, source=str(path))

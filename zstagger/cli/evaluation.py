@@ -20,16 +20,14 @@ from .common import (
     reports_errors,
     taxonomy_options,
 )
+from .progress import progress_bar
 
 
 def _progress(show: bool | None, what: str):
-    """A tqdm bar on stderr per dataset (when stderr is a terminal, or --progress)."""
-    show = show if show is not None else sys.stderr.isatty()
+    """A progress bar on stderr per dataset (when stderr is a terminal, or --progress)."""
 
     def start(dataset):
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(dataset.items), unit="img", file=sys.stderr, disable=not show, desc=what)
+        bar = progress_bar(len(dataset.items), what, show)
 
         def update(count: int) -> None:
             bar.update(count)
@@ -73,6 +71,8 @@ def eval_command(data, taxonomy, labels, template, model, batch_size, device, pr
         bootstrap_rounds=bootstrap, progress=_progress(progress, "eval"),
     )
     click.echo(report.model_dump_json(indent=2)) if as_json else print_eval(report)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if report.report_dir:
         click.echo(f"report: {report.report_dir}/index.html", err=True)
     if report.unreadable_count:

@@ -15,6 +15,7 @@ import click
 
 from ..settings import Settings
 from .common import cli, model_options, print_table, reports_errors
+from .progress import progress_bar
 
 DEFAULT_INLINE_LIMIT = 256 * 1024
 
@@ -52,8 +53,6 @@ def embed(taxonomy, output, model, batch_size, device, precision, inline_limit, 
     \b
     zstagger examples embed -t taxonomies/moderation-plus.yaml --model openai/clip-vit-base-patch32 -o deploy/moderation-plus.yaml
     """
-    from tqdm import tqdm
-
     from ..evaluation.api import write_taxonomy
     from ..fewshot import embed_into_spec
     from ..tagger import Tagger
@@ -67,7 +66,7 @@ def embed(taxonomy, output, model, batch_size, device, precision, inline_limit, 
         fingerprint = tagger.fingerprint or tagger.encoder.fingerprint
 
         def embed_with_progress(refs):
-            with tqdm(total=len(refs), unit="img", file=sys.stderr, disable=not show, desc="embedding") as bar:
+            with progress_bar(len(refs), "embedding", show) as bar:
                 return tagger.embed_images(refs, progress=bar.update)
 
         embedded, files = embed_into_spec(

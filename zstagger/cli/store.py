@@ -17,6 +17,7 @@ import click
 
 from ..settings import Settings
 from .common import EXIT_FAILED_INPUTS, check_taxonomy_choice, cli, print_table, reader_may_leave, reports_errors, taxonomy_options
+from .progress import progress_bar
 
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 
@@ -60,10 +61,7 @@ def _selection_options(func):
 
 
 def _bar(total: int, show: bool | None, what: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="img", file=sys.stderr, disable=not (show if show is not None else sys.stderr.isatty()),
-                desc=what)
+    return progress_bar(total, what, show)
 
 
 def _when(seconds) -> str:

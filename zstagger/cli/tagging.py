@@ -11,6 +11,7 @@ from .common import (
     EXIT_FAILED_INPUTS, EXIT_OK, announce_model_load, check_taxonomy_choice, cli, model_options, read_references,
     reader_may_leave, reports_errors, require_some_input_exists, taxonomy_options, unwinds_on_sigterm,
 )
+from .progress import progress_bar
 
 
 @cli.command()
@@ -43,12 +44,9 @@ def tag(inputs, taxonomy, labels, template, model, batch_size, device, precision
     tagger = Tagger(model, device=device, precision=precision, batch_size=batch_size)
     failed = 0
     show = progress if progress is not None else sys.stderr.isatty()
-    from tqdm import tqdm
-
     # Ctrl-C and SIGTERM unwind through the tagger: it writes the embedding store's records
     # of every image printed before the command exits (130 or 143).
-    with unwinds_on_sigterm(), reader_may_leave(), tagger, \
-            tqdm(total=len(refs), unit="img", file=sys.stderr, disable=not show, desc="tagging") as bar:
+    with unwinds_on_sigterm(), reader_may_leave(), tagger, progress_bar(len(refs), "tagging", show) as bar:
         for result in tagger.tag_iter(refs, spec, top_k=top_k):
             failed += result.error is not None
             bar.update(1)

@@ -15,20 +15,26 @@ from .common import cli, print_table, reports_errors
 @click.pass_context
 @reports_errors
 def taxonomies(ctx, as_json):
-    """List registered taxonomies (name, mode, labels, plugin)."""
+    """List registered taxonomies (name, mode, labels, plugin); broken taxonomy files as invalid, with their errors."""
     if ctx.invoked_subcommand is not None:
         return
-    from ..registry import registered_taxonomies
+    from ..registry import invalid_taxonomies, registered_taxonomies
 
     rows = [
-        {"name": name, "mode": e.taxonomy.mode, "labels": len(e.taxonomy.labels), "plugin": e.origin,
-         "version": e.taxonomy.version, "fingerprint": e.taxonomy.fingerprint}
+        {"name": name, "status": "ok", "mode": e.taxonomy.mode, "labels": len(e.taxonomy.labels), "plugin": e.origin,
+         "version": e.taxonomy.version, "fingerprint": e.taxonomy.fingerprint, "error": None}
         for name, e in sorted(registered_taxonomies().items())
     ]
+    invalid = sorted(invalid_taxonomies(), key=lambda broken: (broken.name, broken.source))
+    rows += [{"name": b.name, "status": "invalid", "mode": None, "labels": None, "plugin": b.origin, "version": None,
+              "fingerprint": None, "error": b.error} for b in invalid]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    print_table(rows, ["name", "mode", "labels", "plugin"])
+    print_table([{k: "-" if v is None else v for k, v in row.items()} for row in rows],
+                ["name", "status", "mode", "labels", "plugin"])
+    for broken in invalid:
+        click.echo(f"invalid {broken.name}: {broken.error}".replace("\n", "; "))
 
 
 @taxonomies.command("show")

@@ -24,10 +24,11 @@ from .calibrate import MIN_POSITIVES, Target, calibrate_scored, calibrated_taxon
 from .datasets import LabelledDataset, load_dataset
 from .extra import check_installed, import_in_background
 from .metrics import Bootstrap, multi_label, single_label_levels, verdict_metrics
-from .models import CalibrationReport, EvalReport, FewShotUse
+from .models import CalibrationReport, EvalReport, FewShotUse, LabelMetrics, LevelMetrics
 from .scored import UNREADABLE_SHOWN, ScoredDataset, rescore, score_dataset
 
 Progress = Callable[[int], None]
+ALWAYS_FIRES = 0.9  # a label tagged on more than this share of the images is reported: its threshold is suspect
 
 
 def evaluate(
@@ -75,6 +76,7 @@ def build_eval_report(scored: ScoredDataset, dataset: LabelledDataset, tagger: T
         fields["labels"], fields["averages"] = multi_label(scored, boot)
     if spec.has_actions:
         fields["verdicts"] = verdict_metrics(scored, boot)
+    fields["warnings"] = always_firing(fields.get("labels") or [], fields.get("levels") or [], len(scored.items))
     return EvalReport(
         few_shot=few_shot_use(scored.classifier),
         taxonomy=spec.name, taxonomy_version=spec.version, mode=spec.mode, model=tagger.model_name,
@@ -84,6 +86,17 @@ def build_eval_report(scored: ScoredDataset, dataset: LabelledDataset, tagger: T
         cache_hits=scored.cache_hits, cache_misses=scored.cache_misses, bootstrap_rounds=rounds,
         calibration=spec.calibration, **fields,
     )
+
+
+def always_firing(labels: list[LabelMetrics], levels: list[LevelMetrics], images: int) -> list[str]:
+    """One warning per label that fires on more than ALWAYS_FIRES of the images it was judged on."""
+    judged = [(m, images) for m in labels] + [(m, level.images) for level in levels for m in level.labels]
+    return [
+        f"label {m.label!r} fires on {m.predicted / n:.0%} of the images ({m.predicted} of {n}; it is true of "
+        f"{m.support}) at threshold {m.threshold:g}: a label that fires on nearly everything tells nothing apart; "
+        "check its threshold (`zstagger calibrate`) and what it is scored against (negatives, background labels)"
+        for m, n in judged if n and m.predicted > ALWAYS_FIRES * n
+    ]
 
 
 def few_shot_use(compiled: TaxonomyClassifier) -> FewShotUse | None:

@@ -131,8 +131,9 @@ def _csv_rows(path: Path) -> Iterable[tuple[int, object]]:
 
 
 def _open_manifest(path: Path):
+    # utf-8-sig: spreadsheet programs start a UTF-8 file with a byte-order mark; read it as text
     try:
-        return open(path, encoding="utf-8", newline="")
+        return open(path, encoding="utf-8-sig", newline="")
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read the manifest: {exc.strerror or exc}") from None
 
@@ -167,6 +168,8 @@ def _row_problem(row: object) -> str | None:
     image, labels = row.get("image"), row.get("labels")
     if not isinstance(image, str) or not image.strip():
         return "no image (a path or URL)"
+    if "\x00" in image:  # no file name or URL can hold one (and os.stat would raise)
+        return f"image {image!r} contains a NUL byte, which no path or URL can"
     if "://" in image[:16] and not is_url(image):
         return f"unsupported URL {image!r} (only http:// and https://)"
     if labels is None:

@@ -79,15 +79,28 @@ def _estimate(value: float | None, samples: np.ndarray, n: int) -> Estimate:
     return Estimate(value=value, low=float(low), high=float(high), n=n)
 
 
-def average_precision(truth: np.ndarray, scores: np.ndarray) -> float:
-    """scikit-learn's ``average_precision_score``: sum over distinct thresholds (highest
-    first) of the precision times the recall gained there."""
+def precision_recall_curve(truth: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Recall (rising from 0) and precision at each distinct score, highest first, where recall
+    rises: the precision-recall curve whose area, precision at each step times the recall gained
+    there, is :func:`average_precision` (scikit-learn's ``precision_recall_curve`` points)."""
     order = np.argsort(-scores, kind="stable")
     s, t = scores[order], truth[order].astype(np.float64)
     last = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]  # the last image at each distinct score
     tp = np.cumsum(t)[last]
     precision, recall = tp / (last + 1), tp / t.sum()
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    gains = np.diff(np.r_[0.0, recall]) > 0  # a step that adds no recall adds no area
+    return np.r_[0.0, recall[gains]], np.r_[1.0, precision[gains]]
+
+
+def curve_area(recall: np.ndarray, precision: np.ndarray) -> float:
+    """The area of a :func:`precision_recall_curve`: each step's precision times the recall it gains."""
+    return float(np.sum(np.diff(recall) * precision[1:]))
+
+
+def average_precision(truth: np.ndarray, scores: np.ndarray) -> float:
+    """scikit-learn's ``average_precision_score``: sum over distinct thresholds (highest
+    first) of the precision times the recall gained there."""
+    return curve_area(*precision_recall_curve(truth, scores))
 
 
 def roc_auc(truth: np.ndarray, scores: np.ndarray) -> float:
@@ -135,17 +148,10 @@ def label_metrics(boot: Bootstrap, name: str, threshold: float, truth: np.ndarra
 def single_label_levels(scored: ScoredDataset, boot: Bootstrap) -> list[LevelMetrics]:
     taxonomy = scored.taxonomy
     names = scored.names
-    depth = [len(taxonomy.path_of(name)) - 1 for name in names]
-    background = [label.background for label in taxonomy.labels]
     predicted = scored.predicted()
     levels = []
-    for d in sorted({depth[i] for i in range(len(names)) if not background[i]}):
-        members = [i for i in range(len(names)) if depth[i] == d and not background[i]]
-        true_at = _label_at_depth(scored.truth, members)
+    for d, members, eligible, true_at in _depths(scored):
         pred_at = _label_at_depth(predicted, members)
-        # Depth 0 judges every image ("none" is a valid truth); deeper levels judge the
-        # images labelled that deep.
-        eligible = np.ones(len(true_at), bool) if d == 0 else true_at >= 0
         classes = [names[i] for i in members] + [NONE]
         y_true = np.array([names[i] if i >= 0 else NONE for i in true_at], dtype=object)
         y_pred = np.array([names[i] if i >= 0 else NONE for i in pred_at], dtype=object)
@@ -163,7 +169,7 @@ def single_label_levels(scored: ScoredDataset, boot: Bootstrap) -> list[LevelMet
         for i in members:
             t, p = (y_true == names[i]) & eligible, (y_pred == names[i]) & eligible
             labels.append(label_metrics(boot, names[i], taxonomy.threshold_of(taxonomy.labels[i]), t, p,
-                                        np.where(eligible, scored.scores[:, i], 0.0))[0])
+                                        _judged_scores(scored, i, eligible))[0])
         matrix = confusion(y_true[eligible], y_pred[eligible], classes)
         pairs = [
             ConfusedPair(true=classes[a], predicted=classes[b], count=int(matrix[a, b]))
@@ -175,6 +181,39 @@ def single_label_levels(scored: ScoredDataset, boot: Bootstrap) -> list[LevelMet
             confusion_labels=classes, confusion=matrix.tolist(), most_confused=pairs[:MOST_CONFUSED],
         ))
     return levels
+
+
+def _depths(scored: ScoredDataset):
+    """Per depth of a single-label hierarchy: (depth, its non-background labels, the images judged
+    there, each image's true label there or -1). Depth 0 judges every image ("none" is a valid
+    truth); deeper levels judge the images labelled that deep."""
+    taxonomy = scored.taxonomy
+    depth = [len(taxonomy.path_of(label.name)) - 1 for label in taxonomy.labels]
+    background = [label.background for label in taxonomy.labels]
+    for d in sorted({depth[i] for i in range(len(depth)) if not background[i]}):
+        members = [i for i in range(len(depth)) if depth[i] == d and not background[i]]
+        true_at = _label_at_depth(scored.truth, members)
+        eligible = np.ones(len(true_at), bool) if d == 0 else true_at >= 0
+        yield d, members, eligible, true_at
+
+
+def _judged_scores(scored: ScoredDataset, label: int, eligible: np.ndarray) -> np.ndarray:
+    return np.where(eligible, scored.scores[:, label], 0.0)
+
+
+def ranking_inputs(scored: ScoredDataset) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per reported label, the (truth, scores) that its average precision, ROC-AUC and
+    precision-recall curve are computed from, so that a plot shows what the table says.
+
+    Multi-label: every image and the label's score. Single-label: the label's own score
+    (not only where it wins, as a tag needs); images not judged at its depth count as
+    negatives scored 0.
+    """
+    if scored.taxonomy.mode != "single":
+        return {scored.names[i]: (scored.truth[:, i], scored.scores[:, i])
+                for i, label in enumerate(scored.taxonomy.labels) if not label.background}
+    return {scored.names[i]: ((true_at == i) & eligible, _judged_scores(scored, i, eligible))
+            for _, members, eligible, true_at in _depths(scored) for i in members}
 
 
 def _label_at_depth(marks: np.ndarray, members: list[int]) -> np.ndarray:

@@ -127,6 +127,7 @@ class EvalReport(_Model):
     verdicts: VerdictMetrics | None = None  # taxonomies with actions
     calibration: Calibration | None = None  # the taxonomy's own calibration record, shown again
     few_shot: FewShotUse | None = None  # labels that use example, counter-example or known images
+    warnings: list[str] = []  # labels that fire on nearly every image (see evaluation.api.ALWAYS_FIRES)
     report_dir: str | None = None
     seconds: float = 0.0
 

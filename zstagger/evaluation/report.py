@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import numpy as np
 from ..images import load_image
 from .calibrate import calibration_scores
 from .extra import require
+from .metrics import curve_area, precision_recall_curve, ranking_inputs
 from .models import EvalReport, LabelMetrics
 from .scored import ScoredDataset
 
@@ -43,14 +45,27 @@ def write_report(report: EvalReport, scored: ScoredDataset, directory: Path) -> 
     figures: list[tuple[str, str, str]] = []  # (file, title, caption)
 
     if plotted:
+        # The curves are drawn from what the table's AP is computed from (metrics.ranking_inputs),
+        # and their points are written beside the plot: the plot's area is the table's AP.
+        ranked = ranking_inputs(scored)
+        curves = {m.label: precision_recall_curve(*ranked[m.label]) for m in plotted}
         fig = _grid(plt, len(plotted))
         for ax, m in zip(fig.axes, plotted):
-            _pr_curve(ax, scored.truth[:, index[m.label]], scores[:, index[m.label]], m)
+            _pr_curve(ax, *curves[m.label], m)
+        single = report.mode == "single"
         figures.append(_save(fig, directory / "pr_curves.png", "Precision-recall per label",
-                             "Red dot: precision and recall at the label's current threshold."))
+                             "Each label's precision against its recall as its score threshold falls; the area under "
+                             "the steps is the AP in the table (points in pr_curves.json). Red dot: precision and recall "
+                             "at the label's current threshold" + (
+                                 "; a label becomes a tag only where it also beats its siblings, so the dot can sit "
+                                 "below the curve of its score alone." if single else ".")))
+        (directory / "pr_curves.json").write_text(json.dumps({
+            label: {"average_precision": curve_area(recall, precision), "recall": recall.tolist(),
+                    "precision": precision.tolist()}
+            for label, (recall, precision) in curves.items()}), encoding="utf-8")
         fig = _grid(plt, len(plotted))
         for ax, m in zip(fig.axes, plotted):
-            _histogram(ax, scored.truth[:, index[m.label]], scores[:, index[m.label]], m)
+            _histogram(ax, *ranked[m.label], m)
         figures.append(_save(fig, directory / "score_histograms.png", "Scores of positives and negatives",
                              "Dashed line: the current threshold. Overlap is where no threshold can be right."))
     for level in report.levels:
@@ -84,10 +99,9 @@ def _grid(plt, count: int):
     return fig
 
 
-def _pr_curve(ax, truth: np.ndarray, scores: np.ndarray, m: LabelMetrics) -> None:
-    sk = require("sklearn.metrics")
-    precision, recall, _ = sk.precision_recall_curve(truth, scores)
-    ax.step(recall, precision, where="post", color="#1f77b4")
+def _pr_curve(ax, recall: np.ndarray, precision: np.ndarray, m: LabelMetrics) -> None:
+    # "pre": between two points the precision is the one reached at the higher recall, as AP counts it
+    ax.step(recall, precision, where="pre", color="#1f77b4")
     if m.precision.value is not None and m.recall.value is not None:
         ax.plot([m.recall.value], [m.precision.value], "o", color="#d62728")
     ax.set(xlim=(0, 1.02), ylim=(0, 1.02), xlabel="recall", ylabel="precision")
@@ -192,11 +206,14 @@ def _page(report: EvalReport, metrics: list[LabelMetrics], figures, misses: list
     w("<!doctype html><html><head><meta charset='utf-8'><title>zstagger eval: " + e(report.taxonomy) + "</title><style>"
       "body{font:14px/1.4 system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:.5em 0}"
       "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
-      "img.plot{max-width:100%;border:1px solid #eee}.muted{color:#666}</style></head><body>")
+      "img.plot{max-width:100%;border:1px solid #eee}.muted{color:#666}"
+      ".warning{background:#fff3cd;border-left:4px solid #e0a800;padding:.4em .8em}</style></head><body>")
     w(f"<h1>{e(report.taxonomy)} v{e(report.taxonomy_version)} on {e(report.dataset)}</h1>")
     w(f"<p>{report.evaluated} images evaluated ({report.mode}-label), {report.unreadable_count} unreadable left out. "
       f"Model <code>{e(report.model)}</code> (fingerprint {e(str(report.model_fingerprint))}, {e(report.preprocessing)} "
       f"preprocessing). Intervals: 95% bootstrap over images ({report.bootstrap_rounds} resamples).</p>")
+    for warning in report.warnings:
+        w(f"<p class='warning'><strong>Warning:</strong> {e(warning)}</p>")
     for level in report.levels:
         w(f"<h2>Level {level.depth} ({level.images} images)</h2><p>top-1 {e(str(level.top1))} &middot; top-{level.top_k} "
           f"{e(str(level.top5))} &middot; tag accuracy {e(str(level.accuracy))}</p>")

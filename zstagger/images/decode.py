@@ -1,7 +1,8 @@
 """Decoding image bytes into RGB pictures, within the policy's limits.
 
 Two steps, so that the caller can reserve memory in between: :func:`open_encoded` reads
-the header and refuses what must not be decoded (too many pixels or JPEG scans), and
+the header and refuses what must not be decoded (too many pixels, JPEG scans, or JPEG
+scans x pixels), and
 :func:`decode_cost` estimates the memory decoding will take; :func:`finish` then decodes
 and converts to RGB. Conversions that need temporaries (16-bit and float scaling,
 transparency) run in horizontal strips, so the peak is about the decoded source plus the
@@ -49,7 +50,8 @@ def open_encoded(data: bytes, policy: ImagePolicy, min_size: int | None = None) 
     ``min_size`` lets JPEG decoding work at a reduced DCT scale (``Image.draft``) as long
     as both sides stay at least that large.
     """
-    if data[:2] == b"\xff\xd8" and count_scans(data, policy.max_jpeg_scans) > policy.max_jpeg_scans:
+    scans = count_scans(data, policy.max_jpeg_scans) if data[:2] == b"\xff\xd8" else 0
+    if scans > policy.max_jpeg_scans:
         raise ImageLoadError(
             "too_many_scans",
             f"JPEG has more than {policy.max_jpeg_scans} scans (progressive JPEGs have about 10; each scan is "
@@ -64,6 +66,7 @@ def open_encoded(data: bytes, policy: ImagePolicy, min_size: int | None = None) 
     except (OSError, ValueError, SyntaxError, EOFError) as exc:  # a damaged header
         raise ImageLoadError("invalid_image", f"could not read image header: {exc}") from None
     check_pixels(im, policy)
+    check_scan_work(im, scans, policy)
     if min_size and im.format == "JPEG":
         try:
             im.draft("RGB", (min_size, min_size))
@@ -107,6 +110,22 @@ def finish(im: Image.Image) -> Image.Image:
         return rgb
     except _DECODE_ERRORS as exc:
         raise ImageLoadError("invalid_image", f"could not decode image: {exc}") from None
+
+
+def check_scan_work(im: Image.Image, scans: int, policy: ImagePolicy) -> None:
+    """Refuse a JPEG whose scans x pixels exceed the policy: the work of decoding it.
+
+    Every scan is entropy-decoded over all of the image's blocks, at any DCT scale, so a
+    hundred scans of a large image cost a hundred full passes even where the bytes are few.
+    """
+    work = scans * im.width * im.height
+    if work > policy.max_jpeg_scan_pixels:
+        raise ImageLoadError(
+            "too_many_scans",
+            f"JPEG has {scans} scans of {im.width}x{im.height} pixels = {work:,} scan-pixels of decoding, over the limit "
+            f"of {policy.max_jpeg_scan_pixels:,} (a 12-megapixel progressive photo needs 120 million: a possible decode "
+            "bomb); raise ZSTAGGER_MAX_JPEG_SCAN_PIXELS if it is genuine",
+        )
 
 
 def check_pixels(im: Image.Image, policy: ImagePolicy) -> None:

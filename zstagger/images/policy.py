@@ -21,8 +21,8 @@ class ImagePolicy:
     """Limits applied to every image zstagger reads.
 
     ``max_bytes`` caps the encoded bytes, whatever they come from (file, URL, bytes);
-    ``max_pixels`` and ``max_jpeg_scans`` refuse decompression and scan bombs before any
-    pixel is decoded; ``max_decode_bytes`` is the process-wide memory budget for images
+    ``max_pixels``, ``max_jpeg_scans`` and ``max_jpeg_scan_pixels`` (scans x pixels: the
+    decoding work) refuse decompression and scan bombs before any pixel is decoded; ``max_decode_bytes`` is the process-wide memory budget for images
     being decoded at once. URL fetches have a deadline (seconds, for the whole exchange)
     and may not reach private, loopback or link-local addresses unless
     ``allow_private_urls``.
@@ -32,6 +32,7 @@ class ImagePolicy:
     max_bytes: int = 50 * 1024 * 1024
     max_pixels: int = 64_000_000
     max_jpeg_scans: int = 100
+    max_jpeg_scan_pixels: int = 1_000_000_000
     max_decode_bytes: int = 1024 * 1024 * 1024
     allow_private_urls: bool = False
 
@@ -42,6 +43,7 @@ class ImagePolicy:
             max_bytes=settings.max_image_bytes,
             max_pixels=settings.max_image_pixels,
             max_jpeg_scans=settings.max_jpeg_scans,
+            max_jpeg_scan_pixels=settings.max_jpeg_scan_pixels,
             max_decode_bytes=settings.max_decode_bytes,
             allow_private_urls=settings.allow_private_urls,
         )

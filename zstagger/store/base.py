@@ -161,8 +161,13 @@ class EmbeddingStore:
         raise NotImplementedError
 
     def _classify(self, exc: Exception) -> str | None:
-        """``"away"`` for an unreachable store, ``"schema"`` for missing tables, None for other errors."""
+        """``"away"`` for an unreachable store, ``"schema"`` for missing tables, ``"read_only"`` for a
+        store that may be read but not written, None for other errors."""
         raise NotImplementedError
+
+    def _read_only_advice(self) -> str:
+        """What to do about a store that refuses writes (the end of the error line)."""
+        return "make it writable, or point ZSTAGGER_STORE at one that is"
 
     def _lock_schema(self, conn: Any) -> None:
         """Keep two concurrent migrations apart (the connection is inside a transaction)."""
@@ -367,6 +372,9 @@ class EmbeddingStore:
                 if kind == "schema":
                     raise StoreError(f"the embedding store at {self.where} has no zstagger tables: run `zstagger store init` "
                                      "(with ZSTAGGER_STORE set to it)") from exc
+                if kind == "read_only":  # not an outage: waiting will not help
+                    raise StoreError(f"the embedding store at {self.where} is read-only ({type(exc).__name__}: "
+                                     f"{_first_line(exc)}): {self._read_only_advice()}") from exc
                 if kind != "away":
                     raise StoreError(f"embedding store {self.where}: {type(exc).__name__}: {_first_line(exc)}") from exc
                 if fresh_try:

@@ -97,9 +97,15 @@ class PostgresStore(EmbeddingStore):
 
         if isinstance(exc, psycopg.errors.UndefinedTable):
             return "schema"
+        if isinstance(exc, (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InsufficientPrivilege)):
+            return "read_only"
         if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
             return "away"  # refused, timed out, server restarting (AdminShutdown), connection lost; PoolTimeout too
         return None
+
+    def _read_only_advice(self) -> str:
+        return ("point ZSTAGGER_STORE at the primary server (not a standby), or let this user write: "
+                "default_transaction_read_only off, and INSERT, UPDATE, DELETE granted on the zstagger_* tables")
 
     def size_bytes(self) -> int | None:
         return int(self._run(lambda conn: self._execute(

@@ -95,11 +95,17 @@ class SQLiteStore(EmbeddingStore):
             text = str(exc)
             if "no such table" in text:
                 return "schema"
-            if any(sign in text for sign in ("locked", "busy", "unable to open", "disk I/O", "readonly", "read-only", "full")):
+            if "readonly database" in text:  # SQLITE_READONLY: the file (or its -wal/-shm) cannot be written
+                return "read_only"
+            if any(sign in text for sign in ("locked", "busy", "unable to open", "disk I/O", "full")):
                 return "away"
         if isinstance(exc, OSError):  # the directory cannot be created
             return "away"
         return None
+
+    def _read_only_advice(self) -> str:
+        return (f"make {self.path} and its directory writable by this user (SQLite writes {self.path.name}-wal and "
+                f"{self.path.name}-shm beside it), or point ZSTAGGER_STORE at a writable file")
 
     def _after_erasure(self) -> None:
         # Older copies of the deleted pages may still sit in the write-ahead log: fold it in and empty it.
