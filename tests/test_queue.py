@@ -239,6 +239,27 @@ def test_unreachable_redis_and_unknown_jobs_are_clear_errors(queue_env, redis_se
         assert result.returncode == 2 and "no job 'ffff" in result.stderr
 
 
+def test_a_package_missing_from_the_install_is_named_never_taken_for_an_unreachable_redis(redis_server, queue_env,
+                                                                                          settings, tmp_path):
+    """kombu's Redis transport imports `packaging`: with it absent (a producer install that
+    did not declare it), enqueue and cancel name the package and the pip command, write
+    nothing, and never say Redis cannot be reached."""
+    path = sample_image_path(tmp_path)
+    job = enqueue([path], labels=["a"], settings=settings)
+    keys_before = sorted(redis_server.client().keys())
+    blocked = "import sys; sys.modules['packaging'] = None; from zstagger.cli import main; main()"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+    for args in (["enqueue", path, "--labels", "a"], ["cancel", job.id]):
+        result = subprocess.run([sys.executable, "-c", blocked, *args], env={**full_env, **queue_env},
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "packaging is not installed" in result.stderr and "pip install packaging" in result.stderr, result.stderr
+        assert "cannot reach Redis" not in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
+    assert sorted(redis_server.client().keys()) == keys_before  # nothing was written, nothing cancelled
+    assert job.status()["state"] == "pending"
+
+
 def test_results_wait_timeout_exits_3(queue_env, settings, tmp_path):
     job = enqueue([sample_image_path(tmp_path)], labels=["a"], settings=settings)  # no worker is running
     result = cli("results", job.id, "--wait", "--timeout", "1", env=queue_env)

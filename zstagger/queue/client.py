@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -10,13 +11,14 @@ from typing import Any
 import redis
 
 from ..errors import ConfigurationError, FileReadError
+from ..extras import missing_from
 from ..files import read_regular_file
 from ..images import ImageInput, NamedBytes, iter_inputs
 from ..registry import resolve_taxonomy
 from ..results import TagResult
 from ..settings import Settings
 from ..taxonomy import Taxonomy
-from .celery_app import TASK_NAME, app_for
+from .celery_app import REDIS_TRANSPORT, TASK_NAME, app_for
 from .messages import encode_ref
 from .notify import FINAL_STATES, job_finished
 from .store import JobStore, QueueUnavailableError, check_job_id, connect, new_job_id, redis_failure
@@ -131,6 +133,7 @@ class Job:
             if self.store.claim(self.id, "cancelled"):
                 job_finished(self.store, app_for(self.settings), self.id, "cancelled")
 
+        check_transport()  # the notifications go through the broker: a missing package is said before anything changes
         _reachable(self.settings, cancel)
         return self.status()
 
@@ -163,6 +166,19 @@ def _reachable(settings: Settings, call):
         return call()
     except redis.RedisError as exc:
         raise redis_failure(settings.redis_url, exc) from None
+    except ImportError as exc:  # a package missing from this install is never an unreachable Redis
+        raise missing_from(exc) from None
+
+
+def check_transport() -> None:
+    """Import the broker's transport (kombu's Redis transport and what it imports) now, so
+    that a package missing from this install is reported as missing, before anything is written."""
+    from importlib import import_module
+
+    try:
+        import_module(REDIS_TRANSPORT.split(":")[0])
+    except ImportError as exc:
+        raise missing_from(exc) from None
 
 
 def enqueue(
@@ -225,6 +241,7 @@ def enqueue(
     if not encoded:
         raise ConfigurationError("nothing to enqueue: no images in the inputs")
     packs = read_packs(spec)  # embedded image vectors: read (and checked to be there) before anything is written
+    check_transport()
 
     store = open_store(settings)
     job_id = check_job_id(job_id) if job_id is not None else new_job_id()
@@ -247,6 +264,10 @@ def enqueue(
                     queue=queue,
                     producer=producer,
                 )
+    except ImportError as exc:  # a package missing from this install, met part way: roll back, say which
+        with contextlib.suppress(redis.RedisError):
+            store.delete(job_id)
+        raise missing_from(exc) from None
     except Exception as exc:  # redis-py's errors, or kombu's wrappers of them
         cause = exc.__cause__ if exc.__cause__ is not None and not isinstance(exc, redis.RedisError) else exc
         try:
