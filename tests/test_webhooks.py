@@ -67,14 +67,30 @@ def test_signatures_verify_and_tampering_is_refused():
             verify_webhook(bad_secret, headers, bad_body, now=now)
     with pytest.raises(InvalidSignatureError, match="missing"):
         verify_webhook(SECRET, {}, body)
-    # The scheme the README documents, computed independently.
+    with pytest.raises(InvalidSignatureError, match="whole number"):
+        verify_webhook(SECRET, {**headers, "Zstagger-Timestamp": "1_000_000"}, body, now=1_000_010)
+    # The scheme the README documents, computed independently: the id, the timestamp and the body.
     import hashlib
     import hmac
 
-    expected = hmac.new(SECRET.encode(), b"1000000." + body, hashlib.sha256).hexdigest()
-    assert headers["Zstagger-Signature"] == f"v1={expected}" == sign(SECRET, 1_000_000, body)
-    rotated = dict(headers, **{"Zstagger-Signature": "v1=" + "0" * 64 + "," + headers["Zstagger-Signature"]})
+    expected = hmac.new(SECRET.encode(), b"evt_x_done.1000000." + body, hashlib.sha256).hexdigest()
+    assert headers["Zstagger-Signature"] == f"v2={expected}" == sign(SECRET, "evt_x_done", 1_000_000, body)
+    rotated = dict(headers, **{"Zstagger-Signature": "v2=" + "0" * 64 + "," + headers["Zstagger-Signature"]})
     assert verify_webhook(SECRET, rotated, body, now=1_000_010) == "evt_x_done"
+
+
+def test_a_delivery_replayed_under_a_new_event_id_is_refused():
+    """The id is signed: a captured delivery sent again with another Zstagger-Event-Id (to get
+    past a receiver's de-duplication) fails verification, whatever else is kept."""
+    body = b'{"id":"evt_abc_done","type":"job.done"}'
+    captured = signed_headers(SECRET, "evt_abc_done", body, now=1_000_000)
+    for forged_id in ("evt_abc_done2", "evt_other_done", "EVT_ABC_DONE"):
+        replayed = {**captured, "Zstagger-Event-Id": forged_id}
+        with pytest.raises(InvalidSignatureError, match="event id was changed"):
+            verify_webhook(SECRET, replayed, body, now=1_000_010)
+    with pytest.raises(InvalidSignatureError, match="not an event id"):
+        verify_webhook(SECRET, {**captured, "Zstagger-Event-Id": "evt.1000000"}, body, now=1_000_010)
+    assert verify_webhook(SECRET, captured, body, now=1_000_010) == "evt_abc_done"
 
 
 def test_callback_urls_are_checked_at_enqueue(redis_server, settings, tmp_path):
