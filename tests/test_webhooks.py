@@ -130,6 +130,25 @@ def test_a_finished_job_posts_one_signed_event_with_its_results(settings, worker
         receiver.close()
 
 
+def test_a_callback_the_workers_policy_refuses_is_not_retried(settings, env, workers, tmp_path):
+    """The producer allows a loopback callback, the worker does not (ZSTAGGER_ALLOW_PRIVATE_URLS is
+    read where the delivery is made): one attempt, recorded as a permanent refusal, no retries."""
+    receiver = WebhookReceiver(SECRET)
+    try:
+        worker = workers("strict", {"ZSTAGGER_ALLOW_PRIVATE_URLS": "0"}).wait_ready()
+        job = enqueue(images(tmp_path / "i", 1), labels=["a"], callback_url=receiver.url, settings=settings)
+        job.wait(timeout=60)
+        wait_for(lambda: job.status().get("webhook", {}).get("attempts"), 60, "the delivery attempt")
+        time.sleep(5)  # a retry would come after 2 s (the backoff, capped by the visibility timeout of 6 s)
+        webhook = job.status()["webhook"]
+        assert webhook["attempts"] == 1 and webhook["delivered"] is False, webhook
+        assert "permanent: not retried" in webhook["last_error"] and "ZSTAGGER_ALLOW_PRIVATE_URLS" in webhook["last_error"]
+        assert receiver.deliveries == []
+        assert "attempt 2 in" not in worker.output()
+    finally:
+        receiver.close()
+
+
 def test_the_event_survives_the_worker_that_delivers_it_being_killed(settings, workers, tmp_path):
     """The receiver holds the first delivery while the worker is killed: the delivery task is
     redelivered to another worker, the event arrives again with the same id, and the receiver
