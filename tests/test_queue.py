@@ -4,6 +4,7 @@ import base64
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -508,6 +509,33 @@ def test_enqueue_into_a_full_redis_is_all_or_nothing(full_redis, queue_env, work
     assert accepted.returncode == 0, accepted.stderr
     got = cli("results", accepted.stdout.strip(), "--wait", "--timeout", "60", env=env)
     assert got.returncode == 1 and len(got.stdout.splitlines()) == 12  # random bytes: 12 invalid_image records
+
+
+def test_an_enqueue_refused_part_way_tags_nothing_even_with_workers_running(full_redis, queue_env, workers, tmp_path):
+    """Workers are consuming while an enqueue fills Redis part way: the message says the job was
+    rolled back and nothing of it will be tagged, and that is true: no chunk of it was tagged
+    (chunks are not worked on before the job is fully written)."""
+    env = {**queue_env, "ZSTAGGER_REDIS_URL": full_redis.url}
+    client = full_redis.client()
+    worker = workers("eager", {"ZSTAGGER_REDIS_URL": full_redis.url}).wait_ready()
+    photos = tmp_path / "many"
+    write_images(photos, 40)
+    padding = tmp_path / "padding"
+    padding.mkdir()
+    for i in range(10):  # incompressible bytes at the end of the job fill Redis part way through it
+        (padding / f"z{i:02d}.jpg").write_bytes(os.urandom(300_000))
+    client.config_set("maxmemory", client.info("memory")["used_memory"] + 1_500_000)
+    refused = cli("enqueue", "--upload", str(photos), str(padding), "--labels", "a", "--chunk-size", "1", env=env)
+    assert refused.returncode == 2 and "rolled back (nothing of it will be tagged)" in refused.stderr, refused.stderr
+    job_id = refused.stderr.split("while enqueueing job ")[1].split(";")[0]
+    client.config_set("maxmemory", 0)
+    try:
+        wait_for(lambda: client.llen("bulk") == 0 and client.hlen("unacked") == 0, 60, "the job's chunks to be dropped")
+    except AssertionError:
+        raise AssertionError(f"bulk {client.llen('bulk')}, unacked {client.hlen('unacked')}:\n{worker.output()[-4000:]}")
+    assert list(client.scan_iter(f"zstagger:job:{job_id}*")) == []  # no results were stored for it...
+    output = worker.output()
+    assert "'tagged': 0" in output and not re.search(r"'tagged': [1-9]", output), output[-3000:]  # ...none was tagged
 
 
 def test_worker_keeps_running_while_redis_refuses_writes(full_redis, queue_env, workers, slow_server):

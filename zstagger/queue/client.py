@@ -21,7 +21,9 @@ from ..taxonomy import Taxonomy
 from .celery_app import REDIS_TRANSPORT, TASK_NAME, app_for
 from .messages import encode_ref
 from .notify import FINAL_STATES, job_finished
-from .store import JobStore, QueueUnavailableError, check_job_id, connect, new_job_id, redis_failure
+from .store import (
+    ENQUEUE_BEAT, ENQUEUING, JobStore, QueueUnavailableError, check_job_id, connect, new_job_id, redis_failure,
+)
 from .vectors import read_packs, spec_for_workers
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -201,9 +203,10 @@ def enqueue(
 
     Everything is checked before anything is written: an unknown taxonomy, no images, a
     malformed reference or an oversized upload raise and leave Redis untouched. It is
-    all or nothing: if Redis fails part way (unreachable, or out of memory), the job is
-    deleted again and the error says so; chunks already queued are then dropped by the
-    workers, which find no job for them.
+    all or nothing: the job is marked as being enqueued until its last chunk is queued,
+    and workers tag none of its chunks before that; if Redis fails part way (unreachable,
+    or out of memory), the job is deleted again and the error says so; the chunks already
+    queued are then dropped by the workers, which find no job for them.
 
     Directories are expanded here, on the producer, and paths are made absolute. Paths
     are read by the workers, so they must name files the workers can see at that path
@@ -249,13 +252,16 @@ def enqueue(
     chunks = [[[i, ref] for i, ref in enumerate(encoded[start : start + chunk_size], start)]
               for start in range(0, len(encoded), chunk_size)]
     spec_json = _reachable(settings, lambda: spec_for_workers(spec, packs, store.redis, expires_at))
+    # Marked as being enqueued until every chunk is out: no worker tags a chunk of it before
+    # then, so a failure part way (the job is deleted) leaves nothing of it tagged.
     _reachable(settings, lambda: store.create(
         job_id, len(encoded), expires_at, chunks=len(chunks), queue=queue, taxonomy=spec.name, fingerprint=spec.fingerprint,
-        **notify,
+        **{ENQUEUING: time.time()}, **notify,
     ))
     app = app_for(settings)
     try:
         with app.producer_or_acquire() as producer:
+            beat = time.monotonic()
             for items in chunks:
                 app.send_task(
                     TASK_NAME,
@@ -264,6 +270,10 @@ def enqueue(
                     queue=queue,
                     producer=producer,
                 )
+                if time.monotonic() - beat > ENQUEUE_BEAT:  # still here: workers keep waiting
+                    store.enqueuing(job_id)
+                    beat = time.monotonic()
+        store.enqueued(job_id)
     except ImportError as exc:  # a package missing from this install, met part way: roll back, say which
         with contextlib.suppress(redis.RedisError):
             store.delete(job_id)

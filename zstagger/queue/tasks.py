@@ -26,7 +26,7 @@ from .celery_app import TASK_NAME, app
 from ..images import describe
 from .messages import ChunkRequest, decode_ref
 from .notify import job_finished
-from .store import describe_failure
+from .store import ENQUEUE_STALL, ENQUEUING, describe_failure
 from .worker import metrics, worker_settings, worker_store, worker_tagger
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,25 @@ def _with_redis(call: Callable[[], T], doing: str, settings: Settings) -> T:
             delay = min(2 * delay, 8.0)
 
 
+def _wait_until_enqueued(store, job_id: str, meta: dict[str, str], settings: Settings) -> dict[str, str] | None:
+    """The job's record once its producer has queued every chunk (see :data:`.store.ENQUEUING`):
+    empty if the enqueue failed and the job was deleted, None if the producer stopped part way.
+    Waits a while; a job still being enqueued then gives the chunk back to the queue."""
+    deadline = time.monotonic() + redis_patience(settings)
+    while ENQUEUING in meta:
+        try:
+            progress = float(meta[ENQUEUING])
+        except ValueError:
+            progress = 0.0
+        if time.time() - progress > ENQUEUE_STALL:
+            return None
+        if time.monotonic() >= deadline:
+            raise Reject(f"job {job_id} is still being enqueued; the chunk is given back", requeue=True)
+        time.sleep(0.1)
+        meta = _with_redis(lambda: store.meta(job_id), "reading the job", settings)
+    return meta
+
+
 def _refuse(task_id: str | None, problem: Exception) -> dict[str, int]:
     reason = " ".join(str(problem).split())[:500]  # one line, bounded: the content comes from whoever wrote to Redis
     log.error("zstagger: refused a malformed chunk (task %s): %s", task_id, reason)
@@ -108,6 +127,12 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
 
     job_id = chunk.job_id
     meta = _with_redis(lambda: store.meta(job_id), "reading the job", settings)
+    if ENQUEUING in meta:
+        meta = _wait_until_enqueued(store, job_id, meta, settings)
+        if meta is None:
+            log.warning("zstagger: job %s was abandoned part way through its enqueue (its producer stopped); "
+                        "dropping a chunk of %d", job_id, len(chunk.items))
+            return {"tagged": 0, "skipped": len(chunk.items)}
     total = int(meta["total"]) if meta.get("total", "").isdigit() else None
     if chunk.expires_at and time.time() > chunk.expires_at or total is None:
         log.warning("zstagger: job %s has expired or was deleted; dropping a chunk of %d", job_id, len(chunk.items))
