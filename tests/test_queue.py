@@ -200,13 +200,48 @@ def test_queues_keep_interactive_work_apart_from_bulk(queue_env, workers, settin
     assert bulk.status()["state"] == "pending"  # nobody consumes bulk
 
 
-def test_sigterm_finishes_the_chunk_in_hand(queue_env, workers, slow_server, settings):
+def test_sigterm_stores_what_is_tagged_and_hands_back_the_rest(queue_env, workers, slow_server, settings):
+    """SIGTERM mid-chunk: the images already read are tagged and stored before the worker exits
+    (status 0), the others wait in the queue, not in the unacked set; the next worker tags them."""
     worker = workers("graceful", {"ZSTAGGER_LOADER_THREADS": "1"}).wait_ready()
     refs = [f"{slow_server.url}/slow/1.0/g{i}.png" for i in range(3)]
     job = enqueue(refs, labels=["a", "b"], chunk_size=3, settings=settings)
     wait_for(lambda: job.status()["state"] == "running", 30, "the worker to start the chunk")
+    time.sleep(0.5)  # the first image is being read
     assert worker.terminate(timeout=60) == 0
-    assert job.status()["done"] == 3  # finished and stored before exiting
+    client = redis.Redis.from_url(settings.redis_url)
+    done = job.status()["done"]
+    assert 1 <= done < 3 and client.llen("bulk") == 1 and client.hlen("unacked") == 0  # stored, and handed back
+    workers("next").wait_ready()
+    assert [r.image for r in job.results(wait=True, timeout=60)] == refs
+
+
+def test_scale_in_sigterm_mid_job_hands_back_at_once_nothing_lost_nothing_twice(queue_env, workers, slow_server, settings):
+    """Scale-in (Kubernetes/KEDA, systemd stop): SIGTERM to one of two workers' main process in
+    the middle of a chunk with ~10 s of work left, then SIGKILL after a 6 s grace period, as
+    Kubernetes does. The worker stops by itself within about one image's time, storing what it
+    tagged and handing the rest back to the queue at once; the other worker finishes the job
+    long before the visibility timeout; every input has one result and no image is tagged twice."""
+    visibility = 90
+    env = {"ZSTAGGER_VISIBILITY_TIMEOUT": str(visibility), "ZSTAGGER_LOADER_THREADS": "1", "ZSTAGGER_MAX_RETRIES": "0"}
+    leaving = workers("leaving", env).wait_ready()
+    staying = workers("staying", env).wait_ready()
+    refs = [f"{slow_server.url}/slow/1.0/scale{i}.png" for i in range(24)]
+    job = enqueue(refs, labels=["a", "b"], chunk_size=12, settings=settings)
+    wait_for(lambda: "tag_chunk" in leaving.output() and "received" in leaving.output(), 30, "the leaving worker to take a chunk")
+    time.sleep(2.5)  # two of its twelve one-second images are done
+    stopped = time.monotonic()
+    exit_status = leaving.terminate(timeout=6)  # the grace period; then SIGKILL
+    stop_seconds = time.monotonic() - stopped
+    assert exit_status == 0, f"not stopped within the 6 s grace period (status {exit_status})"
+    results = job.results(wait=True, timeout=visibility / 2)  # JobTimeout if a chunk waits out the visibility timeout
+    finished_seconds = time.monotonic() - stopped
+    assert [r.image for r in results] == refs and all(r.error is None for r in results)
+    logs = [leaving.log_path.read_text(), staying.output()]
+    tagged = [int(n) for log in logs for n in re.findall(r"'tagged': (\d+)", log)]
+    assert sum(tagged) == 24, (tagged, logs[0][-3000:])  # every image tagged once: none lost, none twice
+    assert "handed" in logs[0] and stop_seconds < 4.5, (stop_seconds, logs[0][-3000:])
+    assert finished_seconds < visibility / 3, finished_seconds
 
 
 def test_enqueue_validates_before_writing_anything(redis_server, queue_env, settings, tmp_path):

@@ -65,6 +65,8 @@ _PREFETCH_BATCHES = 2
 #: Images an embedding store is told about per write when tagging a stream (at least a
 #: whole queue chunk, ZSTAGGER_CHUNK_SIZE <= 1024, so a chunk is one write).
 WRITE_EVERY = 1024
+#: The error kind of an image not read because the caller said stop (``interrupted``).
+INTERRUPTED = "interrupted"
 _OWN = object()  # "the Tagger's own image cache", for the methods that can be handed another
 _cores: int | None = None
 
@@ -300,10 +302,11 @@ class Tagger:
         top_k: int | None = None,
         batch_size: int | None = None,
         job_id: str = "",
+        interrupted: Callable[[], bool] | None = None,
     ) -> list[TagResult]:
         """Tag images (paths, directories, URLs, bytes or PIL images); one result per image, in order."""
         return list(self.tag_iter(images, taxonomy, labels=labels, template=template, top_k=top_k, batch_size=batch_size,
-                                  job_id=job_id))
+                                  job_id=job_id, interrupted=interrupted))
 
     def tag_iter(
         self,
@@ -315,18 +318,22 @@ class Tagger:
         top_k: int | None = None,
         batch_size: int | None = None,
         job_id: str = "",
+        interrupted: Callable[[], bool] | None = None,
     ) -> Iterator[TagResult]:
         """Like :meth:`tag`, yielding results as batches finish (constant memory).
 
         ``batch_size`` overrides the Tagger's for this call (queue workers split a chunk
         so that every lane gets a share). ``job_id``: the queued job these images belong
-        to, recorded with them in an embedding store.
+        to, recorded with them in an embedding store. ``interrupted``: once it returns
+        True, images not yet being read are not read; their results are errors of kind
+        ``interrupted`` (a queue worker told to stop hands them back to the queue).
         """
         spec = self.resolve(taxonomy, labels, template)
         if top_k is not None and top_k < 1:
             raise ConfigurationError(f"top_k must be at least 1, got {top_k}")
         self.classifier(spec)  # compile (text embeddings) before the first image is read
-        for refs, embeds, errors in self.embed_batches(iter_inputs(images), batch_size, job_id=job_id):
+        for refs, embeds, errors in self.embed_batches(iter_inputs(images), batch_size, job_id=job_id,
+                                                       interrupted=interrupted):
             yield from self.results(spec, refs, embeds, errors, top_k)
 
     def results(
@@ -402,6 +409,7 @@ class Tagger:
 
     def embed_batches(
         self, images: Iterable[ImageInput], batch_size: int | None = None, *, cache: Any = _OWN, job_id: str = "",
+        interrupted: Callable[[], bool] | None = None,
     ) -> Iterator[tuple[list[ImageInput], np.ndarray | None, list[ImageLoadError | None]]]:
         """Load, preprocess and encode images in batches, keeping every stage busy.
 
@@ -411,9 +419,12 @@ class Tagger:
         no image of the batch could be read). ``cache``: another image-embedding cache to
         use than the tagger's own (whose hits and misses :meth:`cache_stats` counts), or None.
         An embedding store as the tagger's own cache is told about the images every
-        :data:`WRITE_EVERY` images and at the end, with ``job_id``.
+        :data:`WRITE_EVERY` images and at the end, with ``job_id``. ``interrupted``: see :meth:`tag_iter`.
         """
         loader, encoders = self._pools()
+        load = self.prepare if interrupted is None else lambda ref, cache: (
+            ImageLoadError(INTERRUPTED, "not read: tagging was interrupted", transient=True) if interrupted()
+            else self.prepare(ref, cache))
         source = iter(images)
         size = batch_size or self.batch_size
         batches = iter(lambda: list(islice(source, size)), [])
@@ -423,7 +434,7 @@ class Tagger:
         def submit_next() -> None:
             batch = next(batches, None)
             if batch:
-                loads = [(ref, loader.submit(self.prepare, ref, cache)) for ref in batch]
+                loads = [(ref, loader.submit(load, ref, cache)) for ref in batch]
                 in_flight.append(encoders.submit(self._encode_batch, loads, cache, job_id, pending))
 
         try:
