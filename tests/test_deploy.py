@@ -112,6 +112,40 @@ def test_deploy_commands_exist_in_the_cli():
     assert checked >= 12  # compose, k8s, Dockerfile and systemd all run zstagger
 
 
+def _seconds(value) -> float:
+    """A compose duration ("3m", "45s", "1m30s") or a number of seconds (systemd's plain "180")."""
+    if isinstance(value, (int, float)) or str(value).strip().isdigit():
+        return float(value)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|m|s|ms)", str(value))
+    assert parts, value
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1, "ms": 0.001}[unit] for n, unit in parts)
+
+
+def test_workers_are_given_a_grace_period_to_hand_back_their_chunk():
+    """Stopped (scale-in, rollout, systemctl stop), a worker needs about one image's time and a
+    store write to store what it tagged and hand the rest back; every deployment of workers
+    sends SIGTERM to the worker's main process and waits at least that long (with room to spare)
+    before killing it, which would leave the chunk waiting out the visibility timeout."""
+    defaults = Settings()
+    needed = 2 * (defaults.url_timeout + defaults.store_timeout)
+    compose = yaml_docs(DEPLOY / "compose.yaml")[0]
+    workers = {name: service for name, service in compose["services"].items() if "worker" in str(service.get("command"))}
+    assert workers, "no worker services in compose.yaml?"
+    for name, service in workers.items():
+        assert _seconds(service.get("stop_grace_period", 10)) >= needed, name
+        assert service.get("stop_signal", "SIGTERM") == "SIGTERM", name
+    deployments = [doc for path in (DEPLOY / "k8s").glob("worker-*.yaml") for doc in yaml_docs(path)
+                   if doc["kind"] == "Deployment"]
+    assert len(deployments) >= 2
+    for doc in deployments:
+        assert doc["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30) >= needed, doc["metadata"]["name"]
+    unit = (DEPLOY / "systemd" / "zstagger-worker@.service").read_text()
+    settings = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line and not line.startswith("#"))
+    assert _seconds(settings["TimeoutStopSec"]) >= needed
+    assert settings["KillSignal"] == "SIGTERM" and settings["KillMode"] == "mixed"  # the main process decides
+    assert "STOPSIGNAL SIGTERM" in (DEPLOY / "Dockerfile").read_text()
+
+
 def test_deploy_environment_variables_are_real_settings():
     fields = {f"ZSTAGGER_{name.upper()}" for name in Settings.model_fields}
     used = set()

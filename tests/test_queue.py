@@ -4,6 +4,7 @@ import base64
 import json
 import os
 import pickle
+import re
 import shutil
 import subprocess
 import sys
@@ -199,13 +200,48 @@ def test_queues_keep_interactive_work_apart_from_bulk(queue_env, workers, settin
     assert bulk.status()["state"] == "pending"  # nobody consumes bulk
 
 
-def test_sigterm_finishes_the_chunk_in_hand(queue_env, workers, slow_server, settings):
+def test_sigterm_stores_what_is_tagged_and_hands_back_the_rest(queue_env, workers, slow_server, settings):
+    """SIGTERM mid-chunk: the images already read are tagged and stored before the worker exits
+    (status 0), the others wait in the queue, not in the unacked set; the next worker tags them."""
     worker = workers("graceful", {"ZSTAGGER_LOADER_THREADS": "1"}).wait_ready()
     refs = [f"{slow_server.url}/slow/1.0/g{i}.png" for i in range(3)]
     job = enqueue(refs, labels=["a", "b"], chunk_size=3, settings=settings)
     wait_for(lambda: job.status()["state"] == "running", 30, "the worker to start the chunk")
+    time.sleep(0.5)  # the first image is being read
     assert worker.terminate(timeout=60) == 0
-    assert job.status()["done"] == 3  # finished and stored before exiting
+    client = redis.Redis.from_url(settings.redis_url)
+    done = job.status()["done"]
+    assert 1 <= done < 3 and client.llen("bulk") == 1 and client.hlen("unacked") == 0  # stored, and handed back
+    workers("next").wait_ready()
+    assert [r.image for r in job.results(wait=True, timeout=60)] == refs
+
+
+def test_scale_in_sigterm_mid_job_hands_back_at_once_nothing_lost_nothing_twice(queue_env, workers, slow_server, settings):
+    """Scale-in (Kubernetes/KEDA, systemd stop): SIGTERM to one of two workers' main process in
+    the middle of a chunk with ~10 s of work left, then SIGKILL after a 6 s grace period, as
+    Kubernetes does. The worker stops by itself within about one image's time, storing what it
+    tagged and handing the rest back to the queue at once; the other worker finishes the job
+    long before the visibility timeout; every input has one result and no image is tagged twice."""
+    visibility = 90
+    env = {"ZSTAGGER_VISIBILITY_TIMEOUT": str(visibility), "ZSTAGGER_LOADER_THREADS": "1", "ZSTAGGER_MAX_RETRIES": "0"}
+    leaving = workers("leaving", env).wait_ready()
+    staying = workers("staying", env).wait_ready()
+    refs = [f"{slow_server.url}/slow/1.0/scale{i}.png" for i in range(24)]
+    job = enqueue(refs, labels=["a", "b"], chunk_size=12, settings=settings)
+    wait_for(lambda: "tag_chunk" in leaving.output() and "received" in leaving.output(), 30, "the leaving worker to take a chunk")
+    time.sleep(2.5)  # two of its twelve one-second images are done
+    stopped = time.monotonic()
+    exit_status = leaving.terminate(timeout=6)  # the grace period; then SIGKILL
+    stop_seconds = time.monotonic() - stopped
+    assert exit_status == 0, f"not stopped within the 6 s grace period (status {exit_status})"
+    results = job.results(wait=True, timeout=visibility / 2)  # JobTimeout if a chunk waits out the visibility timeout
+    finished_seconds = time.monotonic() - stopped
+    assert [r.image for r in results] == refs and all(r.error is None for r in results)
+    logs = [leaving.log_path.read_text(), staying.output()]
+    tagged = [int(n) for log in logs for n in re.findall(r"'tagged': (\d+)", log)]
+    assert sum(tagged) == 24, (tagged, logs[0][-3000:])  # every image tagged once: none lost, none twice
+    assert "handed" in logs[0] and stop_seconds < 4.5, (stop_seconds, logs[0][-3000:])
+    assert finished_seconds < visibility / 3, finished_seconds
 
 
 def test_enqueue_validates_before_writing_anything(redis_server, queue_env, settings, tmp_path):
@@ -237,6 +273,27 @@ def test_unreachable_redis_and_unknown_jobs_are_clear_errors(queue_env, redis_se
     for command in (["status", "f" * 32], ["results", "f" * 32]):
         result = cli(*command, env=queue_env)
         assert result.returncode == 2 and "no job 'ffff" in result.stderr
+
+
+def test_a_package_missing_from_the_install_is_named_never_taken_for_an_unreachable_redis(redis_server, queue_env,
+                                                                                          settings, tmp_path):
+    """kombu's Redis transport imports `packaging`: with it absent (a producer install that
+    did not declare it), enqueue and cancel name the package and the pip command, write
+    nothing, and never say Redis cannot be reached."""
+    path = sample_image_path(tmp_path)
+    job = enqueue([path], labels=["a"], settings=settings)
+    keys_before = sorted(redis_server.client().keys())
+    blocked = "import sys; sys.modules['packaging'] = None; from zstagger.cli import main; main()"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+    for args in (["enqueue", path, "--labels", "a"], ["cancel", job.id]):
+        result = subprocess.run([sys.executable, "-c", blocked, *args], env={**full_env, **queue_env},
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "packaging is not installed" in result.stderr and "pip install packaging" in result.stderr, result.stderr
+        assert "cannot reach Redis" not in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
+    assert sorted(redis_server.client().keys()) == keys_before  # nothing was written, nothing cancelled
+    assert job.status()["state"] == "pending"
 
 
 def test_results_wait_timeout_exits_3(queue_env, settings, tmp_path):
@@ -487,6 +544,33 @@ def test_enqueue_into_a_full_redis_is_all_or_nothing(full_redis, queue_env, work
     assert accepted.returncode == 0, accepted.stderr
     got = cli("results", accepted.stdout.strip(), "--wait", "--timeout", "60", env=env)
     assert got.returncode == 1 and len(got.stdout.splitlines()) == 12  # random bytes: 12 invalid_image records
+
+
+def test_an_enqueue_refused_part_way_tags_nothing_even_with_workers_running(full_redis, queue_env, workers, tmp_path):
+    """Workers are consuming while an enqueue fills Redis part way: the message says the job was
+    rolled back and nothing of it will be tagged, and that is true: no chunk of it was tagged
+    (chunks are not worked on before the job is fully written)."""
+    env = {**queue_env, "ZSTAGGER_REDIS_URL": full_redis.url}
+    client = full_redis.client()
+    worker = workers("eager", {"ZSTAGGER_REDIS_URL": full_redis.url}).wait_ready()
+    photos = tmp_path / "many"
+    write_images(photos, 40)
+    padding = tmp_path / "padding"
+    padding.mkdir()
+    for i in range(10):  # incompressible bytes at the end of the job fill Redis part way through it
+        (padding / f"z{i:02d}.jpg").write_bytes(os.urandom(300_000))
+    client.config_set("maxmemory", client.info("memory")["used_memory"] + 1_500_000)
+    refused = cli("enqueue", "--upload", str(photos), str(padding), "--labels", "a", "--chunk-size", "1", env=env)
+    assert refused.returncode == 2 and "rolled back (nothing of it will be tagged)" in refused.stderr, refused.stderr
+    job_id = refused.stderr.split("while enqueueing job ")[1].split(";")[0]
+    client.config_set("maxmemory", 0)
+    try:
+        wait_for(lambda: client.llen("bulk") == 0 and client.hlen("unacked") == 0, 60, "the job's chunks to be dropped")
+    except AssertionError:
+        raise AssertionError(f"bulk {client.llen('bulk')}, unacked {client.hlen('unacked')}:\n{worker.output()[-4000:]}")
+    assert list(client.scan_iter(f"zstagger:job:{job_id}*")) == []  # no results were stored for it...
+    output = worker.output()
+    assert "'tagged': 0" in output and not re.search(r"'tagged': [1-9]", output), output[-3000:]  # ...none was tagged
 
 
 def test_worker_keeps_running_while_redis_refuses_writes(full_redis, queue_env, workers, slow_server):

@@ -389,25 +389,56 @@ def readme_block(language, marker):
     return next(block.split("```")[0] for block in blocks if marker in block)
 
 
-def test_the_readme_webhook_verification_snippets_work(tmp_path):
-    """The README's Node.js verifier accepts a real signed event and refuses a tampered one;
-    the Python one is zstagger.verify_webhook, which the README calls as shown."""
+def _deliveries():
+    """A signed delivery, the same replayed under a new id header, a tampered body, and a repeat."""
     from zstagger.queue.signing import signed_headers
 
     body = b'{"id":"evt_0123_done","type":"job.done"}'
     headers = {k.lower(): v for k, v in signed_headers("sekret", "evt_0123_done", body).items()}
+    return {
+        "genuine": (headers, body),
+        "new_id": ({**headers, "zstagger-event-id": "evt_0123_done_again"}, body),
+        "tampered": (headers, body + b" "),
+        "stale": ({**headers, "zstagger-timestamp": str(int(headers["zstagger-timestamp"]) - 3600)}, body),
+    }
+
+
+def test_the_readme_python_webhook_receiver_verifies_and_deduplicates():
+    """The README's Python receiver, executed as written: a genuine delivery is processed once,
+    a repeat is acknowledged, and a replay under a new event id (or a changed body) is refused."""
+    namespace: dict = {}
+    exec(compile(readme_block("python", "verify_webhook"), "README.md", "exec"), namespace)
+    receive, seen = namespace["receive"], namespace["already_seen"]
+    cases = _deliveries()
+    assert receive("sekret", *cases["genuine"]) == 200 and seen == {"evt_0123_done"}
+    assert receive("sekret", *cases["genuine"]) == 200 and seen == {"evt_0123_done"}  # a repeat: acknowledged, not processed
+    for name in ("new_id", "tampered", "stale"):
+        assert receive("sekret", *cases[name]) == 400, name
+    assert seen == {"evt_0123_done"}  # the replay under a new id never got past the check
+
+
+def test_the_readme_node_webhook_verifier_works(tmp_path):
+    """The README's Node.js verifier accepts a real signed event and refuses a replay under a new
+    event id, a tampered body and a stale timestamp. CI sets ZSTAGGER_REQUIRE_NODE=1: there a
+    missing `node` fails this test instead of skipping it."""
     node = shutil.which("node")
     if node is None:
+        if os.environ.get("ZSTAGGER_REQUIRE_NODE") == "1":
+            pytest.fail("node is not installed, and ZSTAGGER_REQUIRE_NODE=1: the README's Node.js snippet must be checked")
         pytest.skip("node is not installed: the README's Node.js snippet is not checked")
     script = readme_block("js", "verifyZstagger") + (
-        "\nconst [headers, body, tampered] = [JSON.parse(process.argv[2]), Buffer.from(process.argv[3]), process.argv[4]];"
-        "\ntry { console.log(verifyZstagger('sekret', headers, tampered ? Buffer.concat([body, Buffer.from(' ')]) : body)); }"
+        "\nconst [headers, body] = [JSON.parse(process.argv[2]), Buffer.from(process.argv[3], 'base64')];"
+        "\ntry { console.log(verifyZstagger('sekret', headers, body)); }"
         "\ncatch (e) { console.log('refused: ' + e.message); }\n")
     (tmp_path / "verify.js").write_text(script)
-    ok = subprocess.run([node, str(tmp_path / "verify.js"), json.dumps(headers), body.decode(), ""],
-                        capture_output=True, text=True, timeout=30)
-    assert ok.stdout.strip() == "evt_0123_done", ok.stdout + ok.stderr
-    bad = subprocess.run([node, str(tmp_path / "verify.js"), json.dumps(headers), body.decode(), "1"],
-                         capture_output=True, text=True, timeout=30)
-    assert bad.stdout.strip() == "refused: bad signature", bad.stdout + bad.stderr
-    assert "verify_webhook(secret, request.headers, request.get_data())" in readme_block("python", "verify_webhook")
+
+    def run(headers, body):
+        done = subprocess.run([node, str(tmp_path / "verify.js"), json.dumps(headers), base64.b64encode(body).decode()],
+                              capture_output=True, text=True, timeout=30)
+        return done.stdout.strip() + done.stderr.strip()
+
+    cases = _deliveries()
+    assert run(*cases["genuine"]) == "evt_0123_done"
+    assert run(*cases["new_id"]) == "refused: bad signature"
+    assert run(*cases["tampered"]) == "refused: bad signature"
+    assert run(*cases["stale"]) == "refused: missing or stale timestamp"

@@ -67,14 +67,30 @@ def test_signatures_verify_and_tampering_is_refused():
             verify_webhook(bad_secret, headers, bad_body, now=now)
     with pytest.raises(InvalidSignatureError, match="missing"):
         verify_webhook(SECRET, {}, body)
-    # The scheme the README documents, computed independently.
+    with pytest.raises(InvalidSignatureError, match="whole number"):
+        verify_webhook(SECRET, {**headers, "Zstagger-Timestamp": "1_000_000"}, body, now=1_000_010)
+    # The scheme the README documents, computed independently: the id, the timestamp and the body.
     import hashlib
     import hmac
 
-    expected = hmac.new(SECRET.encode(), b"1000000." + body, hashlib.sha256).hexdigest()
-    assert headers["Zstagger-Signature"] == f"v1={expected}" == sign(SECRET, 1_000_000, body)
-    rotated = dict(headers, **{"Zstagger-Signature": "v1=" + "0" * 64 + "," + headers["Zstagger-Signature"]})
+    expected = hmac.new(SECRET.encode(), b"evt_x_done.1000000." + body, hashlib.sha256).hexdigest()
+    assert headers["Zstagger-Signature"] == f"v2={expected}" == sign(SECRET, "evt_x_done", 1_000_000, body)
+    rotated = dict(headers, **{"Zstagger-Signature": "v2=" + "0" * 64 + "," + headers["Zstagger-Signature"]})
     assert verify_webhook(SECRET, rotated, body, now=1_000_010) == "evt_x_done"
+
+
+def test_a_delivery_replayed_under_a_new_event_id_is_refused():
+    """The id is signed: a captured delivery sent again with another Zstagger-Event-Id (to get
+    past a receiver's de-duplication) fails verification, whatever else is kept."""
+    body = b'{"id":"evt_abc_done","type":"job.done"}'
+    captured = signed_headers(SECRET, "evt_abc_done", body, now=1_000_000)
+    for forged_id in ("evt_abc_done2", "evt_other_done", "EVT_ABC_DONE"):
+        replayed = {**captured, "Zstagger-Event-Id": forged_id}
+        with pytest.raises(InvalidSignatureError, match="event id was changed"):
+            verify_webhook(SECRET, replayed, body, now=1_000_010)
+    with pytest.raises(InvalidSignatureError, match="not an event id"):
+        verify_webhook(SECRET, {**captured, "Zstagger-Event-Id": "evt.1000000"}, body, now=1_000_010)
+    assert verify_webhook(SECRET, captured, body, now=1_000_010) == "evt_abc_done"
 
 
 def test_callback_urls_are_checked_at_enqueue(redis_server, settings, tmp_path):
@@ -110,6 +126,25 @@ def test_a_finished_job_posts_one_signed_event_with_its_results(settings, worker
                                                           for r in event["results"]]
         assert [d["answer"] for d in receiver.deliveries] == [500, 503, 200] and all(d["valid"] for d in receiver.deliveries)
         assert job.status()["webhook"] == {"attempts": 3, "delivered": True, "last_error": None}
+    finally:
+        receiver.close()
+
+
+def test_a_callback_the_workers_policy_refuses_is_not_retried(settings, env, workers, tmp_path):
+    """The producer allows a loopback callback, the worker does not (ZSTAGGER_ALLOW_PRIVATE_URLS is
+    read where the delivery is made): one attempt, recorded as a permanent refusal, no retries."""
+    receiver = WebhookReceiver(SECRET)
+    try:
+        worker = workers("strict", {"ZSTAGGER_ALLOW_PRIVATE_URLS": "0"}).wait_ready()
+        job = enqueue(images(tmp_path / "i", 1), labels=["a"], callback_url=receiver.url, settings=settings)
+        job.wait(timeout=60)
+        wait_for(lambda: job.status().get("webhook", {}).get("attempts"), 60, "the delivery attempt")
+        time.sleep(5)  # a retry would come after 2 s (the backoff, capped by the visibility timeout of 6 s)
+        webhook = job.status()["webhook"]
+        assert webhook["attempts"] == 1 and webhook["delivered"] is False, webhook
+        assert "permanent: not retried" in webhook["last_error"] and "ZSTAGGER_ALLOW_PRIVATE_URLS" in webhook["last_error"]
+        assert receiver.deliveries == []
+        assert "attempt 2 in" not in worker.output()
     finally:
         receiver.close()
 

@@ -26,18 +26,45 @@ PROVIDERS: dict[str, tuple[str, str]] = {
     "matplotlib": ("eval", "matplotlib"),
 }
 _PURPOSE = {"model": "tagging images", "serve": "the HTTP service", "eval": "evaluation"}
+# Packages of the core install (pyproject's dependencies, and what kombu's Redis transport
+# imports without declaring it) whose import name is not their pip name.
+CORE_PACKAGES: dict[str, str] = {
+    "PIL": "pillow",
+    "yaml": "pyyaml",
+    "pydantic_settings": "pydantic-settings",
+    "prometheus_client": "prometheus-client",
+}
 
 
 def missing(module: str) -> MissingExtraError:
-    """The error for a missing module: what is missing, which extra brings it, how to install it."""
+    """The error for a missing module: what is missing, which extra brings it, how to install it.
+
+    A module no extra provides belongs to the core install (or to a package the core
+    depends on): the message names that package and the pip command that installs it.
+    """
     top = (module or "").split(".")[0]
-    extra, package = PROVIDERS.get(top, ("all", top))
+    if top not in PROVIDERS:
+        package = CORE_PACKAGES.get(top, top)
+        return MissingExtraError(
+            f"{package} is not installed, and zstagger needs it (a broken or partial install): pip install {package} "
+            "(or reinstall zstagger with its dependencies)"
+        )
+    extra, package = PROVIDERS[top]
     purpose = _PURPOSE.get(extra, "this")
     return MissingExtraError(
         f"{package} is not installed; {purpose} needs the {extra} extra: pip install \"zstagger[{extra}]\""
         + (" (for the CPU build of torch first: pip install torch --index-url https://download.pytorch.org/whl/cpu)"
            if extra in ("model", "serve") else "")
     )
+
+
+def missing_from(exc: ImportError) -> MissingExtraError:
+    """:func:`missing` for an ImportError met along the way (a module it names, or its own words)."""
+    if isinstance(exc, MissingExtraError):
+        return exc
+    if exc.name:
+        return missing(exc.name)
+    return MissingExtraError(f"{exc}: a broken or partial install; reinstall zstagger with its dependencies")
 
 
 def require(module: str) -> ModuleType:

@@ -44,7 +44,10 @@ from .taxonomy import Taxonomy
 if TYPE_CHECKING:
     from .embedding_cache import ModelInfo
 
-__all__ = ["WRITE_EVERY", "Prepared", "Tagger"]
+__all__ = ["INTERRUPTED", "WRITE_EVERY", "Prepared", "Tagger"]
+
+#: The error kind of an image not read because the caller said stop (``interrupted``).
+INTERRUPTED = "interrupted"
 
 
 class Tagger:
@@ -198,10 +201,11 @@ class Tagger:
         top_k: int | None = None,
         batch_size: int | None = None,
         job_id: str = "",
+        interrupted: Callable[[], bool] | None = None,
     ) -> list[TagResult]:
         """Tag images (paths, directories, URLs, bytes or PIL images); one result per image, in order."""
         return list(self.tag_iter(images, taxonomy, labels=labels, template=template, top_k=top_k, batch_size=batch_size,
-                                  job_id=job_id))
+                                  job_id=job_id, interrupted=interrupted))
 
     def tag_iter(
         self,
@@ -213,18 +217,22 @@ class Tagger:
         top_k: int | None = None,
         batch_size: int | None = None,
         job_id: str = "",
+        interrupted: Callable[[], bool] | None = None,
     ) -> Iterator[TagResult]:
         """Like :meth:`tag`, yielding results as batches finish (constant memory).
 
         ``batch_size`` overrides the Tagger's for this call (queue workers split a chunk
         so that every lane gets a share). ``job_id``: the queued job these images belong
-        to, recorded with them in an embedding store.
+        to, recorded with them in an embedding store. ``interrupted``: once it returns
+        True, images not yet being read are not read; their results are errors of kind
+        ``interrupted`` (a queue worker told to stop hands them back to the queue).
         """
         spec = self.resolve(taxonomy, labels, template)
         if top_k is not None and top_k < 1:
             raise ConfigurationError(f"top_k must be at least 1, got {top_k}")
         self.classifier(spec)  # compile (text embeddings) before the first image is read
-        for refs, embeds, errors in self.embed_batches(iter_inputs(images), batch_size, job_id=job_id):
+        for refs, embeds, errors in self.embed_batches(iter_inputs(images), batch_size, job_id=job_id,
+                                                       interrupted=interrupted):
             yield from self.results(spec, refs, embeds, errors, top_k)
 
     def results(
@@ -284,7 +292,7 @@ class Tagger:
 
     def embed_batches(
         self, images: Iterable[ImageInput], batch_size: int | None = None, *, route: CacheRoute | None = None,
-        job_id: str = "",
+        job_id: str = "", interrupted: Callable[[], bool] | None = None,
     ) -> Iterator[tuple[list[ImageInput], np.ndarray | None, list[ImageLoadError | None]]]:
         """Load, preprocess and encode images in batches, keeping every stage busy (:mod:`zstagger.pipeline`).
 
@@ -293,11 +301,14 @@ class Tagger:
         ``route``: where images are looked up and kept (default: the tagger's own image
         cache, whose hits and misses :meth:`cache_stats` counts). An embedding store as the
         tagger's own cache records the images with ``job_id`` (see the module docstring).
+        ``interrupted``: see :meth:`tag_iter`.
         """
         route = route or self._route
         own = route is self._route
         sightings = self._embedder.sighting_buffer(route, self._figures if own else None)
         stages = self._embedder.stages(route, job_id=job_id, sightings=sightings, figures=self._figures if own else None)
+        if interrupted is not None:
+            stages = _StopReading(stages, interrupted)
         try:
             yield from self._pipeline.run(images, stages, batch_size or self.batch_size)
         finally:
@@ -347,3 +358,19 @@ class Tagger:
     def __exit__(self, *exc) -> None:
         self.close()
 
+
+class _StopReading:
+    """Stages that read no further image once ``interrupted()`` says stop: each image not yet
+    being read becomes an ``interrupted`` error record (a queue worker told to stop hands
+    those back to the queue)."""
+
+    def __init__(self, stages: EmbedStages, interrupted: Callable[[], bool]):
+        self._stages, self._interrupted = stages, interrupted
+
+    def prepare(self, ref: ImageInput) -> Prepared | ImageLoadError:
+        if self._interrupted():
+            return ImageLoadError(INTERRUPTED, "not read: tagging was interrupted", transient=True)
+        return self._stages.prepare(ref)
+
+    def embed(self, ready: Sequence[Prepared]) -> np.ndarray:
+        return self._stages.embed(ready)

@@ -71,7 +71,8 @@ def reader_may_leave():
 
 
 def reports_errors(func: Callable) -> Callable:
-    """Turn zstagger's own errors into one clear line on stderr and exit code 2."""
+    """Turn zstagger's own errors into one clear line on stderr and exit code 2; so is a
+    package missing from this install (named, with the pip command that installs it)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -79,6 +80,11 @@ def reports_errors(func: Callable) -> Callable:
             return func(*args, **kwargs)
         except ZstaggerError as exc:
             click.echo(f"Error: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+        except ImportError as exc:
+            from ..extras import missing_from
+
+            click.echo(f"Error: {missing_from(exc)}", err=True)
             sys.exit(EXIT_USAGE)
 
     return wrapper

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -10,16 +11,19 @@ from typing import Any
 import redis
 
 from ..errors import ConfigurationError, FileReadError
+from ..extras import missing_from
 from ..files import read_regular_file
 from ..images import ImageInput, NamedBytes, iter_inputs
 from ..registry import resolve_taxonomy
 from ..results import TagResult
 from ..settings import Settings
 from ..taxonomy import Taxonomy
-from .celery_app import TASK_NAME, app_for
+from .celery_app import REDIS_TRANSPORT, TASK_NAME, app_for
 from .messages import encode_ref
 from .notify import FINAL_STATES, job_finished
-from .jobstore import JobStore, QueueUnavailableError, check_job_id, connect, new_job_id, redis_failure
+from .jobstore import (
+    ENQUEUE_BEAT, ENQUEUING, JobStore, QueueUnavailableError, check_job_id, connect, new_job_id, redis_failure,
+)
 from .vectors import read_packs, spec_for_workers
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
@@ -131,6 +135,7 @@ class Job:
             if self.store.claim(self.id, "cancelled"):
                 job_finished(self.store, app_for(self.settings), self.id, "cancelled")
 
+        check_transport()  # the notifications go through the broker: a missing package is said before anything changes
         _reachable(self.settings, cancel)
         return self.status()
 
@@ -163,6 +168,19 @@ def _reachable(settings: Settings, call):
         return call()
     except redis.RedisError as exc:
         raise redis_failure(settings.redis_url, exc) from None
+    except ImportError as exc:  # a package missing from this install is never an unreachable Redis
+        raise missing_from(exc) from None
+
+
+def check_transport() -> None:
+    """Import the broker's transport (kombu's Redis transport and what it imports) now, so
+    that a package missing from this install is reported as missing, before anything is written."""
+    from importlib import import_module
+
+    try:
+        import_module(REDIS_TRANSPORT.split(":")[0])
+    except ImportError as exc:
+        raise missing_from(exc) from None
 
 
 def enqueue(
@@ -185,9 +203,10 @@ def enqueue(
 
     Everything is checked before anything is written: an unknown taxonomy, no images, a
     malformed reference or an oversized upload raise and leave Redis untouched. It is
-    all or nothing: if Redis fails part way (unreachable, or out of memory), the job is
-    deleted again and the error says so; chunks already queued are then dropped by the
-    workers, which find no job for them.
+    all or nothing: the job is marked as being enqueued until its last chunk is queued,
+    and workers tag none of its chunks before that; if Redis fails part way (unreachable,
+    or out of memory), the job is deleted again and the error says so; the chunks already
+    queued are then dropped by the workers, which find no job for them.
 
     Directories are expanded here, on the producer, and paths are made absolute. Paths
     are read by the workers, so they must name files the workers can see at that path
@@ -225,6 +244,7 @@ def enqueue(
     if not encoded:
         raise ConfigurationError("nothing to enqueue: no images in the inputs")
     packs = read_packs(spec)  # embedded image vectors: read (and checked to be there) before anything is written
+    check_transport()
 
     store = open_job_store(settings)
     job_id = check_job_id(job_id) if job_id is not None else new_job_id()
@@ -232,13 +252,16 @@ def enqueue(
     chunks = [[[i, ref] for i, ref in enumerate(encoded[start : start + chunk_size], start)]
               for start in range(0, len(encoded), chunk_size)]
     spec_json = _reachable(settings, lambda: spec_for_workers(spec, packs, store.redis, expires_at))
+    # Marked as being enqueued until every chunk is out: no worker tags a chunk of it before
+    # then, so a failure part way (the job is deleted) leaves nothing of it tagged.
     _reachable(settings, lambda: store.create(
         job_id, len(encoded), expires_at, chunks=len(chunks), queue=queue, taxonomy=spec.name, fingerprint=spec.fingerprint,
-        **notify,
+        **{ENQUEUING: time.time()}, **notify,
     ))
     app = app_for(settings)
     try:
         with app.producer_or_acquire() as producer:
+            beat = time.monotonic()
             for items in chunks:
                 app.send_task(
                     TASK_NAME,
@@ -247,6 +270,14 @@ def enqueue(
                     queue=queue,
                     producer=producer,
                 )
+                if time.monotonic() - beat > ENQUEUE_BEAT:  # still here: workers keep waiting
+                    store.enqueuing(job_id)
+                    beat = time.monotonic()
+        store.enqueued(job_id)
+    except ImportError as exc:  # a package missing from this install, met part way: roll back, say which
+        with contextlib.suppress(redis.RedisError):
+            store.delete(job_id)
+        raise missing_from(exc) from None
     except Exception as exc:  # redis-py's errors, or kombu's wrappers of them
         cause = exc.__cause__ if exc.__cause__ is not None and not isinstance(exc, redis.RedisError) else exc
         try:

@@ -27,6 +27,13 @@ from ..results import TagResult
 from ..settings import redact_url
 
 PREFIX = "zstagger:job:"
+# A job is created with this field set (to the time of the producer's last progress) and
+# its chunks are published; the field is removed once every chunk is. Workers wait for it
+# to go before tagging, so an enqueue that fails part way (and deletes the job) leaves
+# nothing tagged. No progress for ENQUEUE_STALL seconds: the producer stopped part way.
+ENQUEUING = "enqueuing"
+ENQUEUE_BEAT = 5.0
+ENQUEUE_STALL = 120.0
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -121,6 +128,14 @@ class JobStore:
             pipe.hset(job, mapping={"total": total, "created": time.time(), "expires_at": expires_at, **meta})
             pipe.expireat(job, expires_at)
             pipe.execute()
+
+    def enqueuing(self, job_id: str) -> None:
+        """The producer is still publishing the job's chunks (refreshes the mark)."""
+        self.update(job_id, **{ENQUEUING: time.time()})
+
+    def enqueued(self, job_id: str) -> None:
+        """Every chunk of the job is published: workers may tag them (HDEL works at maxmemory too)."""
+        self.redis.hdel(self.keys(job_id)[0], ENQUEUING)
 
     def delete(self, job_id: str) -> None:
         """Forget a job (DEL works even when Redis refuses writes for lack of memory)."""

@@ -26,8 +26,8 @@ from .celery_app import TASK_NAME, app
 from ..images import describe
 from .messages import ChunkRequest, decode_ref
 from .notify import job_finished
-from .jobstore import describe_failure
-from .worker import metrics, worker_settings, worker_job_store, worker_tagger
+from .jobstore import ENQUEUE_STALL, ENQUEUING, describe_failure
+from .worker import metrics, shutting_down, worker_job_store, worker_settings, worker_tagger
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -73,6 +73,25 @@ def _with_redis(call: Callable[[], T], doing: str, settings: Settings) -> T:
             delay = min(2 * delay, 8.0)
 
 
+def _wait_until_enqueued(store, job_id: str, meta: dict[str, str], settings: Settings) -> dict[str, str] | None:
+    """The job's record once its producer has queued every chunk (see :data:`.store.ENQUEUING`):
+    empty if the enqueue failed and the job was deleted, None if the producer stopped part way.
+    Waits a while; a job still being enqueued then gives the chunk back to the queue."""
+    deadline = time.monotonic() + redis_patience(settings)
+    while ENQUEUING in meta:
+        try:
+            progress = float(meta[ENQUEUING])
+        except ValueError:
+            progress = 0.0
+        if time.time() - progress > ENQUEUE_STALL:
+            return None
+        if time.monotonic() >= deadline:
+            raise Reject(f"job {job_id} is still being enqueued; the chunk is given back", requeue=True)
+        time.sleep(0.1)
+        meta = _with_redis(lambda: store.meta(job_id), "reading the job", settings)
+    return meta
+
+
 def _refuse(task_id: str | None, problem: Exception) -> dict[str, int]:
     reason = " ".join(str(problem).split())[:500]  # one line, bounded: the content comes from whoever wrote to Redis
     log.error("zstagger: refused a malformed chunk (task %s): %s", task_id, reason)
@@ -108,6 +127,12 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
 
     job_id = chunk.job_id
     meta = _with_redis(lambda: store.meta(job_id), "reading the job", settings)
+    if ENQUEUING in meta:
+        meta = _wait_until_enqueued(store, job_id, meta, settings)
+        if meta is None:
+            log.warning("zstagger: job %s was abandoned part way through its enqueue (its producer stopped); "
+                        "dropping a chunk of %d", job_id, len(chunk.items))
+            return {"tagged": 0, "skipped": len(chunk.items)}
     total = int(meta["total"]) if meta.get("total", "").isdigit() else None
     if chunk.expires_at and time.time() > chunk.expires_at or total is None:
         log.warning("zstagger: job %s has expired or was deleted; dropping a chunk of %d", job_id, len(chunk.items))
@@ -154,15 +179,24 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
         # this job in one write at the end of tag(): idempotent, so a redelivered chunk rewrites
         # the same rows; if the store is away, the images are counted and logged as unrecorded
         # and the results below are saved all the same.
-        results = tagger.tag(refs, taxonomy=spec, top_k=chunk.top_k, batch_size=share, job_id=job_id) if pending else []
+        # A worker told to stop (SIGTERM: scale-in, a deploy, systemd stop) reads no further
+        # image: what it has tagged is stored, the rest is handed back to the queue at once.
+        results = tagger.tag(refs, taxonomy=spec, top_k=chunk.top_k, batch_size=share, job_id=job_id,
+                             interrupted=shutting_down) if pending else []
     seconds = time.perf_counter() - started
     after = tagger.cache_stats()
     hits, misses = after["hits"] - before["hits"], after["misses"] - before["misses"]
     counts = {"cache_hits": hits} if pending and tagger.image_cache is not None else None
 
+    from ..tagger import INTERRUPTED  # (the tagger module is loaded by now: worker_tagger above)
+
     final: list[tuple[int, TagResult]] = []
     again: list[list[Any]] = []
+    handed_back: list[list[Any]] = []
     for (index, ref), result in zip(pending, results):
+        if result.error is not None and result.error.type == INTERRUPTED:
+            handed_back.append([index, ref])
+            continue
         if result.error is not None and result.error.transient:
             if chunk.attempt < settings.max_retries:
                 again.append([index, ref])
@@ -174,8 +208,16 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
         final.append((index, result))
     expires_at = int(chunk.expires_at) if chunk.expires_at else int(time.time() + settings.result_ttl)
     finished = _with_redis(lambda: store.save(job_id, final, expires_at, counts), "storing results", settings)
+    queue = (self.request.delivery_info or {}).get("routing_key") or None
+    if handed_back:  # as it came, for another worker now (not after the visibility timeout)
+        _with_redis(lambda: tag_chunk.apply_async(
+            args=(job_id, handed_back, chunk.taxonomy),
+            kwargs={"top_k": chunk.top_k, "expires_at": chunk.expires_at, "attempt": chunk.attempt},
+            queue=queue,
+        ), "handing the rest of the chunk back", settings)
+        log.warning("zstagger: shutting down: stored %d result(s) of job %s, handed %d image(s) back to the queue",
+                    len(final), job_id, len(handed_back))
     if again:
-        queue = (self.request.delivery_info or {}).get("routing_key") or None
         _with_redis(lambda: tag_chunk.apply_async(
             args=(job_id, again, chunk.taxonomy),
             kwargs={"top_k": chunk.top_k, "expires_at": chunk.expires_at, "attempt": chunk.attempt + 1},
@@ -187,4 +229,5 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
     metrics().chunk_done(spec.name, [result for _, result in final], seconds, len(again))
     if counts is not None:
         metrics().store_done(hits, misses, tagger.unrecorded - unrecorded)
-    return {"tagged": len(final), "retrying": len(again), "skipped": len(items) - len(pending)}
+    outcome = {"tagged": len(final), "retrying": len(again), "skipped": len(items) - len(pending)}
+    return {**outcome, "handed_back": len(handed_back)} if handed_back else outcome

@@ -115,6 +115,18 @@ class QoS(kombu_redis.QoS):
         except (ValueError, TypeError, KeyError) as exc:  # an unacked entry that is not [message, exchange, routing_key]
             self._drop_unreadable(tag, client, exc)
 
+    def ack(self, delivery_tag):
+        try:
+            self._remove_from_indices(delivery_tag).execute()
+        except redis.ResponseError as exc:  # ExecAbortError: the MULTI's commands were refused (out of memory)
+            if not (refuses_writes(exc) or isinstance(exc, redis.exceptions.ExecAbortError)):
+                raise
+            # The chunk stays in the unacked hash: redelivered after the visibility timeout, it
+            # finds its results stored and does nothing twice. The consumer goes on.
+            self._warn(f"zstagger: {describe_failure(exc)}: an acknowledgement was not recorded; the chunk is "
+                       "redelivered after the visibility timeout and finds its results stored")
+        kombu_redis.virtual.QoS.ack(self, delivery_tag)
+
     def _drop_unreadable(self, tag, client, exc: Exception) -> None:
         with self.channel.conn_or_acquire(client) as conn:
             raw = conn.hget(self.unacked_key, tag)

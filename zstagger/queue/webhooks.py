@@ -10,9 +10,11 @@ The event body (JSON)::
 
 Signed as :mod:`.signing` describes. Delivery runs as its own task (acknowledged late, so a
 worker killed mid-delivery leaves it to another), at least once: a 2xx answer ends it;
-anything else is retried with backoff up to ``ZSTAGGER_WEBHOOK_MAX_ATTEMPTS`` times. The
-callback URL obeys the same address policy as image URLs and is checked again at every
-attempt. Attempts and the last error are recorded on the job (``status`` shows them).
+anything else is retried with backoff up to ``ZSTAGGER_WEBHOOK_MAX_ATTEMPTS`` times, except a
+refusal by the address policy: the callback URL obeys the same policy as image URLs, checked
+again at every attempt on the worker (its ``ZSTAGGER_ALLOW_PRIVATE_URLS``), and a refusal is
+permanent, so it ends the delivery at once. Attempts and the last error are recorded on the
+job (``status`` shows them).
 """
 
 from __future__ import annotations
@@ -36,6 +38,10 @@ from .tasks import retry_delay
 from .worker import worker_settings, worker_job_store
 
 log = logging.getLogger(__name__)
+
+# Delivery failures that every attempt would meet again: the address policy refuses the
+# callback (the workers' ZSTAGGER_ALLOW_PRIVATE_URLS decides), or it is not an http(s) URL.
+_REFUSED = ("url_blocked", "invalid_url")
 
 
 def event_body(store: JobStore, job_id: str, state: str, created: float, inline_limit: int,
@@ -91,7 +97,10 @@ def deliver_event(self, job_id: str, state: str, created: float, attempt: int = 
     try:
         status, reason = http_post(url, body, headers, policy)
     except FetchError as exc:
-        return _again(self, job_id, state, created, attempt, exc.message, settings)
+        # The address policy (or a URL that cannot be a callback) refuses it the same way at
+        # every attempt: give up now rather than retry a refusal that cannot change.
+        permanent = exc.kind in _REFUSED
+        return _again(self, job_id, state, created, attempt, exc.message, settings, permanent=permanent)
     if 200 <= status < 300:
         _record(store, job_id, webhook_attempts=attempt + 1, webhook_delivered=time.time(), webhook_last_error="")
         log.info("zstagger: delivered %s to the callback of job %s (HTTP %d)", event_id(job_id, state), job_id, status)
@@ -107,12 +116,16 @@ def _record(store: JobStore, job_id: str, **fields: Any) -> None:
 
 
 def _again(task, job_id: str, state: str, created: float, attempt: int, error: str, settings,
-           record: bool = True) -> dict[str, Any]:
-    """Record a failed attempt, and send the event round again unless attempts are used up."""
+           record: bool = True, permanent: bool = False) -> dict[str, Any]:
+    """Record a failed attempt, and send the event round again unless attempts are used up
+    or the failure is ``permanent`` (the same at every attempt)."""
     store = worker_job_store()
     attempts = attempt + 1
-    final = attempts >= settings.webhook_max_attempts
-    message = error if not final else f"{error} (gave up after {attempts} attempts)"
+    final = permanent or attempts >= settings.webhook_max_attempts
+    if permanent:
+        message = f"{error} (permanent: not retried)"
+    else:
+        message = error if not final else f"{error} (gave up after {attempts} attempts)"
     if record:
         _record(store, job_id, webhook_attempts=attempts, webhook_last_error=message)
     if final:

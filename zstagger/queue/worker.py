@@ -8,6 +8,9 @@ heartbeat, and reports a model it cannot load instead of taking chunks.
 A worker that stops because of an error exits non-zero (so ``Restart=on-failure`` and
 the like restart it): Celery already does for a crashed consumer; a process that could
 not load its model marks the worker failed before asking it to stop.
+
+Told to stop (SIGTERM: a warm shutdown), a worker does not make its chunk in hand wait:
+images not yet read are handed back to the queue at once (see :func:`shutting_down`).
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ def _prepare_parent(sender=None, **_: Any) -> None:
     _state["solo"] = "solo" in str(getattr(sender, "pool_cls", "")).lower()
     # Shared with the forked pool processes: set by one that cannot load its model.
     _state["failed"] = multiprocessing.Value("b", 0, lock=False)
+    # Shared too: set here when the worker is told to stop, read by the chunk in hand.
+    _state["stopping"] = multiprocessing.Value("b", 0, lock=False)
     settings = worker_settings()
     _say_if_redis_is_unreachable(settings)
     if settings.metrics_port:
@@ -59,6 +64,23 @@ def _say_if_redis_is_unreachable(settings: Settings) -> None:
     except redis.RedisError as exc:
         print(f"zstagger worker: cannot reach Redis at {redact_url(settings.redis_url)} (ZSTAGGER_REDIS_URL): {str(exc).rstrip('.')}; "
               "retrying until it answers", file=sys.stderr, flush=True)
+
+
+@signals.worker_shutting_down.connect
+def _stop_reading(**_: Any) -> None:
+    """SIGTERM (warm shutdown: Kubernetes/KEDA scale-in, a deploy, systemd stop) or Ctrl-C, in
+    the main process: a chunk in hand reads no further image, stores what it has tagged and
+    hands the rest back to the queue, so the worker stops in about one image's time and no
+    chunk waits out the visibility timeout (see :func:`shutting_down`)."""
+    flag = _state.get("stopping")
+    if flag is not None:
+        flag.value = 1
+
+
+def shutting_down() -> bool:
+    """True once this worker has been told to stop (any of its processes may ask)."""
+    flag = _state.get("stopping")
+    return bool(flag is not None and flag.value)
 
 
 @signals.worker_process_init.connect
