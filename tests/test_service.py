@@ -384,7 +384,7 @@ def test_openai_client_works_by_changing_its_base_url(api):
 def readme_block(language, marker):
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[1] / "docs" / "http-api.md").read_text()
     blocks = text.split(f"```{language}\n")[1:]
     return next(block.split("```")[0] for block in blocks if marker in block)
 
