@@ -41,8 +41,9 @@ def cli_reference() -> str:
     sections = []
 
     def walk(command: click.Command, path: list[str], parent: click.Context | None) -> None:
-        ctx = click.Context(command, info_name=path[-1], parent=parent,
-                            terminal_width=HELP_WIDTH, max_content_width=HELP_WIDTH)
+        # As click.Command.make_context builds it (the command's own context settings), at a fixed width.
+        settings = {**command.context_settings, "terminal_width": HELP_WIDTH, "max_content_width": HELP_WIDTH}
+        ctx = click.Context(command, info_name=path[-1], parent=parent, **settings)
         sections.append(f"## `{' '.join(path)}`\n\n```text\n{command.get_help(ctx).rstrip()}\n```\n")
         if isinstance(command, click.Group):
             for name in command.list_commands(ctx):
