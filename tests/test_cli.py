@@ -224,8 +224,10 @@ def test_public_api_reexports():
 def test_bench_runs_offline_on_a_local_checkpoint(tiny_model_dir, image_dir, tmp_path):
     # A directory called `zstagger` where the user stands must not shadow the package in
     # the measuring subprocesses (it once made `python -c "import zstagger"` find it instead).
+    # --images relative to where the user stands: the `zstagger tag` measurement runs elsewhere.
     (tmp_path / "zstagger").mkdir()
-    result = zstagger("bench", "--model", str(tiny_model_dir), "--images", str(image_dir), "--labels", "cat,dog",
+    assert image_dir == tmp_path
+    result = zstagger("bench", "--model", str(tiny_model_dir), "--images", ".", "--labels", "cat,dog",
                       "--repeats", "1", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)

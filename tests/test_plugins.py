@@ -223,9 +223,9 @@ def test_register_commands_hook_adds_cli_commands(tmp_path):
 
 
 def test_every_hook_is_documented_in_the_plugin_guide():
-    guide = (ROOT / "plugins" / "README.md").read_text()
+    guide = (ROOT / "docs" / "plugins.md").read_text()
     hooks = [name for name in dir(hookspecs) if name.startswith("register_")]
     assert hooks
     for hook in hooks:
-        assert re.search(rf"^### `?{hook}\(", guide, re.M), f"hook {hook} is not documented in plugins/README.md"
+        assert re.search(rf"^### `?{hook}\(", guide, re.M), f"hook {hook} is not documented in docs/plugins.md"
         assert getattr(hookspecs, hook).__doc__, f"hook {hook} has no docstring"

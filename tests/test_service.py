@@ -384,7 +384,7 @@ def test_openai_client_works_by_changing_its_base_url(api):
 def readme_block(language, marker):
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[1] / "docs" / "http-api.md").read_text()
     blocks = text.split(f"```{language}\n")[1:]
     return next(block.split("```")[0] for block in blocks if marker in block)
 
@@ -407,7 +407,7 @@ def test_the_readme_python_webhook_receiver_verifies_and_deduplicates():
     """The README's Python receiver, executed as written: a genuine delivery is processed once,
     a repeat is acknowledged, and a replay under a new event id (or a changed body) is refused."""
     namespace: dict = {}
-    exec(compile(readme_block("python", "verify_webhook"), "README.md", "exec"), namespace)
+    exec(compile(readme_block("python", "verify_webhook"), "docs/http-api.md", "exec"), namespace)
     receive, seen = namespace["receive"], namespace["already_seen"]
     cases = _deliveries()
     assert receive("sekret", *cases["genuine"]) == 200 and seen == {"evt_0123_done"}

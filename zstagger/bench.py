@@ -120,7 +120,8 @@ def run_bench(
 
 def _images(images_dir: str | None, workdir: Path) -> list[str]:
     if images_dir:
-        images = [str(p) for p in expand_inputs([images_dir])]
+        # Absolute: the `zstagger tag` measurement runs in a directory of its own.
+        images = [os.path.abspath(p) for p in expand_inputs([images_dir])]
         if not images:
             raise BenchError(f"no images in {images_dir}")
         return images

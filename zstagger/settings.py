@@ -60,59 +60,110 @@ def redact_url(url: str) -> str:
 SecretUrl = Annotated[str, PlainSerializer(redact_url, return_type=str, when_used="json")]
 
 
+# Which processes read each setting: the "Read by" column of the configuration page
+# (docs/configuration.md, generated from these fields by docs/gen/generate.py).
+CLI = "CLI"  # commands that tag or read on this machine (tag, eval, retag, store, ...) and the Python API
+WORKER = "worker"  # `zstagger worker` (or `celery -A zstagger.queue.celery_app worker`)
+API_SERVER = "API server"  # `zstagger serve`
+PRODUCER = "producer"  # enqueue, status, results, cancel, health, queue-stats, and Python's enqueue()
+
+
+def read_by(*processes: str, default_text: str | None = None) -> dict[str, object]:
+    """A field's documentation metadata: the processes that read it (and, for a default that
+    depends on the machine, how the docs show it)."""
+    return {"read_by": list(processes), **({"default_text": default_text} if default_text else {})}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ZSTAGGER_", extra="ignore")
 
     # engine
-    model: str = Field(DEFAULT_MODEL, description="Hub id or local directory of a CLIP-family checkpoint.")
-    device: str = Field("auto", description="auto, cpu, cuda or mps.")
-    precision: str = Field("auto", description="auto, fp32, bf16 or fp16 (auto: bf16 on CPUs with native bf16, fp16 on GPUs).")
-    batch_size: int = Field(32, ge=1, description="Images per forward pass.")
-    loader_threads: int = Field(0, ge=0, description="Image decoding threads (0: one per CPU core, at most 4).")
+    model: str = Field(
+        DEFAULT_MODEL, description="Hub id or local directory of a CLIP-family checkpoint.",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
+    )
+    device: str = Field(
+        "auto", description="auto, cpu, cuda, cuda:N or mps.",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
+    )
+    precision: str = Field(
+        "auto", description="auto, fp32, bf16 or fp16 (auto: bf16 on CPUs with native bf16, fp16 on GPUs).",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
+    )
+    batch_size: int = Field(
+        32, ge=1, description="Images per forward pass.",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
+    )
+    loader_threads: int = Field(
+        0, ge=0, description="Image decoding threads (0: one per CPU core, at most 4).",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
+    )
     inference_lanes: int = Field(
         0, ge=0, le=64,
         description="Batches encoded at once on CPU, each on its own share of the cores (0: one per core, at most 8; GPUs use 1).",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
     )
     exact_preprocessing: bool = Field(
         False,
         description="Reproduce the checkpoint's image processor bit for bit. Off: JPEGs decode at reduced scale "
         "(keeping twice the model's input size) and downscaling uses a vectorised kernel; about 2x faster.",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
     )
     cache_dir: str = Field(
         default_factory=lambda: os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "zstagger"),
         description="Where text embeddings of taxonomies, model scalars and image embeddings are cached between runs "
         "('' disables every cache).",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER, default_text="$XDG_CACHE_HOME/zstagger (~/.cache/zstagger)"),
     )
     image_cache: bool = Field(
         False,
         description="Cache image embeddings (SQLite file in the cache directory) when tagging, so an image already "
         "seen by this model is neither decoded nor encoded again. `zstagger eval` and `calibrate` always use it.",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
     )
     store: SecretUrl = Field(
         "", repr=False,
         description="Embedding store: every tagged image's content hash, reference, job and embedding, for re-tagging "
         "without reading images and for skipping images already seen. sqlite:///relative/path, sqlite:////absolute/path "
         "(or a plain file path), or postgresql://user:password@host/db ('' = off).",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
     )
     store_timeout: float = Field(
         20.0, gt=0,
         description="Seconds a write to an unreachable embedding store is retried before its images are counted as "
         "unrecorded and tagging goes on (reads never wait: a store that does not answer is a miss).",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
     )
     # plugins and taxonomies
-    taxonomy_path: str = Field("", description=f"Directories of taxonomy YAML/JSON files, separated by {os.pathsep!r}.")
-    plugins_dir: str = Field("", description="Directory of one-off plugin .py files.")
-    block_plugins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Comma-separated plugin names not to load.")
+    taxonomy_path: str = Field(
+        "", description=f"Directories of taxonomy YAML/JSON files, separated by {os.pathsep!r} (workers get each job's "
+        "taxonomy inside its tasks).",
+        json_schema_extra=read_by(CLI, API_SERVER, PRODUCER),
+    )
+    plugins_dir: str = Field(
+        "", description="Directory of one-off plugin .py files.",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER, PRODUCER),
+    )
+    block_plugins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated plugin names not to load.",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER, PRODUCER),
+    )
     # image reading
     url_timeout: float = Field(
-        10.0, gt=0, description="Seconds allowed to fetch one image URL: DNS, connect, headers and body, redirects included."
+        10.0, gt=0, description="Seconds allowed to fetch one image URL: DNS, connect, headers and body, redirects included.",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER, PRODUCER),
     )
     max_image_bytes: int = Field(
-        50 * 1024 * 1024, gt=0, description="Largest encoded image read: a file, a download or bytes, in bytes."
+        50 * 1024 * 1024, gt=0, description="Largest encoded image read: a file, a download or bytes, in bytes.",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
     )
-    max_image_pixels: int = Field(64_000_000, gt=0, description="Largest image (width x height) decoded; guards against decompression bombs.")
+    max_image_pixels: int = Field(
+        64_000_000, gt=0, description="Largest image (width x height) decoded; guards against decompression bombs.",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
+    )
     max_jpeg_scans: int = Field(
-        100, ge=1, description="Most scans a JPEG may have (progressive ones have about 10); guards against scan bombs."
+        100, ge=1, description="Most scans a JPEG may have (progressive ones have about 10); guards against scan bombs.",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
     )
     max_jpeg_scan_pixels: int = Field(
         1_000_000_000, gt=0,
@@ -123,58 +174,122 @@ class Settings(BaseSettings):
     max_decode_bytes: int = Field(
         1024 * 1024 * 1024, gt=0,
         description="Memory for images being decoded at once in one process, shared by its loader threads, in bytes; "
-        "an image that needs more on its own is refused.",
+        "an image that needs more on its own is refused.", json_schema_extra=read_by(CLI, WORKER, API_SERVER),
     )
-    allow_private_urls: bool = Field(False, description="Allow URLs that resolve to private, loopback or link-local addresses.")
+    allow_private_urls: bool = Field(
+        False, description="Allow URLs that resolve to private, loopback or link-local addresses: image URLs and webhook "
+        "callbacks (workers deliver webhooks: a loopback callback needs it on them too).",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER, PRODUCER),
+    )
     # queue
     redis_url: SecretUrl = Field(
-        "redis://localhost:6379/0", repr=False, description="Broker and job store (redis:// or rediss://, password in the URL)."
+        "redis://localhost:6379/0", repr=False, description="Broker and job store (redis:// or rediss://, password in the URL).",
+        json_schema_extra=read_by(PRODUCER, WORKER, API_SERVER, CLI),
     )
     queues: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["interactive", "bulk"], description="Queues a worker consumes, comma-separated, highest priority first."
+        default_factory=lambda: ["interactive", "bulk"], description="Queues a worker consumes, comma-separated, highest priority first.",
+        json_schema_extra=read_by(WORKER, PRODUCER),
     )
-    concurrency: int = Field(1, ge=1, description="Worker processes per `zstagger worker` (each loads the model).")
-    chunk_size: int = Field(32, ge=1, le=1024, description="Images per queued task (one forward pass each).")
+    concurrency: int = Field(
+        1, ge=1, description="Worker processes per `zstagger worker` (each loads the model).",
+        json_schema_extra=read_by(WORKER),
+    )
+    chunk_size: int = Field(
+        32, ge=1, le=1024, description="Images per queued task (one forward pass each).",
+        json_schema_extra=read_by(PRODUCER, API_SERVER),
+    )
     visibility_timeout: int = Field(
-        600, ge=1, description="Seconds before an unacknowledged chunk (its worker died) is redelivered; must exceed the longest chunk."
+        600, ge=1, description="Seconds before an unacknowledged chunk (its worker died) is redelivered; must exceed the longest chunk.",
+        json_schema_extra=read_by(WORKER),
     )
-    result_ttl: int = Field(7 * 24 * 3600, ge=60, description="Seconds job results are kept in Redis.")
-    max_retries: int = Field(3, ge=0, description="Retries of transient failures (URL timeouts, Redis blips) before they become error records.")
-    max_upload_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Largest image sent through the queue as bytes.")
+    result_ttl: int = Field(
+        7 * 24 * 3600, ge=60, description="Seconds job results are kept in Redis.",
+        json_schema_extra=read_by(PRODUCER, API_SERVER, WORKER, CLI),
+    )
+    max_retries: int = Field(
+        3, ge=0, description="Retries of transient failures (URL timeouts, Redis blips) before they become error records.",
+        json_schema_extra=read_by(WORKER),
+    )
+    max_upload_bytes: int = Field(
+        10 * 1024 * 1024, gt=0, description="Largest image sent through the queue as bytes.",
+        json_schema_extra=read_by(PRODUCER, API_SERVER),
+    )
     # HTTP service (`zstagger serve`)
-    host: str = Field("127.0.0.1", description="Address `zstagger serve` binds (loopback unless you mean otherwise).")
-    port: int = Field(8000, ge=0, le=65535, description="Port of `zstagger serve`.")
-    api_keys: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Accepted API keys, as comma-separated SHA-256 hashes (`zstagger api-key` prints one)."
+    host: str = Field(
+        "127.0.0.1", description="Address `zstagger serve` binds (loopback unless you mean otherwise).",
+        json_schema_extra=read_by(API_SERVER),
     )
-    api_keys_file: str = Field("", description="File of accepted API key hashes, one per line (# comments).")
-    api_allow_anonymous: bool = Field(False, description="Serve API calls without a key (only on a trusted network).")
-    max_request_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Largest HTTP request body, in bytes.")
-    max_request_images: int = Field(64, ge=1, description="Most images in one synchronous HTTP request.")
-    max_job_images: int = Field(100_000, ge=1, description="Most images in one job submitted over HTTP.")
-    batch_wait_ms: float = Field(5.0, ge=0, description="Milliseconds an image waits for others to fill a model batch.")
+    port: int = Field(
+        8000, ge=0, le=65535, description="Port of `zstagger serve`.",
+        json_schema_extra=read_by(API_SERVER),
+    )
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Accepted API keys, as comma-separated SHA-256 hashes (`zstagger api-key` prints one).",
+        json_schema_extra=read_by(API_SERVER),
+    )
+    api_keys_file: str = Field(
+        "", description="File of accepted API key hashes, one per line (# comments).",
+        json_schema_extra=read_by(API_SERVER),
+    )
+    api_allow_anonymous: bool = Field(
+        False, description="Serve API calls without a key (only on a trusted network).",
+        json_schema_extra=read_by(API_SERVER),
+    )
+    max_request_bytes: int = Field(
+        64 * 1024 * 1024, gt=0, description="Largest HTTP request body, in bytes.",
+        json_schema_extra=read_by(API_SERVER),
+    )
+    max_request_images: int = Field(
+        64, ge=1, description="Most images in one synchronous HTTP request.",
+        json_schema_extra=read_by(API_SERVER),
+    )
+    max_job_images: int = Field(
+        100_000, ge=1, description="Most images in one job submitted over HTTP.",
+        json_schema_extra=read_by(API_SERVER),
+    )
+    batch_wait_ms: float = Field(
+        5.0, ge=0, description="Milliseconds an image waits for others to fill a model batch.",
+        json_schema_extra=read_by(API_SERVER),
+    )
     max_pending_images: int = Field(
-        512, ge=1, description="Images in flight in the HTTP service (decoding, waiting, encoding); beyond it: 503."
+        512, ge=1, description="Images in flight in the HTTP service (decoding, waiting, encoding); beyond it: 503.",
+        json_schema_extra=read_by(API_SERVER),
     )
     # job notifications
     webhook_secret: SecretStr | None = Field(
-        None, description="Key that signs webhook events (HMAC-SHA256); set the same on producers and workers."
+        None, description="Key that signs webhook events (HMAC-SHA256); set the same on the API server, producers and workers.",
+        json_schema_extra=read_by(WORKER, API_SERVER, PRODUCER),
     )
-    webhook_max_attempts: int = Field(8, ge=1, le=100, description="Delivery attempts of one webhook event before it is given up.")
-    webhook_timeout: float = Field(10.0, gt=0, description="Seconds allowed for one webhook delivery attempt.")
+    webhook_max_attempts: int = Field(
+        8, ge=1, le=100, description="Delivery attempts of one webhook event before it is given up.",
+        json_schema_extra=read_by(WORKER),
+    )
+    webhook_timeout: float = Field(
+        10.0, gt=0, description="Seconds allowed for one webhook delivery attempt.",
+        json_schema_extra=read_by(WORKER),
+    )
     webhook_inline_bytes: int = Field(
-        256 * 1024, ge=0, description="Results are put in the webhook event itself when their JSON is at most this size."
+        256 * 1024, ge=0, description="Results are put in the webhook event itself when their JSON is at most this size.",
+        json_schema_extra=read_by(WORKER),
     )
     # operations
-    metrics_port: int = Field(9808, ge=0, le=65535, description="Port of a worker's Prometheus /metrics endpoint (0: off).")
-    metrics_address: str = Field(
-        "127.0.0.1", description="Address the metrics endpoint listens on (0.0.0.0: every interface, for a scraper on another host)."
+    metrics_port: int = Field(
+        9808, ge=0, le=65535, description="Port of a worker's Prometheus /metrics endpoint (0: off).",
+        json_schema_extra=read_by(WORKER),
     )
-    heartbeat_interval: float = Field(15.0, gt=0, description="Seconds between worker heartbeats; `zstagger health` allows 3 missed.")
+    metrics_address: str = Field(
+        "127.0.0.1", description="Address the metrics endpoint listens on (0.0.0.0: every interface, for a scraper on another host).",
+        json_schema_extra=read_by(WORKER),
+    )
+    heartbeat_interval: float = Field(
+        15.0, gt=0, description="Seconds between worker heartbeats; `zstagger health` allows 3 missed.",
+        json_schema_extra=read_by(WORKER, PRODUCER),
+    )
     heartbeat_dir: str = Field(
         # Never a directory named plain "zstagger": run from $TMPDIR, it would shadow the package.
         default_factory=lambda: os.path.join(tempfile.gettempdir(), "zstagger-heartbeats"),
         description="Where workers touch a heartbeat file for `zstagger health --local` (liveness without Redis).",
+        json_schema_extra=read_by(WORKER, PRODUCER, default_text="$TMPDIR/zstagger-heartbeats"),
     )
 
     @field_validator("block_plugins", "queues", "api_keys", mode="before")
