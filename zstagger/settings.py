@@ -170,6 +170,7 @@ class Settings(BaseSettings):
         description="Most decoding work a JPEG may ask for, as scans x pixels (each scan is decoded over the whole image "
         "again): a 12-megapixel progressive photo (10 scans) needs 120 million; about a second of decoding at the "
         "default. Guards against scan bombs that stay under ZSTAGGER_MAX_JPEG_SCANS.",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
     )
     max_decode_bytes: int = Field(
         1024 * 1024 * 1024, gt=0,
