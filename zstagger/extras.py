@@ -24,8 +24,9 @@ PROVIDERS: dict[str, tuple[str, str]] = {
     "multipart": ("serve", "python-multipart"),
     "sklearn": ("eval", "scikit-learn"),
     "matplotlib": ("eval", "matplotlib"),
+    "av": ("video", "av"),
 }
-_PURPOSE = {"model": "tagging images", "serve": "the HTTP service", "eval": "evaluation"}
+_PURPOSE = {"model": "tagging images", "serve": "the HTTP service", "eval": "evaluation", "video": "video files"}
 
 
 def missing(module: str) -> MissingExtraError:

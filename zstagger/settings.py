@@ -120,6 +120,50 @@ class Settings(BaseSettings):
         "an image that needs more on its own is refused.",
     )
     allow_private_urls: bool = Field(False, description="Allow URLs that resolve to private, loopback or link-local addresses.")
+    # animations and video (zstagger.media)
+    media_max_duration: float = Field(
+        600.0, gt=0, description="Longest animation or video judged, in seconds: by its header, and by the frames actually "
+        "decoded (a stream that runs past its declared length stops here); longer ones become too_long error records.",
+    )
+    media_max_frames: int = Field(
+        40_000, ge=1, description="Most frames decoded from one animation or video (every decoded frame counts, sampled or "
+        "not); beyond it: a too_many_frames error record.",
+    )
+    media_max_frame_pixels: int = Field(
+        16_777_216, gt=0, description="Largest frame (width x height) of an animation (its logical screen) or video decoded.",
+    )
+    media_max_total_pixels: int = Field(
+        60_000_000_000, gt=0, description="Most pixels decoded from one animation or video, all frames together "
+        "(about 8 minutes of 1080p at 30 frames/s); beyond it: a too_many_pixels error record.",
+    )
+    media_timeout: float = Field(
+        120.0, gt=0, description="Seconds allowed to decode one animation or video; beyond it: a media_timeout error record.",
+    )
+    media_animation_frames: int = Field(
+        64, ge=1, description="Frames of an animation judged: every frame up to this many, else this many sampled "
+        "uniformly across its frames.",
+    )
+    media_dedup_distance: float = Field(
+        0.01, ge=0, le=1, description="Sampled frames this close to the last embedded one (mean absolute difference of "
+        "32x32 greyscale thumbnails, 0-1) reuse its scores instead of being embedded again (0: embed every sampled frame).",
+    )
+    media_batch_size: int = Field(
+        8, ge=1, description="Frames embedded and scored at a time; early exit is checked after each such batch.",
+    )
+    media_early_exit_animation: int = Field(
+        1, ge=0, description="Stop decoding an animation once a block label has fired on this many sampled frames (0: never).",
+    )
+    video_early_exit: int = Field(
+        2, ge=0, description="Stop decoding a video once a block label has fired on this many sampled frames (0: never).",
+    )
+    video_sample_rate: float = Field(
+        1.0, gt=0, description="Frames per second sampled from a video (besides scene cuts and the first and last frame).",
+    )
+    video_scene_threshold: float = Field(
+        0.12, ge=0, le=1, description="A decoded frame whose 32x32 greyscale thumbnail differs from the previous frame's by "
+        "more than this (mean absolute difference, 0-1) is a scene cut and is sampled too (0: no scene-cut sampling, "
+        "which lets sparse sampling seek from keyframe to keyframe).",
+    )
     # queue
     redis_url: SecretUrl = Field(
         "redis://localhost:6379/0", repr=False, description="Broker and job store (redis:// or rediss://, password in the URL)."

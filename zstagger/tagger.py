@@ -53,6 +53,7 @@ from .errors import ConfigurationError, ImageLoadError, ZstaggerError
 from .fewshot import ImageSets, resolve_image_sets
 from .fewshot.sets import LoadPack
 from .images import ImageInput, ImagePolicy, describe, is_url, iter_inputs, open_image, read_image_bytes
+from .media import MediaOptions, MediaSource, detect, tag_media
 from .registry import resolve_taxonomy
 from .results import KnownImageMatch, LabelScore, Provenance, TagResult, format_results
 from .settings import Settings
@@ -131,6 +132,7 @@ class Tagger:
         if self.batch_size < 1:
             raise ConfigurationError(f"batch size must be at least 1, got {self.batch_size}")
         self.image_policy = image_policy or ImagePolicy.from_settings(settings)
+        self.media_options = MediaOptions.from_settings(settings)
         self.model_name = model or settings.model
         self._device, self._precision = device or settings.device, precision or settings.precision
         threads = loader_threads if loader_threads is not None else settings.loader_threads
@@ -300,10 +302,14 @@ class Tagger:
         top_k: int | None = None,
         batch_size: int | None = None,
         job_id: str = "",
+        frames: bool = False,
     ) -> list[TagResult]:
-        """Tag images (paths, directories, URLs, bytes or PIL images); one result per image, in order."""
+        """Tag images (paths, directories, URLs, bytes or PIL images); one result per image, in order.
+
+        Animated GIF/APNG/WebP and video files are judged over their sampled frames
+        (:mod:`zstagger.media`); ``frames=True`` adds each sampled frame's scores to their results."""
         return list(self.tag_iter(images, taxonomy, labels=labels, template=template, top_k=top_k, batch_size=batch_size,
-                                  job_id=job_id))
+                                  job_id=job_id, frames=frames))
 
     def tag_iter(
         self,
@@ -315,6 +321,7 @@ class Tagger:
         top_k: int | None = None,
         batch_size: int | None = None,
         job_id: str = "",
+        frames: bool = False,
     ) -> Iterator[TagResult]:
         """Like :meth:`tag`, yielding results as batches finish (constant memory).
 
@@ -326,8 +333,40 @@ class Tagger:
         if top_k is not None and top_k < 1:
             raise ConfigurationError(f"top_k must be at least 1, got {top_k}")
         self.classifier(spec)  # compile (text embeddings) before the first image is read
-        for refs, embeds, errors in self.embed_batches(iter_inputs(images), batch_size, job_id=job_id):
-            yield from self.results(spec, refs, embeds, errors, top_k)
+        for refs, embeds, errors in self.embed_batches(iter_inputs(images), batch_size, job_id=job_id, media=True):
+            if any(isinstance(e, MediaSource) for e in errors):
+                yield from self._results_with_media(spec, refs, embeds, errors, top_k, frames)
+            else:
+                yield from self.results(spec, refs, embeds, errors, top_k)
+
+    # -- animations and videos (zstagger.media): the loader found them, judged here in input order --
+
+    def _results_with_media(self, spec: Taxonomy, refs: Sequence[ImageInput], embeds: np.ndarray | None,
+                            found: Sequence[Any], top_k: int | None, frames: bool) -> list[TagResult]:
+        # Media have no row in embeds: scored as errors first, then replaced by their own results.
+        out = self.results(spec, refs, embeds, [ImageLoadError("media", "") if isinstance(e, MediaSource) else e
+                                                for e in found], top_k)
+        for i, source in enumerate(found):
+            if isinstance(source, MediaSource):
+                out[i] = self.tag_media(source, describe(refs[i]), spec, top_k=top_k, frames=frames)
+        return out
+
+    def tag_media(self, source: MediaSource, name: str, taxonomy: Taxonomy, *, top_k: int | None = None,
+                  frames: bool = False) -> TagResult:
+        """One animation or video's result (:func:`zstagger.media.tag_media` with this Tagger's model)."""
+        return tag_media(source, name, taxonomy, self.classifier(taxonomy), self.embed_frames, self.media_options,
+                         self.provenance(taxonomy), top_k, frames)
+
+    def embed_frames(self, pictures: Sequence[Image.Image]) -> np.ndarray:
+        """Unit embeddings of decoded frames, one row each, through the loader threads and encoder
+        lanes (no image cache: frames are not images anyone will read again)."""
+        out = []
+        for _, embeds, errors in self.embed_batches(pictures, max(1, len(pictures)), cache=None):
+            problem = next((e for e in errors if e is not None), None)
+            if problem is not None:
+                raise problem
+            out.append(embeds)
+        return np.concatenate(out)
 
     def results(
         self,
@@ -402,6 +441,7 @@ class Tagger:
 
     def embed_batches(
         self, images: Iterable[ImageInput], batch_size: int | None = None, *, cache: Any = _OWN, job_id: str = "",
+        media: bool = False,
     ) -> Iterator[tuple[list[ImageInput], np.ndarray | None, list[ImageLoadError | None]]]:
         """Load, preprocess and encode images in batches, keeping every stage busy.
 
@@ -411,7 +451,9 @@ class Tagger:
         no image of the batch could be read). ``cache``: another image-embedding cache to
         use than the tagger's own (whose hits and misses :meth:`cache_stats` counts), or None.
         An embedding store as the tagger's own cache is told about the images every
-        :data:`WRITE_EVERY` images and at the end, with ``job_id``.
+        :data:`WRITE_EVERY` images and at the end, with ``job_id``. ``media``: animations and
+        videos are not read as images; their place in ``errors`` holds their
+        :class:`~zstagger.media.MediaSource` (no embedding row), for the caller to judge.
         """
         loader, encoders = self._pools()
         source = iter(images)
@@ -423,7 +465,7 @@ class Tagger:
         def submit_next() -> None:
             batch = next(batches, None)
             if batch:
-                loads = [(ref, loader.submit(self.prepare, ref, cache)) for ref in batch]
+                loads = [(ref, loader.submit(self.prepare, ref, cache, media)) for ref in batch]
                 in_flight.append(encoders.submit(self._encode_batch, loads, cache, job_id, pending))
 
         try:
@@ -479,8 +521,8 @@ class Tagger:
         for ref, future in loads:
             prepared = future.result()
             refs.append(ref)
-            errors.append(prepared if isinstance(prepared, ImageLoadError) else None)
-            if not isinstance(prepared, ImageLoadError):
+            errors.append(None if isinstance(prepared, Prepared) else prepared)  # an error, or a MediaSource
+            if isinstance(prepared, Prepared):
                 ready.append(prepared)
         return refs, (self.embed_prepared(ready, cache, job_id=job_id, pending=pending) if ready else None), errors
 
@@ -527,12 +569,19 @@ class Tagger:
                 self.cache_hits += len(ready) - len(todo)
         return np.stack([p.vector for p in ready])
 
-    def prepare(self, ref: ImageInput, cache: Any = _OWN) -> Prepared | ImageLoadError:
+    def prepare(self, ref: ImageInput, cache: Any = _OWN, media: bool = False) -> Prepared | ImageLoadError | MediaSource:
         """In a loader thread: the cached embedding, or model-ready pixels, or the error
         (never raises for one image's problem; see :meth:`embed_prepared`). ``cache``:
-        another image-embedding cache than the tagger's own, or None."""
+        another image-embedding cache than the tagger's own, or None. ``media``: an animation
+        or video is returned as its :class:`~zstagger.media.MediaSource`, unread beyond its kind."""
         cache = self.image_cache if cache is _OWN else cache
-        prepared = self._prepare(ref, cache)
+        source: Any = ref
+        if media:
+            found = _or_error(detect, ref, self.image_policy)
+            if isinstance(found, (MediaSource, ImageLoadError)):
+                return found
+            source = ref if found is None else found  # a still whose bytes were read already (a URL): not again
+        prepared = self._prepare(source, cache)
         if self._records(cache) and isinstance(prepared, Prepared):
             prepared.name = describe(ref)
         return prepared
