@@ -145,10 +145,11 @@ class Settings(BaseSettings):
     )
     media_dedup_distance: float = Field(
         0.01, ge=0, le=1, description="Sampled frames this close to the last embedded one (mean absolute difference of "
-        "32x32 greyscale thumbnails, 0-1) reuse its scores instead of being embedded again (0: embed every sampled frame).",
+        "32x32 colour thumbnails, 0-1) reuse its scores instead of being embedded again (0: embed every sampled frame).",
     )
     media_batch_size: int = Field(
-        8, ge=1, description="Frames embedded and scored at a time; early exit is checked after each such batch.",
+        4, ge=1, description="Frames embedded and scored at a time (and decoded ahead of them); early exit is checked "
+        "after each such batch.",
     )
     media_early_exit_animation: int = Field(
         1, ge=0, description="Stop decoding an animation once a block label has fired on this many sampled frames (0: never).",
@@ -160,7 +161,7 @@ class Settings(BaseSettings):
         1.0, gt=0, description="Frames per second sampled from a video (besides scene cuts and the first and last frame).",
     )
     video_scene_threshold: float = Field(
-        0.12, ge=0, le=1, description="A decoded frame whose 32x32 greyscale thumbnail differs from the previous frame's by "
+        0.12, ge=0, le=1, description="A decoded frame whose 32x32 colour thumbnail differs from the previous frame's by "
         "more than this (mean absolute difference, 0-1) is a scene cut and is sampled too (0: no scene-cut sampling, "
         "which lets sparse sampling seek from keyframe to keyframe).",
     )

@@ -30,6 +30,8 @@ def open_animation(data: bytes, limits: MediaLimits, sample_frames: int) -> Fram
     """The stream of an animation's sampled frames (see the module's docstring)."""
     try:
         im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError("too_many_pixels", f"the animation's logical screen is too large to composite frames on: {exc}") from None
     except Exception as exc:  # noqa: BLE001 (Pillow raises many kinds for a damaged header)
         raise ImageLoadError("invalid_media", f"could not read animation header: {exc}") from None
     width, height = im.size

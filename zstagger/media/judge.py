@@ -76,7 +76,7 @@ def judge_frames(stream: FrameStream, classifier: Any, embed: Embed, *, batch_si
         waiting.clear()
         return bool(early_exit and block and (fired[block] >= early_exit).any())
 
-    for frame in read_ahead(stream, depth or 2 * batch_size):
+    for frame in read_ahead(stream, depth or batch_size):
         if last is not None and dedup > 0 and distance(frame.thumb, last) < dedup:
             if pending:
                 waiting.append((frame.time, len(pending) - 1))

@@ -18,7 +18,7 @@ class MediaOptions:
     video_rate: float = 1.0
     scene_threshold: float = 0.12
     dedup: float = 0.01
-    batch_size: int = 8
+    batch_size: int = 4
     early_exit_animation: int = 1
     early_exit_video: int = 2
 

@@ -80,7 +80,7 @@ def _reason(exc: Exception) -> str:
 
 
 def _thumb(frame) -> np.ndarray:
-    small = frame.reformat(width=THUMB, height=THUMB, format="gray8")
+    small = frame.reformat(width=THUMB, height=THUMB, format="rgb24")
     return small.to_ndarray().astype(np.float32) / 255.0
 
 
@@ -92,6 +92,7 @@ def _sampled(container, stream, out: FrameStream, interval: float, scene_thresho
     previous: np.ndarray | None = None
     last = None  # (frame, thumb, time, index) of the last decoded frame, if it was not sampled
     keyframes: list[float] = []
+    end = 0.0
     seek = scene_threshold <= 0
     index = -1
     with container:
@@ -112,7 +113,7 @@ def _sampled(container, stream, out: FrameStream, interval: float, scene_thresho
                 start = when
             at = max(0.0, when - start)
             meter.frame(frame.width, frame.height, at)
-            out.duration = max(out.duration or 0.0, at)
+            end = max(end, at)
             if frame.key_frame:
                 keyframes.append(at)
             thumb = _thumb(frame)
@@ -131,6 +132,11 @@ def _sampled(container, stream, out: FrameStream, interval: float, scene_thresho
         if last is not None:
             frame, thumb, at, index = last
             yield Frame(at, frame.to_image(), thumb, index)
+    declared = out.duration
+    # Ended well before the length its header declares: cut short (what there was, was judged).
+    if declared is not None and not out.truncated and end < declared - max(1.0, 2 * interval):
+        out.truncated = True
+    out.duration = end if out.truncated or declared is None else max(declared, end)
 
 
 def _time(frame, stream, decoded: int) -> float:
