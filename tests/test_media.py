@@ -438,3 +438,76 @@ def test_the_taxonomy_media_block_is_validated():
                            ({"surprise": 1}, "surprise")):
         with pytest.raises(TaxonomyError, match=message):
             Taxonomy(**base, media=media)
+
+
+# -- the same result through a real worker and the HTTP service ------------------------------------
+
+
+def test_a_video_and_a_gif_through_a_worker_and_the_http_service_equal_the_cli(tmp_path, tiny_model_dir, spec_dir, moderation):
+    import base64
+    import functools
+    import http.server
+    import threading
+
+    import httpx
+    from harness import ApiServer, RedisServer, Worker
+
+    from zstagger.service.auth import hash_key
+
+    media = tmp_path / "media"
+    media.mkdir()
+    video(media / "clip.mp4", seconds=4, flagged=[(1.0, 2.0)])
+    frames = [clutter(i) for i in range(8)]
+    frames[5] = pattern(2)
+    (media / "moving.gif").write_bytes(animation(frames))
+    files = [str(media / "clip.mp4"), str(media / "moving.gif")]
+    env = {"ZSTAGGER_MODEL": str(tiny_model_dir), "ZSTAGGER_PRECISION": "fp32", "ZSTAGGER_TAXONOMY_PATH": str(spec_dir),
+           "ZSTAGGER_CACHE_DIR": str(tmp_path / "cache"), "ZSTAGGER_METRICS_PORT": "0"}
+    direct = run_cli("tag", *files, "-t", "media-mod", "--format", "jsonl", env=env)
+    assert direct.returncode == 0, direct.stderr
+    expected = [json.loads(line) for line in direct.stdout.splitlines()]
+    assert [r["verdict"] for r in expected] == ["block", "block"] and all("media" in r for r in expected)
+
+    def same(got, want):
+        assert got["verdict"] == want["verdict"] and got["tags"] == want["tags"] and got["media"] == want["media"]
+        assert [s["label"] for s in got["segments"]] == [s["label"] for s in want["segments"]]
+        np.testing.assert_allclose([s["score"] for s in got["scores"]], [s["score"] for s in want["scores"]], atol=1e-6)
+
+    redis_server = RedisServer(tmp_path).start()
+    worker = None
+    try:
+        queue_env = {**env, "ZSTAGGER_REDIS_URL": redis_server.url}
+        worker = Worker("media", queue_env, tmp_path, args=("--queues", "bulk")).wait_ready()
+        for upload in ((), ("--upload",)):
+            job = run_cli("enqueue", *files, "-t", "media-mod", *upload, env=queue_env)
+            assert job.returncode == 0, job.stderr
+            got = run_cli("results", job.stdout.strip(), "--wait", "--timeout", "120", env=queue_env)
+            assert got.returncode == 0, got.stderr + worker.output()[-3000:]
+            for line, want in zip(got.stdout.splitlines(), expected):
+                same(json.loads(line), want)
+    finally:
+        if worker is not None:
+            worker.terminate(timeout=20)
+        redis_server.stop()
+
+    files_server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(media)))
+    threading.Thread(target=files_server.serve_forever, daemon=True).start()
+    key = "zst_media-test-key"
+    api = ApiServer({**env, "ZSTAGGER_API_KEYS": hash_key(key), "ZSTAGGER_ALLOW_PRIVATE_URLS": "1"}, tmp_path).wait_ready()
+    try:
+        base = f"http://127.0.0.1:{files_server.server_address[1]}"
+        clip = "data:video/mp4;base64," + base64.b64encode((media / "clip.mp4").read_bytes()).decode()
+        answer = httpx.post(api.url + "/v1/tag", headers={"Authorization": f"Bearer {key}"}, timeout=120,
+                            json={"images": [clip, f"{base}/moving.gif"], "taxonomy": "media-mod"})
+        assert answer.status_code == 200, answer.text
+        for got, want in zip(answer.json()["results"], expected):
+            same(got, want)
+        moderation = httpx.post(api.url + "/v1/moderations", headers={"Authorization": f"Bearer {key}"}, timeout=120,
+                                json={"model": "media-mod", "input": [{"type": "image_url", "image_url": {"url": f"{base}/moving.gif"}}]})
+        assert moderation.status_code == 200, moderation.text
+        assert moderation.json()["results"][0]["flagged"] is True
+    finally:
+        assert api.stop() in (0, -15)
+        files_server.shutdown()
+    assert "Traceback" not in api.log_path.read_text()

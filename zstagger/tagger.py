@@ -334,10 +334,7 @@ class Tagger:
             raise ConfigurationError(f"top_k must be at least 1, got {top_k}")
         self.classifier(spec)  # compile (text embeddings) before the first image is read
         for refs, embeds, errors in self.embed_batches(iter_inputs(images), batch_size, job_id=job_id, media=True):
-            if any(isinstance(e, MediaSource) for e in errors):
-                yield from self._results_with_media(spec, refs, embeds, errors, top_k, frames)
-            else:
-                yield from self.results(spec, refs, embeds, errors, top_k)
+            yield from self.results(spec, refs, embeds, errors, top_k, frames=frames)
 
     # -- animations and videos (zstagger.media): the loader found them, judged here in input order --
 
@@ -376,14 +373,20 @@ class Tagger:
         errors: Sequence[ImageLoadError | None],
         top_k: int | None = None,
         source: str = "image",
+        *,
+        frames: bool = False,
     ) -> list[TagResult]:
         """Result records for one batch: ``embeds`` has a row for each ref whose error is None.
+        An animation or video the loader found (a :class:`~zstagger.media.MediaSource` in place
+        of its error) is judged now, over its frames (``frames``: with each one's scores).
 
         The one place where embeddings become :class:`TagResult`s (tagging, the HTTP
         service's micro-batches, anything scoring stored embeddings; ``source="store"``
         marks results scored from stored embeddings in their provenance). :meth:`result_lines`
         is the same as JSON lines, for millions of rows.
         """
+        if any(isinstance(e, MediaSource) for e in errors):
+            return self._results_with_media(taxonomy, refs, embeds, errors, top_k, frames)
         compiled = self.classifier(taxonomy)
         provenance = self.provenance(taxonomy, source)
         done = iter(compiled.classify(embeds, top_k) if embeds is not None else [])

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import ImageLoadError
 from ..images import ImageInput
+from ..media import MediaSource
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class MicroBatcher:
         futures: list[asyncio.Future | None] = []
         items = []
         for ready in prepared:
-            if isinstance(ready, ImageLoadError):
+            if isinstance(ready, (ImageLoadError, MediaSource)):  # media are judged over their frames, not batched here
                 futures.append(None)
                 continue
             future = loop.create_future()
@@ -123,7 +124,7 @@ class MicroBatcher:
         rows = []
         for future in futures:
             rows.append(await future if future is not None else None)
-        return rows, [p if isinstance(p, ImageLoadError) else None for p in prepared]
+        return rows, [p if isinstance(p, (ImageLoadError, MediaSource)) else None for p in prepared]
 
     def _take_batch(self) -> list[_Item] | None:
         with self._ready:

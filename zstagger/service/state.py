@@ -8,6 +8,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from functools import partial
 
 from ..errors import ZstaggerError
 from ..images import ImageInput
@@ -47,7 +48,7 @@ class ServiceState:
 
             tagger = Tagger(settings=self.settings)
             self.batcher = MicroBatcher(
-                tagger.prepare, tagger.embed_prepared,
+                partial(tagger.prepare, media=True), tagger.embed_prepared,  # media: judged over their frames in _results
                 batch_size=tagger.batch_size,
                 max_wait=self.settings.batch_wait_ms / 1000,
                 max_pending=self.settings.max_pending_images,
