@@ -278,6 +278,27 @@ def test_scene_cuts_are_sampled_between_the_regular_samples(tmp_path, tagger, pa
     assert not any(2.2 < f.time < 2.8 for f in blind.frames) and blind.verdict == "allow"
 
 
+def test_sparse_sampling_seeks_from_keyframe_to_keyframe(tmp_path):
+    from zstagger.media.video import open_video
+
+    path = tmp_path / "gop5.mp4"
+    with av.open(str(path), "w") as out:  # a keyframe every 0.5 s, sampled once a second
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = SIZE[0], SIZE[1], "yuv420p"
+        stream.options = {"g": "5", "keyint_min": "5", "sc_threshold": "0"}
+        for i in range(200):
+            for packet in stream.encode(av.VideoFrame.from_image(clutter(i // 5))):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    every = open_video(str(path), MediaLimits(), 1.0, 0.12)
+    assert len(list(every)) >= 21 and every.frames_decoded == 200  # looking for scene cuts: every frame decoded
+    seeking = open_video(str(path), MediaLimits(), 1.0, 0.0)
+    times = [f.time for f in seeking]
+    assert times == pytest.approx([*range(20), 19.9]) and not seeking.truncated
+    assert seeking.frames_decoded < 0.7 * 200, seeking.frames_decoded
+
+
 def test_mean_of_top_k_and_min_frames_policies(tmp_path, tagger, spec_dir):
     path = str(video(tmp_path / "short-hit.mp4", seconds=8, flagged=[(3.0, 4.0)]))
     two = write_spec(spec_dir, "need-two", media={"min_frames": 3, "early_exit_frames": 0})
