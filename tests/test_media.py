@@ -501,13 +501,12 @@ def test_a_video_and_a_gif_through_a_worker_and_the_http_service_equal_the_cli(t
     try:
         queue_env = {**env, "ZSTAGGER_REDIS_URL": redis_server.url}
         worker = Worker("media", queue_env, tmp_path, args=("--queues", "bulk")).wait_ready()
-        for upload in ((), ("--upload",)):
-            job = run_cli("enqueue", *files, "-t", "media-mod", *upload, env=queue_env)
-            assert job.returncode == 0, job.stderr
-            got = run_cli("results", job.stdout.strip(), "--wait", "--timeout", "120", env=queue_env)
-            assert got.returncode == 0, got.stderr + worker.output()[-3000:]
-            for line, want in zip(got.stdout.splitlines(), expected):
-                same(json.loads(line), want)
+        job = run_cli("enqueue", *files, "-t", "media-mod", "--upload", env=queue_env)  # the bytes travel: a remote worker
+        assert job.returncode == 0, job.stderr
+        got = run_cli("results", job.stdout.strip(), "--wait", "--timeout", "120", env=queue_env)
+        assert got.returncode == 0, got.stderr + worker.output()[-3000:]
+        for line, want in zip(got.stdout.splitlines(), expected):
+            same(json.loads(line), want)
     finally:
         if worker is not None:
             worker.terminate(timeout=20)
@@ -526,6 +525,10 @@ def test_a_video_and_a_gif_through_a_worker_and_the_http_service_equal_the_cli(t
         assert answer.status_code == 200, answer.text
         for got, want in zip(answer.json()["results"], expected):
             same(got, want)
+            assert "frames" not in got
+        with_frames = httpx.post(api.url + "/v1/tag", headers={"Authorization": f"Bearer {key}"}, timeout=120,
+                                 json={"images": [f"{base}/moving.gif"], "taxonomy": "media-mod", "frames": True})
+        assert len(with_frames.json()["results"][0]["frames"]) == expected[1]["media"]["frames_scored"]
         moderation = httpx.post(api.url + "/v1/moderations", headers={"Authorization": f"Bearer {key}"}, timeout=120,
                                 json={"model": "media-mod", "input": [{"type": "image_url", "image_url": {"url": f"{base}/moving.gif"}}]})
         assert moderation.status_code == 200, moderation.text
