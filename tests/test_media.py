@@ -409,7 +409,7 @@ def test_each_limit_is_an_error_record(tmp_path, tagger, moderation, limit, valu
     assert result[1].ok  # the rest of the batch goes on
 
 
-def test_damaged_and_audio_only_files(tmp_path, tagger, moderation):
+def test_damaged_and_audio_only_files(tmp_path, tagger, moderation, patient):
     clip = video(tmp_path / "v.webm", seconds=6, codec="libvpx-vp9").read_bytes()
     with av.open(str(tmp_path / "audio.m4a"), "w", format="mp4") as out:
         stream = out.add_stream("aac", rate=8000)
@@ -423,6 +423,11 @@ def test_damaged_and_audio_only_files(tmp_path, tagger, moderation):
     mp4 = video(tmp_path / "v.mp4", seconds=2).read_bytes()
     inputs = [clip[: len(clip) // 2], str(tmp_path / "audio.m4a"), b"\x1a\x45\xdf\xa3" + bytes(range(256)) * 8,
               mp4[: len(mp4) // 2], clutter(1)]
+    frames = [clutter(i) for i in range(8)]
+    frames[2] = pattern(3)
+    gif = animation(frames)
+    cut_gif = tagger.tag(gif[: len(gif) * 6 // 10], patient)[0]  # a GIF cut off in its fifth frame or so
+    assert cut_gif.ok and cut_gif.media.truncated and cut_gif.verdict == "block" and 2 < cut_gif.media.frames_decoded < 8
     cut, audio, garbage, headless, fine = tagger.tag(inputs, moderation)
     assert cut.ok and cut.media.truncated and 0 < cut.media.frames_decoded < 60  # the frames before the cut are judged
     assert audio.error.type == "no_video_stream" and "audio" in audio.error.message

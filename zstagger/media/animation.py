@@ -37,8 +37,7 @@ def open_animation(data: bytes, limits: MediaLimits, sample_frames: int) -> Fram
     width, height = im.size
     limits.check_frame_size(width, height, "the animation's logical screen")
     if im.format == "GIF":
-        count = count_gif_frames(data, limits.max_frames + 1)
-        count = count if count is not None else limits.max_frames + 1 if len(data) > 0 else 0
+        count, _ = count_gif_frames(data, limits.max_frames + 1)  # a file cut short: the frames it has
     else:
         try:
             count = int(getattr(im, "n_frames", 1))  # APNG: as declared (acTL); WebP: from its chunks

@@ -29,9 +29,9 @@ def sniff(head: bytes, complete: bool = True) -> MediaKind | str | None:
     """``"animation"``, ``"video"``, None for anything else (a still image, or not media at all),
     or :data:`NEED_MORE` when ``head`` (not ``complete``) ends before the answer."""
     if head[:6] in (b"GIF87a", b"GIF89a"):
-        frames = count_gif_frames(head, 2)
-        if frames is None:
-            return None if complete else NEED_MORE
+        frames, ended = count_gif_frames(head, 2)
+        if frames < 2 and not ended and not complete:
+            return NEED_MORE
         return "animation" if frames >= 2 else None
     if head[:8] == _PNG:
         return _apng(head, complete)
@@ -50,12 +50,13 @@ def sniff(head: bytes, complete: bool = True) -> MediaKind | str | None:
     return None
 
 
-def count_gif_frames(data: bytes, stop_at: int) -> int | None:
-    """How many frames (image descriptors) a GIF has, counting up to ``stop_at`` at most;
-    None when the bytes end first. Walks blocks only (no LZW decoding): linear, and
+def count_gif_frames(data: bytes, stop_at: int) -> tuple[int, bool]:
+    """How many frames (image descriptors) a GIF has, counting up to ``stop_at`` at most, and
+    whether the count is final (the trailer, a stray byte or ``stop_at`` reached) rather than
+    cut short by the end of ``data``. Walks blocks only (no LZW decoding): linear, and
     bounded by ``stop_at`` however many frames the file claims."""
     if len(data) < 13:
-        return None
+        return 0, False
     pos = 13
     flags = data[10]
     if flags & 0x80:
@@ -65,23 +66,23 @@ def count_gif_frames(data: bytes, stop_at: int) -> int | None:
     while pos < size:
         block = data[pos]
         if block == 0x3B:  # trailer
-            return frames
+            return frames, True
         if block == 0x21:  # extension: label, then sub-blocks
             pos = _skip_sub_blocks(data, pos + 2)
         elif block == 0x2C:  # image descriptor, optional local colour table, LZW code size, sub-blocks
             if pos + 10 > size:
-                return None
+                return frames, False
             frames += 1
             if frames >= stop_at:
-                return frames
+                return frames, True
             local = data[pos + 9]
             pos += 10 + ((3 << ((local & 7) + 1)) if local & 0x80 else 0) + 1
             pos = _skip_sub_blocks(data, pos)
         else:  # garbage after the frames: what Pillow would stop at too
-            return frames
+            return frames, True
         if pos < 0:
-            return None
-    return None
+            return frames, False
+    return frames, False
 
 
 def _skip_sub_blocks(data: bytes, pos: int) -> int:
