@@ -301,6 +301,15 @@ def test_sparse_sampling_seeks_from_keyframe_to_keyframe(tmp_path):
     assert seeking.frames_decoded < 0.7 * 200, seeking.frames_decoded
 
 
+def test_video_frames_are_converted_at_the_size_the_model_keeps(tmp_path, tagger):
+    from zstagger.media.video import open_video
+
+    path = str(video(tmp_path / "v.mp4", seconds=2))
+    assert {f.image.size for f in open_video(path, MediaLimits(), 1.0, 0.12, frame_side=24)} == {(32, 24)}
+    assert {f.image.size for f in open_video(path, MediaLimits(), 1.0, 0.12)} == {SIZE}
+    assert tagger.media_options.frame_side == tagger.decode_size  # twice the model's input side, as for JPEGs
+
+
 def test_mean_of_top_k_and_min_frames_policies(tmp_path, tagger, spec_dir):
     path = str(video(tmp_path / "short-hit.mp4", seconds=8, flagged=[(3.0, 4.0)]))
     two = write_spec(spec_dir, "need-two", media={"min_frames": 3, "early_exit_frames": 0})

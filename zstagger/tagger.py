@@ -132,7 +132,6 @@ class Tagger:
         if self.batch_size < 1:
             raise ConfigurationError(f"batch size must be at least 1, got {self.batch_size}")
         self.image_policy = image_policy or ImagePolicy.from_settings(settings)
-        self.media_options = MediaOptions.from_settings(settings)
         self.model_name = model or settings.model
         self._device, self._precision = device or settings.device, precision or settings.precision
         threads = loader_threads if loader_threads is not None else settings.loader_threads
@@ -140,6 +139,7 @@ class Tagger:
         self._requested_lanes = lanes if lanes is not None else settings.inference_lanes
         self.exact = settings.exact_preprocessing if exact_preprocessing is None else exact_preprocessing
         self.preprocessing = "exact" if self.exact else "fast"
+        self._media_options: MediaOptions | None = None
         # image_cache: an object (used as given), True/False, or None to follow ZSTAGGER_STORE, then ZSTAGGER_IMAGE_CACHE.
         use_cache = settings.image_cache if image_cache is None else image_cache
         self._owns_cache = use_cache is True
@@ -347,6 +347,18 @@ class Tagger:
             if isinstance(source, MediaSource):
                 out[i] = self.tag_media(source, describe(refs[i]), spec, top_k=top_k, frames=frames)
         return out
+
+    @property
+    def media_options(self) -> MediaOptions:
+        """How animations and videos are read and sampled (settings; video frames converted at the
+        size the model's preprocessing keeps, as JPEGs are decoded, unless preprocessing is exact)."""
+        if self._media_options is None:
+            self._media_options = MediaOptions.from_settings(self.settings, self.decode_size)
+        return self._media_options
+
+    @media_options.setter
+    def media_options(self, options: MediaOptions) -> None:
+        self._media_options = options
 
     def tag_media(self, source: MediaSource, name: str, taxonomy: Taxonomy, *, top_k: int | None = None,
                   frames: bool = False) -> TagResult:

@@ -21,9 +21,12 @@ class MediaOptions:
     batch_size: int = 4
     early_exit_animation: int = 1
     early_exit_video: int = 2
+    #: Video frames whose shorter side is longer are scaled down to it as they are converted to
+    #: RGB (the model's preprocessing shrinks them anyway; None: full size, for exact preprocessing).
+    frame_side: int | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> MediaOptions:
+    def from_settings(cls, settings: Settings, frame_side: int | None = None) -> MediaOptions:
         return cls(MediaLimits.from_settings(settings), settings.media_animation_frames, settings.video_sample_rate,
                    settings.video_scene_threshold, settings.media_dedup_distance, settings.media_batch_size,
-                   settings.media_early_exit_animation, settings.video_early_exit)
+                   settings.media_early_exit_animation, settings.video_early_exit, frame_side)

@@ -40,8 +40,11 @@ def _av():
     return av
 
 
-def open_video(source: bytes | str, limits: MediaLimits, rate: float, scene_threshold: float) -> FrameStream:
-    """The stream of a video's sampled frames; ``source`` is the encoded bytes or a local file's path."""
+def open_video(source: bytes | str, limits: MediaLimits, rate: float, scene_threshold: float,
+               frame_side: int | None = None) -> FrameStream:
+    """The stream of a video's sampled frames; ``source`` is the encoded bytes or a local file's path.
+    ``frame_side``: sampled frames whose shorter side is longer are scaled down to it (area
+    averaging) as they are converted to RGB, which is cheaper than converting them whole."""
     av = _av()
     try:
         container = av.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source, mode="r",
@@ -63,7 +66,7 @@ def open_video(source: bytes | str, limits: MediaLimits, rate: float, scene_thre
         container.close()
         raise
     out = FrameStream("video", DecodeMeter(limits), duration=declared)
-    out._frames = metered(out, _sampled(container, stream, out, 1.0 / rate, scene_threshold))
+    out._frames = metered(out, _sampled(container, stream, out, 1.0 / rate, scene_threshold, frame_side))
     return out
 
 
@@ -84,7 +87,17 @@ def _thumb(frame) -> np.ndarray:
     return small.to_ndarray().astype(np.float32) / 255.0
 
 
-def _sampled(container, stream, out: FrameStream, interval: float, scene_threshold: float) -> Iterator[Frame]:
+def _picture(frame, side: int | None):
+    short = min(frame.width, frame.height)
+    if not side or short <= side:
+        return frame.to_image()
+    scale = side / short
+    return frame.to_image(width=max(1, round(frame.width * scale)), height=max(1, round(frame.height * scale)),
+                          interpolation="AREA")
+
+
+def _sampled(container, stream, out: FrameStream, interval: float, scene_threshold: float,
+             side: int | None) -> Iterator[Frame]:
     av = _av()
     meter = out.meter
     start: float | None = None
@@ -121,7 +134,7 @@ def _sampled(container, stream, out: FrameStream, interval: float, scene_thresho
             previous = thumb
             if index == 0 or at >= next_at - 1e-6 or cut:
                 last = None
-                yield Frame(at, frame.to_image(), thumb, index)
+                yield Frame(at, _picture(frame, side), thumb, index)
                 next_at = (math.floor(at / interval + 1e-6) + 1) * interval
                 if seek and _keyframes_closer_than(keyframes, interval) and next_at - at > 1.5 * _gop(keyframes):
                     container.seek(_pts(start + next_at, stream), stream=stream, backward=True, any_frame=False)
@@ -131,7 +144,7 @@ def _sampled(container, stream, out: FrameStream, interval: float, scene_thresho
                 last = (frame, thumb, at, index)
         if last is not None:
             frame, thumb, at, index = last
-            yield Frame(at, frame.to_image(), thumb, index)
+            yield Frame(at, _picture(frame, side), thumb, index)
     declared = out.duration
     # Ended well before the length its header declares: cut short (what there was, was judged).
     if declared is not None and not out.truncated and end < declared - max(1.0, 2 * interval):
