@@ -24,8 +24,8 @@ LAYERS = {
     "net": 20,  # every outbound request: fetcher, address policy, deadlines
     "synthetic": 21,  # generated images, for tests and benchmarks
     "images": 22,
-    "media": 23,  # reserved: animations and video, frames like images
-    "taxonomy": 24, "hookspecs": 25, "plugins": 26, "builtin": 27, "registry": 28,
+    "taxonomy": 23, "hookspecs": 24, "plugins": 25, "builtin": 26, "registry": 27,
+    "media": 28,  # animations and video: frames like images, judged with a taxonomy's media policy
     "sources": 29,  # reserved: image sources by scheme, registered like plugins
     # 30: what the embedder and the tagger are handed: caches, the embedding store's backends,
     # image sets, compiled taxonomies, model runtimes. The embedding store sits here (not with

@@ -23,8 +23,8 @@ from .errors import (
     ZstaggerError,
 )
 from .hookspecs import hookimpl
-from .results import ErrorInfo, LabelScore, TagResult
-from .taxonomy import Label, Taxonomy
+from .results import ErrorInfo, FrameScore, LabelScore, MediaInfo, Segment, TagResult
+from .taxonomy import Label, MediaPolicy, Taxonomy
 
 __version__ = "0.1.0"
 
@@ -43,12 +43,14 @@ _LAZY = {
     "calibrate": "zstagger.evaluation",
     "Job": "zstagger.queue.client",
     "verify_webhook": "zstagger.queue.signing",
+    "MediaOptions": "zstagger.media",
 }
 
 if TYPE_CHECKING:
     from .engine.model import ClipEncoder
     from .evaluation import calibrate, evaluate
     from .images import ImagePolicy
+    from .media import MediaOptions
     from .plugins import load_plugins
     from .registry import get_taxonomy, invalid_taxonomies, registered_taxonomies, resolve_taxonomy
     from .queue.client import Job, enqueue
@@ -66,7 +68,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "ClipEncoder", "ConfigurationError", "ErrorInfo", "Job", "calibrate", "enqueue", "evaluate", "ImageLoadError", "ImagePolicy", "Label", "LabelScore",
+    "ClipEncoder", "ConfigurationError", "ErrorInfo", "FrameScore", "Job", "MediaInfo", "MediaOptions", "MediaPolicy", "Segment", "calibrate", "enqueue", "evaluate", "ImageLoadError", "ImagePolicy", "Label", "LabelScore",
     "ModelLoadError", "ModelNotFoundError", "PluginError", "Settings", "TagResult", "Tagger", "Taxonomy",
     "TaxonomyError", "UnknownTaxonomyError", "ZstaggerError", "get_taxonomy", "hookimpl", "invalid_taxonomies",
     "load_plugins", "registered_taxonomies", "resolve_taxonomy", "verify_webhook", "__version__",

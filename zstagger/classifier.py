@@ -195,7 +195,10 @@ class TaxonomyClassifier:
         return BatchScores(scores, cosines, matched, rows, best)
 
     def classify(self, image_embeds: np.ndarray, top_k: int | None = None) -> list[Classification]:
-        batch = self.classify_batch(image_embeds, top_k)
+        return self.classifications(self.classify_batch(image_embeds, top_k))
+
+    def classifications(self, batch: BatchClassification) -> list[Classification]:
+        """A classified batch as one :class:`Classification` per row."""
         names = self.names
         return [
             Classification(scores=[(names[i], s, c) for i, s, c in zip(ranked, scores, cosines)],
@@ -207,7 +210,11 @@ class TaxonomyClassifier:
 
     def classify_batch(self, image_embeds: np.ndarray, top_k: int | None = None) -> BatchClassification:
         """Score a batch and apply the taxonomy's rules to every row at once (no per-label Python)."""
-        batch = self.score(image_embeds)
+        return self.classify_scores(self.score(image_embeds), top_k)
+
+    def classify_scores(self, batch: BatchScores, top_k: int | None = None) -> BatchClassification:
+        """Apply the taxonomy's rules (thresholds, hierarchy, actions, known images) to rows of
+        scores: those of images (:meth:`score`), or a video's frames aggregated into one row."""
         ranked = self._ranked(batch.scores)
         tags, mask = self._tags(batch.scores, ranked, batch.matched)
         shown = ranked[:, :top_k] if top_k is not None else ranked

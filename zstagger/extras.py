@@ -24,8 +24,9 @@ PROVIDERS: dict[str, tuple[str, str]] = {
     "multipart": ("serve", "python-multipart"),
     "sklearn": ("eval", "scikit-learn"),
     "matplotlib": ("eval", "matplotlib"),
+    "av": ("video", "av"),
 }
-_PURPOSE = {"model": "tagging images", "serve": "the HTTP service", "eval": "evaluation"}
+_PURPOSE = {"model": "tagging images", "serve": "the HTTP service", "eval": "evaluation", "video": "video files"}
 # Packages of the core install (pyproject's dependencies, and what kombu's Redis transport
 # imports without declaring it) whose import name is not their pip name.
 CORE_PACKAGES: dict[str, str] = {

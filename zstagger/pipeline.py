@@ -6,7 +6,8 @@ contract kept apart from scheduling (as infinity keeps ``encode_pre``/``encode_c
 
 - ``prepare(item)`` (encode_pre) runs in a loader thread for one input: read, look up,
   decode, preprocess. It returns the prepared item, or the ImageLoadError that input met
-  (it never raises for one input's own problem);
+  (it never raises for one input's own problem), or a :class:`SetAside` for an input the
+  caller judges another way (an animation or video, over its frames);
 - ``embed(prepared)`` (encode_core) runs in an encoder lane on one batch of prepared items
   and returns one vector per prepared item, in order;
 - encode_post, turning vectors into results, is the caller's: :meth:`Pipeline.run` yields
@@ -44,8 +45,19 @@ Item = TypeVar("Item")
 Ready = TypeVar("Ready")
 Item_contra = TypeVar("Item_contra", contravariant=True)
 
+class SetAside:
+    """What ``prepare`` returns for an input the stages leave to the caller instead of
+    embedding it (an animation or video, judged over its frames): it takes the input's place
+    among the batch's errors, with no vector. ``value``: what the caller needs to judge it."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+
 #: One batch: its inputs, a vector for each input whose error is None (None when none could
-#: be prepared), and each input's error or None.
+#: be prepared), and each input's error (or :class:`SetAside`) or None.
 Batch = tuple[list[Item], "np.ndarray | None", list["ImageLoadError | None"]]
 
 
@@ -127,7 +139,8 @@ def _embed_batch(stages: Stages[Item], loads: list[tuple[Item, Future]]) -> Batc
     for item, future in loads:
         prepared = future.result()
         items.append(item)
-        errors.append(prepared if isinstance(prepared, ImageLoadError) else None)
-        if not isinstance(prepared, ImageLoadError):
+        aside = isinstance(prepared, (ImageLoadError, SetAside))
+        errors.append(prepared if aside else None)
+        if not aside:
             ready.append(prepared)
     return items, (stages.embed(ready) if ready else None), errors

@@ -66,6 +66,47 @@ class KnownImageMatch(BaseModel):
     cosine: float  # how close: at or above the label's match_threshold
 
 
+class MediaInfo(BaseModel):
+    """What an animation or video was: its kind, length, and how much of it was judged.
+
+    ``frames_decoded`` counts every frame decoded, ``frames_scored`` the sampled frames whose
+    scores were aggregated; ``stopped_early``: decoding stopped once a block label had fired on
+    enough frames; ``truncated``: the stream broke off, and the frames before it were judged."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: str  # animation | video
+    duration: float | None = None  # seconds (as far as decoded, when stopped early)
+    frames_decoded: int = 0
+    frames_scored: int = 0
+    stopped_early: bool = False
+    truncated: bool = False
+
+
+class Segment(BaseModel):
+    """A contiguous stretch of sampled frames on which a label fired (times in seconds)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    label: str
+    start: float
+    end: float
+    peak_score: float
+    peak_time: float
+
+
+class FrameScore(BaseModel):
+    """One sampled frame's scores (asked for with ``frames=True`` / ``--frames``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    time: float
+    scores: dict[str, float]
+
+
+_MEDIA_FIELDS = ("media", "segments", "frames")
+
+
 class TagResult(BaseModel):
     """Tags for one input. ``error`` is set (and scores empty) when the input could not be read.
 
@@ -83,21 +124,39 @@ class TagResult(BaseModel):
     error: ErrorInfo | None = None
     provenance: Provenance | None = None
     matches: list[KnownImageMatch] | None = None
+    # Animations and videos only (left out of the output for stills, which read as before).
+    media: MediaInfo | None = None
+    segments: list[Segment] | None = None
+    frames: list[FrameScore] | None = None
 
     @model_serializer(mode="wrap")
     def _leave_out_no_matches(self, handler: SerializerFunctionWrapHandler):
         data = handler(self)
-        if isinstance(data, dict) and data.get("matches", 0) is None:
-            del data["matches"]
+        if isinstance(data, dict):
+            for key in ("matches", *_MEDIA_FIELDS):
+                if key in data and data[key] is None:
+                    del data[key]
         return data
 
     def to_json(self) -> str:
         """One line of JSON (the schema of ``zstagger tag`` and ``zstagger results``), always valid UTF-8."""
-        return format_result(
+        line = format_result(
             self.image, self.taxonomy, ((s.label, s.score, s.cosine) for s in self.scores), self.tags, self.verdict,
             self.error.model_dump(mode="json") if self.error is not None else None,
             self.provenance, None if self.matches is None else [(m.label, m.image, m.cosine) for m in self.matches],
         )
+        media = self._media_json()
+        return line if not media else line[:-1] + "," + media
+
+    def _media_json(self) -> str:
+        """The media fields that are set, as the inside of a JSON object (empty for a still)."""
+        if self.media is None and self.segments is None and self.frames is None:
+            return ""
+        fields = {key: getattr(self, key) for key in _MEDIA_FIELDS if getattr(self, key) is not None}
+        extra = _dumps({key: (value.model_dump(mode="json") if isinstance(value, BaseModel) else
+                              [v.model_dump(mode="json") for v in value]) for key, value in fields.items()})
+        return extra[1:]  # '"media":...}': replaces the closing brace of the line
+
 
     @classmethod
     def from_json(cls, line: str | bytes) -> TagResult:

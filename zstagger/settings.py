@@ -182,6 +182,63 @@ class Settings(BaseSettings):
         "callbacks (workers deliver webhooks: a loopback callback needs it on them too).",
         json_schema_extra=read_by(CLI, WORKER, API_SERVER, PRODUCER),
     )
+    # animations and video (zstagger.media)
+    media_max_duration: float = Field(
+        600.0, gt=0, description="Longest animation or video judged, in seconds: by its header, and by the frames actually "
+        "decoded (a stream that runs past its declared length stops here); longer ones become too_long error records.",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
+    )
+    media_max_frames: int = Field(
+        40_000, ge=1, description="Most frames decoded from one animation or video (every decoded frame counts, sampled or "
+        "not); beyond it: a too_many_frames error record.",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
+    )
+    media_max_frame_pixels: int = Field(
+        16_777_216, gt=0, description="Largest frame (width x height) of an animation (its logical screen) or video decoded.",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
+    )
+    media_max_total_pixels: int = Field(
+        60_000_000_000, gt=0, description="Most pixels decoded from one animation or video, all frames together "
+        "(about 8 minutes of 1080p at 30 frames/s); beyond it: a too_many_pixels error record.",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
+    )
+    media_timeout: float = Field(
+        120.0, gt=0, description="Seconds allowed to decode one animation or video; beyond it: a media_timeout error record.",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
+    )
+    media_animation_frames: int = Field(
+        64, ge=1, description="Frames of an animation judged: every frame up to this many, else this many sampled "
+        "uniformly across its frames.",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
+    )
+    media_dedup_distance: float = Field(
+        0.01, ge=0, le=1, description="Sampled frames this close to the last embedded one (mean absolute difference of "
+        "32x32 colour thumbnails, 0-1) reuse its scores instead of being embedded again (0: embed every sampled frame).",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
+    )
+    media_batch_size: int = Field(
+        4, ge=1, description="Frames embedded and scored at a time (and decoded ahead of them); early exit is checked "
+        "after each such batch.",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
+    )
+    media_early_exit_animation: int = Field(
+        1, ge=0, description="Stop decoding an animation once a block label has fired on this many sampled frames (0: never).",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
+    )
+    video_early_exit: int = Field(
+        2, ge=0, description="Stop decoding a video once a block label has fired on this many sampled frames (0: never).",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
+    )
+    video_sample_rate: float = Field(
+        1.0, gt=0, description="Frames per second sampled from a video (besides scene cuts and the first and last frame).",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
+    )
+    video_scene_threshold: float = Field(
+        0.12, ge=0, le=1, description="A decoded frame whose 32x32 colour thumbnail differs from the previous frame's by "
+        "more than this (mean absolute difference, 0-1) is a scene cut and is sampled too (0: no scene-cut sampling, "
+        "which lets sparse sampling seek from keyframe to keyframe).",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
+    )
     # queue
     redis_url: SecretUrl = Field(
         "redis://localhost:6379/0", repr=False, description="Broker and job store (redis:// or rediss://, password in the URL).",

@@ -24,18 +24,20 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from PIL import Image
 
 from .classifier import TaxonomyClassifier
-from .embedder import WRITE_EVERY, CacheRoute, Embedder, EmbedStages, Figures, Prepared, open_image_cache
+from .embedder import NO_CACHE, WRITE_EVERY, CacheRoute, Embedder, EmbedStages, Figures, Prepared, open_image_cache, or_error
 from .embedding_cache import EmbeddingCache, ImageEmbeddingCache, default_image_cache
 from .errors import ConfigurationError, ImageLoadError
 from .fewshot import ImageSets, resolve_image_sets
 from .fewshot.sets import LoadPack
 from .images import ImageInput, ImagePolicy, describe, iter_inputs
-from .pipeline import Pipeline
+from .media import MediaOptions, MediaSource, detect, tag_media
+from .pipeline import Pipeline, SetAside
 from .registry import resolve_taxonomy
 from .results import KnownImageMatch, LabelScore, Provenance, TagResult, format_results
 from .settings import Settings
@@ -93,6 +95,7 @@ class Tagger:
         threads = loader_threads if loader_threads is not None else settings.loader_threads
         self.loader_threads = threads or min(4, os.cpu_count() or 1)
         exact = settings.exact_preprocessing if exact_preprocessing is None else exact_preprocessing
+        self._media_options: MediaOptions | None = None
         self.image_cache, self._owns_cache = open_image_cache(image_cache, settings, connections=self.loader_threads + 1)
         # An embedding store records every image seen (reference, job), not only new embeddings.
         self._route = CacheRoute.of(self.image_cache)
@@ -202,10 +205,14 @@ class Tagger:
         batch_size: int | None = None,
         job_id: str = "",
         interrupted: Callable[[], bool] | None = None,
+        frames: bool = False,
     ) -> list[TagResult]:
-        """Tag images (paths, directories, URLs, bytes or PIL images); one result per image, in order."""
+        """Tag images (paths, directories, URLs, bytes or PIL images); one result per image, in order.
+
+        Animated GIF/APNG/WebP and video files are judged over their sampled frames
+        (:mod:`zstagger.media`); ``frames=True`` adds each sampled frame's scores to their results."""
         return list(self.tag_iter(images, taxonomy, labels=labels, template=template, top_k=top_k, batch_size=batch_size,
-                                  job_id=job_id, interrupted=interrupted))
+                                  job_id=job_id, interrupted=interrupted, frames=frames))
 
     def tag_iter(
         self,
@@ -218,6 +225,7 @@ class Tagger:
         batch_size: int | None = None,
         job_id: str = "",
         interrupted: Callable[[], bool] | None = None,
+        frames: bool = False,
     ) -> Iterator[TagResult]:
         """Like :meth:`tag`, yielding results as batches finish (constant memory).
 
@@ -232,8 +240,49 @@ class Tagger:
             raise ConfigurationError(f"top_k must be at least 1, got {top_k}")
         self.classifier(spec)  # compile (text embeddings) before the first image is read
         for refs, embeds, errors in self.embed_batches(iter_inputs(images), batch_size, job_id=job_id,
-                                                       interrupted=interrupted):
-            yield from self.results(spec, refs, embeds, errors, top_k)
+                                                       interrupted=interrupted, media=True):
+            yield from self.results(spec, refs, embeds, errors, top_k, frames=frames)
+
+    # -- animations and videos (zstagger.media): the loader set them aside, judged here in input order --
+
+    def _results_with_media(self, spec: Taxonomy, refs: Sequence[ImageInput], embeds: np.ndarray | None,
+                            found: Sequence[Any], top_k: int | None, frames: bool) -> list[TagResult]:
+        # Media have no row in embeds: scored as errors first, then replaced by their own results.
+        out = self.results(spec, refs, embeds, [ImageLoadError("media", "") if isinstance(e, SetAside) else e
+                                                for e in found], top_k)
+        for i, aside in enumerate(found):
+            if isinstance(aside, SetAside):
+                out[i] = self.tag_media(aside.value, describe(refs[i]), spec, top_k=top_k, frames=frames)
+        return out
+
+    @property
+    def media_options(self) -> MediaOptions:
+        """How animations and videos are read and sampled (settings; video frames converted at the
+        size the model's preprocessing keeps, as JPEGs are decoded, unless preprocessing is exact)."""
+        if self._media_options is None:
+            self._media_options = MediaOptions.from_settings(self.settings, self.decode_size)
+        return self._media_options
+
+    @media_options.setter
+    def media_options(self, options: MediaOptions) -> None:
+        self._media_options = options
+
+    def tag_media(self, source: MediaSource, name: str, taxonomy: Taxonomy, *, top_k: int | None = None,
+                  frames: bool = False) -> TagResult:
+        """One animation or video's result (:func:`zstagger.media.tag_media` with this Tagger's model)."""
+        return tag_media(source, name, taxonomy, self.classifier(taxonomy), self.embed_frames, self.media_options,
+                         self.provenance(taxonomy), top_k, frames)
+
+    def embed_frames(self, pictures: Sequence[Image.Image]) -> np.ndarray:
+        """Unit embeddings of decoded frames, one row each, through the loader threads and encoder
+        lanes (no image cache: frames are not images anyone will read again)."""
+        out = []
+        for _, embeds, errors in self.embed_batches(pictures, max(1, len(pictures)), route=NO_CACHE):
+            problem = next((e for e in errors if e is not None), None)
+            if problem is not None:
+                raise problem
+            out.append(embeds)
+        return np.concatenate(out)
 
     def results(
         self,
@@ -243,14 +292,20 @@ class Tagger:
         errors: Sequence[ImageLoadError | None],
         top_k: int | None = None,
         source: str = "image",
+        *,
+        frames: bool = False,
     ) -> list[TagResult]:
         """Result records for one batch: ``embeds`` has a row for each ref whose error is None.
+        An animation or video the loader set aside (a :class:`~zstagger.pipeline.SetAside` of its
+        :class:`~zstagger.media.MediaSource` in place of its error) is judged now, over its frames (``frames``: with each one's scores).
 
         The one place where embeddings become :class:`TagResult`s (tagging, the HTTP
         service's micro-batches, anything scoring stored embeddings; ``source="store"``
         marks results scored from stored embeddings in their provenance). :meth:`result_lines`
         is the same as JSON lines, for millions of rows.
         """
+        if any(isinstance(e, SetAside) for e in errors):
+            return self._results_with_media(taxonomy, refs, embeds, errors, top_k, frames)
         compiled = self.classifier(taxonomy)
         provenance = self.provenance(taxonomy, source)
         done = iter(compiled.classify(embeds, top_k) if embeds is not None else [])
@@ -292,7 +347,7 @@ class Tagger:
 
     def embed_batches(
         self, images: Iterable[ImageInput], batch_size: int | None = None, *, route: CacheRoute | None = None,
-        job_id: str = "", interrupted: Callable[[], bool] | None = None,
+        job_id: str = "", interrupted: Callable[[], bool] | None = None, media: bool = False,
     ) -> Iterator[tuple[list[ImageInput], np.ndarray | None, list[ImageLoadError | None]]]:
         """Load, preprocess and encode images in batches, keeping every stage busy (:mod:`zstagger.pipeline`).
 
@@ -301,12 +356,16 @@ class Tagger:
         ``route``: where images are looked up and kept (default: the tagger's own image
         cache, whose hits and misses :meth:`cache_stats` counts). An embedding store as the
         tagger's own cache records the images with ``job_id`` (see the module docstring).
-        ``interrupted``: see :meth:`tag_iter`.
+        ``interrupted``: see :meth:`tag_iter`. ``media``: animations and videos are not read
+        as images; their place in ``errors`` holds a :class:`~zstagger.pipeline.SetAside` of
+        their :class:`~zstagger.media.MediaSource` (no embedding row), for the caller to judge.
         """
         route = route or self._route
         own = route is self._route
         sightings = self._embedder.sighting_buffer(route, self._figures if own else None)
         stages = self._embedder.stages(route, job_id=job_id, sightings=sightings, figures=self._figures if own else None)
+        if media:
+            stages = _MediaAside(stages)
         if interrupted is not None:
             stages = _StopReading(stages, interrupted)
         try:
@@ -315,10 +374,12 @@ class Tagger:
             if sightings is not None:
                 sightings.flush()
 
-    def stages(self, job_id: str = "") -> EmbedStages:
+    def stages(self, job_id: str = "", *, media: bool = False) -> EmbedStages | _MediaAside:
         """The embedder's two stages through the tagger's own cache, as a scheduler runs them
-        (the HTTP service's micro-batcher): images are recorded as each batch is embedded."""
-        return self._embedder.stages(self._route, job_id=job_id, figures=self._figures)
+        (the HTTP service's micro-batcher): images are recorded as each batch is embedded.
+        ``media``: animations and videos are set aside (see :meth:`embed_batches`)."""
+        stages = self._embedder.stages(self._route, job_id=job_id, figures=self._figures)
+        return _MediaAside(stages) if media else stages
 
     def prepare(self, ref: ImageInput) -> Prepared | ImageLoadError:
         """``stages().prepare``: in a loader thread, the cached embedding, model-ready pixels, or the error."""
@@ -371,6 +432,29 @@ class _StopReading:
         if self._interrupted():
             return ImageLoadError(INTERRUPTED, "not read: tagging was interrupted", transient=True)
         return self._stages.prepare(ref)
+
+    def embed(self, ready: Sequence[Prepared]) -> np.ndarray:
+        return self._stages.embed(ready)
+
+
+class _MediaAside:
+    """Stages that set animations and videos aside for the caller, who judges them over their
+    frames (:mod:`zstagger.media`); stills go on through the embedder's stages as before."""
+
+    def __init__(self, stages: EmbedStages):
+        self._stages = stages
+
+    def prepare(self, ref: ImageInput) -> Prepared | ImageLoadError | SetAside:
+        found = or_error(detect, ref, self._stages.embedder.image_policy)
+        if isinstance(found, ImageLoadError):
+            return found
+        if isinstance(found, MediaSource):
+            return SetAside(found)
+        # A still whose bytes were read to sniff them (a URL) is not fetched again.
+        prepared = self._stages.prepare(ref if found is None else found)
+        if found is not None and isinstance(prepared, Prepared) and self._stages.route.records:
+            prepared.name = describe(ref)
+        return prepared
 
     def embed(self, ready: Sequence[Prepared]) -> np.ndarray:
         return self._stages.embed(ready)

@@ -120,6 +120,33 @@ class FewShot(BaseModel):
         return {"alpha": self.alpha, "beta": self.beta} if self.method == "cache" else {"weight": self.weight}
 
 
+class MediaPolicy(BaseModel):
+    """How an animation's or video's sampled frames make one judgement (see :mod:`zstagger.media.aggregate`).
+
+    A label's media score is, per ``aggregation``: ``max``, its ``min_frames``-th highest frame
+    score (1: the highest), so it clears the label's threshold only when at least that many
+    sampled frames do; ``mean_top_k``, the mean of its ``top_k`` highest frame scores. Tags and
+    the verdict then follow from those scores exactly as for a still image.
+    ``early_exit_frames``: stop decoding once a block label has fired on this many sampled
+    frames (0: never; None: ZSTAGGER_MEDIA_EARLY_EXIT_ANIMATION / ZSTAGGER_VIDEO_EARLY_EXIT).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    aggregation: Literal["max", "mean_top_k"] = "max"
+    min_frames: int = Field(1, ge=1, description="max: frames a label must fire on for the media to be tagged with it.")
+    top_k: int = Field(3, ge=1, description="mean_top_k: how many of a label's best frame scores are averaged.")
+    early_exit_frames: int | None = Field(None, ge=0, description="Block-label firings that stop decoding (0: never).")
+
+    @model_validator(mode="after")
+    def _knobs_match_the_method(self) -> MediaPolicy:
+        if self.aggregation == "mean_top_k" and self.min_frames != 1:
+            raise ValueError("min_frames applies to aggregation 'max'; mean_top_k averages the top_k best frame scores")
+        if self.aggregation == "max" and "top_k" in self.model_fields_set:
+            raise ValueError("top_k applies to aggregation 'mean_top_k'")
+        return self
+
+
 class ImageVectors(BaseModel):
     """The embeddings of a taxonomy's example and known images for one model (the key of
     ``image_vectors``: the model's fingerprint), written by ``zstagger examples embed``.
@@ -200,6 +227,7 @@ class Taxonomy(BaseModel):
     examples_root: str | None = Field(
         None, description="Directory that relative image paths are relative to (default: the taxonomy file's directory)."
     )
+    media: MediaPolicy | None = Field(None, description="How animations' and videos' frames are judged together (default: max).")
     image_vectors: dict[str, ImageVectors] = Field(
         default_factory=dict, description="Embedded example/known images per model fingerprint (`zstagger examples embed`)."
     )
@@ -414,7 +442,7 @@ class Taxonomy(BaseModel):
 
 
 _LABEL_IMAGE_FIELDS = {"examples": [], "negative_examples": [], "known_images": [], "match_threshold": None}
-_TAXONOMY_NEW_FIELDS = {"calibration": None, "few_shot": None, "examples_root": None, "image_vectors": {}}
+_TAXONOMY_NEW_FIELDS = {"calibration": None, "few_shot": None, "examples_root": None, "image_vectors": {}, "media": None}
 
 
 def _without_unused(spec: dict[str, Any]) -> dict[str, Any]:

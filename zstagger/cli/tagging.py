@@ -21,13 +21,19 @@ from .progress import progress_bar
 @click.option("--top-k", type=click.IntRange(min=1), help="Report only the K best scores per image.")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "table"]), help="Default: table on a terminal, jsonl otherwise.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal).")
+@click.option("--frames", "per_frame", is_flag=True, help="Add each sampled frame's scores to animation and video results.")
 @reports_errors
-def tag(inputs, taxonomy, labels, template, model, batch_size, device, precision, top_k, fmt, progress):
+def tag(inputs, taxonomy, labels, template, model, batch_size, device, precision, top_k, fmt, progress, per_frame):
     """Tag images: files, directories, http(s) URLs, or - for references on stdin.
+
+    Animated GIF/APNG/WebP and videos (MP4, MOV, WebM, MKV, ...) are judged over their
+    sampled frames; their results add media, segments (flagged stretches, in seconds) and,
+    with --frames, each sampled frame's scores.
 
     \b
     zstagger tag photos/ -t moderation
     zstagger tag cat.jpg --labels "cat,dog,bird"
+    zstagger tag clip.mp4 -t moderation --frames
     find /data -iname '*.jpg' | zstagger tag - -t ecommerce --format jsonl
     """
     from ..images import expand_inputs
@@ -47,7 +53,7 @@ def tag(inputs, taxonomy, labels, template, model, batch_size, device, precision
     # Ctrl-C and SIGTERM unwind through the tagger: it writes the embedding store's records
     # of every image printed before the command exits (130 or 143).
     with unwinds_on_sigterm(), reader_may_leave(), tagger, progress_bar(len(refs), "tagging", show) as bar:
-        for result in tagger.tag_iter(refs, spec, top_k=top_k):
+        for result in tagger.tag_iter(refs, spec, top_k=top_k, frames=per_frame):
             failed += result.error is not None
             bar.update(1)
             line = result.to_json() if fmt == "jsonl" else format_row(result)
@@ -70,6 +76,8 @@ def format_row(result) -> str:
         head += f"  tags={', '.join(result.tags) or '-'}"
         scores = "  ".join(f"{s.label}={s.score:.3f}" for s in result.scores[:5])
         row = f"{head}\n  {scores}"
+        for segment in result.segments or []:
+            row += f"\n  {segment.label} {segment.start:.2f}-{segment.end:.2f} s (peak {segment.peak_score:.3f} at {segment.peak_time:.2f} s)"
     # A file name that is not UTF-8 (surrogate escapes) is shown as \udcXX, as in the JSON.
     return row.encode("utf-8", "backslashreplace").decode("utf-8")
 

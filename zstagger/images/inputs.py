@@ -24,8 +24,15 @@ ImageInput = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, 
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".dib", ".tif", ".tiff",
-     ".ppm", ".pgm", ".pbm", ".pnm", ".ico", ".tga", ".jp2", ".j2k", ".avif", ".heic", ".heif"}
+     ".ppm", ".pgm", ".pbm", ".pnm", ".ico", ".tga", ".jp2", ".j2k", ".avif", ".heic", ".heif", ".apng"}
 )
+#: Video files a directory is searched for too (what a file is, is read from its bytes, not its name).
+VIDEO_EXTENSIONS = frozenset(
+    {".mp4", ".m4v", ".mov", ".qt", ".webm", ".mkv", ".avi", ".3gp", ".3g2", ".ts", ".mts", ".m2ts", ".flv", ".ogv", ".mpg", ".mpeg"}
+)
+
+
+_DISCOVERED = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS
 
 
 def is_url(ref: object) -> bool:
@@ -51,7 +58,7 @@ def iter_inputs(images: ImageInput | Iterable[ImageInput]) -> Iterator[ImageInpu
 
 
 def expand_inputs(inputs: Iterable[ImageInput]) -> Iterator[ImageInput]:
-    """Yield image references, replacing each directory by its image files (recursive, sorted).
+    """Yield image references, replacing each directory by its image and video files (recursive, sorted).
 
     Anything that is not a directory is passed through unchanged; a path that does not
     exist fails later, as an error record for that one input.
@@ -68,6 +75,6 @@ def _image_files(root: Path) -> Iterator[str]:
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+            if not name.startswith(".") and os.path.splitext(name)[1].lower() in _DISCOVERED:
                 found.append(os.path.join(dirpath, name))
     yield from sorted(found)

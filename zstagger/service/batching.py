@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from ..errors import ImageLoadError
 from ..images import ImageInput
-from ..pipeline import Stages
+from ..pipeline import SetAside, Stages
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class MicroBatcher:
         futures: list[asyncio.Future | None] = []
         items = []
         for ready in prepared:
-            if isinstance(ready, ImageLoadError):
+            if isinstance(ready, (ImageLoadError, SetAside)):  # media are judged over their frames, not batched here
                 futures.append(None)
                 continue
             future = loop.create_future()
@@ -126,7 +126,7 @@ class MicroBatcher:
         rows = []
         for future in futures:
             rows.append(await future if future is not None else None)
-        return rows, [p if isinstance(p, ImageLoadError) else None for p in prepared]
+        return rows, [p if isinstance(p, (ImageLoadError, SetAside)) else None for p in prepared]
 
     def _take_batch(self) -> list[_Item] | None:
         with self._ready:

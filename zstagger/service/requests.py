@@ -48,6 +48,7 @@ class TagRequest(BaseModel):
     template: Annotated[str, StringConstraints(max_length=512)] | None = Field(
         None, description='Template for labels, with {} for the label. Default: "This is a photo of {}."')
     top_k: int | None = Field(None, ge=1, le=100_000, description="Report only the K best scores per image.")
+    frames: bool = Field(False, description="Add each sampled frame's scores to animation and video results.")
 
 
 def decode_data_url(url: str, max_bytes: int) -> bytes:
@@ -106,8 +107,8 @@ def check_count(count: int, limit: int) -> None:
                        "split the request, or submit a job to /v1/jobs")
 
 
-async def read_tag_request(request: Request, settings: Settings) -> tuple[list[ImageInput], Taxonomy, int | None]:
-    """(image references, taxonomy, top_k) from a JSON or multipart ``/v1/tag`` body."""
+async def read_tag_request(request: Request, settings: Settings) -> tuple[list[ImageInput], Taxonomy, int | None, bool]:
+    """(image references, taxonomy, top_k, frames) from a JSON or multipart ``/v1/tag`` body."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         return await _read_multipart(request, settings)
@@ -122,10 +123,10 @@ async def read_tag_request(request: Request, settings: Settings) -> tuple[list[I
     check_count(len(parsed.images), settings.max_request_images)
     spec = taxonomy_for(parsed.taxonomy, parsed.labels, parsed.template)
     refs = [image_from_json(value, i, settings) for i, value in enumerate(parsed.images)]
-    return refs, spec, parsed.top_k
+    return refs, spec, parsed.top_k, parsed.frames
 
 
-async def _read_multipart(request: Request, settings: Settings) -> tuple[list[ImageInput], Taxonomy, int | None]:
+async def _read_multipart(request: Request, settings: Settings) -> tuple[list[ImageInput], Taxonomy, int | None, bool]:
     try:
         form = await request.form(max_files=settings.max_request_images, max_fields=64, max_part_size=64 * 1024)
     except ApiError:
@@ -138,12 +139,13 @@ async def _read_multipart(request: Request, settings: Settings) -> tuple[list[Im
         for key, value in form.multi_items():
             if isinstance(value, str):
                 fields.setdefault(key, []).append(value)
-        unknown = set(fields) - {"taxonomy", "labels", "template", "top_k"}
+        unknown = set(fields) - {"taxonomy", "labels", "template", "top_k", "frames"}
         if unknown:
             raise ApiError(400, "invalid_request", f"unknown form fields: {', '.join(sorted(unknown))}")
         check_count(len(uploads), settings.max_request_images)
         labels = [label for value in fields.get("labels", []) for label in value.split(",")] or None
         top_k = _one_int(fields.get("top_k"), "top_k")
+        frames = (_one(fields.get("frames"), "frames") or "false").lower() in ("1", "true", "yes")
         spec = taxonomy_for(_one(fields.get("taxonomy"), "taxonomy"), labels, _one(fields.get("template"), "template"))
         refs: list[ImageInput] = []
         for i, upload in enumerate(uploads):
@@ -152,7 +154,7 @@ async def _read_multipart(request: Request, settings: Settings) -> tuple[list[Im
                 raise ApiError(413, "payload_too_large", f"upload {upload.filename or i!r} is over the "
                                f"{settings.max_image_bytes:,}-byte limit (ZSTAGGER_MAX_IMAGE_BYTES)")
             refs.append(NamedBytes(upload.filename or f"upload-{i}", data))
-        return refs, spec, top_k
+        return refs, spec, top_k, frames
     finally:
         await form.close()
 

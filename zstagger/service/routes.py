@@ -23,6 +23,7 @@ MULTIPART_TAG = {
         "labels": {"type": "string", "description": "Comma-separated ad-hoc labels."},
         "template": {"type": "string"},
         "top_k": {"type": "integer", "minimum": 1},
+        "frames": {"type": "boolean", "description": "Each sampled frame's scores in animation and video results."},
     },
     "required": ["images"],
 }
@@ -65,8 +66,8 @@ async def tag(request: Request) -> TagResponse:
     A bad image is an error record in its place (HTTP 200); 4xx only for a bad request.
     """
     state = service(request)
-    refs, spec, top_k = await read_tag_request(request, state.settings)
-    return TagResponse(results=await state.tag(refs, spec, top_k))
+    refs, spec, top_k, frames = await read_tag_request(request, state.settings)
+    return TagResponse(results=await state.tag(refs, spec, top_k, frames=frames))
 
 
 @api.post("/moderations", response_model=ModerationResponse, openapi_extra=openapi_body(ModerationRequest))

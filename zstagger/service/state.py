@@ -47,7 +47,7 @@ class ServiceState:
 
             tagger = Tagger(settings=self.settings)
             self.batcher = MicroBatcher(
-                tagger.stages(),
+                tagger.stages(media=True),  # media: set aside, judged over their frames in _results
                 batch_size=tagger.batch_size,
                 max_wait=self.settings.batch_wait_ms / 1000,
                 max_pending=self.settings.max_pending_images,
@@ -71,8 +71,10 @@ class ServiceState:
 
     # -- tagging --------------------------------------------------------------------
 
-    async def tag(self, refs: Sequence[ImageInput], taxonomy: Taxonomy, top_k: int | None) -> list[TagResult]:
-        """Tag one request's images through the shared micro-batches; results in input order."""
+    async def tag(self, refs: Sequence[ImageInput], taxonomy: Taxonomy, top_k: int | None, *,
+                  frames: bool = False) -> list[TagResult]:
+        """Tag one request's images through the shared micro-batches; results in input order.
+        Animations and videos are judged over their frames (``frames``: with each one's scores)."""
         tagger = self.ready_tagger()
         batcher = self.batcher
         assert batcher is not None
@@ -90,17 +92,17 @@ class ServiceState:
             rows, errors = await batcher.embed(refs)
         finally:
             batcher.release(len(refs))
-        results = await asyncio.to_thread(self._results, tagger, taxonomy, refs, rows, errors, top_k)
+        results = await asyncio.to_thread(self._results, tagger, taxonomy, refs, rows, errors, top_k, frames)
         for result in results:
             self.metrics.images.labels("error" if result.error else "tagged").inc()
         return results
 
     @staticmethod
-    def _results(tagger, taxonomy, refs, rows, errors, top_k) -> list[TagResult]:
+    def _results(tagger, taxonomy, refs, rows, errors, top_k, frames=False) -> list[TagResult]:
         import numpy as np
 
         kept = [row for row in rows if row is not None]
-        return tagger.results(taxonomy, refs, np.stack(kept) if kept else None, errors, top_k)
+        return tagger.results(taxonomy, refs, np.stack(kept) if kept else None, errors, top_k, frames=frames)
 
     def close(self) -> None:
         if self.batcher is not None:

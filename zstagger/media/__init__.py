@@ -1,0 +1,23 @@
+"""Animations (GIF, APNG, WebP) and videos (MP4, MOV, WebM, MKV, ... through PyAV): every frame
+that matters judged, flagged stretches returned with their times.
+
+- :mod:`.sniff`: animation or video, from the bytes (never the extension);
+- :mod:`.source`: the loader's question for one input (:func:`detect` -> :class:`MediaSource`);
+- :mod:`.limits`: the limits every decode obeys and the meter that enforces them;
+- :mod:`.animation`, :mod:`.video`: decoders that yield sampled :class:`~.frames.Frame` s one at a time;
+- :mod:`.judge`: frames embedded and scored in small batches as they come, near-duplicates
+  reusing scores, early exit once a block label has fired on enough frames;
+- :mod:`.aggregate`: frame scores to the media's scores, and segments (pure functions);
+- :mod:`.tagging`: one media input to one result.
+
+Below the tagger: this package never imports the tagger, the queue, the service or the CLI;
+it is handed an ``embed`` function and a compiled taxonomy.
+"""
+
+from .aggregate import aggregate, segments
+from .options import MediaOptions
+from .sniff import sniff
+from .source import MediaSource, detect
+from .tagging import tag_media
+
+__all__ = ["MediaOptions", "MediaSource", "aggregate", "detect", "segments", "sniff", "tag_media"]

@@ -1,0 +1,77 @@
+"""One animation or video in, one :class:`~zstagger.results.TagResult` out.
+
+Opens the right decoder (:mod:`.animation`, :mod:`.video`), judges its sampled frames
+(:mod:`.judge`), aggregates them per label as the taxonomy's ``media`` policy says
+(:mod:`.aggregate`) and hands that one row to the taxonomy's classifier, so tags and the
+verdict follow exactly as for a still. Adds ``media``, ``segments`` and, on request, the
+per-frame scores. A problem with the file becomes the result's error, as for an image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from ..errors import ImageLoadError
+from ..results import FrameScore, KnownImageMatch, LabelScore, MediaInfo, Provenance, Segment, TagResult
+from ..taxonomy import MediaPolicy, Taxonomy
+from .aggregate import aggregate, best_match_rows, matched_frames, segments
+from .animation import open_animation
+from .judge import Embed, judge_frames
+from .options import MediaOptions
+from .source import MediaSource
+from .streams import FrameStream
+from .video import open_video
+
+_DEFAULT_POLICY = MediaPolicy()
+
+
+def open_stream(source: MediaSource, options: MediaOptions) -> FrameStream:
+    """The decoder for ``source``, with the settings' limits and sampling."""
+    if source.kind == "animation":
+        assert source.data is not None  # animations are read into memory by detect()
+        return open_animation(source.data, options.limits, options.animation_frames)
+    return open_video(source.source, options.limits, options.video_rate, options.scene_threshold, options.frame_side)
+
+
+def tag_media(
+    source: MediaSource, name: str, taxonomy: Taxonomy, classifier: Any, embed: Embed, options: MediaOptions,
+    provenance: Provenance | None = None, top_k: int | None = None, with_frames: bool = False,
+) -> TagResult:
+    """Judge one animation or video (see the module's docstring); never raises for the file's own problems."""
+    policy = taxonomy.media or _DEFAULT_POLICY
+    early = policy.early_exit_frames
+    if early is None:
+        early = options.early_exit_animation if source.kind == "animation" else options.early_exit_video
+    try:
+        stream = open_stream(source, options)
+        judged = judge_frames(stream, classifier, embed, batch_size=options.batch_size, dedup=options.dedup,
+                              early_exit=max(early, policy.min_frames) if early else 0)
+    except ImageLoadError as exc:
+        return TagResult.failed(name, taxonomy.name, exc.kind, exc.message, exc.transient, provenance)
+    if not judged.rows:
+        return TagResult.failed(name, taxonomy.name, "invalid_media", "no frame of the media could be decoded",
+                                provenance=provenance)
+    frames = judged.matrix()
+    scores, cosines, _ = aggregate(frames.scores, frames.cosines, policy.aggregation, policy.min_frames, policy.top_k)
+    rows, best = best_match_rows(frames.match_rows, frames.match_cosines)
+    one = replace(frames, scores=scores[None, :], cosines=cosines[None, :],
+                  matched=matched_frames(frames.matched, policy.min_frames)[None, :], match_rows=rows, match_cosines=best)
+    c = classifier.classifications(classifier.classify_scores(one, top_k))[0]
+    fired = classifier.tag_mask(frames.scores, frames.matched)
+    reported = [i for i in range(len(classifier.names)) if not classifier.background[i]]
+    names = classifier.names
+    info = MediaInfo(kind=source.kind, duration=stream.duration, frames_decoded=stream.frames_decoded,
+                     frames_scored=len(judged.rows), stopped_early=judged.stopped_early, truncated=stream.truncated)
+    per_frame = [FrameScore(time=t, scores={names[i]: float(row[i]) for i in reported})
+                 for t, row in zip(judged.times, frames.scores)] if with_frames else None
+    return TagResult(
+        image=name, taxonomy=taxonomy.name,
+        scores=[LabelScore(label=label, score=score, cosine=cos) for label, score, cos in c.scores],
+        tags=c.tags, verdict=c.verdict, provenance=provenance,
+        matches=[KnownImageMatch(label=label, image=image, cosine=cos) for label, image, cos in c.matches] if c.matches else None,
+        media=info, segments=[Segment(**s) for s in segments(judged.times, fired, np.asarray(frames.scores), names, reported)],
+        frames=per_frame,
+    )

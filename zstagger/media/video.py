@@ -1,0 +1,171 @@
+"""Decoding video with PyAV (FFmpeg), sampling the frames to judge.
+
+Frames are decoded in order, streamed (one held at a time), with FFmpeg's own threads
+(``thread_type="AUTO"``). Sampled: the first frame, one every ``1 / rate`` seconds, every
+scene cut (a decoded frame whose thumbnail differs from the previous one's by more than
+``scene_threshold``), and the last frame. Without scene cuts to look for, and when the
+stream's keyframes are closer together than the sampling interval, the decoder seeks to
+the keyframe before each next sample instead of decoding every frame in between.
+
+What can go wrong becomes an :class:`~zstagger.errors.ImageLoadError`: ``invalid_media``
+(no container FFmpeg can read, or nothing decodable), ``no_video_stream`` (audio only),
+and the limits of :class:`~.limits.MediaLimits`, counted on the frames actually decoded.
+A stream that breaks off after some frames (damaged, cut short) ends there: the frames
+decoded so far are judged and the result says ``truncated``.
+
+PyAV is an optional dependency (the ``video`` extra); it is imported on first use.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterator
+from fractions import Fraction
+
+import numpy as np
+
+from .. import extras
+from ..errors import ImageLoadError
+from .frames import THUMB, Frame, distance
+from .limits import DecodeMeter, MediaLimits
+from .streams import FrameStream, metered
+
+
+def _av():
+    try:
+        import av
+    except ImportError as exc:
+        raise extras.missing(exc.name or "av") from None
+    return av
+
+
+def open_video(source: bytes | str, limits: MediaLimits, rate: float, scene_threshold: float,
+               frame_side: int | None = None) -> FrameStream:
+    """The stream of a video's sampled frames; ``source`` is the encoded bytes or a local file's path.
+    ``frame_side``: sampled frames whose shorter side is longer are scaled down to it (area
+    averaging) as they are converted to RGB, which is cheaper than converting them whole."""
+    av = _av()
+    try:
+        container = av.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source, mode="r",
+                            metadata_errors="ignore")
+    except av.FFmpegError as exc:
+        raise ImageLoadError("invalid_media", f"not a video FFmpeg can read: {_reason(exc)}") from None
+    try:
+        if not container.streams.video:
+            kinds = sorted({s.type for s in container.streams}) or ["none"]
+            raise ImageLoadError("no_video_stream", f"the file has no video stream (streams: {', '.join(kinds)})")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        declared = _declared_duration(container, stream)
+        limits.check_duration(declared)
+        codec = stream.codec_context
+        if codec.width and codec.height:
+            limits.check_frame_size(codec.width, codec.height, "a video frame")
+    except BaseException:
+        container.close()
+        raise
+    out = FrameStream("video", DecodeMeter(limits), duration=declared)
+    out._frames = metered(out, _sampled(container, stream, out, 1.0 / rate, scene_threshold, frame_side))
+    return out
+
+
+def _declared_duration(container, stream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / 1_000_000
+    return None
+
+
+def _reason(exc: Exception) -> str:
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+def _thumb(frame) -> np.ndarray:
+    small = frame.reformat(width=THUMB, height=THUMB, format="rgb24")
+    return small.to_ndarray().astype(np.float32) / 255.0
+
+
+def _picture(frame, side: int | None):
+    short = min(frame.width, frame.height)
+    if not side or short <= side:
+        return frame.to_image()
+    scale = side / short
+    return frame.to_image(width=max(1, round(frame.width * scale)), height=max(1, round(frame.height * scale)),
+                          interpolation="AREA")
+
+
+def _sampled(container, stream, out: FrameStream, interval: float, scene_threshold: float,
+             side: int | None) -> Iterator[Frame]:
+    av = _av()
+    meter = out.meter
+    start: float | None = None
+    next_at = 0.0
+    previous: np.ndarray | None = None
+    last = None  # (frame, thumb, time, index) of the last decoded frame, if it was not sampled
+    keyframes: list[float] = []
+    end = 0.0
+    seek = scene_threshold <= 0
+    index = -1
+    with container:
+        frames = container.decode(stream)
+        while True:
+            try:
+                frame = next(frames)
+            except StopIteration:
+                break
+            except av.FFmpegError as exc:
+                if meter.frames == 0:
+                    raise ImageLoadError("invalid_media", f"could not decode the video: {_reason(exc)}") from None
+                out.truncated = True
+                break
+            index += 1
+            when = _time(frame, stream, meter.frames)
+            if start is None:
+                start = when
+            at = max(0.0, when - start)
+            meter.frame(frame.width, frame.height, at)
+            end = max(end, at)
+            if frame.key_frame:
+                keyframes.append(at)
+            thumb = _thumb(frame)
+            cut = scene_threshold > 0 and previous is not None and distance(thumb, previous) > scene_threshold
+            previous = thumb
+            if index == 0 or at >= next_at - 1e-6 or cut:
+                last = None
+                yield Frame(at, _picture(frame, side), thumb, index)
+                next_at = (math.floor(at / interval + 1e-6) + 1) * interval
+                if seek and _keyframes_closer_than(keyframes, interval) and next_at - at > 1.5 * _gop(keyframes):
+                    container.seek(_pts(start + next_at, stream), stream=stream, backward=True, any_frame=False)
+                    frames = container.decode(stream)
+                    previous = None
+            else:
+                last = (frame, thumb, at, index)
+        if last is not None:
+            frame, thumb, at, index = last
+            yield Frame(at, _picture(frame, side), thumb, index)
+    declared = out.duration
+    # Ended well before the length its header declares: cut short (what there was, was judged).
+    if declared is not None and not out.truncated and end < declared - max(1.0, 2 * interval):
+        out.truncated = True
+    out.duration = end if out.truncated or declared is None else max(declared, end)
+
+
+def _time(frame, stream, decoded: int) -> float:
+    if frame.pts is not None and frame.time_base is not None:
+        return float(frame.pts * frame.time_base)
+    rate = stream.average_rate or Fraction(30)
+    return float(decoded / rate)
+
+
+def _keyframes_closer_than(keyframes: list[float], interval: float) -> bool:
+    return len(keyframes) >= 2 and _gop(keyframes) < interval
+
+
+def _gop(keyframes: list[float]) -> float:
+    return (keyframes[-1] - keyframes[0]) / (len(keyframes) - 1) if len(keyframes) >= 2 else math.inf
+
+
+def _pts(seconds: float, stream) -> int:
+    return int(seconds / stream.time_base)
