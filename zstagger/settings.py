@@ -99,6 +99,21 @@ class Settings(BaseSettings):
         description="Seconds a write to an unreachable embedding store is retried before its images are counted as "
         "unrecorded and tagging goes on (reads never wait: a store that does not answer is a miss).",
     )
+    # built runtimes (`zstagger runtime build / qualify`)
+    allow_unqualified_runtime: bool = Field(
+        False,
+        description="Use an int8 runtime on a taxonomy it has not passed `zstagger runtime qualify` for (logged, and "
+        "recorded as unqualified in every result's provenance).",
+    )
+    qualify_min_verdict_agreement: float = Field(
+        0.99, ge=0, le=1,
+        description="`zstagger runtime qualify` passes when at least this share of images gets the same verdict (the same "
+        "top label for a taxonomy without actions) from the runtime as from its source model.",
+    )
+    qualify_min_tag_agreement: float = Field(
+        0.98, ge=0, le=1,
+        description="... and, for every label, at least this share of images is tagged (or not) alike by both.",
+    )
     # plugins and taxonomies
     taxonomy_path: str = Field("", description=f"Directories of taxonomy YAML/JSON files, separated by {os.pathsep!r}.")
     plugins_dir: str = Field("", description="Directory of one-off plugin .py files.")

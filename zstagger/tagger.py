@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from . import extras
 from .classifier import TaxonomyClassifier
 from .embedding_cache import (
     EmbeddingCache,
@@ -47,7 +46,6 @@ from .embedding_cache import (
     default_image_cache,
 )
 from .embedding_cache.images import to_fp16
-from .engine.locate import model_fingerprint
 from .engine.scoring import normalize
 from .errors import ConfigurationError, ImageLoadError, ZstaggerError
 from .fewshot import ImageSets, resolve_image_sets
@@ -55,6 +53,8 @@ from .fewshot.sets import LoadPack
 from .images import ImageInput, ImagePolicy, describe, is_url, iter_inputs, open_image, read_image_bytes
 from .registry import resolve_taxonomy
 from .results import KnownImageMatch, LabelScore, Provenance, TagResult, format_results
+from .runtimes import model_fingerprint
+from .runtimes.qualification import RuntimeGate
 from .settings import Settings
 from .taxonomy import Taxonomy
 
@@ -167,6 +167,7 @@ class Tagger:
         # With a cache the model waits for the first miss; the fingerprint that keys the
         # cache comes from the checkpoint's files. A Hub model not downloaded yet has none.
         self.fingerprint = model_fingerprint(self.model_name) if self.image_cache is not None else None
+        self.runtime_gate = RuntimeGate(self.model_name, settings)
         if self.fingerprint is None:
             self._load_encoder()
 
@@ -186,12 +187,9 @@ class Tagger:
         with self._load_lock:
             if self._encoder is not None:
                 return
-            try:
-                from .engine.model import ClipEncoder
-            except ImportError as exc:  # a producer-only install: no torch, no transformers
-                raise extras.missing(exc.name or "torch") from None
+            from .runtimes import load_encoder
 
-            encoder = ClipEncoder.load(self.model_name, device=self._device, precision=self._precision)
+            encoder = load_encoder(self.model_name, device=self._device, precision=self._precision)
             self._lanes = self._plan_lanes(encoder, self._requested_lanes)
             self._forward_gate = threading.Semaphore(self._lanes)
             self.fingerprint = self.fingerprint or encoder.fingerprint
@@ -235,6 +233,7 @@ class Tagger:
         says why they cannot be.
         """
         # Relative image paths name other files under another base: part of the key.
+        self.runtime_gate.check(taxonomy)  # a built int8 runtime needs a passing qualification for it
         key = (taxonomy.fingerprint, taxonomy.images_base() if taxonomy.has_images else None)
         with self._lock:
             compiled = self._classifiers.get(key)
@@ -380,7 +379,8 @@ class Tagger:
     def provenance(self, taxonomy: Taxonomy, source: str = "image") -> Provenance:
         """What this Tagger's results with ``taxonomy`` record about how they were made."""
         return Provenance(model=self.model_name, model_fingerprint=self.fingerprint, taxonomy_version=taxonomy.version,
-                          taxonomy_fingerprint=taxonomy.fingerprint, preprocessing=self.preprocessing, source=source)
+                          taxonomy_fingerprint=taxonomy.fingerprint, preprocessing=self.preprocessing, source=source,
+                          **self.runtime_gate.provenance(taxonomy))
 
     @staticmethod
     def _plan_lanes(encoder: ClipEncoder, lanes: int) -> int:
@@ -391,10 +391,12 @@ class Tagger:
         throughput on 2 cores), and decoding slots in between them. The cores torch was
         given (``torch.get_num_threads()``) are shared out among the lanes.
         """
-        import torch
-
+        if hasattr(encoder, "plan_lanes"):  # a built runtime shares the cores among its own streams
+            return encoder.plan_lanes(lanes)
         if encoder.device.type != "cpu":
             return 1
+        import torch
+
         cores = _cpu_budget()
         lanes = lanes or min(8, cores)
         torch.set_num_threads(max(1, cores // lanes))
