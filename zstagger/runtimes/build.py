@@ -13,10 +13,13 @@ Needs torch, transformers, openvino and nncf (building only; using the result ne
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -83,7 +86,7 @@ def build_runtime(
         raise ConfigurationError(f"{model} is a built runtime already; build from the checkpoint it was made from")
     out = Path(out).expanduser()
     _check_output(out, overwrite)
-    from ..engine.model import ClipEncoder, _features  # torch and transformers: building only
+    from ..engine.model import ClipEncoder  # torch and transformers: building only
 
     log(f"loading {model}")
     encoder = ClipEncoder.load(model, device="cpu", precision="fp32")
@@ -102,24 +105,35 @@ def build_runtime(
 
         raise missing(exc.name or "openvino") from None
     tmp = Path(tempfile.mkdtemp(prefix=".zstagger-build-", dir=out.parent))
-    try:
-        log("exporting the vision tower")
-        vision = _export_vision(encoder, _features, ov)
-        if precision == "int8":
-            vision = _quantize(vision, pixels, log)  # type: ignore[arg-type]
-        ov.save_model(vision, str(tmp / "vision.xml"), compress_to_fp16=precision != "fp32")
-        log("exporting the text tower")
-        text, text_inputs = _export_text(encoder, _features, ov)
-        ov.save_model(text, str(tmp / "text.xml"), compress_to_fp16=precision != "fp32")
-        _save_tokenizer(model, tmp / "tokenizer.json")
-        manifest = _manifest(encoder, model, precision, calibration_set, text_inputs, tmp)
-        write_manifest(tmp, manifest)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    # The exporters' tracer warnings and NNCF's progress bars are not the user's output:
+    # stdout stays for machine-readable output, and the warnings say nothing actionable.
+    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            manifest = _export_all(encoder, model, precision, pixels, calibration_set, tmp, ov, log)
+            if out.exists():
+                shutil.rmtree(out)
+            tmp.rename(out)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     log(f"wrote {out}")
+    return manifest
+
+
+def _export_all(encoder, model, precision, pixels, calibration_set, tmp: Path, ov, log: Log) -> RuntimeManifest:
+    from ..engine.model import _features
+
+    log("exporting the vision tower")
+    vision = _export_vision(encoder, _features, ov)
+    if precision == "int8":
+        vision = _quantize(vision, pixels, log)  # type: ignore[arg-type]
+    ov.save_model(vision, str(tmp / "vision.xml"), compress_to_fp16=precision != "fp32")
+    log("exporting the text tower")
+    text, text_inputs = _export_text(encoder, _features, ov)
+    ov.save_model(text, str(tmp / "text.xml"), compress_to_fp16=precision != "fp32")
+    _save_tokenizer(model, tmp / "tokenizer.json")
+    manifest = _manifest(encoder, model, precision, calibration_set, text_inputs, tmp)
+    write_manifest(tmp, manifest)
     return manifest
 
 

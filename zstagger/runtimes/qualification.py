@@ -142,15 +142,22 @@ class RuntimeGate:
                 self._passed.add(key)
             return
         why = ("it failed qualification" if record is not None and record.runtime_fingerprint == fingerprint
-               else "it was qualified before it last changed" if record is not None else "it has not been qualified")
+               else "it changed after it was qualified" if record is not None else "it has not been qualified")
         if self.allow_unqualified:
             with self._lock:
                 self._unqualified.add(key)
             log.warning("using the %s runtime %s with taxonomy %s although %s (ZSTAGGER_ALLOW_UNQUALIFIED_RUNTIME); "
                         "results record unqualified=true", self._identity["precision"], self.model, taxonomy.name, why)  # type: ignore[index]
             return
+        precision = self._identity["precision"]  # type: ignore[index]
+        if record is not None and record.runtime_fingerprint == fingerprint:  # qualified, and failed
+            raise ConfigurationError(
+                f"{self.model} is an {precision} runtime that failed `zstagger runtime qualify` for taxonomy "
+                f"{taxonomy.name!r} ({'; '.join(record.failures) or 'see its record'}): rebuild it (other calibration "
+                "images, or --precision fp16), or set ZSTAGGER_ALLOW_UNQUALIFIED_RUNTIME=1 to use it anyway"
+            )
         raise ConfigurationError(
-            f"{self.model} is an {self._identity['precision']} runtime and {why} for taxonomy {taxonomy.name!r}: run "  # type: ignore[index]
+            f"{self.model} is an {precision} runtime and {why} for taxonomy {taxonomy.name!r}: run "
             f"`zstagger runtime qualify {self.model} -t {taxonomy.name} --data LABELLED` (or --images DIR) first, "
             "or set ZSTAGGER_ALLOW_UNQUALIFIED_RUNTIME=1 to use it anyway"
         )
