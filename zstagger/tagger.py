@@ -189,7 +189,7 @@ class Tagger:
                 return
             from .runtimes import load_encoder
 
-            encoder = load_encoder(self.model_name, device=self._device, precision=self._precision)
+            encoder = load_encoder(self.model_name, device=self._device, precision=self._precision, cache_dir=self.settings.cache_dir)
             self._lanes = self._plan_lanes(encoder, self._requested_lanes)
             self._forward_gate = threading.Semaphore(self._lanes)
             self.fingerprint = self.fingerprint or encoder.fingerprint

@@ -17,9 +17,10 @@ from ..engine import locate as _locate
 from .manifest import MANIFEST_NAME, RuntimeManifest, is_runtime_dir, read_manifest, runtime_fingerprint
 
 
-def load_encoder(model: str, device: str = "auto", precision: str = "auto", lanes: int = 0):
+def load_encoder(model: str, device: str = "auto", precision: str = "auto", lanes: int = 0, cache_dir: str | None = None):
     """The encoder for ``model``: a built runtime directory (OpenVINO, on the CPU; ``precision``
-    is the build's, so only ``auto`` or the build's own is accepted) or a checkpoint (torch)."""
+    is the build's, so only ``auto`` or the build's own is accepted; compiled models are cached
+    under ``cache_dir``) or a checkpoint (torch)."""
     if is_runtime_dir(model):
         from ..errors import ConfigurationError
         from .openvino import OpenVinoEncoder
@@ -31,7 +32,7 @@ def load_encoder(model: str, device: str = "auto", precision: str = "auto", lane
             raise ConfigurationError(
                 f"{model} is a {manifest.precision} build; --precision {precision} does not apply (leave it at auto)"
             )
-        return OpenVinoEncoder(model, manifest, name=model, lanes=lanes)
+        return OpenVinoEncoder(model, manifest, name=model, lanes=lanes, cache_dir=cache_dir)
     try:
         from ..engine.model import ClipEncoder
     except ImportError as exc:  # a producer-only install: no torch, no transformers
