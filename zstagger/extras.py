@@ -2,7 +2,8 @@
 
 The core install is a producer's (enqueue, status, results, cancel, webhook verification):
 tagging needs ``zstagger[model]`` (torch, transformers), the HTTP service ``zstagger[serve]``,
-evaluation ``zstagger[eval]``. Imports nothing from zstagger but its errors.
+evaluation ``zstagger[eval]``; a built runtime ``zstagger[openvino]`` (no torch), building one
+``zstagger[openvino-build]``. Imports nothing from zstagger but its errors.
 """
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ PROVIDERS: dict[str, tuple[str, str]] = {
     "multipart": ("serve", "python-multipart"),
     "sklearn": ("eval", "scikit-learn"),
     "matplotlib": ("eval", "matplotlib"),
+    "openvino": ("openvino", "openvino"),
+    "tokenizers": ("openvino", "tokenizers"),
+    "nncf": ("openvino-build", "nncf"),
 }
-_PURPOSE = {"model": "tagging images", "serve": "the HTTP service", "eval": "evaluation"}
+_PURPOSE = {"model": "tagging images", "serve": "the HTTP service", "eval": "evaluation",
+            "openvino": "a built OpenVINO runtime", "openvino-build": "building a runtime"}
 
 
 def missing(module: str) -> MissingExtraError:
