@@ -131,12 +131,13 @@ def test_runtime_tokenizer_gives_the_ids_transformers_gives(kind, tiny_model_dir
                                                                   pad_id=pad, inputs=names))
     prompts = ["a photo of a cat.", "This is a photo of the thing.", "", "  spaces   and\ttabs ",
                "word " * 200, "ÜNÏCODE café 🐱", "another one"]
-    theirs = encoder.tokenizer(prompts, padding=encoder.text_padding, truncation=True, max_length=encoder.text_max_length,
-                               return_tensors="np")
-    got = ours(prompts)
-    assert sorted(got) == sorted(names)
-    for name in names:
-        assert got[name].tolist() == theirs[name].tolist(), name
+    for batch in (prompts, prompts[:2]):  # with a prompt over the limit, and short ones only (padding differs)
+        theirs = encoder.tokenizer(batch, padding=encoder.text_padding, truncation=True, max_length=encoder.text_max_length,
+                                   return_tensors="np")
+        got = ours(batch)
+        assert sorted(got) == sorted(names)
+        for name in names:
+            assert got[name].tolist() == theirs[name].tolist(), name
 
 
 def test_int8_without_calibration_images_is_a_clear_error(tiny_model_dir, tmp_path):
@@ -311,3 +312,37 @@ def test_tagging_through_a_built_runtime_imports_neither_torch_nor_transformers(
                             env=_environ(ZSTAGGER_CACHE_DIR=str(cache)))
     assert result.stderr.strip().splitlines()[-1] == "clean 0", result.stderr
     assert json.loads(result.stdout)["provenance"]["runtime"] == "openvino"
+
+
+# -- the HTTP service and workers take a runtime directory like a checkpoint -------------
+
+
+def test_serve_tags_with_a_built_runtime(builds, cache, tmp_path):
+    import httpx
+    from harness import ApiServer
+
+    runtime = fresh_copy(builds / "int8", tmp_path)
+    env = {"ZSTAGGER_MODEL": str(runtime), "ZSTAGGER_API_ALLOW_ANONYMOUS": "1", "ZSTAGGER_CACHE_DIR": str(cache),
+           "ZSTAGGER_ALLOW_UNQUALIFIED_RUNTIME": "1"}
+    server = ApiServer(env, tmp_path).wait_ready()
+    try:
+        ready = httpx.get(server.url + "/readyz").json()
+        assert ready["precision"] == "int8" and ready["device"] == "openvino:cpu"
+        path = tmp_path / "one.jpg"
+        sample_image(4, (120, 90)).save(path)
+        response = httpx.post(server.url + "/v1/tag", timeout=60, files=[("images", ("one.jpg", path.read_bytes()))],
+                              data={"taxonomy": "moderation"})
+        assert response.status_code == 200, response.text
+        provenance = response.json()["results"][0]["provenance"]
+        assert provenance["runtime"] == "openvino" and provenance["precision"] == "int8" and provenance["unqualified"] is True
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log_path.read_text()
+
+
+def test_a_worker_refuses_a_damaged_runtime_before_forking(builds, tmp_path):
+    broken = fresh_copy(builds / "fp32", tmp_path)
+    (broken / MANIFEST_NAME).write_text('{"format_version": 99}')
+    result = zstagger("worker", "--model", str(broken), ZSTAGGER_REDIS_URL="redis://127.0.0.1:1/0")
+    assert result.returncode == 2 and "not a valid runtime manifest" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -49,6 +49,20 @@ def model_fingerprint(model: str) -> str | None:
     return _locate.model_fingerprint(model)
 
 
+def check_available(model: str) -> None:
+    """Raise a one-line error unless ``model`` can be loaded: a built runtime's manifest is
+    read and checked; a checkpoint as :func:`zstagger.engine.locate.check_available` does."""
+    if is_runtime_dir(model):
+        read_manifest(model)
+        return
+    _locate.check_available(model)
+
+
+def required_modules(model: str) -> tuple[str, ...]:
+    """The packages loading ``model`` imports (checked before a worker forks or a server starts)."""
+    return ("openvino", "tokenizers") if is_runtime_dir(model) else ("torch", "transformers")
+
+
 def runtime_identity(model: str) -> tuple[str, str] | None:
     """(runtime, precision) of a built runtime directory; None for a checkpoint (torch)."""
     if not is_runtime_dir(model):
@@ -57,5 +71,5 @@ def runtime_identity(model: str) -> tuple[str, str] | None:
     return manifest.runtime, manifest.precision
 
 
-__all__ = ["MANIFEST_NAME", "RuntimeManifest", "is_runtime_dir", "load_encoder", "model_fingerprint", "read_manifest",
-           "runtime_fingerprint", "runtime_identity"]
+__all__ = ["MANIFEST_NAME", "RuntimeManifest", "check_available", "is_runtime_dir", "load_encoder", "model_fingerprint",
+           "read_manifest", "required_modules", "runtime_fingerprint", "runtime_identity"]
