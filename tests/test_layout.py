@@ -32,7 +32,7 @@ LAYERS = {
     # evaluation) because every Tagger opens it from ZSTAGGER_STORE as its image cache; what
     # reads it to re-tag, diff and search is "catalogue", above the tagger.
     "embedding_cache": 30, "store": 31, "fewshot": 32, "classifier": 33,
-    "runtimes": 34,  # reserved: model runtimes behind one interface (torch, openvino)
+    "runtimes": 34,  # model runtimes behind one interface: torch (engine) or a built OpenVINO directory
     # 40: one image to one vector, and an iterable through threads
     "pipeline": 40, "embedder": 41,
     # 50: the facade

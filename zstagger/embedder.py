@@ -10,8 +10,8 @@ images left unrecorded); callers that count across calls add them up (:class:`Fi
 Its collaborators are protocols, so any object written to them plugs in:
 :class:`~zstagger.embedding_cache.ImageEmbeddingCache` (``get_many``/``put_many``),
 :class:`~zstagger.embedding_cache.ImageRecorder` (also ``record``: the embedding store),
-and :class:`ImageEncoder`, the model runtime (today :class:`~zstagger.engine.model.ClipEncoder`
-on torch, loaded by :func:`load_clip_encoder`; another runtime is another loader).
+and :class:`ImageEncoder`, the model runtime (:func:`zstagger.runtimes.load_encoder`: :class:`~zstagger.engine.model.ClipEncoder`
+on torch, or a built OpenVINO runtime; the Embedder is handed its loader).
 
 The two stages the schedulers run (:mod:`zstagger.pipeline` for a stream, the HTTP
 service's micro-batcher across requests) are :meth:`Embedder.prepare` (a loader thread, one
@@ -34,7 +34,6 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
-from . import extras
 from .embedding_cache import (
     EmbeddingKey,
     ImageEmbeddingCache,
@@ -45,10 +44,10 @@ from .embedding_cache import (
     default_image_cache,
 )
 from .embedding_cache.images import to_fp16
-from .engine.locate import model_fingerprint
 from .engine.vectors import normalize
 from .errors import ImageLoadError, ZstaggerError
 from .images import ImageInput, ImagePolicy, describe, is_url, open_image, read_image_bytes
+from .runtimes import load_encoder, model_fingerprint
 from .settings import Settings
 
 #: Images an embedding store is told about per write when tagging a stream (at least a
@@ -97,15 +96,6 @@ class ImageEncoder(Protocol):
 
 #: ``(model, device, precision) -> ImageEncoder``: how an Embedder loads its model.
 EncoderLoader = Callable[[str, str, str], ImageEncoder]
-
-
-def load_clip_encoder(model: str, device: str, precision: str) -> ImageEncoder:
-    """The torch runtime: a Hugging Face CLIP-family checkpoint (:class:`~zstagger.engine.model.ClipEncoder`)."""
-    try:
-        from .engine.model import ClipEncoder
-    except ImportError as exc:  # a producer-only install: no torch, no transformers
-        raise extras.missing(exc.name or "torch") from None
-    return ClipEncoder.load(model, device=device, precision=precision)
 
 
 @dataclass(frozen=True)
@@ -244,7 +234,7 @@ class Embedder:
 
     def __init__(self, model: str, *, device: str = "auto", precision: str = "auto", lanes: int = 0,
                  exact: bool = False, image_policy: ImagePolicy | None = None, lazy: bool = False,
-                 load: EncoderLoader = load_clip_encoder):
+                 load: EncoderLoader = load_encoder):
         self.model_name = model
         self.exact = exact
         self.preprocessing = "exact" if exact else "fast"

@@ -2,7 +2,8 @@
 
 The core install is a producer's (enqueue, status, results, cancel, webhook verification):
 tagging needs ``zstagger[model]`` (torch, transformers), the HTTP service ``zstagger[serve]``,
-evaluation ``zstagger[eval]``. Imports nothing from zstagger but its errors.
+evaluation ``zstagger[eval]``; a built runtime ``zstagger[openvino]`` (no torch), building one
+``zstagger[openvino-build]``. Imports nothing from zstagger but its errors.
 """
 
 from __future__ import annotations
@@ -25,8 +26,12 @@ PROVIDERS: dict[str, tuple[str, str]] = {
     "sklearn": ("eval", "scikit-learn"),
     "matplotlib": ("eval", "matplotlib"),
     "av": ("video", "av"),
+    "openvino": ("openvino", "openvino"),
+    "tokenizers": ("openvino", "tokenizers"),
+    "nncf": ("openvino-build", "nncf"),
 }
-_PURPOSE = {"model": "tagging images", "serve": "the HTTP service", "eval": "evaluation", "video": "video files"}
+_PURPOSE = {"model": "tagging images", "serve": "the HTTP service", "eval": "evaluation", "video": "video files",
+            "openvino": "a built OpenVINO runtime", "openvino-build": "building a runtime"}
 # Packages of the core install (pyproject's dependencies, and what kombu's Redis transport
 # imports without declaring it) whose import name is not their pip name.
 CORE_PACKAGES: dict[str, str] = {

@@ -54,6 +54,21 @@ class Provenance(BaseModel):
     taxonomy_fingerprint: str
     preprocessing: str = "fast"
     source: str = "image"
+    # A built runtime (``zstagger runtime build``): which, in which precision, and whether it
+    # was used without a passing qualification for this taxonomy. Left out for the torch
+    # path (a checkpoint), so those results read as before.
+    runtime: str | None = None
+    precision: str | None = None
+    unqualified: bool | None = None
+
+    @model_serializer(mode="wrap")
+    def _leave_out_torch_path(self, handler: SerializerFunctionWrapHandler):
+        data = handler(self)
+        if isinstance(data, dict):
+            for key in ("runtime", "precision", "unqualified"):
+                if data.get(key, 0) is None:
+                    del data[key]
+        return data
 
 
 class KnownImageMatch(BaseModel):

@@ -134,6 +134,24 @@ class Settings(BaseSettings):
         "unrecorded and tagging goes on (reads never wait: a store that does not answer is a miss).",
         json_schema_extra=read_by(CLI, WORKER, API_SERVER),
     )
+    # built runtimes (`zstagger runtime build / qualify`)
+    allow_unqualified_runtime: bool = Field(
+        False,
+        description="Use an int8 runtime on a taxonomy it has not passed `zstagger runtime qualify` for (logged, and "
+        "recorded as unqualified in every result's provenance).",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
+    )
+    qualify_min_verdict_agreement: float = Field(
+        0.99, ge=0, le=1,
+        description="`zstagger runtime qualify` passes when at least this share of images gets the same verdict (the same "
+        "top label for a taxonomy without actions) from the runtime as from its source model.",
+        json_schema_extra=read_by(CLI),
+    )
+    qualify_min_tag_agreement: float = Field(
+        0.98, ge=0, le=1,
+        description="... and, for every label, at least this share of images is tagged (or not) alike by both.",
+        json_schema_extra=read_by(CLI),
+    )
     # plugins and taxonomies
     taxonomy_path: str = Field(
         "", description=f"Directories of taxonomy YAML/JSON files, separated by {os.pathsep!r} (workers get each job's "

@@ -40,6 +40,10 @@ from .media import MediaOptions, MediaSource, detect, tag_media
 from .pipeline import Pipeline, SetAside
 from .registry import resolve_taxonomy
 from .results import KnownImageMatch, LabelScore, Provenance, TagResult, format_results
+from .runtimes import load_encoder
+from .runtimes.qualification import RuntimeGate
+from .runtimes import model_fingerprint
+from .runtimes.qualification import RuntimeGate
 from .settings import Settings
 from .taxonomy import Taxonomy
 
@@ -110,8 +114,10 @@ class Tagger:
             self.model_name, device=device or settings.device, precision=precision or settings.precision,
             lanes=lanes if lanes is not None else settings.inference_lanes, exact=exact,
             image_policy=image_policy or ImagePolicy.from_settings(settings), lazy=self.image_cache is not None,
+            load=lambda model, device, precision: load_encoder(model, device, precision, cache_dir=settings.cache_dir),
         )
         self._pipeline: Pipeline[ImageInput] = Pipeline(self.loader_threads, lambda: self._embedder.lanes)
+        self.runtime_gate = RuntimeGate(self.model_name, settings)  # a built int8 runtime is used only once qualified
 
     # -- the model: the embedder's ---------------------------------------------------
 
@@ -140,6 +146,7 @@ class Tagger:
         says why they cannot be.
         """
         # Relative image paths name other files under another base: part of the key.
+        self.runtime_gate.check(taxonomy)  # a built int8 runtime needs a passing qualification for it
         key = (taxonomy.fingerprint, taxonomy.images_base() if taxonomy.has_images else None)
         with self._lock:
             compiled = self._classifiers.get(key)
@@ -341,7 +348,8 @@ class Tagger:
     def provenance(self, taxonomy: Taxonomy, source: str = "image") -> Provenance:
         """What this Tagger's results with ``taxonomy`` record about how they were made."""
         return Provenance(model=self.model_name, model_fingerprint=self.fingerprint, taxonomy_version=taxonomy.version,
-                          taxonomy_fingerprint=taxonomy.fingerprint, preprocessing=self.preprocessing, source=source)
+                          taxonomy_fingerprint=taxonomy.fingerprint, preprocessing=self.preprocessing, source=source,
+                          **self.runtime_gate.provenance(taxonomy))
 
     # -- embedding (the embedder's stages, scheduled by the pipeline) --------------------
 

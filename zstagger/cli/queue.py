@@ -33,12 +33,12 @@ def worker(concurrency, queues, model, precision, device, hostname, loglevel, po
         if value is not None:
             os.environ[f"ZSTAGGER_{key}"] = str(value)
     settings = Settings()
-    from ..engine.locate import check_available
     from ..errors import ZstaggerError
     from ..extras import check_installed
+    from ..runtimes import check_available, required_modules
 
     try:  # before forking: a missing model, torch or a bad ZSTAGGER_STORE is one clear line, not a pool of failing processes
-        check_installed("torch", "transformers")
+        check_installed(*required_modules(settings.model))
         check_available(settings.model)
         if settings.store:
             from ..store import open_store

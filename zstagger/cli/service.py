@@ -30,10 +30,10 @@ def serve(host, port, workers, model, log_level):
         os.environ["ZSTAGGER_MODEL"] = model  # the server processes read their settings themselves
     settings = Settings()
     try:
-        from ..engine.locate import check_available
         from ..extras import check_installed
+        from ..runtimes import check_available, required_modules
 
-        check_installed("fastapi", "uvicorn", "multipart", "torch", "transformers")
+        check_installed("fastapi", "uvicorn", "multipart", *required_modules(settings.model))
         from ..service.auth import ApiKeys
 
         check_available(settings.model)  # a missing model: one line now, not a server that never gets ready
