@@ -23,7 +23,7 @@ from .errors import (
     ZstaggerError,
 )
 from .hookspecs import hookimpl
-from .results import ErrorInfo, LabelScore, TagResult
+from .results import ErrorInfo, LabelExplanation, LabelScore, TagResult
 from .taxonomy import Label, Taxonomy
 
 __version__ = "0.1.0"
@@ -65,7 +65,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "ClipEncoder", "ConfigurationError", "ErrorInfo", "Job", "calibrate", "enqueue", "evaluate", "ImageLoadError", "ImagePolicy", "Label", "LabelScore",
+    "ClipEncoder", "ConfigurationError", "ErrorInfo", "Job", "calibrate", "enqueue", "evaluate", "ImageLoadError", "ImagePolicy", "Label", "LabelExplanation", "LabelScore",
     "ModelLoadError", "ModelNotFoundError", "PluginError", "Settings", "TagResult", "Tagger", "Taxonomy",
     "TaxonomyError", "UnknownTaxonomyError", "ZstaggerError", "get_taxonomy", "hookimpl", "load_plugins",
     "registered_taxonomies", "resolve_taxonomy", "verify_webhook", "__version__",

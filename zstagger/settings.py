@@ -99,6 +99,11 @@ class Settings(BaseSettings):
         description="Seconds a write to an unreachable embedding store is retried before its images are counted as "
         "unrecorded and tagging goes on (reads never wait: a store that does not answer is a miss).",
     )
+    explain: bool = Field(
+        True,
+        description="Give every result its decision trail (`explanation`: the prompt that matched, the rival, the "
+        "threshold and where it came from); off leaves it out of the results.",
+    )
     # plugins and taxonomies
     taxonomy_path: str = Field("", description=f"Directories of taxonomy YAML/JSON files, separated by {os.pathsep!r}.")
     plugins_dir: str = Field("", description="Directory of one-off plugin .py files.")

@@ -54,7 +54,7 @@ from .fewshot import ImageSets, resolve_image_sets
 from .fewshot.sets import LoadPack
 from .images import ImageInput, ImagePolicy, describe, is_url, iter_inputs, open_image, read_image_bytes
 from .registry import resolve_taxonomy
-from .results import KnownImageMatch, LabelScore, Provenance, TagResult, format_results
+from .results import KnownImageMatch, LabelExplanation, LabelScore, Provenance, TagResult, format_results
 from .settings import Settings
 from .taxonomy import Taxonomy
 
@@ -108,6 +108,9 @@ class Tagger:
 
     ``vector_loader``: where a taxonomy's embedded image vectors that travel by hash alone
     are read (a queue worker reads them from Redis): ``sha256 -> bytes | None``.
+
+    ``explain``: give every result its decision trail (``explanation``, :mod:`zstagger.trail`);
+    ``None`` follows ``ZSTAGGER_EXPLAIN`` (on by default).
     """
 
     def __init__(
@@ -124,9 +127,11 @@ class Tagger:
         settings: Settings | None = None,
         image_cache: ImageEmbeddingStore | bool | None = None,
         vector_loader: LoadPack | None = None,
+        explain: bool | None = None,
     ):
         settings = settings or Settings()
         self.settings = settings
+        self.explain = settings.explain if explain is None else explain
         self.batch_size = int(batch_size or settings.batch_size)
         if self.batch_size < 1:
             raise ConfigurationError(f"batch size must be at least 1, got {self.batch_size}")
@@ -347,7 +352,7 @@ class Tagger:
         """
         compiled = self.classifier(taxonomy)
         provenance = self.provenance(taxonomy, source)
-        done = iter(compiled.classify(embeds, top_k) if embeds is not None else [])
+        done = iter(compiled.classify(embeds, top_k, self.explain) if embeds is not None else [])
         out = []
         for ref, error in zip(refs, errors):
             name = describe(ref)
@@ -364,6 +369,8 @@ class Tagger:
                 provenance=provenance,
                 matches=[KnownImageMatch(label=label, image=image, cosine=cos) for label, image, cos in c.matches]
                 if c.matches else None,
+                explanation=[LabelExplanation.model_validate(entry) for entry in c.explanation]
+                if c.explanation is not None else None,
             ))
         return out
 
@@ -373,9 +380,10 @@ class Tagger:
         """``[r.to_json() for r in self.results(...)]`` for images that all have an embedding,
         written straight from the arrays (no result objects): re-tagging a stored catalogue."""
         compiled = self.classifier(taxonomy)
-        batch = compiled.classify_batch(embeds, top_k)
+        batch = compiled.classify_batch(embeds, top_k, self.explain)
         return format_results(names, taxonomy.name, compiled.names, batch.ranked, batch.scores, batch.cosines, batch.tags,
-                              batch.verdicts, provenance=self.provenance(taxonomy, source), matches=batch.matches)
+                              batch.verdicts, provenance=self.provenance(taxonomy, source), matches=batch.matches,
+                              explanations=batch.explanations)
 
     def provenance(self, taxonomy: Taxonomy, source: str = "image") -> Provenance:
         """What this Tagger's results with ``taxonomy`` record about how they were made."""
