@@ -14,7 +14,7 @@ LAYERS = {
     "taxonomy": 2, "hookspecs": 2, "plugins": 2, "registry": 2, "builtin": 2, "images": 2, "synthetic": 2, "embedding_cache": 2, "fewshot": 2,
     "store": 2,  # below the tagger, which opens it from ZSTAGGER_STORE; what reads it to re-tag is "catalogue"
     "classifier": 3, "trail": 3,
-    "tagger": 4,
+    "tagger": 4, "explain": 4,
     "evaluation": 5, "catalogue": 5, "bench": 5, "testing": 5,
     "queue": 6,
     "service": 7,

@@ -23,6 +23,7 @@ from .metrics import RequestMetrics
 from .moderation import ModerationRequest
 from .requests import TagRequest
 from .jobs import JobRequest, jobs
+from .explain import ExplainRequest, explain_api
 from .routes import api, probes
 from .state import ServiceState
 
@@ -49,6 +50,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.zstagger = state
     app.include_router(api)
     app.include_router(jobs)
+    app.include_router(explain_api)
     app.include_router(probes)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
@@ -57,7 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost last: metrics see every answer, the body limit guards every route.
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     app.add_middleware(RequestMetrics, metrics=state.metrics)
-    _document_bodies(app, [TagRequest, ModerationRequest, JobRequest])
+    _document_bodies(app, [TagRequest, ModerationRequest, JobRequest, ExplainRequest])
     return app
 
 
