@@ -15,7 +15,7 @@ LAYERS = {
     "store": 2,  # below the tagger, which opens it from ZSTAGGER_STORE; what reads it to re-tag is "catalogue"
     "classifier": 3, "trail": 3,
     "tagger": 4, "explain": 4,
-    "evaluation": 5, "catalogue": 5, "bench": 5, "testing": 5,
+    "evaluation": 5, "review": 5, "catalogue": 5, "bench": 5, "testing": 5,
     "queue": 6,
     "service": 7,
     "cli": 8,
