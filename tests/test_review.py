@@ -6,6 +6,7 @@ import json
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from zstagger import Taxonomy
@@ -158,3 +159,62 @@ def test_skip_puts_an_item_behind_the_others(database):
     assert seen[-1] == first.id and len(set(seen)) == counts["added"]
     assert queue.claim("ann") is None
     queue.store.close()
+
+
+# -- learning from reviews: weights in calibrate, export -> calibrate end to end ---------------------
+
+
+def test_weighted_threshold_equals_the_unweighted_one_on_rows_repeated_weight_times():
+    from zstagger.evaluation.calibrate import Target, choose_threshold
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        scores = rng.random(60).round(2)  # ties included
+        truth = rng.random(60) < scores
+        weights = rng.integers(1, 6, 60)
+        for target in (Target("precision", 0.8), Target("recall", 0.7), Target("f1")):
+            assert choose_threshold(scores, truth, target, weights.astype(float)) == choose_threshold(
+                np.repeat(scores, weights), np.repeat(truth, weights), target)
+
+
+def test_review_export_feeds_calibrate_with_weights(tiny_model_dir, tmp_path):
+    from harness import run_cli
+
+    from zstagger.evaluation import calibrate
+    from zstagger.synthetic import labelled_image
+    from zstagger.tagger import Tagger
+
+    policy = Taxonomy.parse({"name": "shapes", "mode": "multi", "default_threshold": 0.45, "negatives": ["clutter"],
+                             "labels": [{"name": "alpha", "threshold": 0.55, "action": "block"},
+                                        {"name": "bravo", "threshold": 0.55, "action": "review"}]}, source="test")
+    images = tmp_path / "images"
+    images.mkdir()
+    truth = {}
+    for i in range(60):
+        present = [j for j in (0, 1) if (i >> j) & 1]
+        path = images / f"{i:03d}.png"
+        labelled_image(present, seed=700 + i, size=(64, 48)).save(path)
+        truth[str(path)] = [("alpha", "bravo")[j] for j in present]
+    with Tagger(str(tiny_model_dir), device="cpu", precision="fp32", image_cache=False) as tagger:
+        lines = [r.to_json() for r in tagger.tag(sorted(truth), policy)]
+        store = f"sqlite:///{tmp_path / 'store.db'}"
+        queue = ReviewQueue(open_store(store))
+        counts = queue.enqueue(lines, Selection(default_bands(policy, overrides={"alpha": (0.0, 0.5)}), audit_rate=0.5, seed="x"))
+        assert counts["band"] and counts["audit"]
+        while (item := queue.claim("ann")) is not None:
+            queue.decide(item.id, "ann", "relabel", truth[item.reference])
+        queue.store.close()
+        manifest = tmp_path / "decisions.jsonl"
+        exported = run_cli("review", "export", "-o", str(manifest), "--store", store)
+        assert exported.returncode == 0, exported.stderr
+        rows = [json.loads(x) for x in manifest.read_text().splitlines()]
+        assert len(rows) == counts["added"] and {r["weight"] for r in rows} == {1.0, 2.0}
+        assert all(r["labels"] == truth[r["image"]] for r in rows)
+        stats = json.loads(run_cli("review", "stats", "--store", store).stdout)
+        assert stats["decided"] == counts["added"] and stats["pending"] == 0 and stats["reviewers"]["ann"]["decisions"] == len(rows)
+        report = calibrate(manifest, policy, objective="f1", min_positives=2, folds=2, tagger=tagger)
+    assert any("inverse-probability weighted" in w for w in report.warnings)
+    # the held-out figures count audit images twice: their n is the weighted count of predictions/positives
+    alpha = next(label for label in report.labels if label.label == "alpha")
+    positives = sum(r["weight"] for r in rows if "alpha" in r["labels"])
+    assert alpha.held_out_recall.n == int(positives)
