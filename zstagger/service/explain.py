@@ -21,7 +21,7 @@ from ..engine.heatmap import window_cells
 from .batching import Overloaded
 from .errors import ApiError
 from .requests import ImageObject, describe_validation, image_from_json, openapi_body, taxonomy_for
-from .routes import authorized, service
+from .routes import needs, service
 
 Text = Annotated[str, StringConstraints(max_length=1024)]
 
@@ -41,7 +41,7 @@ class ExplainRequest(BaseModel):
         "json", description="json: the heat map; png: the overlay image; both: the heat map with the overlay as base64 PNG.")
 
 
-explain_api = APIRouter(prefix="/v1", dependencies=[Depends(authorized)],
+explain_api = APIRouter(prefix="/v1", dependencies=[Depends(needs("tag", "review"))],
                         responses={401: {"description": "Missing or invalid API key"}})
 
 
