@@ -11,6 +11,7 @@ public methods; nothing here knows about HTTP or the command line.
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -64,7 +65,7 @@ def explain_image(tagger: Tagger, image: ImageInput, taxonomy: Taxonomy, label: 
     boxes = window_boxes(working.width, working.height, grid, windows)
     crops = [working] + [working.crop(box).resize((side, side), Image.BILINEAR) for box in boxes]
     pixels = [Prepared(None, pixels=tagger.encoder.preprocess(crop, False)) for crop in crops]
-    embeds = tagger.embed_prepared(pixels, cache=None)
+    embeds = _embed(tagger, pixels)
     batch = compiled.classify_batch(embeds[:1])
     scores = compiled.score(embeds).scores
     index = _label_index(compiled, batch, label)
@@ -80,6 +81,21 @@ def overlay_png(heatmap: Heatmap, picture: Image.Image, alpha: float = 0.5) -> b
     out = io.BytesIO()
     Image.fromarray(layered).save(out, format="PNG")
     return out.getvalue()
+
+
+def _embed(tagger: Tagger, pixels: list[Prepared]) -> np.ndarray:
+    """The windows' embeddings, split over the tagger's encoder lanes (on CPU each lane has its
+    share of the cores, so one batch alone would use one share)."""
+    lanes = max(1, min(tagger.lanes, len(pixels)))
+    if lanes == 1:
+        return tagger.embed_prepared(pixels, cache=None)
+    chunks = [pixels[i::lanes] for i in range(lanes)]
+    with ThreadPoolExecutor(lanes, thread_name_prefix="zstagger-explain") as pool:
+        parts = list(pool.map(lambda chunk: tagger.embed_prepared(chunk, cache=None), chunks))
+    out = np.empty((len(pixels), parts[0].shape[1]), dtype=parts[0].dtype)
+    for i, part in enumerate(parts):
+        out[i::lanes] = part
+    return out
 
 
 def _label_index(compiled, batch, label: str | None) -> int:

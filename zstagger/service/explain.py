@@ -59,7 +59,7 @@ async def explain(request: Request) -> Response:
         raise ApiError(400, "invalid_request", f"taxonomy {spec.name!r} has no label {body.label!r}")
     ref = image_from_json(body.image, 0, state.settings)
     tagger = state.ready_tagger()
-    cost = 1 + len(window_cells(body.grid))
+    cost = 1 + len(window_cells(body.grid))  # windows and the whole image
     batcher = state.batcher
     try:
         batcher.admit(cost)  # type: ignore[union-attr]
