@@ -241,7 +241,29 @@ def _matches(matches: Sequence[tuple[str, str, float]] | None) -> str:
 
 
 def _explanation(trail: Sequence[dict] | None) -> str:
-    return "" if trail is None else ',"explanation":' + _dumps(trail)
+    return "" if trail is None else ',"explanation":[' + ",".join([_trail_entry(entry) for entry in trail]) + "]"
+
+
+_KEYS: dict[str, str] = {}
+
+
+def _trail_entry(entry: dict) -> str:
+    """One decision-trail entry as json.dumps writes it: its strings repeat from line to line
+    (labels, prompts, where thresholds came from), so they are quoted once (:func:`_label`)."""
+    parts = []
+    for key, value in entry.items():
+        quoted = _KEYS.get(key)
+        if quoted is None:
+            quoted = _KEYS.setdefault(key, _string(key) + ":")
+        if value.__class__ is float:
+            parts.append(quoted + _number(value))
+        elif value.__class__ is str:
+            parts.append(quoted + _label(value))
+        elif value.__class__ is bool:
+            parts.append(quoted + ("true" if value else "false"))
+        else:
+            parts.append(quoted + _dumps(value))
+    return "{" + ",".join(parts) + "}"
 
 
 def _number_array(values: np.ndarray) -> np.ndarray:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .engine.scoring import ScoringPlan, normalize, similarity
+from .engine.scoring import ScoringPlan, normalize
 from .taxonomy import Taxonomy
 
 RIVAL_KINDS = ("negative", "background", "counter_examples", "label")
@@ -81,10 +81,8 @@ class TrailPlan:
         runner_up = reported_arr[np.argmax(candidates, axis=1)] if len(reported_arr) else np.zeros(rows, dtype=np.int64)
         has_runner_up = np.isfinite(candidates.max(axis=1, initial=-np.inf))
         if self.plan is not None:
+            # Logits for the whole batch (as scoring computes them); cosines only for the entries shown.
             logits, competitor_logits, _ = self.plan.logits(images)
-            rival_cosines = similarity(images, self.plan.competitor_embeds) if competitor_logits is not None else None
-            label_cosines = similarity(images, self.plan.label_embeds)
-            prompt_cosines = similarity(images, self.prompt_embeds)
             text_scores = self.text_plan.score(images)[0] if self.text_plan is not None else None
         scale = self.plan.logit_scale if self.plan is not None else 1.0
         out: list[list[dict]] = []
@@ -99,21 +97,22 @@ class TrailPlan:
                 column = int(self.column[label])
                 if column >= 0 and self.plan is not None:
                     own = self.label_prompts[column]
-                    best = int(own[np.argmax(prompt_cosines[b, own])])
-                    entry["prompt"], entry["prompt_cosine"] = self.prompts[best], float(prompt_cosines[b, best])
+                    cosines = self.prompt_embeds[own] @ images[b]
+                    at = int(np.argmax(cosines))
+                    entry["prompt"], entry["prompt_cosine"] = self.prompts[int(own[at])], float(cosines[at])
                     if competitor_logits is not None:
                         pool = self.plan._rival_columns[self.plan._rival_starts[column]:
                                                         self.plan._rival_starts[column] + self.plan._rival_counts[column]]
                         rival = int(pool[np.argmax(competitor_logits[b, pool])])
                         entry.update(rival=self.rival_names[rival], rival_kind=self.rival_kinds[rival],
-                                     rival_cosine=float(rival_cosines[b, rival]),  # type: ignore[index]
+                                     rival_cosine=float(self.plan.competitor_embeds[rival] @ images[b]),  # type: ignore[index]
                                      margin=float((logits[b, column] - competitor_logits[b, rival]) / scale))
                     elif len(self.siblings[column]):
                         pool = self.siblings[column]
                         rival = int(pool[np.argmax(logits[b, pool])])
                         other = int(self.scored[rival])
                         entry.update(rival=self.names[other], rival_kind="background" if self.background[other] else "label",
-                                     rival_cosine=float(label_cosines[b, rival]),
+                                     rival_cosine=float(self.plan.label_embeds[rival] @ images[b]),
                                      margin=float((logits[b, column] - logits[b, rival]) / scale))
                     if text_scores is not None:
                         entry["text_score"] = float(text_scores[b, column])
