@@ -10,7 +10,7 @@ import pytest
 
 from zstagger.testing import sample_image
 
-SCHEMA_KEYS = ["image", "taxonomy", "scores", "tags", "verdict", "error", "provenance"]
+SCHEMA_KEYS = ["image", "taxonomy", "scores", "tags", "verdict", "error", "provenance", "explanation"]  # explanation: the decision trail, on by default
 
 
 def command(*args):

@@ -31,12 +31,15 @@ LAYERS = {
     # image sets, compiled taxonomies, model runtimes. The embedding store sits here (not with
     # evaluation) because every Tagger opens it from ZSTAGGER_STORE as its image cache; what
     # reads it to re-tag, diff and search is "catalogue", above the tagger.
-    "embedding_cache": 30, "store": 31, "fewshot": 32, "classifier": 33,
-    "runtimes": 34,  # model runtimes behind one interface: torch (engine) or a built OpenVINO directory
+    "embedding_cache": 30, "store": 31, "fewshot": 32,
+    "trail": 33,  # a result's decision trail: which prompt, rival and threshold decided each label
+    "classifier": 34,
+    "runtimes": 35,  # model runtimes behind one interface: torch (engine) or a built OpenVINO directory
     # 40: one image to one vector, and an iterable through threads
     "pipeline": 40, "embedder": 41,
     # 50: the facade
     "tagger": 50,
+    "explain": 51,  # where in the image a label comes from (heat maps), through the Tagger
     # 60: what builds on tagging: accuracy, the stored catalogue, review, measuring
     "evaluation": 60, "catalogue": 61, "review": 62, "sinks": 63, "bench": 64, "testing": 65,
     "queue": 70,

@@ -23,6 +23,7 @@ from .engine.scoring import ScoringPlan, ensemble
 from .errors import ExamplesError
 from .fewshot import ImageSets
 from .taxonomy import ACTION_SEVERITY, FewShot, Taxonomy
+from .trail import KnownTrail, TrailPlan, threshold_origins, unit_prompts
 
 _ACTION_OF = {severity: action for action, severity in ACTION_SEVERITY.items()}
 
@@ -36,6 +37,7 @@ class Classification:
     tags: list[str]
     verdict: str | None
     matches: list[tuple[str, str, float]] | None = None
+    explanation: list[dict] | None = None  # the decision trail (:mod:`zstagger.trail`), when asked for
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class BatchClassification:
     tags: list[list[int]]  # label indices that became tags
     verdicts: list[str | None]
     matches: list[list[tuple[str, str, float]] | None]  # per image: the known images it matched (see Classification)
+    explanations: list[list[dict]] | None = None  # per image: its decision trail (:mod:`zstagger.trail`), when asked for
 
 
 class TaxonomyClassifier:
@@ -101,6 +104,7 @@ class TaxonomyClassifier:
             self.children.setdefault(self.parents[i], []).append(i)
         # Multi-label mode reports the labels that can be tags; background labels are only rivals.
         self.reported = [i for i in range(len(labels)) if taxonomy.mode == "single" or not labels[i].background]
+        self.trail: TrailPlan | None = None  # set by build(): what decision trails need
 
     @classmethod
     def build(
@@ -129,10 +133,11 @@ class TaxonomyClassifier:
         embeds = embed_texts(unique) if unique else None
         known = _known_images(taxonomy, image_sets)
         if embeds is None:  # every label is matched by known images alone
-            return cls(taxonomy, None, known, image_sets)
+            return cls(taxonomy, None, known, image_sets)._with_trail(unique, embeds, position, label_prompts, None, [], [])
         label_embeds = ensemble(embeds, [[position[p] for p in group] for group in label_prompts])
         few_shot = _FewShotPlan(scored, image_sets, taxonomy.few_shot or FewShot(), label_embeds.shape[1])
 
+        text_embeds = label_embeds
         if uses_sigmoid or taxonomy.mode == "single":
             label_embeds = few_shot.blend(label_embeds, few_shot.label_sets)
             evidence = few_shot.evidence(few_shot.label_sets, [])
@@ -141,7 +146,11 @@ class TaxonomyClassifier:
             else:
                 groups, parents = _sibling_groups(_parent_indices(taxonomy, scored))
                 plan = ScoringPlan("softmax", label_embeds, logit_scale, groups=groups, group_parents=parents, evidence=evidence)
-            return cls(taxonomy, plan, known, image_sets)
+            trail_text = None
+            if few_shot.sets:
+                trail_text = (ScoringPlan("sigmoid", text_embeds, logit_scale, logit_bias) if uses_sigmoid else
+                              ScoringPlan("softmax", text_embeds, logit_scale, groups=groups, group_parents=parents))
+            return cls(taxonomy, plan, known, image_sets)._with_trail(unique, embeds, position, label_prompts, trail_text, [], [])
 
         # Rivals: ensembled negative phrases, the background labels' own embeddings, then
         # each label's counter-examples (its own text with their images).
@@ -169,7 +178,36 @@ class TaxonomyClassifier:
         plan = ScoringPlan(
             "contrastive", label_embeds, logit_scale, competitor_embeds=rivals, competitor_mask=mask, evidence=evidence
         )
-        return cls(taxonomy, plan, known, image_sets)
+        trail_text = ScoringPlan("contrastive", text_embeds, logit_scale, competitor_embeds=rival_text,
+                                 competitor_mask=mask) if few_shot.sets else None
+        rival_names = negative_phrases + [scored[i].name for i in background] + [scored[i].name for i in counters]
+        rival_kinds = (["negative"] * len(negative_phrases) + ["background"] * len(background)
+                       + ["counter_examples"] * len(counters))
+        return cls(taxonomy, plan, known, image_sets)._with_trail(unique, embeds, position, label_prompts, trail_text,
+                                                                  rival_names, rival_kinds)
+
+    def _with_trail(self, prompts: list[str], embeds: np.ndarray | None, position: dict[str, int],
+                    label_prompts: list[list[str]], text_plan: ScoringPlan | None, rival_names: list[str],
+                    rival_kinds: list[str]) -> TaxonomyClassifier:
+        """Keep what decision trails need: each prompt's own embedding, the rivals' names, the text-only plan."""
+        origins, sources = threshold_origins(self.taxonomy)
+        dim = embeds.shape[1] if embeds is not None else 1
+        self.trail = TrailPlan(
+            names=self.names, scored=self.scored, prompts=prompts,
+            prompt_embeds=unit_prompts(embeds) if embeds is not None else np.zeros((0, dim), dtype=np.float32),
+            label_prompts=[np.asarray([position[p] for p in group], dtype=np.int64) for group in label_prompts],
+            plan=self.plan, rival_names=rival_names, rival_kinds=rival_kinds, text_plan=text_plan,
+            threshold_from=origins, threshold_source=sources, background=self.background,
+        )
+        return self
+
+    def explain(self, image_embeds: np.ndarray, batch: BatchScores, fired: np.ndarray) -> list[list[dict]]:
+        """The decision trail of each image of a scored batch (``fired``: its tag mask)."""
+        known = None
+        if self.known is not None:
+            known = KnownTrail({label: j for j, label in enumerate(self.known.labels)}, self.known.names,
+                               batch.match_rows, batch.match_cosines, batch.matched)
+        return self.trail.explain(image_embeds, batch.scores, fired, self.reported, self.thresholds, known)  # type: ignore[union-attr]
 
     def score(self, image_embeds: np.ndarray) -> BatchScores:
         """Every label's score and cosine for a batch of unit image embeddings, and the known-image matches."""
@@ -194,27 +232,30 @@ class TaxonomyClassifier:
             cosines[:, labels[only]] = best[:, only]
         return BatchScores(scores, cosines, matched, rows, best)
 
-    def classify(self, image_embeds: np.ndarray, top_k: int | None = None) -> list[Classification]:
-        return self.classifications(self.classify_batch(image_embeds, top_k))
+    def classify(self, image_embeds: np.ndarray, top_k: int | None = None, explain: bool = False) -> list[Classification]:
+        return self.classifications(self.classify_batch(image_embeds, top_k, explain))
 
     def classifications(self, batch: BatchClassification) -> list[Classification]:
         """A classified batch as one :class:`Classification` per row."""
         names = self.names
         return [
             Classification(scores=[(names[i], s, c) for i, s, c in zip(ranked, scores, cosines)],
-                           tags=[names[i] for i in tags], verdict=verdict, matches=matches)
-            for ranked, scores, cosines, tags, verdict, matches in zip(
+                           tags=[names[i] for i in tags], verdict=verdict, matches=matches, explanation=trail)
+            for ranked, scores, cosines, tags, verdict, matches, trail in zip(
                 batch.ranked.tolist(), batch.scores.tolist(), batch.cosines.tolist(), batch.tags, batch.verdicts,
-                batch.matches)
+                batch.matches, batch.explanations or [None] * len(batch.tags))
         ]
 
-    def classify_batch(self, image_embeds: np.ndarray, top_k: int | None = None) -> BatchClassification:
-        """Score a batch and apply the taxonomy's rules to every row at once (no per-label Python)."""
-        return self.classify_scores(self.score(image_embeds), top_k)
+    def classify_batch(self, image_embeds: np.ndarray, top_k: int | None = None, explain: bool = False) -> BatchClassification:
+        """Score a batch and apply the taxonomy's rules to every row at once (no per-label Python);
+        ``explain``: with each image's decision trail."""
+        return self.classify_scores(self.score(image_embeds), top_k, image_embeds if explain else None)
 
-    def classify_scores(self, batch: BatchScores, top_k: int | None = None) -> BatchClassification:
+    def classify_scores(self, batch: BatchScores, top_k: int | None = None,
+                        explain_embeds: np.ndarray | None = None) -> BatchClassification:
         """Apply the taxonomy's rules (thresholds, hierarchy, actions, known images) to rows of
-        scores: those of images (:meth:`score`), or a video's frames aggregated into one row."""
+        scores: those of images (:meth:`score`), or a video's frames aggregated into one row.
+        ``explain_embeds``: the images' embeddings, for each one's decision trail."""
         ranked = self._ranked(batch.scores)
         tags, mask = self._tags(batch.scores, ranked, batch.matched)
         shown = ranked[:, :top_k] if top_k is not None else ranked
@@ -225,6 +266,7 @@ class TaxonomyClassifier:
             tags=tags,
             verdicts=[_ACTION_OF[s] for s in self.severities(mask).tolist()] if self.has_actions else [None] * len(tags),
             matches=[self.matches(batch, b) for b in range(len(tags))] if self.known is not None else [None] * len(tags),
+            explanations=self.explain(explain_embeds, batch, mask) if explain_embeds is not None else None,
         )
 
     def matches(self, batch: BatchScores, b: int) -> list[tuple[str, str, float]] | None:

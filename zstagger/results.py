@@ -122,11 +122,50 @@ class FrameScore(BaseModel):
 _MEDIA_FIELDS = ("media", "segments", "frames")
 
 
+class KnownImageTrail(BaseModel):
+    """A label's closest known image in a decision trail."""
+
+    model_config = ConfigDict(frozen=True)
+
+    image: str
+    cosine: float
+    matched: bool
+
+
+class LabelExplanation(BaseModel):
+    """One entry of a result's decision trail (see :mod:`zstagger.trail`): a label that fired,
+    or the strongest one that did not. Fields that do not apply are left out of the JSON."""
+
+    model_config = ConfigDict(frozen=True)
+
+    label: str
+    fired: bool
+    score: float
+    threshold: float
+    threshold_from: str  # label, default, calibration or match_threshold
+    threshold_source: str  # the taxonomy version (and calibration run) that set it
+    prompt: str | None = None  # the prompt of the label's ensemble closest to the image
+    prompt_cosine: float | None = None
+    rival: str | None = None  # what the label was weighed against: its strongest competitor
+    rival_kind: str | None = None  # negative, background, counter_examples or label
+    rival_cosine: float | None = None
+    margin: float | None = None  # (label logit - rival logit) / logit scale
+    text_score: float | None = None  # the score from text alone (taxonomies with example images)
+    known_image: KnownImageTrail | None = None
+
+    @model_serializer(mode="wrap")
+    def _leave_out_what_does_not_apply(self, handler: SerializerFunctionWrapHandler):
+        data = handler(self)
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
+
+
 class TagResult(BaseModel):
     """Tags for one input. ``error`` is set (and scores empty) when the input could not be read.
 
     ``matches`` lists the known images the input matched (taxonomies with known images);
     it is left out of the output when there are none, so results without it read as before.
+    ``explanation`` is the decision trail (:mod:`zstagger.trail`): on by default, left out
+    when it was not asked for (``ZSTAGGER_EXPLAIN=0``, ``Tagger(explain=False)``).
     """
 
     model_config = ConfigDict(frozen=True)
@@ -143,12 +182,13 @@ class TagResult(BaseModel):
     media: MediaInfo | None = None
     segments: list[Segment] | None = None
     frames: list[FrameScore] | None = None
+    explanation: list[LabelExplanation] | None = None
 
     @model_serializer(mode="wrap")
     def _leave_out_no_matches(self, handler: SerializerFunctionWrapHandler):
         data = handler(self)
         if isinstance(data, dict):
-            for key in ("matches", *_MEDIA_FIELDS):
+            for key in ("matches", "explanation", *_MEDIA_FIELDS):
                 if key in data and data[key] is None:
                     del data[key]
         return data
@@ -159,6 +199,7 @@ class TagResult(BaseModel):
             self.image, self.taxonomy, ((s.label, s.score, s.cosine) for s in self.scores), self.tags, self.verdict,
             self.error.model_dump(mode="json") if self.error is not None else None,
             self.provenance, None if self.matches is None else [(m.label, m.image, m.cosine) for m in self.matches],
+            None if self.explanation is None else [e.model_dump(mode="json") for e in self.explanation],
         )
         media = self._media_json()
         return line if not media else line[:-1] + "," + media
@@ -204,13 +245,16 @@ def format_result(
     error: dict | None = None,
     provenance: Provenance | None = None,
     matches: Sequence[tuple[str, str, float]] | None = None,
+    explanation: Sequence[dict] | None = None,
 ) -> str:
     """The JSON line of one result: what ``json.dumps`` writes for the result's fields (no
     spaces, non-ASCII kept, NaN and infinities as null), lone surrogates as ``\\udcXX``;
-    ``matches`` (label, known image, cosine) left out when None, as :class:`TagResult` leaves them out."""
+    ``matches`` (label, known image, cosine) and ``explanation`` (decision trail entries, as
+    :class:`LabelExplanation` dumps them) left out when None, as :class:`TagResult` leaves them out."""
     entries = ",".join([_ENTRY % (_label(label), _number(score), _number(cosine)) for label, score, cosine in scores])
     return _LINE % (_string(image), _label(taxonomy), entries, ",".join(map(_label, tags)), _verdict(verdict),
-                    "null" if error is None else _dumps(error), _provenance(provenance) + _matches(matches))
+                    "null" if error is None else _dumps(error), _provenance(provenance) + _matches(matches)
+                    + _explanation(explanation))
 
 
 def format_results(
@@ -224,11 +268,12 @@ def format_results(
     verdicts: Sequence[str | None],
     provenance: Provenance | None = None,
     matches: Sequence[Sequence[tuple[str, str, float]] | None] | None = None,
+    explanations: Sequence[Sequence[dict] | None] | None = None,
 ) -> list[str]:
     """:func:`format_result` for a page of results of one taxonomy, none of them an error,
     from arrays: ``ranked`` (N, K) label indices into ``names``, best first; ``scores`` and
     ``cosines`` (N, K) in the same order; ``tags`` label indices; one provenance for the page,
-    ``matches`` per image. The floats of the whole page are printed in one pass and each line
+    ``matches`` and ``explanations`` per image. The floats of the whole page are printed in one pass and each line
     is one ``%`` formatting, which is what makes a million lines affordable."""
     rows, width = np.shape(ranked)
     quoted = np.array([_label(name) for name in names], dtype=object)
@@ -238,10 +283,11 @@ def format_results(
     args[:, 2::3] = _number_array(cosines)
     entries, taxonomy_json, tail, tag_json = ",".join([_ENTRY] * width), _label(taxonomy), _provenance(provenance), quoted.tolist()
     found = matches if matches is not None else [None] * rows
+    trails = explanations if explanations is not None else [None] * rows
     return [
         _LINE % (_string(image), taxonomy_json, entries % tuple(row), ",".join([tag_json[i] for i in row_tags]),
-                 _verdict(verdict), "null", tail + _matches(hits) if hits else tail)
-        for image, row, row_tags, verdict, hits in zip(images, args.tolist(), tags, verdicts, found)
+                 _verdict(verdict), "null", (tail + _matches(hits) if hits else tail) + _explanation(trail))
+        for image, row, row_tags, verdict, hits, trail in zip(images, args.tolist(), tags, verdicts, found, trails)
     ]
 
 
@@ -264,6 +310,32 @@ def _matches(matches: Sequence[tuple[str, str, float]] | None) -> str:
     if matches is None:
         return ""
     return ',"matches":' + _dumps([{"label": label, "image": image, "cosine": cosine} for label, image, cosine in matches])
+
+
+def _explanation(trail: Sequence[dict] | None) -> str:
+    return "" if trail is None else ',"explanation":[' + ",".join([_trail_entry(entry) for entry in trail]) + "]"
+
+
+_KEYS: dict[str, str] = {}
+
+
+def _trail_entry(entry: dict) -> str:
+    """One decision-trail entry as json.dumps writes it: its strings repeat from line to line
+    (labels, prompts, where thresholds came from), so they are quoted once (:func:`_label`)."""
+    parts = []
+    for key, value in entry.items():
+        quoted = _KEYS.get(key)
+        if quoted is None:
+            quoted = _KEYS.setdefault(key, _string(key) + ":")
+        if value.__class__ is float:
+            parts.append(quoted + _number(value))
+        elif value.__class__ is str:
+            parts.append(quoted + _label(value))
+        elif value.__class__ is bool:
+            parts.append(quoted + ("true" if value else "false"))
+        else:
+            parts.append(quoted + _dumps(value))
+    return "{" + ",".join(parts) + "}"
 
 
 def _number_array(values: np.ndarray) -> np.ndarray:

@@ -152,6 +152,12 @@ class Settings(BaseSettings):
         description="... and, for every label, at least this share of images is tagged (or not) alike by both.",
         json_schema_extra=read_by(CLI),
     )
+    explain: bool = Field(
+        True,
+        description="Give every result its decision trail (`explanation`: the prompt that matched, the rival, the "
+        "threshold and where it came from); off leaves it out of the results.",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
+    )
     # plugins and taxonomies
     taxonomy_path: str = Field(
         "", description=f"Directories of taxonomy YAML/JSON files, separated by {os.pathsep!r} (workers get each job's "

@@ -39,10 +39,8 @@ from .images import ImageInput, ImagePolicy, describe, iter_inputs
 from .media import MediaOptions, MediaSource, detect, tag_media
 from .pipeline import Pipeline, SetAside
 from .registry import resolve_taxonomy
-from .results import KnownImageMatch, LabelScore, Provenance, TagResult, format_results
+from .results import KnownImageMatch, LabelExplanation, LabelScore, Provenance, TagResult, format_results
 from .runtimes import load_encoder
-from .runtimes.qualification import RuntimeGate
-from .runtimes import model_fingerprint
 from .runtimes.qualification import RuntimeGate
 from .settings import Settings
 from .taxonomy import Taxonomy
@@ -73,6 +71,9 @@ class Tagger:
 
     ``vector_loader``: where a taxonomy's embedded image vectors that travel by hash alone
     are read (a queue worker reads them from Redis): ``sha256 -> bytes | None``.
+
+    ``explain``: give every result its decision trail (``explanation``, :mod:`zstagger.trail`);
+    ``None`` follows ``ZSTAGGER_EXPLAIN`` (on by default).
     """
 
     def __init__(
@@ -89,9 +90,11 @@ class Tagger:
         settings: Settings | None = None,
         image_cache: ImageEmbeddingCache | bool | None = None,
         vector_loader: LoadPack | None = None,
+        explain: bool | None = None,
     ):
         settings = settings or Settings()
         self.settings = settings
+        self.explain = settings.explain if explain is None else explain
         self.batch_size = int(batch_size or settings.batch_size)
         if self.batch_size < 1:
             raise ConfigurationError(f"batch size must be at least 1, got {self.batch_size}")
@@ -315,7 +318,7 @@ class Tagger:
             return self._results_with_media(taxonomy, refs, embeds, errors, top_k, frames)
         compiled = self.classifier(taxonomy)
         provenance = self.provenance(taxonomy, source)
-        done = iter(compiled.classify(embeds, top_k) if embeds is not None else [])
+        done = iter(compiled.classify(embeds, top_k, self.explain) if embeds is not None else [])
         out = []
         for ref, error in zip(refs, errors):
             name = describe(ref)
@@ -332,6 +335,8 @@ class Tagger:
                 provenance=provenance,
                 matches=[KnownImageMatch(label=label, image=image, cosine=cos) for label, image, cos in c.matches]
                 if c.matches else None,
+                explanation=[LabelExplanation.model_validate(entry) for entry in c.explanation]
+                if c.explanation is not None else None,
             ))
         return out
 
@@ -341,9 +346,10 @@ class Tagger:
         """``[r.to_json() for r in self.results(...)]`` for images that all have an embedding,
         written straight from the arrays (no result objects): re-tagging a stored catalogue."""
         compiled = self.classifier(taxonomy)
-        batch = compiled.classify_batch(embeds, top_k)
+        batch = compiled.classify_batch(embeds, top_k, self.explain)
         return format_results(names, taxonomy.name, compiled.names, batch.ranked, batch.scores, batch.cosines, batch.tags,
-                              batch.verdicts, provenance=self.provenance(taxonomy, source), matches=batch.matches)
+                              batch.verdicts, provenance=self.provenance(taxonomy, source), matches=batch.matches,
+                              explanations=batch.explanations)
 
     def provenance(self, taxonomy: Taxonomy, source: str = "image") -> Provenance:
         """What this Tagger's results with ``taxonomy`` record about how they were made."""
@@ -393,8 +399,11 @@ class Tagger:
         """``stages().prepare``: in a loader thread, the cached embedding, model-ready pixels, or the error."""
         return self.stages().prepare(ref)
 
-    def embed_prepared(self, ready: Sequence[Prepared], *, job_id: str = "") -> np.ndarray:
-        """``stages(job_id).embed``: embeddings for images from :meth:`prepare`, one row each, in order."""
+    def embed_prepared(self, ready: Sequence[Prepared], *, job_id: str = "", route: CacheRoute | None = None) -> np.ndarray:
+        """``stages(job_id).embed``: embeddings for images from :meth:`prepare`, one row each, in order.
+        ``route``: another than the tagger's own (``NO_CACHE``: pixels made here, kept nowhere)."""
+        if route is not None and route is not self._route:
+            return self._embedder.embed(ready, route, job_id=job_id).vectors
         return self.stages(job_id).embed(ready)
 
     def preprocess(self, images: Iterable[ImageInput]) -> list[np.ndarray | ImageLoadError]:

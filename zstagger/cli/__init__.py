@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from . import evaluation, examples, queue, runtime, service, store, tagging, taxonomies  # noqa: F401  (each module adds its commands)
+from . import evaluation, examples, explain, queue, review, runtime, service, store, tagging, taxonomies  # noqa: F401  (each module adds its commands)
 from .common import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, cli
 
 __all__ = ["cli", "main"]

@@ -117,6 +117,18 @@ class ScoringPlan:
 
     def score(self, image_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Unit image embeddings (B, D) -> (scores, cosines), both (B, L) float32."""
+        logits, competitor_logits, cosine = self.logits(image_embeds)
+        if self.rule == "sigmoid":
+            return sigmoid(logits + (self.logit_bias or 0.0)), cosine
+        if self.rule == "softmax":
+            return hierarchical_softmax(logits, self.groups, self.group_parents), cosine
+        # per label: logsumexp over its own competitors -> (B, L)
+        rivals = grouped_logsumexp(competitor_logits[:, self._rival_columns], self._rival_starts, self._rival_counts)  # type: ignore[index]
+        return sigmoid(logits - rivals), cosine
+
+    def logits(self, image_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """What the rule turns into scores: the labels' logits (B, L), the competitors' (B, N;
+        contrastive only, else None) and the labels' cosines (B, L); image evidence included."""
         images = np.asarray(image_embeds, dtype=np.float32)
         cosine = similarity(images, self.label_embeds)
         text_scale = self.logit_scale * (self.evidence.text_weight if self.evidence is not None else 1.0)
@@ -125,16 +137,12 @@ class ScoringPlan:
         if self.evidence is not None:
             extra_label, extra_competitor = self.evidence.extra_logits(images, self.logit_scale)
             logits = logits + extra_label
-        if self.rule == "sigmoid":
-            return sigmoid(logits + (self.logit_bias or 0.0)), cosine
-        if self.rule == "softmax":
-            return hierarchical_softmax(logits, self.groups, self.group_parents), cosine
+        if self.rule != "contrastive":
+            return logits, None, cosine
         competitor_logits = text_scale * similarity(images, self.competitor_embeds)  # type: ignore[arg-type]
         if extra_competitor is not None:
             competitor_logits = competitor_logits + extra_competitor
-        # per label: logsumexp over its own competitors -> (B, L)
-        rivals = grouped_logsumexp(competitor_logits[:, self._rival_columns], self._rival_starts, self._rival_counts)
-        return sigmoid(logits - rivals), cosine
+        return logits, competitor_logits, cosine
 
 
 def hierarchical_softmax(logits: np.ndarray, groups: Sequence[np.ndarray], parents: Sequence[int]) -> np.ndarray:

@@ -46,16 +46,20 @@ class Target:
         return "max f1" if self.kind == "f1" else f"{self.kind}>={self.value:g}"
 
 
-def choose_threshold(scores: np.ndarray, truth: np.ndarray, target: Target) -> float | None:
-    """The threshold (one of the scores; a label fires at score >= threshold) meeting ``target``, or None."""
+def choose_threshold(scores: np.ndarray, truth: np.ndarray, target: Target, weights: np.ndarray | None = None) -> float | None:
+    """The threshold (one of the scores; a label fires at score >= threshold) meeting ``target``, or None.
+
+    ``weights``: how many images each row stands for (inverse-probability weighting of a
+    sample, e.g. reviewed items): precision and recall are then weighted sums."""
     if not truth.any():
         return None
     order = np.argsort(-scores, kind="stable")
     s, t = scores[order], truth[order].astype(np.int64)
+    w = np.ones(len(s)) if weights is None else np.asarray(weights, dtype=np.float64)[order]
     last = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]  # last index of each distinct score
-    tp = np.cumsum(t)[last]
-    predicted = last + 1
-    precision, recall = tp / predicted, tp / t.sum()
+    tp = np.cumsum(t * w)[last]
+    predicted = np.cumsum(w)[last]
+    precision, recall = tp / predicted, tp / (t * w).sum()
     thresholds = s[last]
     if target.kind == "precision":
         ok = np.flatnonzero(precision >= target.value - 1e-12)
@@ -99,13 +103,18 @@ def calibrate_scored(
     ``fold_scorer(train_rows)``: the dataset scored by what was learnt from those rows
     alone, and the rows it learnt from (few-shot examples), which are left out of that
     fold's threshold choice; without it every fold uses ``scored``. ``fitted``: the rows
-    ``scored``'s own thresholds may be chosen on (default: all).
+    ``scored``'s own thresholds may be chosen on (default: all). Images with a ``weight``
+    (a manifest's, e.g. from ``zstagger review export``) are weighted in every threshold and
+    figure (inverse-probability weighting: a sample of reviewed items stands for everything).
     """
     model_selection = require("sklearn.model_selection")
     taxonomy = scored.taxonomy
     boot = boot or Bootstrap(len(scored.items))
     scores = calibration_scores(scored)
     n = len(scored.items)
+    weights = np.asarray([getattr(item, "weight", 1.0) for item in scored.items], dtype=np.float64)
+    weighted = bool((weights != 1.0).any())
+    w = weights if weighted else None
     fit = np.ones(n, dtype=bool) if fitted is None else np.asarray(fitted, dtype=bool)
     splits = list(model_selection.KFold(n_splits=folds, shuffle=True, random_state=seed).split(np.arange(n)))
     per_fold = []  # (train rows usable for thresholds, test rows, that fold's scores)
@@ -123,7 +132,7 @@ def calibrate_scored(
         truth, column = scored.truth[:, i] & fit, np.where(fit, scores[:, i], -np.inf)
         previous = taxonomy.threshold_of(label)
         positives = int(truth.sum())
-        in_p, in_r = _figures(boot, column >= previous, truth)
+        in_p, in_r = _figures(boot, column >= previous, truth, w)
         common = {"label": label.name, "action": label.action, "target": str(goal), "positives": positives,
                   "previous_threshold": previous}
         if positives < min_positives:
@@ -134,14 +143,14 @@ def calibrate_scored(
                 note=f"{positives} positives (< {min_positives}): threshold kept; its figures are measured, not fitted",
             ))
             continue
-        chosen = choose_threshold(column[fit], truth[fit], goal)
+        chosen = choose_threshold(column[fit], truth[fit], goal, None if w is None else w[fit])
         fold_thresholds: list[float | None] = []
         held_out = np.zeros(n, dtype=bool)
         for train, test, fold_scores in per_fold:
-            t = choose_threshold(fold_scores[train, i], scored.truth[train, i], goal)
+            t = choose_threshold(fold_scores[train, i], scored.truth[train, i], goal, None if w is None else w[train])
             fold_thresholds.append(t)
             held_out[test] = fold_scores[test, i] >= (t if t is not None else previous)
-        out_p, out_r = _figures(boot, held_out, scored.truth[:, i])
+        out_p, out_r = _figures(boot, held_out, scored.truth[:, i], w)
         if chosen is None:
             unreachable.append(label.name)
             best = _best_reachable(column[fit], truth[fit], goal)
@@ -152,12 +161,15 @@ def calibrate_scored(
             ))
             continue
         threshold = math.floor(chosen * 1e6) / 1e6
-        fit_p, fit_r = _figures(boot, column >= threshold, truth)
+        fit_p, fit_r = _figures(boot, column >= threshold, truth, w)
         results.append(LabelCalibrationResult(
             **common, status="calibrated", threshold=threshold, in_sample_precision=fit_p, in_sample_recall=fit_r,
             held_out_precision=out_p, held_out_recall=out_r, fold_thresholds=fold_thresholds,
         ))
     warnings = []
+    if weighted:
+        warnings.append(f"images weighted by the manifest's weight column (total {weights.sum():.1f} for {n} images): "
+                        "thresholds and figures are inverse-probability weighted")
     if few:
         warnings.append(f"too few positives (< {min_positives}) to calibrate, thresholds kept: {', '.join(few)}")
     if unreachable:
@@ -165,9 +177,12 @@ def calibrate_scored(
     return results, warnings
 
 
-def _figures(boot: Bootstrap, predicted: np.ndarray, truth: np.ndarray) -> tuple[Estimate, Estimate]:
+def _figures(boot: Bootstrap, predicted: np.ndarray, truth: np.ndarray,
+             weights: np.ndarray | None = None) -> tuple[Estimate, Estimate]:
     hit = predicted & truth
-    return boot.ratio(hit, predicted)[0], boot.ratio(hit, truth)[0]
+    if weights is None:
+        return boot.ratio(hit, predicted)[0], boot.ratio(hit, truth)[0]
+    return boot.ratio(hit * weights, predicted * weights)[0], boot.ratio(hit * weights, truth * weights)[0]
 
 
 def _best_reachable(scores: np.ndarray, truth: np.ndarray, target: Target) -> str:

@@ -36,6 +36,7 @@ _SHOWN = 5  # problems listed in one error line
 class LabelledImage:
     ref: str  # what the tagger reads: a path or URL
     labels: tuple[str, ...]  # true labels (empty: none applies)
+    weight: float = 1.0  # how many images it stands for (manifests from `zstagger review export`: 1 / inclusion probability)
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def load_dataset(path: str | os.PathLike, taxonomy: Taxonomy) -> LabelledDataset
         raise DatasetError(f"{path}: no labelled images (expected {path}/<label>/*.jpg folders or manifest rows)")
     _check_labels(items, taxonomy, str(path))
     background = {label.name for label in taxonomy.labels if label.background}
-    items = [LabelledImage(item.ref, tuple(label for label in item.labels if label not in background)) for item in items]
+    items = [LabelledImage(item.ref, tuple(label for label in item.labels if label not in background), item.weight) for item in items]
     if taxonomy.mode == "single":
         _check_single_paths(items, taxonomy, str(path))
     if not any(item.labels for item in items):
@@ -150,7 +151,8 @@ def _from_manifest(path: Path, rows: Iterable[tuple[int, object]]) -> list[Label
             ref = row["image"].strip()  # type: ignore[index]
             if not is_url(ref):
                 ref = str(base / ref) if not os.path.isabs(ref) else ref
-            items.append(LabelledImage(ref, tuple(dict.fromkeys(row["labels"]))))  # type: ignore[index]
+            items.append(LabelledImage(ref, tuple(dict.fromkeys(row["labels"])),  # type: ignore[index]
+                                       float(row.get("weight", 1.0))))  # type: ignore[union-attr]
     except UnicodeDecodeError:
         raise DatasetError(f"{path}: the manifest is not UTF-8 text") from None
     except csv.Error as exc:
@@ -176,6 +178,9 @@ def _row_problem(row: object) -> str | None:
         return "no labels field (use [] when no label applies)"
     if not isinstance(labels, list) or not all(isinstance(label, str) and label.strip() for label in labels):
         return "labels must be a list of label names"
+    weight = row.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < 1e9 or weight != weight:
+        return "weight must be a positive number (1 / the probability the image had of being chosen)"
     return None
 
 
@@ -214,7 +219,7 @@ def _check_single_paths(items: list[LabelledImage], taxonomy: Taxonomy, source: 
 def _fingerprint(items: list[LabelledImage]) -> str:
     h = hashlib.sha256()
     for item in sorted(items, key=lambda i: i.ref):
-        h.update(json.dumps([item.ref, sorted(item.labels)]).encode())
+        h.update(json.dumps([item.ref, sorted(item.labels)] + ([item.weight] if item.weight != 1.0 else [])).encode())
         if not is_url(item.ref):
             try:
                 st = os.stat(item.ref)

@@ -23,6 +23,9 @@ from .metrics import RequestMetrics
 from .moderation import ModerationRequest
 from .requests import TagRequest
 from .jobs import JobRequest, jobs
+from .explain import ExplainRequest, explain_api
+from .review import DecideRequest, ItemRequest, review_api
+from .review_page import review_page
 from .routes import api, probes
 from .state import ServiceState
 
@@ -49,6 +52,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.zstagger = state
     app.include_router(api)
     app.include_router(jobs)
+    app.include_router(explain_api)
+    app.include_router(review_api)
+    app.include_router(review_page)
     app.include_router(probes)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
@@ -57,7 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Outermost last: metrics see every answer, the body limit guards every route.
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     app.add_middleware(RequestMetrics, metrics=state.metrics)
-    _document_bodies(app, [TagRequest, ModerationRequest, JobRequest])
+    _document_bodies(app, [TagRequest, ModerationRequest, JobRequest, ExplainRequest, DecideRequest, ItemRequest])
     return app
 
 

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 from ..errors import ConfigurationError, ZstaggerError
 from .errors import ApiError
 from .requests import TagRequest, check_count, describe_validation, image_from_json, openapi_body, taxonomy_for
-from .routes import authorized, service
+from .routes import needs, service
 
 
 class JobRequest(TagRequest):
@@ -28,7 +28,7 @@ class JobRequest(TagRequest):
         None, description="Receives a signed POST when the job is done or cancelled (see the README's webhook section).")
 
 
-jobs = APIRouter(prefix="/v1/jobs", dependencies=[Depends(authorized)], tags=["jobs"],
+jobs = APIRouter(prefix="/v1/jobs", dependencies=[Depends(needs("jobs"))], tags=["jobs"],
                  responses={401: {"description": "Missing or invalid API key"},
                             503: {"description": "Redis is not configured or cannot be reached"}})
 

@@ -35,8 +35,17 @@ def service(request: Request) -> ServiceState:
 
 def authorized(request: Request) -> ServiceState:
     state = service(request)
-    state.keys.check(request.headers.get("authorization"))
+    state.keys.check(request.headers.get("authorization"), "tag")
     return state
+
+
+def needs(*scopes: str):
+    """A dependency: the caller's key must have one of ``scopes``; gives who it is (see auth.py)."""
+
+    def check(request: Request):
+        return service(request).keys.check(request.headers.get("authorization"), *scopes)
+
+    return check
 
 
 class TagResponse(BaseModel):

@@ -1,0 +1,220 @@
+"""The review queue on SQLite and on a real PostgreSQL: strata and inclusion probabilities,
+claims that two reviewers never share (two clients at once), expiry, decisions with who and
+when, undo, export weights, and everything still there after the database is reopened."""
+
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from zstagger import Taxonomy
+from zstagger.review import ReviewError, ReviewQueue, Selection, choose, default_bands
+from zstagger.store import open_store
+
+POLICY = Taxonomy.parse({"name": "pol", "version": "3", "mode": "multi", "default_threshold": 0.5, "labels": [
+    {"name": "weapon", "threshold": 0.7, "action": "block"},
+    {"name": "drugs", "action": "review"},
+    {"name": "cat"},
+    {"name": "safe", "background": True},
+]}, source="test")
+
+
+def line(reference, weapon, drugs=0.1, cat=0.2):
+    scores = {"weapon": weapon, "drugs": drugs, "cat": cat}
+    tags = [n for n, s in scores.items() if s >= {"weapon": 0.7, "drugs": 0.5, "cat": 0.5}[n]]
+    ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+    return json.dumps({"image": reference, "taxonomy": "pol", "scores": [{"label": n, "score": s, "cosine": 0.0} for n, s in ranked],
+                       "tags": tags, "verdict": "block" if "weapon" in tags else ("review" if "drugs" in tags else "allow"),
+                       "error": None, "provenance": {"taxonomy_version": "3"}})
+
+
+def test_bands_default_from_the_review_threshold_up_to_each_labels_own():
+    bands = default_bands(POLICY)
+    assert bands == {"weapon": (0.5, 0.7), "drugs": (0.4, 0.5)}  # drugs' threshold is the default: a 0.1 band under it
+    assert default_bands(POLICY, overrides={"cat": (0.3, 0.6)})["cat"] == (0.3, 0.6)
+    selection = Selection(bands, audit_rate=0.25, seed="s")
+    assert choose({"weapon": 0.6, "drugs": 0.1}, [], selection, "", "a.jpg") == ("band", 1.0, "weapon")
+    assert choose({"weapon": 0.6, "drugs": 0.45}, [], selection, "", "a.jpg") == ("band", 1.0, "weapon")  # highest in band
+    assert choose({"weapon": 0.9, "drugs": 0.1}, ["weapon"], selection, "", "a.jpg") in (None, ("audit", 0.25, "weapon"))
+    picked = [choose({"weapon": 0.1, "drugs": 0.1}, [], selection, "", f"{i}.jpg") for i in range(4000)]
+    audited = [p for p in picked if p is not None]
+    assert all(p[:2] == ("audit", 0.25) for p in audited)
+    assert 0.22 < len(audited) / 4000 < 0.28  # the sample's share is its inclusion probability
+    again = [choose({"weapon": 0.1, "drugs": 0.1}, [], selection, "", f"{i}.jpg") for i in range(4000)]
+    assert picked == again  # the same results, the same choice
+    with pytest.raises(ValueError):
+        Selection(bands, audit_rate=0)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        server = request.getfixturevalue("postgres")
+        yield server.url
+        store = open_store(server.url)
+        store._run(lambda conn: [store._execute(conn, f"DROP TABLE IF EXISTS {t}") for t in
+                                 ("zstagger_review_decisions", "zstagger_review_items", "zstagger_review_schema")], write=True,
+                   check_schema=False)
+        store.close()
+
+
+def filled(url, count=40, audit_rate=0.5):
+    queue = ReviewQueue(open_store(url))
+    lines = [line(f"img{i:03d}.jpg", weapon=0.55 if i % 2 == 0 else 0.05 + i / 1000) for i in range(count)]
+    counts = queue.enqueue(lines, Selection(default_bands(POLICY), audit_rate=audit_rate, seed="t"), job_id="job-1")
+    return queue, counts
+
+
+def test_two_reviewers_at_once_never_get_the_same_item(database):
+    queue, counts = filled(database, count=60)
+    assert counts["band"] == 30 and counts["added"] == counts["band"] + counts["audit"] and counts["audit"] > 5
+    got: dict[str, list[int]] = {"ann": [], "bob": []}
+    start = threading.Barrier(2)
+
+    failures = []
+
+    def review(name):
+        own = ReviewQueue(open_store(database))  # its own connection, as another server process would have
+        try:
+            start.wait()
+            while (item := own.claim(name)) is not None:
+                got[name].append(item.id)
+                time.sleep(0.001)  # a reviewer looks at the item before asking for the next
+        except Exception as exc:
+            failures.append(exc)
+        finally:
+            own.store.close()
+
+    threads = [threading.Thread(target=review, args=(name,)) for name in got]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not failures
+    assert not set(got["ann"]) & set(got["bob"])
+    assert sorted(got["ann"] + got["bob"]) == sorted(set(got["ann"] + got["bob"])) and len(got["ann"]) + len(got["bob"]) == counts["added"]
+    assert got["ann"] and got["bob"]  # both were served
+    again = queue.enqueue([line(f"img{i:03d}.jpg", weapon=0.55 if i % 2 == 0 else 0.05 + i / 1000) for i in range(60)],
+                          Selection(default_bands(POLICY), audit_rate=0.5, seed="t"), job_id="job-1")
+    assert again["added"] == 0  # enqueueing the same results again adds nothing
+    queue.store.close()
+
+
+def test_claims_expire_decisions_record_who_and_when_and_undo(database):
+    queue, _ = filled(database, count=10)
+    first = queue.claim("ann", lease=0.3)
+    assert first.claimed_by == "ann" and first.stratum in ("band", "audit")
+    assert first.result["image"] == first.reference  # the result line travels with the item (its decision trail too)
+    time.sleep(0.5)
+    taken = queue.claim("bob")  # ann's claim ran out: her item goes to the next reviewer
+    assert taken.id == first.id
+    with pytest.raises(ReviewError) as lost:
+        queue.decide(first.id, "ann", "accept")
+    assert lost.value.kind == "not_claimed"
+    before = time.time()
+    decision = queue.decide(taken.id, "bob", "reject")
+    assert decision.reviewer == "bob" and before <= decision.decided <= time.time()
+    assert decision.labels == ([t for t in taken.tags if t != taken.label] if taken.label in taken.tags else [*taken.tags, taken.label])
+    with pytest.raises(ReviewError) as twice:
+        queue.decide(taken.id, "bob", "accept")
+    assert twice.value.kind == "already_decided"
+    other = queue.claim("bob")
+    with pytest.raises(ReviewError) as bad:
+        queue.decide(other.id, "bob", "relabel", ["weapon", "not-a-label"])
+    assert bad.value.kind == "invalid_decision" and "not-a-label" in bad.value.message
+    relabelled = queue.decide(other.id, "bob", "relabel", ["cat", "cat"])
+    assert relabelled.labels == ["cat"]
+    undone, item = queue.undo("bob")  # the latest one
+    assert undone.id == relabelled.id and item.id == other.id and item.status == "pending" and item.claimed_by == "bob"
+    assert [row["image"] for row in queue.export()] == [taken.reference]
+    accepted = queue.decide(other.id, "bob", "accept")
+    assert accepted.labels == other.tags
+    with pytest.raises(ReviewError):
+        queue.undo("carol")
+    stats = queue.stats()
+    assert stats["decided"] == 2 and stats["actions"] == {"accept": 1, "reject": 1} and stats["agreement"] == 0.5
+    assert stats["reviewers"]["bob"]["decisions"] == 2
+    queue.store.close()
+
+    reopened = ReviewQueue(open_store(database))  # a restart: everything decided is still there
+    rows = list(reopened.export())
+    assert {r["image"] for r in rows} == {taken.reference, other.reference}
+    for row in rows:
+        source = taken if row["image"] == taken.reference else other
+        assert row["weight"] == pytest.approx(1 / source.probability) and row["reviewer"] == "bob"
+        assert row["stratum"] == source.stratum and row["taxonomy"] == "pol" and row["taxonomy_version"] == "3"
+    assert reopened.stats()["decided"] == 2
+    reopened.store.close()
+
+
+def test_skip_puts_an_item_behind_the_others(database):
+    queue, counts = filled(database, count=6, audit_rate=1.0)
+    first = queue.claim("ann")
+    queue.skip(first.id, "ann")
+    seen = [queue.claim("ann").id for _ in range(counts["added"])]
+    assert seen[-1] == first.id and len(set(seen)) == counts["added"]
+    assert queue.claim("ann") is None
+    queue.store.close()
+
+
+# -- learning from reviews: weights in calibrate, export -> calibrate end to end ---------------------
+
+
+def test_weighted_threshold_equals_the_unweighted_one_on_rows_repeated_weight_times():
+    from zstagger.evaluation.calibrate import Target, choose_threshold
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        scores = rng.random(60).round(2)  # ties included
+        truth = rng.random(60) < scores
+        weights = rng.integers(1, 6, 60)
+        for target in (Target("precision", 0.8), Target("recall", 0.7), Target("f1")):
+            assert choose_threshold(scores, truth, target, weights.astype(float)) == choose_threshold(
+                np.repeat(scores, weights), np.repeat(truth, weights), target)
+
+
+def test_review_export_feeds_calibrate_with_weights(tiny_model_dir, tmp_path):
+    from harness import run_cli
+
+    from zstagger.evaluation import calibrate
+    from zstagger.synthetic import labelled_image
+    from zstagger.tagger import Tagger
+
+    policy = Taxonomy.parse({"name": "shapes", "mode": "multi", "default_threshold": 0.45, "negatives": ["clutter"],
+                             "labels": [{"name": "alpha", "threshold": 0.55, "action": "block"},
+                                        {"name": "bravo", "threshold": 0.55, "action": "review"}]}, source="test")
+    images = tmp_path / "images"
+    images.mkdir()
+    truth = {}
+    for i in range(60):
+        present = [j for j in (0, 1) if (i >> j) & 1]
+        path = images / f"{i:03d}.png"
+        labelled_image(present, seed=700 + i, size=(64, 48)).save(path)
+        truth[str(path)] = [("alpha", "bravo")[j] for j in present]
+    with Tagger(str(tiny_model_dir), device="cpu", precision="fp32", image_cache=False) as tagger:
+        lines = [r.to_json() for r in tagger.tag(sorted(truth), policy)]
+        store = f"sqlite:///{tmp_path / 'store.db'}"
+        queue = ReviewQueue(open_store(store))
+        counts = queue.enqueue(lines, Selection(default_bands(policy, overrides={"alpha": (0.0, 0.5)}), audit_rate=0.5, seed="x"))
+        assert counts["band"] and counts["audit"]
+        while (item := queue.claim("ann")) is not None:
+            queue.decide(item.id, "ann", "relabel", truth[item.reference])
+        queue.store.close()
+        manifest = tmp_path / "decisions.jsonl"
+        exported = run_cli("review", "export", "-o", str(manifest), "--store", store)
+        assert exported.returncode == 0, exported.stderr
+        rows = [json.loads(x) for x in manifest.read_text().splitlines()]
+        assert len(rows) == counts["added"] and {r["weight"] for r in rows} == {1.0, 2.0}
+        assert all(r["labels"] == truth[r["image"]] for r in rows)
+        stats = json.loads(run_cli("review", "stats", "--store", store).stdout)
+        assert stats["decided"] == counts["added"] and stats["pending"] == 0 and stats["reviewers"]["ann"]["decisions"] == len(rows)
+        report = calibrate(manifest, policy, objective="f1", min_positives=2, folds=2, tagger=tagger)
+    assert any("inverse-probability weighted" in w for w in report.warnings)
+    # the held-out figures count audit images twice: their n is the weighted count of predictions/positives
+    alpha = next(label for label in report.labels if label.label == "alpha")
+    positives = sum(r["weight"] for r in rows if "alpha" in r["labels"])
+    assert alpha.held_out_recall.n == int(positives)
