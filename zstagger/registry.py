@@ -22,6 +22,8 @@ from .taxonomy import DEFAULT_TEMPLATE, Taxonomy
 class DuplicateTaxonomyError(TaxonomyError):
     """Two plugins registered taxonomies with the same name."""
 
+    type = "duplicate_taxonomy"
+
 
 @dataclass(frozen=True)
 class RegisteredTaxonomy:

@@ -31,7 +31,7 @@ import numpy as np
 from .classifier import TaxonomyClassifier
 from .embedder import WRITE_EVERY, CacheRoute, Embedder, EmbedStages, Figures, Prepared, open_image_cache
 from .embedding_cache import EmbeddingCache, ImageEmbeddingCache, default_image_cache
-from .errors import ConfigurationError, ImageLoadError
+from .errors import ConfigurationError, ImageLoadError, record_type
 from .fewshot import ImageSets, resolve_image_sets
 from .fewshot.sets import LoadPack
 from .images import ImageInput, ImagePolicy, describe, iter_inputs
@@ -250,7 +250,8 @@ class Tagger:
         for ref, error in zip(refs, errors):
             name = describe(ref)
             if error is not None:
-                out.append(TagResult.failed(name, taxonomy.name, error.kind, error.message, error.transient, provenance))
+                out.append(TagResult.failed(name, taxonomy.name, record_type(error), error.message, error.transient,
+                                            provenance))
                 continue
             c = next(done)
             out.append(TagResult(

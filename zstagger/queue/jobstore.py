@@ -22,29 +22,12 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from ..errors import ZstaggerError
+from ..errors import InvalidJobIdError, QueueUnavailableError, RedisRefusedWritesError, UnknownJobError
 from ..results import TagResult
 from ..settings import redact_url
 
 PREFIX = "zstagger:job:"
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
-
-
-class UnknownJobError(ZstaggerError, KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-class InvalidJobIdError(UnknownJobError, ValueError):
-    """Not a job id at all (so certainly not a known job)."""
-
-
-class QueueUnavailableError(ZstaggerError):
-    """Redis cannot be reached."""
-
-
-class RedisRefusedWritesError(QueueUnavailableError):
-    """Redis answers but refuses writes: out of memory (``maxmemory`` with ``noeviction``) or a read-only replica."""
 
 
 def new_job_id() -> str:

@@ -19,16 +19,12 @@ import hmac
 import time
 from collections.abc import Mapping
 
-from ..errors import ZstaggerError
+from ..errors import InvalidSignatureError
 
 EVENT_ID_HEADER = "Zstagger-Event-Id"
 TIMESTAMP_HEADER = "Zstagger-Timestamp"
 SIGNATURE_HEADER = "Zstagger-Signature"
 DEFAULT_TOLERANCE = 300  # seconds
-
-
-class InvalidSignatureError(ZstaggerError):
-    """A webhook request whose signature, timestamp or headers do not check out: reject it."""
 
 
 def _key(secret: str | bytes) -> bytes:
