@@ -43,6 +43,8 @@ from .tagger import Tagger
 class BenchError(ZstaggerError):
     """A measurement could not be taken (its subprocess failed); says why in one line."""
 
+    type = "bench_failed"
+
 
 def best_rate(run: Callable[[], int], repeats: int) -> float:
     """Items per second of the fastest of ``repeats`` passes (``run`` returns its item count)."""

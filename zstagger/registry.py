@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 class DuplicateTaxonomyError(TaxonomyError):
     """Two plugins registered taxonomies with the same name."""
 
+    type = "duplicate_taxonomy"
+
 
 class InvalidTaxonomyError(TaxonomyError):
     """The taxonomy asked for comes from a file that cannot be used (broken); the message names it."""

@@ -32,7 +32,7 @@ from PIL import Image
 from .classifier import TaxonomyClassifier
 from .embedder import NO_CACHE, WRITE_EVERY, CacheRoute, Embedder, EmbedStages, Figures, Prepared, open_image_cache, or_error
 from .embedding_cache import EmbeddingCache, ImageEmbeddingCache, default_image_cache
-from .errors import ConfigurationError, ImageLoadError
+from .errors import ConfigurationError, ImageLoadError, record_type
 from .fewshot import ImageSets, resolve_image_sets
 from .fewshot.sets import LoadPack
 from .images import ImageInput, ImagePolicy, describe, iter_inputs
@@ -323,7 +323,8 @@ class Tagger:
         for ref, error in zip(refs, errors):
             name = describe(ref)
             if error is not None:
-                out.append(TagResult.failed(name, taxonomy.name, error.kind, error.message, error.transient, provenance))
+                out.append(TagResult.failed(name, taxonomy.name, record_type(error), error.message, error.transient,
+                                            provenance))
                 continue
             c = next(done)
             out.append(TagResult(

@@ -11,13 +11,13 @@ import sys
 import click
 
 from . import evaluation, examples, explain, queue, review, runtime, service, store, tagging, taxonomies  # noqa: F401  (each module adds its commands)
-from .common import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, cli
+from .common import EXIT_INTERRUPTED, EXIT_OK, cli
 
 __all__ = ["cli", "main"]
 
 
 def main() -> None:
-    from ..errors import PluginError, TaxonomyError
+    from ..errors import PluginError, TaxonomyError, exit_code
     from ..plugins import load_plugins, pm
 
     try:
@@ -25,7 +25,7 @@ def main() -> None:
         pm.hook.register_commands(cli=cli)
     except (PluginError, TaxonomyError) as exc:
         click.echo(f"Error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
+        sys.exit(exit_code(exc))
     try:
         # Not click's standalone mode: it turns Ctrl-C into exit 1, which here means
         # "some inputs failed".

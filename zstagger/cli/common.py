@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterable
 
 import click
 
-from ..errors import ZstaggerError
+from ..errors import EXIT_TIMEOUT, EXIT_USAGE, ZstaggerError, exit_code
 from ..settings import PRECISIONS
 
-EXIT_OK, EXIT_FAILED_INPUTS, EXIT_USAGE, EXIT_TIMEOUT = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED_INPUTS = 0, 1  # and EXIT_USAGE 2, EXIT_TIMEOUT 3: zstagger.errors, with every error's code
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a writer killed by SIGPIPE
 EXIT_INTERRUPTED = 128 + 2  # Ctrl-C, as a shell reports a process stopped by SIGINT
 EXIT_TERMINATED = 128 + 15  # SIGTERM, as a shell reports a process stopped by it
@@ -71,8 +71,9 @@ def reader_may_leave():
 
 
 def reports_errors(func: Callable) -> Callable:
-    """Turn zstagger's own errors into one clear line on stderr and exit code 2; so is a
-    package missing from this install (named, with the pip command that installs it)."""
+    """Turn zstagger's own errors into one clear line on stderr and the exit code the table
+    of errors gives them (2, or 3 for a wait that timed out); so is a package missing from
+    this install (named, with the pip command that installs it: exit 2)."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -80,7 +81,7 @@ def reports_errors(func: Callable) -> Callable:
             return func(*args, **kwargs)
         except ZstaggerError as exc:
             click.echo(f"Error: {exc}", err=True)
-            sys.exit(EXIT_USAGE)
+            sys.exit(exit_code(exc))
         except ImportError as exc:
             from ..extras import missing_from
 

@@ -9,7 +9,7 @@ import click
 
 from ..settings import PRECISIONS, Settings
 from .common import (
-    EXIT_FAILED_INPUTS, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, check_taxonomy_choice, cli, read_references,
+    EXIT_FAILED_INPUTS, EXIT_OK, EXIT_TIMEOUT, check_taxonomy_choice, cli, read_references,
     reader_may_leave, reports_errors, taxonomy_options,
 )
 
@@ -33,7 +33,7 @@ def worker(concurrency, queues, model, precision, device, hostname, loglevel, po
         if value is not None:
             os.environ[f"ZSTAGGER_{key}"] = str(value)
     settings = Settings()
-    from ..errors import ZstaggerError
+    from ..errors import ZstaggerError, exit_code
     from ..extras import check_installed
     from ..runtimes import check_available, required_modules
 
@@ -46,7 +46,7 @@ def worker(concurrency, queues, model, precision, device, hostname, loglevel, po
             open_store(settings.store, timeout=settings.store_timeout).close()  # checks the URL and the extra; connects to nothing
     except ZstaggerError as exc:
         click.echo(f"Error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
+        sys.exit(exit_code(exc))
     from ..queue.celery_app import app
 
     argv = ["worker", f"--loglevel={loglevel}", f"--concurrency={settings.concurrency}",
@@ -124,18 +124,15 @@ def results(job_id, wait, timeout):
     Exit 0 all tagged, 1 some inputs failed, 3 not finished (--wait timed out, the job
     is still running without --wait, or it was cancelled: the finished results are printed).
     """
-    from ..queue.client import Job, JobTimeout
+    from ..queue.client import Job
 
     job = Job(job_id)
 
     def redis_away(exc):
         click.echo(f"{exc} Still waiting" + (f" (at most {timeout:g}s in all)." if timeout is not None else "."), err=True)
 
-    try:
-        state = job.wait(timeout, on_unavailable=redis_away) if wait else job.status()
-    except JobTimeout as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(EXIT_TIMEOUT)
+    # A wait that times out (JobTimeout) exits 3, as the table of errors says.
+    state = job.wait(timeout, on_unavailable=redis_away) if wait else job.status()
     with reader_may_leave():
         for line in job.result_lines():
             click.echo(line)

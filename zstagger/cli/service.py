@@ -7,9 +7,9 @@ import sys
 
 import click
 
-from ..errors import ZstaggerError
+from ..errors import ZstaggerError, exit_code
 from ..settings import Settings
-from .common import EXIT_USAGE, cli
+from .common import cli
 
 
 @cli.command()
@@ -40,7 +40,7 @@ def serve(host, port, workers, model, log_level):
         keys = ApiKeys.from_settings(settings)
     except ZstaggerError as exc:
         click.echo(f"Error: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
+        sys.exit(exit_code(exc))
     if not keys.configured and not keys.anonymous:
         click.echo("warning: no API keys configured: every API call will be answered 401 until you set "
                    "ZSTAGGER_API_KEYS or ZSTAGGER_API_KEYS_FILE (hashes from `zstagger api-key`), or "

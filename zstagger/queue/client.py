@@ -10,7 +10,7 @@ from typing import Any
 
 import redis
 
-from ..errors import ConfigurationError, FileReadError
+from ..errors import ConfigurationError, FileReadError, JobTimeout
 from ..extras import missing_from
 from ..files import read_regular_file
 from ..images import ImageInput, NamedBytes, iter_inputs
@@ -58,10 +58,6 @@ def check_callback_url(url: str, settings: Settings) -> str:
     except (OSError, TimeoutError):
         pass  # not resolvable from here: the workers resolve and check it again for every delivery
     return url
-
-
-class JobTimeout(TimeoutError):
-    """``results(wait=True, timeout=...)`` ran out of time before the job finished."""
 
 
 class Job:

@@ -22,7 +22,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from ..errors import ZstaggerError
+from ..errors import InvalidJobIdError, QueueUnavailableError, RedisRefusedWritesError, UnknownJobError
 from ..results import TagResult
 from ..settings import redact_url
 
@@ -35,23 +35,6 @@ ENQUEUING = "enqueuing"
 ENQUEUE_BEAT = 5.0
 ENQUEUE_STALL = 120.0
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
-
-
-class UnknownJobError(ZstaggerError, KeyError):
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-class InvalidJobIdError(UnknownJobError, ValueError):
-    """Not a job id at all (so certainly not a known job)."""
-
-
-class QueueUnavailableError(ZstaggerError):
-    """Redis cannot be reached."""
-
-
-class RedisRefusedWritesError(QueueUnavailableError):
-    """Redis answers but refuses writes: out of memory (``maxmemory`` with ``noeviction``) or a read-only replica."""
 
 
 def new_job_id() -> str:

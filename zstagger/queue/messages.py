@@ -14,13 +14,9 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, ValidationError
 
-from ..errors import ConfigurationError, ZstaggerError
+from ..errors import ConfigurationError, MalformedChunkError, ZstaggerError
 from ..images import ImageInput, NamedBytes, is_url
 from .jobstore import check_job_id
-
-
-class MalformedChunkError(ZstaggerError, ValueError):
-    """A task message whose arguments are not what the producer sends; the worker refuses it."""
 
 
 def check_ref_string(ref: str) -> str:

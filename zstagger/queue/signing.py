@@ -23,7 +23,7 @@ import re
 import time
 from collections.abc import Mapping
 
-from ..errors import ZstaggerError
+from ..errors import InvalidSignatureError
 
 EVENT_ID_HEADER = "Zstagger-Event-Id"
 TIMESTAMP_HEADER = "Zstagger-Timestamp"
@@ -32,10 +32,6 @@ DEFAULT_TOLERANCE = 300  # seconds
 SCHEME = "v2"  # v1 signed "<timestamp>." + body, leaving the event id outside the signature
 # Event ids are ASCII words (evt_<job id>_<state>): no "." that could shift the signed message's fields.
 _EVENT_ID = re.compile(r"[A-Za-z0-9_\-]{1,200}")
-
-
-class InvalidSignatureError(ZstaggerError):
-    """A webhook request whose signature, timestamp or headers do not check out: reject it."""
 
 
 def _key(secret: str | bytes) -> bytes:

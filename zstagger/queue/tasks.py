@@ -18,7 +18,7 @@ import redis
 from celery.exceptions import Reject
 from kombu.exceptions import OperationalError
 
-from ..errors import ExamplesError, ZstaggerError
+from ..errors import ExamplesError, TaxonomyError, ZstaggerError, record_type
 from ..results import TagResult
 from ..settings import Settings
 from ..taxonomy import Taxonomy
@@ -151,7 +151,7 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
     pending = [(index, ref) for index, ref in items if index in todo]
     if spec is None:
         name = str(chunk.taxonomy.get("name", "?"))[:100]
-        refused = [(index, TagResult.failed(describe(decode_ref(ref)), name, "invalid_taxonomy",
+        refused = [(index, TagResult.failed(describe(decode_ref(ref)), name, record_type(TaxonomyError),
                                             f"the job's taxonomy spec is invalid: {spec_problem}")) for index, ref in pending]
         finished = _with_redis(lambda: store.save(job_id, refused, int(chunk.expires_at) or int(time.time() + settings.result_ttl)),
                                "storing results", settings)
@@ -172,7 +172,7 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
     except ExamplesError as exc:  # never tag with text alone when the images cannot be had: say so per input
         log.error("zstagger: taxonomy %s cannot be used here: %s", spec.name, exc)
         provenance = tagger.provenance(spec)
-        results = [TagResult.failed(describe(ref), spec.name, "examples_unavailable", str(exc), provenance=provenance)
+        results = [TagResult.failed(describe(ref), spec.name, record_type(exc), str(exc), provenance=provenance)
                    for ref in refs]
     else:
         # With an embedding store (ZSTAGGER_STORE) the Tagger records the chunk's images under

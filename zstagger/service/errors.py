@@ -1,6 +1,8 @@
 """Error bodies of the HTTP API: every error is ``{"error": {"type", "message"}}`` with a stable type.
 
-No stack trace ever reaches a client: anything unexpected is logged here and answered as
+zstagger's own errors are answered as the one table of errors says
+(:data:`zstagger.errors.ERRORS`: status and type per error type, :func:`api_error`); no
+stack trace ever reaches a client: anything unexpected is logged here and answered as
 ``internal_error``.
 """
 
@@ -11,6 +13,8 @@ import logging
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+
+from ..errors import ZstaggerError, http_answer
 
 log = logging.getLogger("zstagger.service")
 
@@ -52,13 +56,17 @@ async def validation_error(request: Request, exc) -> JSONResponse:
     return error_response(422, "invalid_request", "; ".join(problems) or "invalid request")
 
 
-async def zstagger_error(request: Request, exc) -> JSONResponse:
-    """zstagger's own errors raised inside a route: a clear 4xx (their messages are written for users)."""
-    from ..errors import UnknownTaxonomyError
+def api_error(exc: ZstaggerError) -> ApiError:
+    """zstagger's own error as the HTTP API answers it: status and type from the table of
+    errors, the message (written for users) on one line."""
+    status, type = http_answer(exc)
+    return ApiError(status, type, str(exc).replace("\n", "; "))
 
-    if isinstance(exc, UnknownTaxonomyError):
-        return error_response(404, "unknown_taxonomy", str(exc))
-    return error_response(400, "invalid_request", str(exc).replace("\n", "; "))
+
+async def zstagger_error(request: Request, exc: ZstaggerError) -> JSONResponse:
+    """zstagger's own errors raised inside a route, answered as :func:`api_error` says."""
+    error = api_error(exc)
+    return error_response(error.status_code, error.type, error.message)
 
 
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:

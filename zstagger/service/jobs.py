@@ -12,8 +12,8 @@ from pydantic import Field, StringConstraints, ValidationError
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.responses import JSONResponse, StreamingResponse
 
-from ..errors import ConfigurationError, ZstaggerError
-from .errors import ApiError
+from ..errors import ZstaggerError
+from .errors import ApiError, api_error
 from .requests import TagRequest, check_count, describe_validation, image_from_json, openapi_body, taxonomy_for
 from .routes import needs, service
 
@@ -42,19 +42,12 @@ def queue_settings(request: Request):
 
 
 def _queue_call(call, *args, **kwargs):
-    """Run a producer call, turning zstagger's own errors into HTTP errors."""
-    from ..queue.jobstore import QueueUnavailableError, UnknownJobError
-
+    """Run a producer call, turning zstagger's own errors into HTTP errors (unknown job 404,
+    queue away 503, anything else 400: the table of errors)."""
     try:
         return call(*args, **kwargs)
-    except UnknownJobError as exc:
-        raise ApiError(404, "unknown_job", str(exc)) from None
-    except QueueUnavailableError as exc:
-        raise ApiError(503, "queue_unavailable", str(exc).splitlines()[0]) from None
-    except ConfigurationError as exc:
-        raise ApiError(400, "invalid_request", str(exc)) from None
     except ZstaggerError as exc:
-        raise ApiError(400, "invalid_request", str(exc)) from None
+        raise api_error(exc) from None
 
 
 def _links(request: Request, job_id: str) -> dict[str, str]:

@@ -14,12 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from ..errors import ConfigurationError, TaxonomyError, UnknownTaxonomyError
+from ..errors import ZstaggerError
 from ..images import ImageInput, NamedBytes, is_url
 from ..registry import resolve_taxonomy
 from ..settings import Settings
 from ..taxonomy import Taxonomy
-from .errors import ApiError
+from .errors import ApiError, api_error
 
 Name = Annotated[str, StringConstraints(max_length=1024)]
 MAX_URL_LENGTH = 8192
@@ -92,10 +92,8 @@ def taxonomy_for(taxonomy: str | None, labels: list[str] | None, template: str |
     """The one owner of "exactly one of taxonomy or labels", as an HTTP error."""
     try:
         return resolve_taxonomy(taxonomy, labels, template)
-    except UnknownTaxonomyError as exc:
-        raise ApiError(404, "unknown_taxonomy", str(exc)) from None
-    except (ConfigurationError, TaxonomyError) as exc:
-        raise ApiError(400, "invalid_request", str(exc).replace("\n", "; ")) from None
+    except ZstaggerError as exc:  # unknown taxonomy: 404; a bad spec or option: 400 (the table of errors)
+        raise api_error(exc) from None
 
 
 def check_count(count: int, limit: int) -> None:
