@@ -13,7 +13,7 @@ import threading
 import httpx
 import pytest
 
-from harness import ApiServer
+from harness import ApiServer, clean_environ
 from zstagger.service.auth import hash_key
 from zstagger.testing import sample_image
 
@@ -47,7 +47,7 @@ def api(tiny_model_dir, tmp_path_factory):
 def zstagger_tag(*args, env):
     exe = shutil.which("zstagger")
     cmd = [exe, "tag", *args] if exe else [sys.executable, "-m", "zstagger.cli", "tag", *args]
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+    full_env = clean_environ()
     full_env.update(env)
     return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=300)
 
@@ -254,7 +254,7 @@ def test_backpressure_answers_503_with_retry_after(tiny_model_dir, tmp_path, slo
 def test_serve_with_a_missing_model_is_one_line_exit_2(tmp_path):
     exe = shutil.which("zstagger")
     cmd = [exe, "serve"] if exe else [sys.executable, "-m", "zstagger.cli", "serve"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+    env = clean_environ()
     result = subprocess.run([*cmd, "--model", str(tmp_path / "nope")], capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
 

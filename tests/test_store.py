@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from harness import clean_environ
 
 from zstagger import Tagger, get_taxonomy
 from zstagger.embedding_cache import EmbeddingKey, ImageSighting, SQLiteImageCache
@@ -26,7 +27,7 @@ from zstagger.testing import sample_image
 def zstagger(*args, env=None, timeout=300, stdin=None):
     exe = shutil.which("zstagger")
     cmd = [exe, *args] if exe else [sys.executable, "-m", "zstagger.cli", *args]
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+    full_env = clean_environ()
     full_env.update(env or {})
     return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, input=stdin, check=False)
 
@@ -219,7 +220,7 @@ def test_retag_loads_no_model_when_the_text_side_is_cached(env, tmp_path):
               "t = Tagger(image_cache=ReadOnly(s)); c = open_catalogue(s, t); "
               "n = sum(len(p) for p in retag_lines(c, t.resolve('moderation'))); "
               "print(n, 'torch' in sys.modules, 'transformers' in sys.modules, t.model_loaded)")
-    full_env = {**{k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}, **env}
+    full_env = clean_environ(env)
     out = subprocess.run([sys.executable, "-c", script, env["ZSTAGGER_STORE"]], capture_output=True, text=True, env=full_env,
                          timeout=120, check=False)
     assert out.stdout.split() == ["4", "False", "False", "False"], out.stderr

@@ -12,7 +12,7 @@ import time
 import urllib.request
 
 import pytest
-from harness import free_port, wait_for, worker_starter
+from harness import clean_environ, free_port, wait_for, worker_starter
 
 from zstagger.queue import enqueue
 from zstagger.settings import Settings
@@ -69,7 +69,7 @@ def job_rows(url, job_id):
 def cli(*args, env, timeout=180):
     exe = shutil.which("zstagger")
     cmd = [exe, *args] if exe else [sys.executable, "-m", "zstagger.cli", *args]
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+    full_env = clean_environ()
     full_env.update(env)
     return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout, check=False)
 

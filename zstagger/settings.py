@@ -103,6 +103,12 @@ class Settings(BaseSettings):
     taxonomy_path: str = Field("", description=f"Directories of taxonomy YAML/JSON files, separated by {os.pathsep!r}.")
     plugins_dir: str = Field("", description="Directory of one-off plugin .py files.")
     block_plugins: Annotated[list[str], NoDecode] = Field(default_factory=list, description="Comma-separated plugin names not to load.")
+    load_plugins: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description="Installed plugins (entry points of the 'zstagger' group) to load, comma-separated, by entry-point "
+        "name; unset: every installed one; empty: none (the test suite sets it so). Built-ins and ZSTAGGER_PLUGINS_DIR "
+        "files are not affected.",
+    )
     # image reading
     url_timeout: float = Field(
         10.0, gt=0, description="Seconds allowed to fetch one image URL: DNS, connect, headers and body, redirects included."
@@ -177,7 +183,7 @@ class Settings(BaseSettings):
         description="Where workers touch a heartbeat file for `zstagger health --local` (liveness without Redis).",
     )
 
-    @field_validator("block_plugins", "queues", "api_keys", mode="before")
+    @field_validator("block_plugins", "load_plugins", "queues", "api_keys", mode="before")
     @classmethod
     def _split_commas(cls, value):
         if isinstance(value, str):

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from harness import RedisServer
+from harness import RedisServer, clean_environ
 from zstagger.synthetic import sample_image
 
 WORKER_PYTHON = os.environ.get("ZSTAGGER_TEST_WORKER_PYTHON")
@@ -27,8 +27,7 @@ def cli(*args, env):
     exe = os.path.join(os.path.dirname(sys.executable), "zstagger")
     if not os.path.exists(exe):
         exe = shutil.which("zstagger")
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
-    return subprocess.run([exe, *args], env={**clean, **env}, capture_output=True, text=True, timeout=120)
+    return subprocess.run([exe, *args], env=clean_environ(env), capture_output=True, text=True, timeout=120)
 
 
 def test_no_torch_and_no_transformers_here():
