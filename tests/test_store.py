@@ -197,6 +197,52 @@ def test_retag_writes_what_tag_wrote_and_matches_plain_tagging_within_fp16(env, 
     assert sum(x["tags"] == y["tags"] for x, y in zip(plain, stored)) >= len(paths) - 1
 
 
+def test_retag_order_is_first_recorded_and_a_run_records_in_input_order(env, tmp_path):
+    """A run's images are recorded in input order, whether their embeddings are computed or
+    found in the store and whichever encoder lane finishes first: retag prints them so."""
+    first = write_images(tmp_path / "a", 10)
+    assert zstagger("tag", *first, "-t", "moderation", env=env).returncode == 0
+    (tmp_path / "b").mkdir()
+    second = []
+    for i in range(12):  # stored bytes under new names (found in the store) between new images (computed)
+        path = tmp_path / "b" / f"{i:02d}.jpg"
+        if i % 2:
+            sample_image(100 + i, (70, 60)).save(path, quality=90)
+        else:
+            shutil.copyfile(first[i // 2], path)
+        second.append(str(path))
+    run = zstagger("tag", *second, "-t", "moderation", "--batch-size", "3",
+                   env={**env, "ZSTAGGER_INFERENCE_LANES": "3", "ZSTAGGER_LOADER_THREADS": "3"})
+    assert run.returncode == 0, run.stderr
+    retagged = lines(zstagger("retag", "-t", "moderation", "--format", "jsonl", env=env))
+    assert [r["image"] for r in retagged] == first + second
+
+
+def test_the_parallel_retag_writes_what_one_process_writes_byte_for_byte(env, tmp_path):
+    """The forked path (used from ZSTAGGER_RETAG_PARALLEL_FROM images on; 40,000 by default),
+    forced on 30 images: the same bytes as one process writes."""
+    write_images(tmp_path / "img", 30)
+    assert zstagger("tag", str(tmp_path / "img"), "-t", "moderation", env=env).returncode == 0
+    single = zstagger("retag", "-t", "moderation", "--format", "jsonl", "--workers", "1", env=env)
+    forced = zstagger("retag", "-t", "moderation", "--format", "jsonl", "--workers", "3",
+                      env={**env, "ZSTAGGER_RETAG_PARALLEL_FROM": "2"})
+    assert single.returncode == forced.returncode == 0, forced.stderr
+    assert single.stdout.count("\n") == 30 and forced.stdout == single.stdout
+    # The same through the Python API, where the pieces show that forked workers made them.
+    script = ("import sys; from zstagger.store import open_store; from zstagger.catalogue import ReadOnly, open_catalogue; "
+              "from zstagger.catalogue.retag import retag_text; from zstagger import Tagger; s = open_store(sys.argv[1]); "
+              "t = Tagger(image_cache=ReadOnly(s)); c = open_catalogue(s, t); "
+              "pieces = list(retag_text(c, t.resolve('moderation'), workers=3, parallel_from=2)); "
+              "print(len(pieces), sum(n for n, _ in pieces)); sys.stdout.write(''.join(text for _, text in pieces))")
+    out = subprocess.run([sys.executable, "-c", script, env["ZSTAGGER_STORE"]], capture_output=True, text=True,
+                         env=clean_environ(env), timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    head, _, text = out.stdout.partition("\n")
+    pieces, count = map(int, head.split())
+    assert pieces > 3 and count == 30  # id ranges, one per task (one process writes a single page of 10,000)
+    assert text == single.stdout
+
+
 def test_retag_hierarchical_single_label_through_the_python_api(env, tiny_model_dir, tmp_path):
     from zstagger.catalogue import ReadOnly, open_catalogue, retag
 

@@ -174,6 +174,8 @@ def test_job_status_and_metrics_count_intake_hits(queue_env, workers, tmp_path):
     new_id = as_job.stdout.strip()
     served = cli("results", new_id, env=cli_env)
     assert served.returncode == 0 and served.stdout == retagged.stdout
-    assert [json.loads(line)["image"] for line in served.stdout.splitlines()] == paths  # one row per (job, reference)
+    # one row per (job, reference), in the order they were first recorded (chunks as they finished, each in input order)
+    images = [json.loads(line)["image"] for line in served.stdout.splitlines()]
+    assert sorted(images) == sorted(paths) and images == job_rows(url, second.id)
     status = json.loads(cli("status", new_id, env=cli_env).stdout)
     assert (status["state"], status["total"], status["done"]) == ("done", 6, 6)

@@ -99,6 +99,11 @@ class Settings(BaseSettings):
         description="Seconds a write to an unreachable embedding store is retried before its images are counted as "
         "unrecorded and tagging goes on (reads never wait: a store that does not answer is a miss).",
     )
+    retag_parallel_from: int = Field(
+        40_000, ge=1,
+        description="`zstagger retag` scores and writes in several processes (--workers) from this many selected "
+        "images on; below it, in one. The output is the same byte for byte either way.",
+    )
     # plugins and taxonomies
     taxonomy_path: str = Field("", description=f"Directories of taxonomy YAML/JSON files, separated by {os.pathsep!r}.")
     plugins_dir: str = Field("", description="Directory of one-off plugin .py files.")

@@ -417,25 +417,36 @@ class Tagger:
         source = iter(images)
         size = batch_size or self.batch_size
         batches = iter(lambda: list(islice(source, size)), [])
-        in_flight: deque[Future] = deque()
-        pending: list[ImageSighting] | None = [] if self._records(cache) else None
+        # Each batch gathers its own sightings; they join ``pending`` in input order as the batches are
+        # taken in order, so the store records a run's images in input order whichever lane finishes first.
+        in_flight: deque[tuple[Future, list[ImageSighting] | None]] = deque()
+        records = self._records(cache)
+        pending: list[ImageSighting] | None = [] if records else None
 
         def submit_next() -> None:
             batch = next(batches, None)
             if batch:
                 loads = [(ref, loader.submit(self.prepare, ref, cache)) for ref in batch]
-                in_flight.append(encoders.submit(self._encode_batch, loads, cache, job_id, pending))
+                sightings: list[ImageSighting] | None = [] if records else None
+                in_flight.append((encoders.submit(self._encode_batch, loads, cache, job_id, sightings), sightings))
 
         try:
             for _ in range(self.lanes + _PREFETCH_BATCHES - 1):
                 submit_next()
             while in_flight:
-                done = in_flight.popleft()
+                done, sightings = in_flight.popleft()
                 submit_next()
-                yield done.result()
+                result = done.result()
+                if pending is not None and sightings:
+                    pending.extend(sightings)
+                yield result
                 if pending is not None and len(pending) >= WRITE_EVERY:
                     self._flush(pending)
         finally:
+            if pending is not None:  # batches already encoded but not taken (the caller stopped early) are recorded too
+                for done, sightings in in_flight:
+                    if done.done() and not done.cancelled() and done.exception() is None and sightings:
+                        pending.extend(sightings)
             if pending:
                 self._flush(pending)
 
@@ -511,8 +522,9 @@ class Tagger:
             for p, e in zip(todo, embeds):
                 p.vector = e
         if recorder is not None:
-            fresh = {id(p) for p in todo}
-            sightings += [ImageSighting(p.key, p.name or "", job_id, None) for p in ready if p.key is not None and id(p) not in fresh]
+            fresh = {id(p): s for p, s in zip([p for p in todo if p.key is not None], sightings)}
+            # in input order, fresh and stored alike
+            sightings = [fresh.get(id(p)) or ImageSighting(p.key, p.name or "", job_id, None) for p in ready if p.key is not None]
             if pending is not None:
                 with self._lock:
                     pending.extend(sightings)
