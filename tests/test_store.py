@@ -568,6 +568,31 @@ def test_a_read_only_store_is_reported_as_read_only_not_as_away(read_only_store,
     assert advice in line
 
 
+def test_a_write_during_a_restart_longer_than_the_pools_wait_is_retried_until_it_lands(postgres, pg_url, caplog):
+    """The server is down for longer than the pool waits for a connection (CONNECT_WAIT): the
+    write fails there, and it is the store's own retry, up to its timeout, that records it."""
+    import threading
+    import time
+
+    from zstagger.store.postgres import CONNECT_WAIT
+
+    store = open_store(pg_url, timeout=30)
+    store.record([ImageSighting(key(0), "a.jpg", "", unit(1)[0])], "m")
+    postgres.stop()
+    outage = CONNECT_WAIT + 3
+    restart = threading.Timer(outage, postgres.start)
+    started = time.monotonic()
+    restart.start()
+    try:
+        assert store.record([ImageSighting(key(1), "b.jpg", "", unit(1)[0])], "m") == 0  # recorded, not counted as missed
+    finally:
+        restart.join()
+    assert time.monotonic() - started >= outage  # it was written after the server came back
+    assert "not recorded" not in caplog.text
+    assert set(store.get_many([key(0), key(1)])) == {key(0), key(1)}
+    store.close()
+
+
 def test_a_store_that_is_away_costs_reads_nothing_and_writes_wait_only_once(postgres, pg_url, caplog):
     store = open_store(pg_url, timeout=1.5)
     store.record([ImageSighting(key(0), "a.jpg", "", unit(1)[0])], "m")

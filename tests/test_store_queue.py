@@ -15,6 +15,7 @@ import pytest
 from harness import clean_environ, free_port, wait_for, worker_starter
 
 from zstagger.queue import enqueue
+from zstagger.store.postgres import CONNECT_WAIT
 from zstagger.settings import Settings
 from zstagger.store import open_store
 from zstagger.testing import sample_image
@@ -112,7 +113,10 @@ def test_postgres_restarted_mid_job_loses_nothing(postgres, pg_url, queue_env, w
     job = enqueue(refs, labels=["a", "b"], chunk_size=2, settings=settings)
     wait_for(lambda: len(job_rows(pg_url, job.id)) >= 4, 60, "some images recorded before the restart")
     postgres.stop()
-    time.sleep(1.5)
+    # Down for several times what the connection pool waits for a connection (CONNECT_WAIT): the
+    # writes meanwhile fail in the pool, and only the store's own retry (ZSTAGGER_STORE_TIMEOUT,
+    # 20 s) lands them. (An outage shorter than the pool's wait never reaches the retry.)
+    time.sleep(4 * CONNECT_WAIT)
     postgres.start()
     results = job.results(wait=True, timeout=180)
     assert [r.image for r in results] == refs and all(r.error is None for r in results)
