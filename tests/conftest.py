@@ -1,11 +1,12 @@
 import os
-import sys
 import tempfile
 
 import pytest
 
-# Keep whatever third-party plugins happen to be installed out of the test run.
-sys._zstagger_testing = True
+# Keep whatever third-party plugins happen to be installed out of the test run: in this process
+# and in every process a test starts (tests/harness.py's clean_environ keeps this setting when
+# it drops the developer's other ZSTAGGER_* settings).
+os.environ["ZSTAGGER_LOAD_PLUGINS"] = ""
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 pytest_plugins = ["zstagger.testing"]
@@ -28,9 +29,11 @@ def tiny_siglip_dir(tmp_path_factory):
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    """No ZSTAGGER_* settings from the developer's shell leak into a test."""
+    """No ZSTAGGER_* settings from the developer's shell leak into a test (the suite's own stay)."""
+    from harness import SUITE_SETTINGS
+
     for key in list(os.environ):
-        if key.startswith("ZSTAGGER_"):
+        if key.startswith("ZSTAGGER_") and key not in SUITE_SETTINGS:
             monkeypatch.delenv(key)
     return monkeypatch
 

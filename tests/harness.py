@@ -25,14 +25,23 @@ import redis
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Settings the test run gives itself and every process it starts (see tests/conftest.py),
+# kept when a test drops the developer's ZSTAGGER_* settings from a subprocess's environment.
+SUITE_SETTINGS = ("ZSTAGGER_LOAD_PLUGINS",)
+
+
+def clean_environ(env: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without the developer's ZSTAGGER_* settings (the suite's own
+    kept), plus ``env``."""
+    kept = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_") or k in SUITE_SETTINGS}
+    return {**kept, **(env or {})}
+
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300, cwd: Path | None = None):
     """`zstagger ARGS` as a user runs it, with no ZSTAGGER_* setting but ``env``'s."""
     exe = shutil.which("zstagger")
     cmd = [exe, *args] if exe else [sys.executable, "-m", "zstagger.cli", *args]
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
-    full_env.update(env or {})
-    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, check=False, cwd=cwd)
+    return subprocess.run(cmd, capture_output=True, text=True, env=clean_environ(env), timeout=timeout, check=False, cwd=cwd)
 
 
 def free_port() -> int:
@@ -99,8 +108,7 @@ class _CommandProcess:
                  cmd: list[str] | None = None):
         exe = shutil.which("zstagger")
         cmd = cmd or ([exe] if exe else [sys.executable, "-m", "zstagger.cli"])
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
-        full_env.update(env)
+        full_env = clean_environ(env)
         self.log_path = log_path
         self.log = open(log_path, "w")
         self.proc = subprocess.Popen([*cmd, *args], env=full_env, stdout=self.log, stderr=subprocess.STDOUT,

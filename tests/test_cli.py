@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from harness import clean_environ
 
 from zstagger.testing import sample_image
 
@@ -16,12 +17,6 @@ SCHEMA_KEYS = ["image", "taxonomy", "scores", "tags", "verdict", "error", "prove
 def command(*args):
     exe = shutil.which("zstagger")
     return [exe, *args] if exe else [sys.executable, "-m", "zstagger.cli", *args]
-
-
-def clean_environ(env=None):
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
-    full_env.update(env or {})
-    return full_env
 
 
 def zstagger(*args, stdin=None, env=None, cwd=None):
@@ -246,7 +241,7 @@ def test_a_reader_that_stops_early_is_not_reported_as_failed_inputs(image_dir, t
     refs = "\n".join([str(image_dir / "a.jpg")] * 400)  # ~300 KB of JSON Lines: more than a pipe holds
     proc = sp.Popen(["zstagger", "tag", "-", "-t", "ecommerce", "--model", str(tiny_model_dir)],
                     stdin=sp.PIPE, stdout=sp.PIPE, stderr=sp.PIPE, text=True,
-                    env={k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")})
+                    env=clean_environ())
     proc.stdin.write(refs)
     proc.stdin.close()
     assert json.loads(proc.stdout.readline())["image"] == str(image_dir / "a.jpg")

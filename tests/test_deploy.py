@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import Worker, free_port, wait_for
+from harness import Worker, clean_environ, free_port, wait_for
 from zstagger.cli import cli
 from zstagger.settings import Settings
 from zstagger.testing import sample_image
@@ -166,7 +166,7 @@ def test_every_setting_is_documented_on_the_configuration_page():
 
 
 def run(*args, env, timeout=120):
-    full = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+    full = clean_environ()
     full.update(env)
     return subprocess.run(["zstagger", *args], env=full, capture_output=True, text=True, timeout=timeout)
 
@@ -185,7 +185,7 @@ def test_a_missing_model_is_reported_not_served(redis_server, tmp_path):
     refused = run("worker", env=env)
     assert refused.returncode == 2 and "model directory" in refused.stderr and "does not exist" in refused.stderr
     # Plain `celery -A ... worker` has no pre-flight check: the pool process reports why and stops the worker.
-    full = {**{k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}, **env}
+    full = clean_environ(env)
     proc = subprocess.Popen(["celery", "-A", "zstagger.queue.celery_app", "worker", "-n", "broken@%h", "-l", "INFO"],
                             env=full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -267,7 +267,7 @@ def test_the_api_unit_and_manifests_serve_for_real(tiny_model_dir, tmp_path):
 
     exe = shutil.which("zstagger")  # installed here in the test environment instead of /opt/zstagger
     argv = [*([exe] if exe else [sys.executable, "-m", "zstagger.cli"]), *argv[1:]]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+    env = clean_environ()
     for line in (DEPLOY / "systemd" / "api.env.example").read_text().splitlines():
         if line and not line.startswith("#"):
             key, value = line.split("=", 1)
@@ -316,7 +316,7 @@ def test_systemd_unit_starts_serves_and_stops_cleanly(redis_server, tiny_model_d
     argv = shlex.split(exec_start)
     assert argv[0] == "/opt/zstagger/bin/zstagger"
     argv[0] = "zstagger"  # installed here in the test environment instead of /opt/zstagger
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}}
+    env = clean_environ()
     for line in (DEPLOY / "systemd" / "worker.env.example").read_text().splitlines():
         if line and not line.startswith("#"):
             key, value = line.split("=", 1)
@@ -408,7 +408,7 @@ def test_flower_asks_for_a_password_as_deployed(redis_server, tmp_path):
 
     port = free_port()
     command = [part.replace("--port=5555", f"--port={port}") for part in container["command"]]
-    full = {**{k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")},
+    full = {**clean_environ(),
             "ZSTAGGER_REDIS_URL": redis_server.url, "FLOWER_BASIC_AUTH": "admin:flower-pw", "FLOWER_ADDRESS": "127.0.0.1"}
     with open(tmp_path / "flower.log", "w") as log:
         proc = subprocess.Popen(command, env=full, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

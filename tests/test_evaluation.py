@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
-from harness import run_cli
+from harness import clean_environ, run_cli
 
 from zstagger import Label, Taxonomy
 from zstagger.classifier import TaxonomyClassifier
@@ -208,7 +208,7 @@ def test_a_second_eval_reads_the_cache_and_loads_no_model(labelled, env, tmp_pat
     script = ("import json, sys, zstagger; r = zstagger.evaluate(sys.argv[1], 'moderation'); "
               "print(json.dumps([r.cache_hits, r.cache_misses, 'torch' in sys.modules, 'transformers' in sys.modules])); "
               "print(r.model_dump_json())")
-    full_env = {**{k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}, **env}
+    full_env = clean_environ(env)
     out = subprocess.run([sys.executable, "-c", script, str(labelled)], capture_output=True, text=True, env=full_env,
                          timeout=120, check=True).stdout.splitlines()
     assert json.loads(out[0]) == [88, 0, False, False]
@@ -220,7 +220,7 @@ def test_a_second_eval_reads_the_cache_and_loads_no_model(labelled, env, tmp_pat
 def test_two_evals_at_once_share_one_cache(labelled, tiny_model_dir, tmp_path):
     env = {"ZSTAGGER_MODEL": str(tiny_model_dir), "ZSTAGGER_PRECISION": "fp32", "ZSTAGGER_CACHE_DIR": str(tmp_path / "cache")}
     exe = shutil.which("zstagger")
-    full_env = {**{k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}, **env}
+    full_env = clean_environ(env)
     cmd = [*([exe] if exe else [sys.executable, "-m", "zstagger.cli"]), "eval", str(labelled), "-t", "moderation", "--json",
            "--batch-size", "4"]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env) for _ in range(2)]
@@ -537,7 +537,7 @@ def test_bad_calibration_options_exit_2(args, message, labelled, tmp_path, env):
 ])
 def test_a_missing_eval_extra_is_named_in_one_line(blocked, args, package, labelled, env, tmp_path):
     script = f"import sys; sys.modules[{blocked!r}] = None; from zstagger.cli import main; main()"
-    full_env = {**{k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}, **env}
+    full_env = clean_environ(env)
     command, *rest = args
     result = subprocess.run([sys.executable, "-c", script, command, str(labelled), "-t", "moderation", *rest],
                             capture_output=True, text=True, env=full_env, timeout=120, check=False, cwd=tmp_path)
@@ -547,7 +547,7 @@ def test_a_missing_eval_extra_is_named_in_one_line(blocked, args, package, label
 
 def test_eval_figures_need_no_scikit_learn(labelled, env):
     script = "import sys; sys.modules['sklearn'] = None; from zstagger.cli import main; main()"
-    full_env = {**{k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}, **env}
+    full_env = clean_environ(env)
     result = subprocess.run([sys.executable, "-c", script, "eval", str(labelled), "-t", "moderation", "--json"],
                             capture_output=True, text=True, env=full_env, timeout=120, check=False)
     assert result.returncode == 0, result.stderr

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from harness import clean_environ
 
 from zstagger import ConfigurationError, ImageLoadError, Taxonomy, TaxonomyError
 from zstagger.images import ImagePolicy, fetch_url, load_image
@@ -59,7 +60,7 @@ def zstagger(*args, env=None, stdin=None, timeout=180, memory_cap=None):
     """
     exe = shutil.which("zstagger")
     cmd = [exe, *args] if exe else [sys.executable, "-m", "zstagger.cli", *args]
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+    full_env = clean_environ()
     full_env.update(env or {})
     cap = (lambda: resource.setrlimit(resource.RLIMIT_AS, (memory_cap, memory_cap))) if memory_cap else None
     return subprocess.run(cmd, env=full_env, input=stdin, capture_output=True, timeout=timeout, cwd=ROOT, preexec_fn=cap,
@@ -329,7 +330,7 @@ PEAK_RSS = textwrap.dedent(
 def peak_rss(model_dir, runs: list[dict]) -> list[dict]:
     """For each run (paths, loader threads, decode budget), tagged in one fresh process:
     how far above the RSS before it tagging peaked (MiB, from VmHWM), and the errors."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+    env = clean_environ()
     runs = [{"threads": 1, "budget": None, **run, "paths": [str(p) for p in run["paths"]]} for run in runs]
     proc = subprocess.run([sys.executable, "-c", PEAK_RSS, str(model_dir), json.dumps(runs)],
                           capture_output=True, text=True, timeout=300, env=env, cwd=ROOT / "tests", check=False)

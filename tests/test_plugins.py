@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from harness import clean_environ
 
 from zstagger import Label, PluginError, Taxonomy, TaxonomyError, UnknownTaxonomyError, get_taxonomy, hookimpl
 from zstagger import hookspecs, plugins
@@ -25,7 +26,7 @@ class BirdsPlugin:
 
 
 def run_cli(*args, env=None):
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+    full_env = clean_environ()
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "zstagger.cli", *args], capture_output=True, text=True, env=full_env, cwd=ROOT)
 
@@ -220,6 +221,105 @@ def test_register_commands_hook_adds_cli_commands(tmp_path):
     )
     result = run_cli("hello", env={"ZSTAGGER_PLUGINS_DIR": str(tmp_path)})
     assert result.returncode == 0 and result.stdout.strip() == "hello from a plugin"
+
+
+GUIDE = ROOT / "docs" / "plugins.md"
+
+
+def guide_files(guide: str) -> dict[str, str]:
+    """The files of the guide's example plugin: every code block marked ``<!-- file: PATH -->``."""
+    return {path: text for path, text in re.findall(r"^<!-- file: (\S+) -->\n```\w*\n(.*?)^```", guide, re.M | re.S)}
+
+
+def write_guide_plugin(files: dict[str, str], plugin: Path, tests: bool = True) -> None:
+    """The package the guide builds: its pyproject.toml, the plugin file as the package's module, its tests."""
+    (plugin / "zstagger_packaging").mkdir(parents=True)
+    (plugin / "pyproject.toml").write_text(files["zstagger-packaging/pyproject.toml"])
+    (plugin / "zstagger_packaging" / "__init__.py").write_text(files["my-plugins/packaging.py"])
+    if tests:
+        (plugin / "tests").mkdir()
+        for name in ("conftest.py", "test_packaging.py"):
+            (plugin / "tests" / name).write_text(files[f"zstagger-packaging/tests/{name}"])
+
+
+def installed_plugin_env(site: Path, **settings: str) -> dict[str, str]:
+    """The environment of a user who installed the plugin into ``site``: no ZSTAGGER_* setting but ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(site), *filter(None, [env.get("PYTHONPATH")])])
+    return {**env, **settings}
+
+
+def test_the_plugin_guides_example_installs_and_is_found(tmp_path):
+    """The guide's own files, as written there, make a package pip installs (offline, into a
+    directory of its own) whose taxonomy zstagger finds through its entry point; its tests pass."""
+    files = guide_files(GUIDE.read_text())
+    assert {"my-plugins/packaging.py", "zstagger-packaging/pyproject.toml", "zstagger-packaging/tests/conftest.py",
+            "zstagger-packaging/tests/test_packaging.py"} <= set(files)
+    plugin = tmp_path / "zstagger-packaging"
+    write_guide_plugin(files, plugin)
+    site = tmp_path / "site"
+    installed = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--no-build-isolation",
+         "--target", str(site), str(plugin)], capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    assert list(site.glob("zstagger_packaging-0.1.0.dist-info/entry_points.txt"))
+
+    def names(command, **settings):
+        done = subprocess.run([sys.executable, "-m", "zstagger.cli", command, "--json"], capture_output=True, text=True,
+                              env=installed_plugin_env(site, **settings), cwd=tmp_path, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return {row["name"]: row for row in json.loads(done.stdout)}
+
+    taxonomies = names("taxonomies")
+    assert taxonomies["packaging"]["plugin"] == "packaging" and taxonomies["packaging"]["labels"] == 3
+    assert "packaging" in names("plugins")
+    assert "packaging" not in names("taxonomies", ZSTAGGER_BLOCK_PLUGINS="packaging")
+    assert "packaging" not in names("taxonomies", ZSTAGGER_LOAD_PLUGINS="")
+    only = names("plugins", ZSTAGGER_LOAD_PLUGINS="packaging")
+    assert "packaging" in only and not {"wildlife", "zstagger_wildlife"} & set(only)
+    # and the guide's own tests of it, with zstagger's pytest fixtures
+    tested = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(plugin)],
+                            capture_output=True, text=True, env=installed_plugin_env(site), cwd=plugin, timeout=300)
+    assert tested.returncode == 0 and "1 passed" in tested.stdout, tested.stdout + tested.stderr
+
+
+def test_the_test_run_keeps_installed_plugins_out_of_the_processes_it_starts(tmp_path):
+    """An installed entry-point plugin (the guide's, installed for real) is not loaded by a
+    `zstagger` the suite starts with its usual environment, nor in this process."""
+    files = guide_files(GUIDE.read_text())
+    plugin, site = tmp_path / "plugin", tmp_path / "site"
+    write_guide_plugin(files, plugin, tests=False)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--no-build-isolation",
+                    "--target", str(site), str(plugin)], check=True, capture_output=True, timeout=300)
+    env = clean_environ({"PYTHONPATH": os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])})
+    assert env["ZSTAGGER_LOAD_PLUGINS"] == ""  # what tests/conftest.py gives every process the suite starts
+    for command in ("taxonomies", "plugins"):
+        done = subprocess.run([sys.executable, "-m", "zstagger.cli", command, "--json"], capture_output=True, text=True,
+                              env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "packaging" not in {row["name"] for row in json.loads(done.stdout)}
+    found = subprocess.run([sys.executable, "-m", "zstagger.cli", "plugins", "--json"], capture_output=True, text=True,
+                           env={k: v for k, v in env.items() if k != "ZSTAGGER_LOAD_PLUGINS"}, timeout=120)
+    assert "packaging" in {row["name"] for row in json.loads(found.stdout)}  # it is installed: the setting is what keeps it out
+    assert not [p for p in plugins.plugin_hooks() if not p["builtin"] and "/" not in p["name"]]  # nor loaded in this process
+
+
+def test_two_plugins_adding_the_same_command_is_an_error_naming_both(tmp_path):
+    hello = ("import click\nfrom zstagger import hookimpl\n@hookimpl\ndef register_commands(cli):\n"
+             "    @cli.command(name={name!r})\n    def command():\n        click.echo('from {who}')\n")
+    (tmp_path / "first.py").write_text(hello.format(name="hello", who="first"))
+    (tmp_path / "second.py").write_text(hello.format(name="hello", who="second"))
+    result = run_cli("taxonomies", env={"ZSTAGGER_PLUGINS_DIR": str(tmp_path)})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        f"Error: command 'hello' is added twice: by {tmp_path.name}/first.py and by {tmp_path.name}/second.py; "
+        "rename one, or block a plugin with ZSTAGGER_BLOCK_PLUGINS")
+    ok = run_cli("hello", env={"ZSTAGGER_PLUGINS_DIR": str(tmp_path), "ZSTAGGER_BLOCK_PLUGINS": "second"})
+    assert ok.returncode == 0 and ok.stdout.strip() == "from first"
+    (tmp_path / "second.py").write_text(hello.format(name="tag", who="second"))  # one of zstagger's own
+    taken = run_cli("taxonomies", env={"ZSTAGGER_PLUGINS_DIR": str(tmp_path)})
+    assert taken.returncode == 2
+    assert f"command 'tag' is added twice: by zstagger and by {tmp_path.name}/second.py" in taken.stderr
 
 
 def test_every_hook_is_documented_in_the_plugin_guide():

@@ -13,7 +13,7 @@ import time
 import pytest
 import redis
 
-from harness import RedisServer, Worker, wait_for, worker_starter
+from harness import RedisServer, Worker, clean_environ, wait_for, worker_starter
 from zstagger import ConfigurationError, UnknownTaxonomyError
 from zstagger.queue import Job, JobTimeout, QueueUnavailableError, UnknownJobError, enqueue
 from zstagger.settings import Settings
@@ -52,7 +52,7 @@ def cli_command(*args):
 
 
 def cli(*args, env, stdin=None, timeout=180, cwd=None):
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+    full_env = clean_environ()
     full_env.update(env)
     return subprocess.run(cli_command(*args), env=full_env, input=stdin, capture_output=True, text=True, timeout=timeout,
                           cwd=cwd)
@@ -596,7 +596,7 @@ def test_results_wait_rides_out_a_redis_outage(redis_server, queue_env, workers,
     workers("patient").wait_ready()
     refs = [f"{slow_server.url}/slow/0.3/o{i}.png" for i in range(8)]
     job = enqueue(refs, labels=["a", "b"], chunk_size=2, settings=settings)
-    full_env = {**{k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}, **queue_env}
+    full_env = clean_environ(queue_env)
     waiter = subprocess.Popen(cli_command("results", job.id, "--wait", "--timeout", "120"), env=full_env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -13,7 +13,7 @@ import threading
 import httpx
 import pytest
 
-from harness import ApiServer
+from harness import ApiServer, clean_environ
 from zstagger.service.auth import hash_key
 from zstagger.testing import sample_image
 
@@ -47,12 +47,15 @@ def api(tiny_model_dir, tmp_path_factory):
 def zstagger_tag(*args, env):
     exe = shutil.which("zstagger")
     cmd = [exe, "tag", *args] if exe else [sys.executable, "-m", "zstagger.cli", "tag", *args]
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+    full_env = clean_environ()
     full_env.update(env)
     return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=300)
 
 
-def test_sync_tagging_equals_zstagger_tag(api, image_dir, tiny_model_dir):
+def test_sync_tagging_gives_zstagger_tags_records_with_scores_within_1e_5(api, image_dir, tiny_model_dir):
+    """What is true, and all this checks: the records of `zstagger tag --format jsonl` (same fields, labels in
+    the same order, tags, verdict, provenance), each image named by its upload, and scores within 1e-5, not
+    byte for byte: the service batches images as they arrive, and a batch's makeup can move the last digits."""
     files = [image_dir / "a.jpg", image_dir / "b.png", image_dir / "sub" / "c.png"]
     response = httpx.post(api.url + "/v1/tag", headers=auth(), timeout=60,
                           files=[("images", (f.name, f.read_bytes())) for f in files], data={"taxonomy": "moderation"})
@@ -65,6 +68,7 @@ def test_sync_tagging_equals_zstagger_tag(api, image_dir, tiny_model_dir):
     for s, d in zip(served, (json.loads(line) for line in direct.stdout.splitlines())):
         assert set(s) == set(d)  # the same record as `zstagger tag --format jsonl`
         assert s["tags"] == d["tags"] and s["verdict"] == d["verdict"] and s["error"] is None
+        assert s["provenance"] == d["provenance"]
         assert [x["label"] for x in s["scores"]] == [x["label"] for x in d["scores"]]
         assert [x["score"] for x in s["scores"]] == pytest.approx([x["score"] for x in d["scores"]], abs=1e-5)
 
@@ -254,7 +258,7 @@ def test_backpressure_answers_503_with_retry_after(tiny_model_dir, tmp_path, slo
 def test_serve_with_a_missing_model_is_one_line_exit_2(tmp_path):
     exe = shutil.which("zstagger")
     cmd = [exe, "serve"] if exe else [sys.executable, "-m", "zstagger.cli", "serve"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+    env = clean_environ()
     result = subprocess.run([*cmd, "--model", str(tmp_path / "nope")], capture_output=True, text=True, env=env, timeout=60)
     assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from harness import clean_environ
 
 from zstagger import Tagger, get_taxonomy
 from zstagger.embedding_cache import EmbeddingKey, ImageSighting, SQLiteImageCache
@@ -26,7 +27,7 @@ from zstagger.testing import sample_image
 def zstagger(*args, env=None, timeout=300, stdin=None):
     exe = shutil.which("zstagger")
     cmd = [exe, *args] if exe else [sys.executable, "-m", "zstagger.cli", *args]
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+    full_env = clean_environ()
     full_env.update(env or {})
     return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, input=stdin, check=False)
 
@@ -233,6 +234,52 @@ def test_retag_writes_what_tag_wrote_and_matches_plain_tagging_within_fp16(env, 
     assert sum(x["tags"] == y["tags"] for x, y in zip(plain, stored)) >= len(paths) - 1
 
 
+def test_retag_order_is_first_recorded_and_a_run_records_in_input_order(env, tmp_path):
+    """A run's images are recorded in input order, whether their embeddings are computed or
+    found in the store and whichever encoder lane finishes first: retag prints them so."""
+    first = write_images(tmp_path / "a", 10)
+    assert zstagger("tag", *first, "-t", "moderation", env=env).returncode == 0
+    (tmp_path / "b").mkdir()
+    second = []
+    for i in range(12):  # stored bytes under new names (found in the store) between new images (computed)
+        path = tmp_path / "b" / f"{i:02d}.jpg"
+        if i % 2:
+            sample_image(100 + i, (70, 60)).save(path, quality=90)
+        else:
+            shutil.copyfile(first[i // 2], path)
+        second.append(str(path))
+    run = zstagger("tag", *second, "-t", "moderation", "--batch-size", "3",
+                   env={**env, "ZSTAGGER_INFERENCE_LANES": "3", "ZSTAGGER_LOADER_THREADS": "3"})
+    assert run.returncode == 0, run.stderr
+    retagged = lines(zstagger("retag", "-t", "moderation", "--format", "jsonl", env=env))
+    assert [r["image"] for r in retagged] == first + second
+
+
+def test_the_parallel_retag_writes_what_one_process_writes_byte_for_byte(env, tmp_path):
+    """The forked path (used from ZSTAGGER_RETAG_PARALLEL_FROM images on; 40,000 by default),
+    forced on 30 images: the same bytes as one process writes."""
+    write_images(tmp_path / "img", 30)
+    assert zstagger("tag", str(tmp_path / "img"), "-t", "moderation", env=env).returncode == 0
+    single = zstagger("retag", "-t", "moderation", "--format", "jsonl", "--workers", "1", env=env)
+    forced = zstagger("retag", "-t", "moderation", "--format", "jsonl", "--workers", "3",
+                      env={**env, "ZSTAGGER_RETAG_PARALLEL_FROM": "2"})
+    assert single.returncode == forced.returncode == 0, forced.stderr
+    assert single.stdout.count("\n") == 30 and forced.stdout == single.stdout
+    # The same through the Python API, where the pieces show that forked workers made them.
+    script = ("import sys; from zstagger.store import open_store; from zstagger.catalogue import ReadOnly, open_catalogue; "
+              "from zstagger.catalogue.retag import retag_text; from zstagger import Tagger; s = open_store(sys.argv[1]); "
+              "t = Tagger(image_cache=ReadOnly(s)); c = open_catalogue(s, t); "
+              "pieces = list(retag_text(c, t.resolve('moderation'), workers=3, parallel_from=2)); "
+              "print(len(pieces), sum(n for n, _ in pieces)); sys.stdout.write(''.join(text for _, text in pieces))")
+    out = subprocess.run([sys.executable, "-c", script, env["ZSTAGGER_STORE"]], capture_output=True, text=True,
+                         env=clean_environ(env), timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    head, _, text = out.stdout.partition("\n")
+    pieces, count = map(int, head.split())
+    assert pieces > 3 and count == 30  # id ranges, one per task (one process writes a single page of 10,000)
+    assert text == single.stdout
+
+
 def test_retag_hierarchical_single_label_through_the_python_api(env, tiny_model_dir, tmp_path):
     from zstagger.catalogue import ReadOnly, open_catalogue, retag
 
@@ -256,7 +303,7 @@ def test_retag_loads_no_model_when_the_text_side_is_cached(env, tmp_path):
               "t = Tagger(image_cache=ReadOnly(s)); c = open_catalogue(s, t); "
               "n = sum(len(p) for p in retag_lines(c, t.resolve('moderation'))); "
               "print(n, 'torch' in sys.modules, 'transformers' in sys.modules, t.model_loaded)")
-    full_env = {**{k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}, **env}
+    full_env = clean_environ(env)
     out = subprocess.run([sys.executable, "-c", script, env["ZSTAGGER_STORE"]], capture_output=True, text=True, env=full_env,
                          timeout=120, check=False)
     assert out.stdout.split() == ["4", "False", "False", "False"], out.stderr
@@ -556,6 +603,31 @@ def test_a_read_only_store_is_reported_as_read_only_not_as_away(read_only_store,
     assert "is read-only" in line and "cannot reach" not in line
     advice = "writable by this user" if read_only_store.startswith("sqlite") else "point ZSTAGGER_STORE at the primary"
     assert advice in line
+
+
+def test_a_write_during_a_restart_longer_than_the_pools_wait_is_retried_until_it_lands(postgres, pg_url, caplog):
+    """The server is down for longer than the pool waits for a connection (CONNECT_WAIT): the
+    write fails there, and it is the store's own retry, up to its timeout, that records it."""
+    import threading
+    import time
+
+    from zstagger.store.postgres import CONNECT_WAIT
+
+    store = open_store(pg_url, timeout=30)
+    store.record([ImageSighting(key(0), "a.jpg", "", unit(1)[0])], "m")
+    postgres.stop()
+    outage = CONNECT_WAIT + 3
+    restart = threading.Timer(outage, postgres.start)
+    started = time.monotonic()
+    restart.start()
+    try:
+        assert store.record([ImageSighting(key(1), "b.jpg", "", unit(1)[0])], "m") == 0  # recorded, not counted as missed
+    finally:
+        restart.join()
+    assert time.monotonic() - started >= outage  # it was written after the server came back
+    assert "not recorded" not in caplog.text
+    assert set(store.get_many([key(0), key(1)])) == {key(0), key(1)}
+    store.close()
 
 
 def test_a_store_that_is_away_costs_reads_nothing_and_writes_wait_only_once(postgres, pg_url, caplog):

@@ -12,9 +12,10 @@ import time
 import urllib.request
 
 import pytest
-from harness import free_port, wait_for, worker_starter
+from harness import clean_environ, free_port, wait_for, worker_starter
 
 from zstagger.queue import enqueue
+from zstagger.store.postgres import CONNECT_WAIT
 from zstagger.settings import Settings
 from zstagger.store import open_store
 from zstagger.testing import sample_image
@@ -69,7 +70,7 @@ def job_rows(url, job_id):
 def cli(*args, env, timeout=180):
     exe = shutil.which("zstagger")
     cmd = [exe, *args] if exe else [sys.executable, "-m", "zstagger.cli", *args]
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+    full_env = clean_environ()
     full_env.update(env)
     return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout, check=False)
 
@@ -112,7 +113,10 @@ def test_postgres_restarted_mid_job_loses_nothing(postgres, pg_url, queue_env, w
     job = enqueue(refs, labels=["a", "b"], chunk_size=2, settings=settings)
     wait_for(lambda: len(job_rows(pg_url, job.id)) >= 4, 60, "some images recorded before the restart")
     postgres.stop()
-    time.sleep(1.5)
+    # Down for several times what the connection pool waits for a connection (CONNECT_WAIT): the
+    # writes meanwhile fail in the pool, and only the store's own retry (ZSTAGGER_STORE_TIMEOUT,
+    # 20 s) lands them. (An outage shorter than the pool's wait never reaches the retry.)
+    time.sleep(4 * CONNECT_WAIT)
     postgres.start()
     results = job.results(wait=True, timeout=180)
     assert [r.image for r in results] == refs and all(r.error is None for r in results)
@@ -174,6 +178,8 @@ def test_job_status_and_metrics_count_intake_hits(queue_env, workers, tmp_path):
     new_id = as_job.stdout.strip()
     served = cli("results", new_id, env=cli_env)
     assert served.returncode == 0 and served.stdout == retagged.stdout
-    assert [json.loads(line)["image"] for line in served.stdout.splitlines()] == paths  # one row per (job, reference)
+    # one row per (job, reference), in the order they were first recorded (chunks as they finished, each in input order)
+    images = [json.loads(line)["image"] for line in served.stdout.splitlines()]
+    assert sorted(images) == sorted(paths) and images == job_rows(url, second.id)
     status = json.loads(cli("status", new_id, env=cli_env).stdout)
     assert (status["state"], status["total"], status["done"]) == ("done", 6, 6)

@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+from harness import clean_environ
 
 from zstagger import Label, Taxonomy, TaxonomyError
 from zstagger.builtin import packaged_taxonomy
@@ -248,7 +249,7 @@ print(len(opened))
 
 def test_a_big_taxonomy_file_is_read_once_per_process(tmp_path):
     (tmp_path / "big.json").write_text(json.dumps(big_multi_spec(20_000)))
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}, "ZSTAGGER_TAXONOMY_PATH": str(tmp_path)}
+    env = {**clean_environ(), "ZSTAGGER_TAXONOMY_PATH": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-c", REGISTRY_ONCE, str(tmp_path / "big.json")],
                           capture_output=True, text=True, env=env, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from harness import WebhookReceiver, wait_for, worker_starter
+from harness import WebhookReceiver, clean_environ, wait_for, worker_starter
 from zstagger import ConfigurationError, verify_webhook
 from zstagger.queue import Job, enqueue
 from zstagger.queue.signing import InvalidSignatureError, sign, signed_headers
@@ -201,7 +201,7 @@ def test_cancelling_skips_unstarted_chunks_and_notifies(settings, env, workers, 
         job = enqueue(paths, labels=["a", "b"], chunk_size=2, callback_url=receiver.url, settings=settings)
         exe = shutil.which("zstagger")
         cmd = [exe] if exe else [sys.executable, "-m", "zstagger.cli"]
-        clean = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+        clean = clean_environ()
         cancelled = subprocess.run([*cmd, "cancel", job.id], env={**clean, **env}, capture_output=True, text=True, timeout=60)
         assert cancelled.returncode == 0, cancelled.stderr
         assert json.loads(cancelled.stdout)["state"] == "cancelled"
@@ -240,7 +240,7 @@ def test_python_producers_get_an_on_done_celery_task(settings, env, redis_server
         "def job_finished(job_id, status):\n"
         "    redis.Redis.from_url(os.environ['BROKER']).rpush('finished', json.dumps([job_id, status]))\n"
     )
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+    clean = clean_environ()
     consumer = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "producer_tasks", "worker", "-Q", "producer-events", "--pool", "solo",
          "--loglevel", "WARNING"], cwd=app_dir, env={**clean, "BROKER": redis_server.url, "PYTHONPATH": str(app_dir)},

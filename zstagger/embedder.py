@@ -24,6 +24,8 @@ Imports nothing above it: no tagger, no taxonomy, no queue.
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import os
 import threading
 import weakref
@@ -152,6 +154,7 @@ class Prepared:
     pixels: np.ndarray | None = None
     hashed: tuple[str, os.stat_result, str] | None = None  # a local file read and hashed: for the digest index
     name: str | None = None  # the reference as results name it, when the route records images
+    order: int | None = None  # the input's place in its stream, for recording a stream's images in input order
 
 
 @dataclass(frozen=True)
@@ -193,12 +196,22 @@ class SightingBuffer:
         self.recorder, self.model_name, self.figures = recorder, model_name, figures
         self.every, self.seconds = every, seconds
         self._pending: list[ImageSighting] = []
+        self._held: list[tuple[int, int, ImageSighting]] = []  # (place in the stream, tie, sighting): a heap
+        self._tie = itertools.count()
         self._lock = threading.Lock()  # the pending list and the timer
         self._writing = threading.Lock()  # one write at a time, in order
         self._timer: threading.Timer | None = None
 
-    def add(self, sightings: Sequence[ImageSighting]) -> None:
+    def add(self, sightings: Sequence[ImageSighting], orders: Sequence[int | None] | None = None) -> None:
+        """Images to write. ``orders``: each one's place in the stream; those with a place wait
+        until :meth:`release` says every earlier input is in, so a stream's images are recorded
+        in input order whichever encoder lane finishes first."""
         if not sightings:
+            return
+        if orders is not None and any(order is not None for order in orders):
+            with self._lock:
+                for order, sighting in zip(orders, sightings):
+                    heapq.heappush(self._held, (order if order is not None else -1, next(self._tie), sighting))
             return
         with self._lock:
             self._pending.extend(sightings)
@@ -210,8 +223,19 @@ class SightingBuffer:
                 self._timer.daemon = True
                 self._timer.start()
 
+    def release(self, upto: int | None = None) -> None:
+        """Every input before place ``upto`` (None: every input) has been embedded: their
+        images join what is written, in input order."""
+        with self._lock:
+            ready = []
+            while self._held and (upto is None or self._held[0][0] < upto):
+                ready.append(heapq.heappop(self._held)[2])
+        self.add(ready)
+
     def flush(self) -> int:
-        """Write what is waiting, in one call; returns how many images the store could not take."""
+        """Write what is waiting (held images too, in order), in one call; returns how many
+        images the store could not take."""
+        self.release()
         with self._writing:
             with self._lock:
                 sightings, self._pending = self._pending, []
@@ -336,7 +360,9 @@ class Embedder:
             fresh = {id(p) for p in todo}
             seen += [ImageSighting(p.key, p.name or "", job_id, None) for p in ready if p.key is not None and id(p) not in fresh]
             if sightings is not None:
-                sightings.add(seen)
+                orders = [p.order for p in todo if p.key is not None] + [
+                    p.order for p in ready if p.key is not None and id(p) not in fresh]
+                sightings.add(seen, orders)
             elif seen:
                 unrecorded = recorder.record(seen, self.model_name)
         hashed = [p.hashed for p in ready if p.hashed is not None]

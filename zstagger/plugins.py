@@ -3,7 +3,10 @@
 Built-in taxonomies are plugins listed in :data:`BUILTIN_PLUGINS`. Third-party ones come
 from the ``zstagger`` entry-point group, ``*.py`` files in ``ZSTAGGER_PLUGINS_DIR``, and
 taxonomy files (YAML/JSON) in ``ZSTAGGER_TAXONOMY_PATH``. ``ZSTAGGER_BLOCK_PLUGINS`` (comma
-separated) blocks plugins by name. Loading is lazy (:func:`load_plugins`) so importing
+separated) blocks plugins by name; ``ZSTAGGER_LOAD_PLUGINS`` names the installed (entry-point)
+plugins to load, all of them when unset and none when empty (what the test suite sets, in
+its own process and every process it starts). Two plugins adding a command of the same
+name are an error naming both (:func:`add_commands`). Loading is lazy (:func:`load_plugins`) so importing
 zstagger, or forking a Celery worker, does no plugin work. What the plugins register is
 looked up through :mod:`zstagger.registry`, which caches it until the plugins change
 (:func:`generation`).
@@ -13,9 +16,9 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.metadata
 import importlib.util
 import re
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -71,16 +74,30 @@ def load_plugins(settings: Settings | None = None) -> None:
         for module_name in BUILTIN_PLUGINS:
             if not pm.is_blocked(module_name) and pm.get_plugin(module_name) is None:
                 pm.register(importlib.import_module(module_name), name=module_name)
-        # Tests set this so that whatever is installed in the environment stays out of the run.
-        if not getattr(sys, "_zstagger_testing", False):
-            try:
-                pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-            except Exception as exc:
-                raise PluginError(f"a plugin from the {ENTRY_POINT_GROUP!r} entry-point group failed to load: {exc!r}") from exc
+        _load_entry_points(settings.load_plugins)
         if settings.plugins_dir:
             _load_plugins_dir(Path(settings.plugins_dir))
         check_hooks()
         _loaded = True
+
+
+def _load_entry_points(names: list[str] | None) -> None:
+    """Installed plugins: every one (``names`` None), or those named (ZSTAGGER_LOAD_PLUGINS)."""
+    if names is not None:
+        installed = {ep.name for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+        unknown = [name for name in names if name not in installed]
+        if unknown:
+            raise PluginError(
+                f"ZSTAGGER_LOAD_PLUGINS names {', '.join(map(repr, unknown))}, which no installed package provides "
+                f"(installed plugins: {', '.join(sorted(installed)) or 'none'})"
+            )
+    try:
+        if names is None:
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        for name in names or []:
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
+    except Exception as exc:
+        raise PluginError(f"a plugin from the {ENTRY_POINT_GROUP!r} entry-point group failed to load: {exc!r}") from exc
 
 
 def _load_plugins_dir(directory: Path) -> None:
@@ -135,6 +152,31 @@ def unregister(name_or_plugin: Any) -> None:
         pm.unregister(name=name_or_plugin)
     else:
         pm.unregister(name_or_plugin)
+
+
+def add_commands(cli: Any) -> None:
+    """Let every plugin add its commands to the ``cli`` group (``register_commands``).
+
+    A command name that a plugin takes from zstagger or from another plugin is an error
+    naming both, as two taxonomies of one name are: click would silently keep the last.
+    """
+    load_plugins()
+    owners = dict.fromkeys(cli.commands, "zstagger")
+    for impl in pm.hook.register_commands.get_hookimpls():  # in registration order
+        before = dict(cli.commands)
+        try:
+            impl.function(cli=cli)
+        except Exception as exc:
+            raise PluginError(f"plugin {impl.plugin_name} failed while adding commands: {exc!r}") from exc
+        for name, command in cli.commands.items():
+            if before.get(name) is command:
+                continue
+            if name in owners:
+                raise PluginError(
+                    f"command {name!r} is added twice: by {owners[name]} and by {impl.plugin_name}; rename one, "
+                    "or block a plugin with ZSTAGGER_BLOCK_PLUGINS"
+                )
+            owners[name] = impl.plugin_name
 
 
 def plugin_hooks() -> list[dict[str, Any]]:

@@ -158,6 +158,12 @@ class Settings(BaseSettings):
         "threshold and where it came from); off leaves it out of the results.",
         json_schema_extra=read_by(CLI, WORKER, API_SERVER),
     )
+    retag_parallel_from: int = Field(
+        40_000, ge=1,
+        description="`zstagger retag` scores and writes in several processes (--workers) from this many selected "
+        "images on; below it, in one. The output is the same byte for byte either way.",
+        json_schema_extra=read_by(CLI),
+    )
     # plugins and taxonomies
     taxonomy_path: str = Field(
         "", description=f"Directories of taxonomy YAML/JSON files, separated by {os.pathsep!r} (workers get each job's "
@@ -170,6 +176,13 @@ class Settings(BaseSettings):
     )
     block_plugins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated plugin names not to load.",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER, PRODUCER),
+    )
+    load_plugins: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description="Installed plugins (entry points of the 'zstagger' group) to load, comma-separated, by entry-point "
+        "name; unset: every installed one; empty: none (the test suite sets it so). Built-ins and ZSTAGGER_PLUGINS_DIR "
+        "files are not affected.",
         json_schema_extra=read_by(CLI, WORKER, API_SERVER, PRODUCER),
     )
     # image reading
@@ -374,7 +387,7 @@ class Settings(BaseSettings):
         json_schema_extra=read_by(WORKER, PRODUCER, default_text="$TMPDIR/zstagger-heartbeats"),
     )
 
-    @field_validator("block_plugins", "queues", "api_keys", mode="before")
+    @field_validator("block_plugins", "load_plugins", "queues", "api_keys", mode="before")
     @classmethod
     def _split_commas(cls, value):
         if isinstance(value, str):

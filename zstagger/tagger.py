@@ -384,7 +384,15 @@ class Tagger:
         if interrupted is not None:
             stages = _StopReading(stages, interrupted)
         try:
-            yield from self._pipeline.run(images, stages, batch_size or self.batch_size)
+            if sightings is None:
+                yield from self._pipeline.run(images, stages, batch_size or self.batch_size)
+                return
+            # The store records a stream's images in input order, whichever lane finishes first:
+            # each input carries its place, and a batch's images are released once it is yielded.
+            for numbered, embeds, errors in self._pipeline.run(enumerate(images), _Numbered(stages),
+                                                               batch_size or self.batch_size):
+                sightings.release(numbered[-1][0] + 1)
+                yield [ref for _, ref in numbered], embeds, errors
         finally:
             if sightings is not None:
                 sightings.flush()
@@ -472,6 +480,24 @@ class _MediaAside:
         prepared = self._stages.prepare(ref if found is None else found)
         if found is not None and isinstance(prepared, Prepared) and self._stages.route.records:
             prepared.name = describe(ref)
+        return prepared
+
+    def embed(self, ready: Sequence[Prepared]) -> np.ndarray:
+        return self._stages.embed(ready)
+
+
+class _Numbered:
+    """Stages over ``(place, ref)`` pairs: each prepared image carries its place in the stream,
+    so the embedding store can record the stream's images in input order."""
+
+    def __init__(self, stages: Any):
+        self._stages = stages
+
+    def prepare(self, item: tuple[int, ImageInput]) -> Any:
+        place, ref = item
+        prepared = self._stages.prepare(ref)
+        if isinstance(prepared, Prepared):
+            prepared.order = place
         return prepared
 
     def embed(self, ready: Sequence[Prepared]) -> np.ndarray:

@@ -8,12 +8,18 @@ provenance's ``"source": "store"``. The model is not loaded either when the taxo
 and the model's scalars are in ``ZSTAGGER_CACHE_DIR`` (as for ``zstagger eval``).
 
 Most of the time goes into writing the JSON (each score printed as ``json.dumps`` prints a
-float), so big catalogues are cut into id ranges that forked worker processes read, score
-and format side by side (:func:`retag_text`); the lines still come out in store order.
+float), so big catalogues (from ``ZSTAGGER_RETAG_PARALLEL_FROM`` images) are cut into id
+ranges that forked worker processes read, score and format side by side
+(:func:`retag_text`); the lines still come out in store order, byte for byte what one
+process writes.
+
+Store order is the order the images were first recorded: a ``zstagger tag`` run records its
+images in input order, a queued job chunk by chunk (each in input order) as chunks finish.
 """
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 from collections import deque
@@ -25,9 +31,9 @@ from .selection import Catalogue
 
 SOURCE = "store"
 PAGE = 10_000
-PARALLEL_FROM = 4 * PAGE  # fewer images than this: not worth starting processes
+PARALLEL_FROM = 4 * PAGE  # fewer images than this: not worth starting processes (ZSTAGGER_RETAG_PARALLEL_FROM)
 
-_forked: dict[str, tuple[Catalogue, Taxonomy, int | None]] = {}  # what forked workers inherit
+_forked: dict[str, tuple[Catalogue, Taxonomy, int | None, int]] = {}  # what forked workers inherit
 
 
 def retag_lines(catalogue: Catalogue, taxonomy: Taxonomy, top_k: int | None = None, page: int = PAGE) -> Iterator[list[str]]:
@@ -37,18 +43,19 @@ def retag_lines(catalogue: Catalogue, taxonomy: Taxonomy, top_k: int | None = No
 
 
 def retag_text(catalogue: Catalogue, taxonomy: Taxonomy, top_k: int | None = None, page: int = PAGE,
-               workers: int = 0, total: int | None = None) -> Iterator[tuple[int, str]]:
+               workers: int = 0, total: int | None = None, parallel_from: int = PARALLEL_FROM) -> Iterator[tuple[int, str]]:
     """:func:`retag_lines` as (lines, text ending in a newline) per page, made by ``workers``
-    forked processes (0: one per core, at most 8) when there are enough images."""
+    forked processes (0: one per core, at most 8) when there are ``parallel_from`` images or more."""
     workers = workers or min(8, os.cpu_count() or 1)
     total = catalogue.count() if total is None else total
-    if workers < 2 or total < PARALLEL_FROM or "fork" not in multiprocessing.get_all_start_methods():
+    if workers < 2 or total < parallel_from or "fork" not in multiprocessing.get_all_start_methods():
         for lines in retag_lines(catalogue, taxonomy, top_k, page):
             yield len(lines), "".join(line + "\n" for line in lines)
         return
-    ranges = catalogue.page_bounds(page)
+    # a few ranges per worker, however small the catalogue (pages of at most ``page``)
+    ranges = catalogue.page_bounds(max(1, min(page, math.ceil(total / (4 * workers)))))
     catalogue.store.close()  # no connection or pool thread crosses the fork: each worker opens its own
-    _forked["work"] = (catalogue, taxonomy, top_k)
+    _forked["work"] = (catalogue, taxonomy, top_k, page)
     try:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             waiting: deque = deque()
@@ -64,9 +71,9 @@ def retag_text(catalogue: Catalogue, taxonomy: Taxonomy, top_k: int | None = Non
 
 def _retag_range(bounds: tuple[int, int]) -> tuple[int, str]:
     """In a worker: the lines of the images with ids in (lo, hi]."""
-    catalogue, taxonomy, top_k = _forked["work"]
+    catalogue, taxonomy, top_k, page = _forked["work"]
     lines: list[str] = []
-    for batch, embeds in catalogue.pages(PAGE, after=bounds[0], upto=bounds[1]):
+    for batch, embeds in catalogue.pages(page, after=bounds[0], upto=bounds[1]):
         lines += catalogue.tagger.result_lines(taxonomy, batch.references, embeds, top_k, source=SOURCE)
     return len(lines), "".join(line + "\n" for line in lines)
 

@@ -18,11 +18,10 @@ __all__ = ["cli", "main"]
 
 def main() -> None:
     from ..errors import PluginError, TaxonomyError, exit_code
-    from ..plugins import load_plugins, pm
+    from ..plugins import add_commands
 
     try:
-        load_plugins()
-        pm.hook.register_commands(cli=cli)
+        add_commands(cli)
     except (PluginError, TaxonomyError) as exc:
         click.echo(f"Error: {exc}", err=True)
         sys.exit(exit_code(exc))

@@ -195,7 +195,8 @@ def retag(taxonomy, labels, template, since, job, model, store_url, top_k, fmt, 
     """Re-tag stored images with a (new or changed) taxonomy, without reading any image.
 
     Output is what `zstagger tag` prints for those images, with "source": "store" in its provenance, in the
-    order the images were first recorded.
+    order the images were first recorded (a `zstagger tag` run records in input order; a queued job chunk by
+    chunk, as they finish).
 
     \b
     zstagger retag -t moderation-v2 --since 30d > retagged.jsonl
@@ -215,7 +216,8 @@ def retag(taxonomy, labels, template, since, job, model, store_url, top_k, fmt, 
         catalogue = open_catalogue(store, tagger, since=since_ts, job_id=job_id)
         tagger.classifier(spec)  # text embeddings before the first page (the model loads here if they are not cached)
         total = catalogue.count()
-        pages = retag_text(catalogue, spec, top_k, workers=workers, total=total)
+        pages = retag_text(catalogue, spec, top_k, workers=workers, total=total,
+                           parallel_from=settings.retag_parallel_from)
         with _bar(total, progress, "retag") as bar:
             if as_job:
                 from ..queue.results_job import save_as_job

@@ -1,4 +1,5 @@
 import json
+import os
 import subprocess
 import sys
 
@@ -28,8 +29,10 @@ def test_hook_registers_the_taxonomy():
 
 
 def test_installed_entry_point_is_discovered():
+    # zstagger's own test run keeps installed plugins out (ZSTAGGER_LOAD_PLUGINS=""); this test is about one
+    env = {k: v for k, v in os.environ.items() if k != "ZSTAGGER_LOAD_PLUGINS"}
     out = subprocess.run(
-        [sys.executable, "-m", "zstagger.cli", "taxonomies", "--json"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "zstagger.cli", "taxonomies", "--json"], capture_output=True, text=True, check=True, env=env
     ).stdout
     rows = {row["name"]: row for row in json.loads(out)}
     assert rows["wildlife"]["plugin"] == "wildlife"
