@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "zstagger"
 
 # Lower numbers are deeper. A module may import its own layer and the ones below it, never above.
 LAYERS = {
-    "errors": 0, "settings": 0, "results": 0, "files": 0, "extras": 0,
+    "errors": 0, "settings": 0, "results": 0, "files": 0, "extras": 0, "compiled_cache": 0,
     "engine": 1,
     "taxonomy": 2, "hookspecs": 2, "plugins": 2, "registry": 2, "builtin": 2, "images": 2, "synthetic": 2, "embedding_cache": 2, "fewshot": 2,
     "store": 2,  # below the tagger, which opens it from ZSTAGGER_STORE; what reads it to re-tag is "catalogue"

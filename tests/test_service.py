@@ -36,7 +36,7 @@ def api(tiny_model_dir, tmp_path_factory):
     env = {"ZSTAGGER_MODEL": str(tiny_model_dir), "ZSTAGGER_PRECISION": "fp32", "ZSTAGGER_ALLOW_PRIVATE_URLS": "1",
            "ZSTAGGER_API_KEYS": f"{hash_key(KEY)},{hash_key(OTHER_KEY)}", "ZSTAGGER_BATCH_WAIT_MS": "30",
            "ZSTAGGER_MAX_REQUEST_IMAGES": "8", "ZSTAGGER_MAX_IMAGE_BYTES": "300000",
-           "ZSTAGGER_MAX_REQUEST_BYTES": "2000000"}
+           "ZSTAGGER_MAX_REQUEST_BYTES": "2000000", "ZSTAGGER_MAX_REQUEST_LABELS": "50"}
     server = ApiServer(env, tmp_path_factory.mktemp("serve")).wait_ready()
     yield server
     # SIGTERM: a graceful shutdown (uvicorn then re-raises the signal, so the status says SIGTERM)
@@ -97,6 +97,8 @@ def test_json_body_with_base64_urls_and_bad_images_in_place(api, slow_server):
     ({"images": ["http://x/a.png"] * 9, "labels": ["a"]}, 413, "payload_too_large", "ZSTAGGER_MAX_REQUEST_IMAGES"),
     ({"images": [{"base64": "A" * 500_000}], "labels": ["a"]}, 413, "payload_too_large", "ZSTAGGER_MAX_IMAGE_BYTES"),
     ({"images": ["http://x/a.png"], "labels": ["a"], "surprise": 1}, 422, "invalid_request", "surprise"),
+    ({"images": ["http://x/a.png"], "labels": [f"l{i}" for i in range(51)]}, 413, "payload_too_large",
+     "51 labels in one request, over the limit of 50 (ZSTAGGER_MAX_REQUEST_LABELS)"),
 ])
 def test_bad_requests_are_4xx_with_a_stable_type(api, body, status, kind, words):
     response = httpx.post(api.url + "/v1/tag", json=body, headers=auth(), timeout=30)
@@ -122,6 +124,9 @@ def test_body_limits_and_content_types(api):
     too_many = httpx.post(api.url + "/v1/tag", headers=auth(), data={"labels": "a,b"},
                           files=[("images", (f"{i}.png", png(i))) for i in range(9)])
     assert too_many.status_code in (400, 413) and "error" in too_many.json()
+    many_labels = httpx.post(api.url + "/v1/tag", headers=auth(), data={"labels": ",".join(f"l{i}" for i in range(51))},
+                             files=[("images", ("a.png", png(1)))])
+    assert many_labels.status_code == 413 and "ZSTAGGER_MAX_REQUEST_LABELS" in many_labels.json()["error"]["message"]
 
 
 def test_api_keys(api):

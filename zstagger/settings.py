@@ -99,6 +99,12 @@ class Settings(BaseSettings):
         description="Seconds a write to an unreachable embedding store is retried before its images are counted as "
         "unrecorded and tagging goes on (reads never wait: a store that does not answer is a miss).",
     )
+    classifier_cache_bytes: int = Field(
+        128 * 1024 * 1024, ge=0,
+        description="Memory for compiled taxonomies and label sets kept for reuse in one process (their text embeddings "
+        "and scoring plans), in bytes; the least recently used go first, the last one used is always kept. Ad-hoc label "
+        "sets sent to the HTTP service are kept here too, so this bounds the memory new label sets can take.",
+    )
     # plugins and taxonomies
     taxonomy_path: str = Field("", description=f"Directories of taxonomy YAML/JSON files, separated by {os.pathsep!r}.")
     plugins_dir: str = Field("", description="Directory of one-off plugin .py files.")
@@ -146,6 +152,9 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Largest HTTP request body, in bytes.")
     max_request_images: int = Field(64, ge=1, description="Most images in one synchronous HTTP request.")
     max_job_images: int = Field(100_000, ge=1, description="Most images in one job submitted over HTTP.")
+    max_request_labels: int = Field(
+        1000, ge=1, description="Most ad-hoc labels in one HTTP request (`labels` of /v1/tag and /v1/jobs); beyond it: 413."
+    )
     batch_wait_ms: float = Field(5.0, ge=0, description="Milliseconds an image waits for others to fill a model batch.")
     max_pending_images: int = Field(
         512, ge=1, description="Images in flight in the HTTP service (decoding, waiting, encoding); beyond it: 503."

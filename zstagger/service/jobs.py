@@ -71,7 +71,7 @@ async def submit_job(request: Request) -> JSONResponse:
     except ValidationError as exc:
         raise ApiError(422, "invalid_request", describe_validation(exc)) from None
     check_count(len(body.images), settings.max_job_images)
-    spec = taxonomy_for(body.taxonomy, body.labels, body.template)
+    spec = taxonomy_for(body.taxonomy, body.labels, body.template, settings.max_request_labels)
     refs = [image_from_json(value, i, settings) for i, value in enumerate(body.images)]
     from ..queue.client import enqueue
     from ..queue.store import new_job_id

@@ -87,8 +87,13 @@ def image_from_json(value: str | ImageObject, index: int, settings: Settings) ->
     return url
 
 
-def taxonomy_for(taxonomy: str | None, labels: list[str] | None, template: str | None) -> Taxonomy:
-    """The one owner of "exactly one of taxonomy or labels", as an HTTP error."""
+def taxonomy_for(taxonomy: str | None, labels: list[str] | None, template: str | None, max_labels: int) -> Taxonomy:
+    """The one owner of "exactly one of taxonomy or labels", and of how many ad-hoc labels a
+    request may bring (each new label set is encoded by the model), as an HTTP error."""
+    if labels is not None and len(labels) > max_labels:
+        raise ApiError(413, "payload_too_large",
+                       f"{len(labels)} labels in one request, over the limit of {max_labels} (ZSTAGGER_MAX_REQUEST_LABELS); "
+                       "send fewer labels, or register a taxonomy for a large label set")
     try:
         return resolve_taxonomy(taxonomy, labels, template)
     except UnknownTaxonomyError as exc:
@@ -120,7 +125,7 @@ async def read_tag_request(request: Request, settings: Settings) -> tuple[list[I
     except ValidationError as exc:
         raise ApiError(422, "invalid_request", describe_validation(exc)) from None
     check_count(len(parsed.images), settings.max_request_images)
-    spec = taxonomy_for(parsed.taxonomy, parsed.labels, parsed.template)
+    spec = taxonomy_for(parsed.taxonomy, parsed.labels, parsed.template, settings.max_request_labels)
     refs = [image_from_json(value, i, settings) for i, value in enumerate(parsed.images)]
     return refs, spec, parsed.top_k
 
@@ -144,7 +149,8 @@ async def _read_multipart(request: Request, settings: Settings) -> tuple[list[Im
         check_count(len(uploads), settings.max_request_images)
         labels = [label for value in fields.get("labels", []) for label in value.split(",")] or None
         top_k = _one_int(fields.get("top_k"), "top_k")
-        spec = taxonomy_for(_one(fields.get("taxonomy"), "taxonomy"), labels, _one(fields.get("template"), "template"))
+        spec = taxonomy_for(_one(fields.get("taxonomy"), "taxonomy"), labels, _one(fields.get("template"), "template"),
+                            settings.max_request_labels)
         refs: list[ImageInput] = []
         for i, upload in enumerate(uploads):
             data = await upload.read(settings.max_image_bytes + 1)

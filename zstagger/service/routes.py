@@ -77,7 +77,7 @@ async def moderations(request: Request) -> dict[str, Any]:
         body = ModerationRequest.model_validate_json(await request.body())
     except ValidationError as exc:
         raise ApiError(422, "invalid_request", describe_validation(exc)) from None
-    spec = taxonomy_for(taxonomy_name(body), None, None)
+    spec = taxonomy_for(taxonomy_name(body), None, None, state.settings.max_request_labels)
     refs = images_of(body, state.settings)
     check_count(len(refs), state.settings.max_request_images)
     results = await state.tag(refs, spec, None)
