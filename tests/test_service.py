@@ -256,6 +256,87 @@ def test_backpressure_answers_503_with_retry_after(tiny_model_dir, tmp_path, slo
         server.stop()
 
 
+def test_slow_clients_cannot_hold_the_server(tiny_model_dir, tmp_path):
+    """300 connections that never finish their request headers, against a server whose
+    open-file limit is 256: it closes them (ZSTAGGER_HEADER_TIMEOUT, and the oldest waiting
+    ones at the connection cap), never runs out of descriptors, keeps answering a normal
+    request within a second, and writes a few lines to its log, not a traceback per accept."""
+    import socket
+    import time
+
+    env = {"ZSTAGGER_MODEL": str(tiny_model_dir), "ZSTAGGER_API_ALLOW_ANONYMOUS": "1", "ZSTAGGER_HEADER_TIMEOUT": "2"}
+    server = ApiServer(env, tmp_path, nofile=256).wait_ready()
+    slow = []
+    try:
+        logged_before = len(server.output())
+        for _ in range(300):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            slow.append(sock)
+        latencies = []
+        until = time.monotonic() + 5
+        while time.monotonic() < until:
+            started = time.monotonic()
+            try:
+                answered = httpx.get(server.url + "/healthz", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                answered = False
+            latencies.append(time.monotonic() - started if answered else float("inf"))
+            time.sleep(0.2)
+        still_open = 0
+        for sock in slow:
+            sock.settimeout(0.05)
+            try:
+                still_open += sock.recv(64) != b""
+            except TimeoutError:
+                still_open += 1
+            except OSError:  # reset: closed by the server
+                pass
+        assert still_open == 0, f"{still_open} of 300 slow connections are still open after the 2 s header deadline"
+        assert max(latencies) < 1.0, [round(x, 2) for x in latencies]
+        server.check_alive()
+        log = server.output()[logged_before:]
+        assert "Traceback" not in log and "Too many open files" not in log and len(log) < 2000, log[-3000:]
+        assert "ZSTAGGER_HEADER_TIMEOUT" in log  # said once, counted
+    finally:
+        for sock in slow:
+            sock.close()
+        server.stop()
+
+
+def test_a_flood_of_one_warning_is_logged_a_few_times_with_a_count():
+    import logging
+
+    from zstagger.service.logs import RepeatLimiter
+
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("zstagger.test.flood")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    handler, limiter = Keep(), RepeatLimiter(window=0.5, burst=3)
+    logger.addHandler(handler)
+    logger.addFilter(limiter)
+    try:
+        for fd in range(1000):  # asyncio-like: a number that changes in every message
+            logger.error("socket.accept() out of system resource\nsocket: fd=%d", fd)
+        logger.info("an access log line %d", 1)
+        logger.info("an access log line %d", 2)  # below WARNING: never limited
+        assert len(records) == 5
+        import time
+
+        time.sleep(0.6)
+        logger.error("socket.accept() out of system resource\nsocket: fd=%d", 5000)
+        assert "997 more like this in the last 0.5s were not logged" in records[-1]
+    finally:
+        logger.removeHandler(handler)
+        logger.removeFilter(limiter)
+
+
 def test_serve_with_a_missing_model_is_one_line_exit_2(tmp_path):
     exe = shutil.which("zstagger")
     cmd = [exe, "serve"] if exe else [sys.executable, "-m", "zstagger.cli", "serve"]

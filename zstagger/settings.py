@@ -155,6 +155,17 @@ class Settings(BaseSettings):
     max_request_labels: int = Field(
         1000, ge=1, description="Most ad-hoc labels in one HTTP request (`labels` of /v1/tag and /v1/jobs); beyond it: 413."
     )
+    header_timeout: float = Field(
+        10.0, gt=0,
+        description="Seconds an HTTP client has to send a request's headers, from when it connects or its previous "
+        "response was sent; slower connections are closed (slowloris).",
+    )
+    max_connections: int = Field(
+        0, ge=0,
+        description="Most open client connections of one `zstagger serve` process (0: three quarters of its open-file "
+        "limit, ulimit -n). Over it, a new connection closes the oldest one still waiting for its headers, or is "
+        "refused if every connection has a request in progress.",
+    )
     batch_wait_ms: float = Field(5.0, ge=0, description="Milliseconds an image waits for others to fill a model batch.")
     max_pending_images: int = Field(
         512, ge=1, description="Images in flight in the HTTP service (decoding, waiting, encoding); beyond it: 503."

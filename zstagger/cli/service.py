@@ -51,9 +51,16 @@ def serve(host, port, workers, model, log_level):
         prepare_metrics_dir()  # several processes: aggregate their metrics through files
     import uvicorn
 
+    from ..service.connections import listen_backlog, raise_open_file_limit
+
+    raise_open_file_limit()  # before the backlog and the connection cap are sized from it
+
+    # The guarded protocol closes connections whose headers are too slow and caps open
+    # connections (ZSTAGGER_HEADER_TIMEOUT, ZSTAGGER_MAX_CONNECTIONS): see zstagger.service.connections.
     uvicorn.run("zstagger.service.app:create_app", factory=True, host=host or settings.host,
                 port=settings.port if port is None else port, workers=workers, log_level=log_level,
-                proxy_headers=False, server_header=False, timeout_graceful_shutdown=30)
+                proxy_headers=False, server_header=False, timeout_graceful_shutdown=30,
+                http="zstagger.service.connections:GuardedHTTPProtocol", backlog=listen_backlog())
 
 
 @cli.command("api-key")

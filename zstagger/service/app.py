@@ -19,6 +19,7 @@ from ..settings import Settings
 from ..errors import ZstaggerError
 from .errors import http_error, unexpected_error, validation_error, zstagger_error
 from .limits import BodyLimit
+from .logs import limit_repeats
 from .metrics import RequestMetrics
 from .moderation import ModerationRequest
 from .requests import TagRequest
@@ -29,6 +30,7 @@ from .state import ServiceState
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    limit_repeats()  # a flood of one warning or traceback is written a few times a minute, not each time
     state = ServiceState(settings)
 
     @contextlib.asynccontextmanager
