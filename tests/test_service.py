@@ -139,8 +139,11 @@ def test_api_keys(api):
         assert response.headers["www-authenticate"] == "Bearer"
     assert httpx.post(api.url + "/v1/tag", json=body, headers=auth(OTHER_KEY), timeout=30).status_code == 200
     assert httpx.get(api.url + "/v1/taxonomies").status_code == 401
-    for open_path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+    for open_path in ("/healthz", "/readyz", "/openapi.json"):
         assert httpx.get(api.url + open_path).status_code == 200, open_path
+    # /metrics needs a key like /v1 (a scraper without one: ZSTAGGER_API_METRICS_PORT)
+    assert httpx.get(api.url + "/metrics").status_code == 401
+    assert httpx.get(api.url + "/metrics", headers=auth(OTHER_KEY)).status_code == 200
 
 
 def test_taxonomies_endpoints(api):
@@ -189,7 +192,7 @@ def test_openai_moderation_shape(api, slow_server):
 def test_concurrent_requests_share_model_batches(api):
     """16 clients with one image each: the server gathers them into batches (BATCH_WAIT_MS=30)."""
     def histogram():
-        text = httpx.get(api.url + "/metrics").text
+        text = httpx.get(api.url + "/metrics", headers=auth()).text
         values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
                   if line.startswith("zstagger_http_batch_size_")}
         return values.get("zstagger_http_batch_size_count", 0.0), values.get("zstagger_http_batch_size_sum", 0.0)
@@ -217,11 +220,97 @@ def test_concurrent_requests_share_model_batches(api):
 def test_metrics_after_requests(api):
     httpx.post(api.url + "/v1/tag", json={"images": [{"base64": base64.b64encode(png(5)).decode()}], "labels": ["a"]},
                headers=auth(), timeout=30)
-    text = httpx.get(api.url + "/metrics").text
+    text = httpx.get(api.url + "/metrics", headers=auth()).text
     assert 'zstagger_http_requests_total{method="POST",route="/v1/tag",status="200"}' in text
     for name in ("zstagger_http_request_seconds_bucket", "zstagger_http_batch_size_bucket",
                  "zstagger_http_queue_wait_seconds_bucket", 'zstagger_http_images_total{outcome="tagged"}'):
         assert name in text, name
+
+
+def test_metrics_on_a_port_of_their_own_for_a_scraper_without_a_key(tiny_model_dir, tmp_path):
+    from harness import free_port
+
+    metrics_port = free_port()
+    env = {"ZSTAGGER_MODEL": str(tiny_model_dir), "ZSTAGGER_API_KEYS": hash_key(KEY),
+           "ZSTAGGER_API_METRICS_PORT": str(metrics_port)}
+    server = ApiServer(env, tmp_path).wait_ready()
+    try:
+        assert httpx.get(server.url + "/metrics").status_code == 401
+        httpx.get(server.url + "/v1/taxonomies", headers=auth())
+        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+        assert scraped.status_code == 200
+        assert 'zstagger_http_requests_total{method="GET",route="/v1/taxonomies",status="200"}' in scraped.text
+    finally:
+        server.stop()
+
+
+def test_a_client_leaving_mid_body_is_not_an_error(api):
+    """A client that closes its connection in the middle of its body: no traceback in the log,
+    counted as 499 (client closed request) in the metrics, not as a 500."""
+    import socket
+    import time
+
+    def counts():
+        text = httpx.get(api.url + "/metrics", headers=auth()).text
+        return {status: sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                            if line.startswith("zstagger_http_requests_total{") and 'route="/v1/tag"' in line
+                            and f'status="{status}"' in line) for status in ("499", "500")}
+
+    before, logged_before = counts(), len(api.output())
+    for path, content_type in (("/v1/tag", "application/json"), ("/v1/tag", "multipart/form-data; boundary=xyz")):
+        sock = socket.create_connection(("127.0.0.1", api.port))
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
+                     f"Content-Type: {content_type}\r\nContent-Length: 100000\r\n\r\n".encode() + b"--xyz\r\n" + b"x" * 500)
+        time.sleep(0.5)
+        sock.close()
+    time.sleep(1.0)
+    after = counts()
+    assert after["500"] == before["500"] and after["499"] == before["499"] + 2, (before, after)
+    log = api.output()[logged_before:]
+    assert "Traceback" not in log and "Exception" not in log, log
+
+
+def test_a_40_mb_body_is_parsed_off_the_event_loop(tiny_model_dir, tmp_path):
+    """A 40 MB JSON body of 200,000 image objects (refused with 413 once parsed: too many
+    images) takes seconds to validate; meanwhile /healthz keeps answering within 200 ms. The
+    body is sent by another process, so that this one only measures."""
+    import time
+
+    env = {"ZSTAGGER_MODEL": str(tiny_model_dir), "ZSTAGGER_API_ALLOW_ANONYMOUS": "1"}
+    server = ApiServer(env, tmp_path).wait_ready()
+    try:
+        images = [{"url": f"http://example.com/{i:07d}.jpg", "name": f"{i:07d}-" + "n" * 150} for i in range(200_000)]
+        (tmp_path / "body.json").write_bytes(json.dumps({"images": images, "labels": ["a", "b"]}).encode())
+        assert (tmp_path / "body.json").stat().st_size > 40_000_000
+        sender = subprocess.Popen(
+            [sys.executable, "-c",
+             "import http.client, sys\n"
+             "conn = http.client.HTTPConnection('127.0.0.1', int(sys.argv[1]), timeout=120)\n"
+             "conn.request('POST', '/v1/tag', body=open(sys.argv[2], 'rb').read(),"
+             " headers={'Content-Type': 'application/json'})\n"
+             "response = conn.getresponse()\n"
+             "print(response.status, response.read().decode()[:300])\n",
+             str(server.port), str(tmp_path / "body.json")],
+            stdout=subprocess.PIPE, text=True)
+        started = time.monotonic()
+        latencies = []
+        with httpx.Client(timeout=10) as probe:
+            while sender.poll() is None:
+                before = time.monotonic()
+                assert probe.get(server.url + "/healthz").status_code == 200
+                latencies.append(time.monotonic() - before)
+                time.sleep(0.05)
+        seconds = time.monotonic() - started
+        answer = sender.stdout.read()
+        assert answer.startswith("413") and "ZSTAGGER_MAX_REQUEST_IMAGES" in answer, answer
+        assert len(latencies) >= 5, (seconds, latencies)  # it did take a while
+        # Parsed on the event loop (or in a thread: pydantic holds the GIL) the probes stall for
+        # seconds; here 9 in 10 answer within 200 ms and none waits a second (the margin is for
+        # a loaded test machine's scheduling, not for the server).
+        ordered = sorted(latencies)
+        assert ordered[int(0.9 * (len(ordered) - 1))] < 0.2 and ordered[-1] < 1.0, (seconds, ordered[-5:])
+    finally:
+        server.stop()
 
 
 def test_no_keys_configured_refuses_api_calls_naming_the_setting(tiny_model_dir, tmp_path):

@@ -170,6 +170,11 @@ class Settings(BaseSettings):
     max_pending_images: int = Field(
         512, ge=1, description="Images in flight in the HTTP service (decoding, waiting, encoding); beyond it: 503."
     )
+    api_metrics_port: int = Field(
+        0, ge=0, le=65535,
+        description="Port on which `zstagger serve` also serves /metrics without an API key, on ZSTAGGER_METRICS_ADDRESS, "
+        "for a Prometheus scraper (0: off). /metrics on the API's own port always needs an API key.",
+    )
     # job notifications
     webhook_secret: SecretStr | None = Field(
         None, description="Key that signs webhook events (HMAC-SHA256); set the same on producers and workers."
