@@ -9,6 +9,7 @@ import http.server
 import io
 import os
 import pwd
+import resource
 import shutil
 import signal
 import socket
@@ -105,14 +106,16 @@ class _CommandProcess:
     what = "zstagger"
 
     def __init__(self, args: list[str], env: dict[str, str], log_path: Path, cwd: Path = ROOT,
-                 cmd: list[str] | None = None):
+                 cmd: list[str] | None = None, nofile: int | None = None):
         exe = shutil.which("zstagger")
         cmd = cmd or ([exe] if exe else [sys.executable, "-m", "zstagger.cli"])
         full_env = clean_environ(env)
         self.log_path = log_path
         self.log = open(log_path, "w")
+        # nofile: the process's open-file limit (soft and hard), to reach descriptor exhaustion cheaply.
+        limit = None if nofile is None else (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
         self.proc = subprocess.Popen([*cmd, *args], env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True, cwd=cwd)
+                                     start_new_session=True, cwd=cwd, preexec_fn=limit)
 
     def output(self) -> str:
         self.log.flush()
@@ -304,11 +307,11 @@ class ApiServer(_CommandProcess):
 
     what = "zstagger serve"
 
-    def __init__(self, env: dict[str, str], log_dir: Path, args: tuple[str, ...] = ()):
+    def __init__(self, env: dict[str, str], log_dir: Path, args: tuple[str, ...] = (), nofile: int | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__(["serve", "--log-level", "warning", *args], {**env, "ZSTAGGER_PORT": str(self.port)},
-                         log_dir / f"serve-{self.port}.log")
+                         log_dir / f"serve-{self.port}.log", nofile=nofile)
 
     def wait_ready(self, timeout: float = 120) -> ApiServer:
         import httpx

@@ -146,6 +146,22 @@ def test_workers_are_given_a_grace_period_to_hand_back_their_chunk():
     assert "STOPSIGNAL SIGTERM" in (DEPLOY / "Dockerfile").read_text()
 
 
+def test_the_api_is_scraped_where_metrics_need_no_key():
+    """/metrics on the API port needs a key; the API pods' scrape annotation names the port of
+    ZSTAGGER_API_METRICS_PORT, which the container exposes."""
+    doc = next(d for d in yaml_docs(DEPLOY / "k8s" / "api.yaml") if d["kind"] == "Deployment")
+    template = doc["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    env = {item["name"]: item.get("value") for item in container.get("env", [])}
+    port = template["metadata"]["annotations"]["prometheus.io/port"]
+    assert env.get("ZSTAGGER_API_METRICS_PORT") == port
+    assert int(port) in [p["containerPort"] for p in container["ports"]]
+    config = yaml_docs(DEPLOY / "k8s" / "config.yaml")[0]["data"]
+    assert config["ZSTAGGER_METRICS_ADDRESS"] == "0.0.0.0"  # reachable by the scraper from outside the pod
+    compose = yaml_docs(DEPLOY / "compose.yaml")[0]["services"]["api"]["environment"]
+    assert compose["ZSTAGGER_API_METRICS_PORT"] and compose["ZSTAGGER_METRICS_ADDRESS"] == "0.0.0.0"
+
+
 def test_deploy_environment_variables_are_real_settings():
     fields = {f"ZSTAGGER_{name.upper()}" for name in Settings.model_fields}
     used = set()

@@ -18,6 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "zstagger"
 LAYERS = {
     # 0: the foundation, imported by everything
     "settings": 0, "errors": 1, "results": 2, "files": 3, "extras": 4,
+    "compiled_cache": 5,  # compiled taxonomies and label sets, bounded by memory
     # 10: the engine: pure maths and model I/O
     "engine": 10,
     # 20: inputs and definitions: the network, images, media, taxonomies and the plugins that bring them

@@ -36,7 +36,7 @@ def api(tiny_model_dir, tmp_path_factory):
     env = {"ZSTAGGER_MODEL": str(tiny_model_dir), "ZSTAGGER_PRECISION": "fp32", "ZSTAGGER_ALLOW_PRIVATE_URLS": "1",
            "ZSTAGGER_API_KEYS": f"{hash_key(KEY)},{hash_key(OTHER_KEY)}", "ZSTAGGER_BATCH_WAIT_MS": "30",
            "ZSTAGGER_MAX_REQUEST_IMAGES": "8", "ZSTAGGER_MAX_IMAGE_BYTES": "300000",
-           "ZSTAGGER_MAX_REQUEST_BYTES": "2000000"}
+           "ZSTAGGER_MAX_REQUEST_BYTES": "2000000", "ZSTAGGER_MAX_REQUEST_LABELS": "50"}
     server = ApiServer(env, tmp_path_factory.mktemp("serve")).wait_ready()
     yield server
     # SIGTERM: a graceful shutdown (uvicorn then re-raises the signal, so the status says SIGTERM)
@@ -101,6 +101,8 @@ def test_json_body_with_base64_urls_and_bad_images_in_place(api, slow_server):
     ({"images": ["http://x/a.png"] * 9, "labels": ["a"]}, 413, "payload_too_large", "ZSTAGGER_MAX_REQUEST_IMAGES"),
     ({"images": [{"base64": "A" * 500_000}], "labels": ["a"]}, 413, "payload_too_large", "ZSTAGGER_MAX_IMAGE_BYTES"),
     ({"images": ["http://x/a.png"], "labels": ["a"], "surprise": 1}, 422, "invalid_request", "surprise"),
+    ({"images": ["http://x/a.png"], "labels": [f"l{i}" for i in range(51)]}, 413, "payload_too_large",
+     "51 labels in one request, over the limit of 50 (ZSTAGGER_MAX_REQUEST_LABELS)"),
 ])
 def test_bad_requests_are_4xx_with_a_stable_type(api, body, status, kind, words):
     response = httpx.post(api.url + "/v1/tag", json=body, headers=auth(), timeout=30)
@@ -126,6 +128,9 @@ def test_body_limits_and_content_types(api):
     too_many = httpx.post(api.url + "/v1/tag", headers=auth(), data={"labels": "a,b"},
                           files=[("images", (f"{i}.png", png(i))) for i in range(9)])
     assert too_many.status_code in (400, 413) and "error" in too_many.json()
+    many_labels = httpx.post(api.url + "/v1/tag", headers=auth(), data={"labels": ",".join(f"l{i}" for i in range(51))},
+                             files=[("images", ("a.png", png(1)))])
+    assert many_labels.status_code == 413 and "ZSTAGGER_MAX_REQUEST_LABELS" in many_labels.json()["error"]["message"]
 
 
 def test_api_keys(api):
@@ -138,8 +143,11 @@ def test_api_keys(api):
         assert response.headers["www-authenticate"] == "Bearer"
     assert httpx.post(api.url + "/v1/tag", json=body, headers=auth(OTHER_KEY), timeout=30).status_code == 200
     assert httpx.get(api.url + "/v1/taxonomies").status_code == 401
-    for open_path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+    for open_path in ("/healthz", "/readyz", "/openapi.json"):
         assert httpx.get(api.url + open_path).status_code == 200, open_path
+    # /metrics needs a key like /v1 (a scraper without one: ZSTAGGER_API_METRICS_PORT)
+    assert httpx.get(api.url + "/metrics").status_code == 401
+    assert httpx.get(api.url + "/metrics", headers=auth(OTHER_KEY)).status_code == 200
 
 
 def test_taxonomies_endpoints(api):
@@ -188,7 +196,7 @@ def test_openai_moderation_shape(api, slow_server):
 def test_concurrent_requests_share_model_batches(api):
     """16 clients with one image each: the server gathers them into batches (BATCH_WAIT_MS=30)."""
     def histogram():
-        text = httpx.get(api.url + "/metrics").text
+        text = httpx.get(api.url + "/metrics", headers=auth()).text
         values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
                   if line.startswith("zstagger_http_batch_size_")}
         return values.get("zstagger_http_batch_size_count", 0.0), values.get("zstagger_http_batch_size_sum", 0.0)
@@ -216,11 +224,97 @@ def test_concurrent_requests_share_model_batches(api):
 def test_metrics_after_requests(api):
     httpx.post(api.url + "/v1/tag", json={"images": [{"base64": base64.b64encode(png(5)).decode()}], "labels": ["a"]},
                headers=auth(), timeout=30)
-    text = httpx.get(api.url + "/metrics").text
+    text = httpx.get(api.url + "/metrics", headers=auth()).text
     assert 'zstagger_http_requests_total{method="POST",route="/v1/tag",status="200"}' in text
     for name in ("zstagger_http_request_seconds_bucket", "zstagger_http_batch_size_bucket",
                  "zstagger_http_queue_wait_seconds_bucket", 'zstagger_http_images_total{outcome="tagged"}'):
         assert name in text, name
+
+
+def test_metrics_on_a_port_of_their_own_for_a_scraper_without_a_key(tiny_model_dir, tmp_path):
+    from harness import free_port
+
+    metrics_port = free_port()
+    env = {"ZSTAGGER_MODEL": str(tiny_model_dir), "ZSTAGGER_API_KEYS": hash_key(KEY),
+           "ZSTAGGER_API_METRICS_PORT": str(metrics_port)}
+    server = ApiServer(env, tmp_path).wait_ready()
+    try:
+        assert httpx.get(server.url + "/metrics").status_code == 401
+        httpx.get(server.url + "/v1/taxonomies", headers=auth())
+        scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5)
+        assert scraped.status_code == 200
+        assert 'zstagger_http_requests_total{method="GET",route="/v1/taxonomies",status="200"}' in scraped.text
+    finally:
+        server.stop()
+
+
+def test_a_client_leaving_mid_body_is_not_an_error(api):
+    """A client that closes its connection in the middle of its body: no traceback in the log,
+    counted as 499 (client closed request) in the metrics, not as a 500."""
+    import socket
+    import time
+
+    def counts():
+        text = httpx.get(api.url + "/metrics", headers=auth()).text
+        return {status: sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                            if line.startswith("zstagger_http_requests_total{") and 'route="/v1/tag"' in line
+                            and f'status="{status}"' in line) for status in ("499", "500")}
+
+    before, logged_before = counts(), len(api.output())
+    for path, content_type in (("/v1/tag", "application/json"), ("/v1/tag", "multipart/form-data; boundary=xyz")):
+        sock = socket.create_connection(("127.0.0.1", api.port))
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
+                     f"Content-Type: {content_type}\r\nContent-Length: 100000\r\n\r\n".encode() + b"--xyz\r\n" + b"x" * 500)
+        time.sleep(0.5)
+        sock.close()
+    time.sleep(1.0)
+    after = counts()
+    assert after["500"] == before["500"] and after["499"] == before["499"] + 2, (before, after)
+    log = api.output()[logged_before:]
+    assert "Traceback" not in log and "Exception" not in log, log
+
+
+def test_a_40_mb_body_is_parsed_off_the_event_loop(tiny_model_dir, tmp_path):
+    """A 40 MB JSON body of 200,000 image objects (refused with 413 once parsed: too many
+    images) takes seconds to validate; meanwhile /healthz keeps answering within 200 ms. The
+    body is sent by another process, so that this one only measures."""
+    import time
+
+    env = {"ZSTAGGER_MODEL": str(tiny_model_dir), "ZSTAGGER_API_ALLOW_ANONYMOUS": "1"}
+    server = ApiServer(env, tmp_path).wait_ready()
+    try:
+        images = [{"url": f"http://example.com/{i:07d}.jpg", "name": f"{i:07d}-" + "n" * 150} for i in range(200_000)]
+        (tmp_path / "body.json").write_bytes(json.dumps({"images": images, "labels": ["a", "b"]}).encode())
+        assert (tmp_path / "body.json").stat().st_size > 40_000_000
+        sender = subprocess.Popen(
+            [sys.executable, "-c",
+             "import http.client, sys\n"
+             "conn = http.client.HTTPConnection('127.0.0.1', int(sys.argv[1]), timeout=120)\n"
+             "conn.request('POST', '/v1/tag', body=open(sys.argv[2], 'rb').read(),"
+             " headers={'Content-Type': 'application/json'})\n"
+             "response = conn.getresponse()\n"
+             "print(response.status, response.read().decode()[:300])\n",
+             str(server.port), str(tmp_path / "body.json")],
+            stdout=subprocess.PIPE, text=True)
+        started = time.monotonic()
+        latencies = []
+        with httpx.Client(timeout=10) as probe:
+            while sender.poll() is None:
+                before = time.monotonic()
+                assert probe.get(server.url + "/healthz").status_code == 200
+                latencies.append(time.monotonic() - before)
+                time.sleep(0.05)
+        seconds = time.monotonic() - started
+        answer = sender.stdout.read()
+        assert answer.startswith("413") and "ZSTAGGER_MAX_REQUEST_IMAGES" in answer, answer
+        assert len(latencies) >= 5, (seconds, latencies)  # it did take a while
+        # Parsed on the event loop (or in a thread: pydantic holds the GIL) the probes stall for
+        # seconds; here 9 in 10 answer within 200 ms and none waits a second (the margin is for
+        # a loaded test machine's scheduling, not for the server).
+        ordered = sorted(latencies)
+        assert ordered[int(0.9 * (len(ordered) - 1))] < 0.2 and ordered[-1] < 1.0, (seconds, ordered[-5:])
+    finally:
+        server.stop()
 
 
 def test_no_keys_configured_refuses_api_calls_naming_the_setting(tiny_model_dir, tmp_path):
@@ -253,6 +347,87 @@ def test_backpressure_answers_503_with_retry_after(tiny_model_dir, tmp_path, slo
         assert again.status_code == 200  # the slots are given back
     finally:
         server.stop()
+
+
+def test_slow_clients_cannot_hold_the_server(tiny_model_dir, tmp_path):
+    """300 connections that never finish their request headers, against a server whose
+    open-file limit is 256: it closes them (ZSTAGGER_HEADER_TIMEOUT, and the oldest waiting
+    ones at the connection cap), never runs out of descriptors, keeps answering a normal
+    request within a second, and writes a few lines to its log, not a traceback per accept."""
+    import socket
+    import time
+
+    env = {"ZSTAGGER_MODEL": str(tiny_model_dir), "ZSTAGGER_API_ALLOW_ANONYMOUS": "1", "ZSTAGGER_HEADER_TIMEOUT": "2"}
+    server = ApiServer(env, tmp_path, nofile=256).wait_ready()
+    slow = []
+    try:
+        logged_before = len(server.output())
+        for _ in range(300):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+            slow.append(sock)
+        latencies = []
+        until = time.monotonic() + 5
+        while time.monotonic() < until:
+            started = time.monotonic()
+            try:
+                answered = httpx.get(server.url + "/healthz", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                answered = False
+            latencies.append(time.monotonic() - started if answered else float("inf"))
+            time.sleep(0.2)
+        still_open = 0
+        for sock in slow:
+            sock.settimeout(0.05)
+            try:
+                still_open += sock.recv(64) != b""
+            except TimeoutError:
+                still_open += 1
+            except OSError:  # reset: closed by the server
+                pass
+        assert still_open == 0, f"{still_open} of 300 slow connections are still open after the 2 s header deadline"
+        assert max(latencies) < 1.0, [round(x, 2) for x in latencies]
+        server.check_alive()
+        log = server.output()[logged_before:]
+        assert "Traceback" not in log and "Too many open files" not in log and len(log) < 2000, log[-3000:]
+        assert "ZSTAGGER_HEADER_TIMEOUT" in log  # said once, counted
+    finally:
+        for sock in slow:
+            sock.close()
+        server.stop()
+
+
+def test_a_flood_of_one_warning_is_logged_a_few_times_with_a_count():
+    import logging
+
+    from zstagger.service.logs import RepeatLimiter
+
+    records = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("zstagger.test.flood")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    handler, limiter = Keep(), RepeatLimiter(window=0.5, burst=3)
+    logger.addHandler(handler)
+    logger.addFilter(limiter)
+    try:
+        for fd in range(1000):  # asyncio-like: a number that changes in every message
+            logger.error("socket.accept() out of system resource\nsocket: fd=%d", fd)
+        logger.info("an access log line %d", 1)
+        logger.info("an access log line %d", 2)  # below WARNING: never limited
+        assert len(records) == 5
+        import time
+
+        time.sleep(0.6)
+        logger.error("socket.accept() out of system resource\nsocket: fd=%d", 5000)
+        assert "997 more like this in the last 0.5s were not logged" in records[-1]
+    finally:
+        logger.removeHandler(handler)
+        logger.removeFilter(limiter)
 
 
 def test_serve_with_a_missing_model_is_one_line_exit_2(tmp_path):

@@ -164,6 +164,13 @@ class Settings(BaseSettings):
         "images on; below it, in one. The output is the same byte for byte either way.",
         json_schema_extra=read_by(CLI),
     )
+    classifier_cache_bytes: int = Field(
+        128 * 1024 * 1024, ge=0,
+        description="Memory for compiled taxonomies and label sets kept for reuse in one process (their text embeddings "
+        "and scoring plans), in bytes; the least recently used go first, the last one used is always kept. Ad-hoc label "
+        "sets sent to the HTTP service are kept here too, so this bounds the memory new label sets can take.",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
+    )
     # plugins and taxonomies
     taxonomy_path: str = Field(
         "", description=f"Directories of taxonomy YAML/JSON files, separated by {os.pathsep!r} (workers get each job's "
@@ -346,8 +353,31 @@ class Settings(BaseSettings):
         5.0, ge=0, description="Milliseconds an image waits for others to fill a model batch.",
         json_schema_extra=read_by(API_SERVER),
     )
+    max_request_labels: int = Field(
+        1000, ge=1, description="Most ad-hoc labels in one HTTP request (`labels` of /v1/tag and /v1/jobs); beyond it: 413.",
+        json_schema_extra=read_by(API_SERVER),
+    )
+    header_timeout: float = Field(
+        10.0, gt=0,
+        description="Seconds an HTTP client has to send a request's headers, from when it connects or its previous "
+        "response was sent; slower connections are closed (slowloris).",
+        json_schema_extra=read_by(API_SERVER),
+    )
+    max_connections: int = Field(
+        0, ge=0,
+        description="Most open client connections of one `zstagger serve` process (0: three quarters of its open-file "
+        "limit, ulimit -n). Over it, a new connection closes the oldest one still waiting for its headers, or is "
+        "refused if every connection has a request in progress.",
+        json_schema_extra=read_by(API_SERVER),
+    )
     max_pending_images: int = Field(
         512, ge=1, description="Images in flight in the HTTP service (decoding, waiting, encoding); beyond it: 503.",
+        json_schema_extra=read_by(API_SERVER),
+    )
+    api_metrics_port: int = Field(
+        0, ge=0, le=65535,
+        description="Port on which `zstagger serve` also serves /metrics without an API key, on ZSTAGGER_METRICS_ADDRESS, "
+        "for a Prometheus scraper (0: off). /metrics on the API's own port always needs an API key.",
         json_schema_extra=read_by(API_SERVER),
     )
     # job notifications

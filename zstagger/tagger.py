@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from .classifier import TaxonomyClassifier
+from .compiled_cache import CompiledCache
 from .embedder import NO_CACHE, WRITE_EVERY, CacheRoute, Embedder, EmbedStages, Figures, Prepared, open_image_cache, or_error
 from .embedding_cache import EmbeddingCache, ImageEmbeddingCache, default_image_cache
 from .errors import ConfigurationError, ImageLoadError, record_type
@@ -109,9 +110,9 @@ class Tagger:
         self._figures = Figures()  # what calls through the tagger's own route returned, added up
         self.vector_loader = vector_loader
         self._examples_cache: ImageEmbeddingCache | None | bool = False  # False: not opened yet
-        self._classifiers: dict[tuple, TaxonomyClassifier] = {}
+        # Compiled taxonomies and label sets, bounded by memory (ZSTAGGER_CLASSIFIER_CACHE_BYTES).
+        self._compiled: CompiledCache[TaxonomyClassifier] = CompiledCache(settings.classifier_cache_bytes)
         self._lock = threading.Lock()
-        self._compile_lock = threading.Lock()  # compiling may embed example images, which takes self._lock
         # With a cache the model waits for the first miss.
         self._embedder = Embedder(
             self.model_name, device=device or settings.device, precision=precision or settings.precision,
@@ -144,31 +145,27 @@ class Tagger:
     def classifier(self, taxonomy: Taxonomy) -> TaxonomyClassifier:
         """The compiled taxonomy; its text embeddings are computed on first use only.
 
-        They are also cached on disk (``ZSTAGGER_CACHE_DIR``), keyed by model and prompts.
+        Compiled taxonomies are kept in memory up to ``ZSTAGGER_CLASSIFIER_CACHE_BYTES``; their
+        text embeddings are also cached on disk (``ZSTAGGER_CACHE_DIR``), keyed by model and prompts.
         Image sets (:meth:`image_sets`) are resolved then too; an :class:`~zstagger.errors.ExamplesError`
         says why they cannot be.
         """
         # Relative image paths name other files under another base: part of the key.
         self.runtime_gate.check(taxonomy)  # a built int8 runtime needs a passing qualification for it
         key = (taxonomy.fingerprint, taxonomy.images_base() if taxonomy.has_images else None)
-        with self._lock:
-            compiled = self._classifiers.get(key)
-        if compiled is not None:
-            return compiled
-        with self._compile_lock:
-            compiled = self._classifiers.get(key)
-            if compiled is None:
-                embed: Callable[[Sequence[str]], np.ndarray] = lambda prompts: np.asarray(self.encoder.encode_text(prompts))
-                info = self.model_info()
-                if self.settings.cache_dir:
-                    embed = EmbeddingCache(self.settings.cache_dir, self.fingerprint).wrap(embed)  # type: ignore[arg-type]
-                compiled = TaxonomyClassifier.build(
-                    taxonomy, embed, logit_scale=info.logit_scale, logit_bias=info.logit_bias, uses_sigmoid=info.uses_sigmoid,
-                    image_sets=self.image_sets(taxonomy),
-                )
-                with self._lock:
-                    self._classifiers[key] = compiled
-            return compiled
+
+        def build() -> TaxonomyClassifier:
+            embed: Callable[[Sequence[str]], np.ndarray] = lambda prompts: np.asarray(self.encoder.encode_text(prompts))
+            info = self.model_info()
+            if self.settings.cache_dir:
+                embed = EmbeddingCache(self.settings.cache_dir, self.fingerprint).wrap(embed)  # type: ignore[arg-type]
+            return TaxonomyClassifier.build(
+                taxonomy, embed, logit_scale=info.logit_scale, logit_bias=info.logit_bias, uses_sigmoid=info.uses_sigmoid,
+                image_sets=self.image_sets(taxonomy),
+            )
+
+        # Compiled outside any lock the Tagger holds: other taxonomies are compiled and used meanwhile.
+        return self._compiled.get(key, build)
 
     def image_sets(self, taxonomy: Taxonomy) -> ImageSets | None:
         """The taxonomy's example, counter-example and known images as vectors for this model

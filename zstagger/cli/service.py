@@ -45,15 +45,31 @@ def serve(host, port, workers, model, log_level):
         click.echo("warning: no API keys configured: every API call will be answered 401 until you set "
                    "ZSTAGGER_API_KEYS or ZSTAGGER_API_KEYS_FILE (hashes from `zstagger api-key`), or "
                    "ZSTAGGER_API_ALLOW_ANONYMOUS=1", err=True)
-    if workers > 1:
+    if workers > 1 or settings.api_metrics_port:
         from ..queue.metrics import prepare_metrics_dir
 
-        prepare_metrics_dir()  # several processes: aggregate their metrics through files
+        prepare_metrics_dir()  # several processes, or a metrics port of its own: aggregate through files
+    if settings.api_metrics_port:
+        from ..service.metrics import serve_metrics_port
+
+        try:
+            serve_metrics_port(settings.api_metrics_port, settings.metrics_address)
+        except OSError as exc:
+            click.echo(f"Error: cannot serve metrics on {settings.metrics_address}:{settings.api_metrics_port} "
+                       f"(ZSTAGGER_API_METRICS_PORT, ZSTAGGER_METRICS_ADDRESS): {exc.strerror or exc}", err=True)
+            sys.exit(EXIT_USAGE)
     import uvicorn
 
+    from ..service.connections import listen_backlog, raise_open_file_limit
+
+    raise_open_file_limit()  # before the backlog and the connection cap are sized from it
+
+    # The guarded protocol closes connections whose headers are too slow and caps open
+    # connections (ZSTAGGER_HEADER_TIMEOUT, ZSTAGGER_MAX_CONNECTIONS): see zstagger.service.connections.
     uvicorn.run("zstagger.service.app:create_app", factory=True, host=host or settings.host,
                 port=settings.port if port is None else port, workers=workers, log_level=log_level,
-                proxy_headers=False, server_header=False, timeout_graceful_shutdown=30)
+                proxy_headers=False, server_header=False, timeout_graceful_shutdown=30,
+                http="zstagger.service.connections:GuardedHTTPProtocol", backlog=listen_backlog())
 
 
 @cli.command("api-key")

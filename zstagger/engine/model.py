@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,6 +103,10 @@ class ClipEncoder:
         except (UnsupportedProcessor, KeyError, TypeError) as exc:
             log.warning("%s: image processor options not reproduced by the fast path (%s); using it directly", self.name, exc)
             self.preprocessor = None
+        # A fast tokenizer's settings (padding, truncation) are set on a shared Rust object per
+        # call: texts encoded from several threads at once (label sets compiled side by side)
+        # take turns to tokenize; the forward passes run side by side.
+        self._tokenize_lock = threading.Lock()
         if self.preprocessor is not None:
             scale, shift = self.preprocessor.affine()
             self._scale = torch.from_numpy(scale).view(1, 3, 1, 1).to(self.device)
@@ -172,9 +177,11 @@ class ClipEncoder:
         chunks = []
         for start in range(0, len(prompts), batch_size):
             batch = list(prompts[start : start + batch_size])
-            tokens = self.tokenizer(
-                batch, padding=self.text_padding, truncation=True, max_length=self.text_max_length, return_tensors="pt"
-            ).to(self.device)
+            with self._tokenize_lock:
+                tokens = self.tokenizer(
+                    batch, padding=self.text_padding, truncation=True, max_length=self.text_max_length, return_tensors="pt"
+                )
+            tokens = tokens.to(self.device)
             feats = _features(self.model.get_text_features(**tokens)).float()
             chunks.append(torch.nn.functional.normalize(feats, dim=-1).cpu())
         if not chunks:

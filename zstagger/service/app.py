@@ -13,12 +13,14 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
 from ..settings import Settings
 from ..errors import ZstaggerError
-from .errors import http_error, unexpected_error, validation_error, zstagger_error
+from .errors import client_left, http_error, unexpected_error, validation_error, zstagger_error
 from .limits import BodyLimit
+from .logs import limit_repeats
 from .metrics import RequestMetrics
 from .moderation import ModerationRequest
 from .requests import TagRequest
@@ -32,6 +34,7 @@ from .state import ServiceState
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    limit_repeats()  # a flood of one warning or traceback is written a few times a minute, not each time
     state = ServiceState(settings)
 
     @contextlib.asynccontextmanager
@@ -59,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(ZstaggerError, zstagger_error)
+    app.add_exception_handler(ClientDisconnect, client_left)
     app.add_exception_handler(Exception, unexpected_error)
     # Outermost last: metrics see every answer, the body limit guards every route.
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)

@@ -12,7 +12,7 @@ import logging
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from ..errors import ZstaggerError, http_answer
 
@@ -67,6 +67,19 @@ async def zstagger_error(request: Request, exc: ZstaggerError) -> JSONResponse:
     """zstagger's own errors raised inside a route, answered as :func:`api_error` says."""
     error = api_error(exc)
     return error_response(error.status_code, error.type, error.message)
+
+
+#: nginx's status for "client closed request": what metrics count for a client that left mid-request.
+CLIENT_CLOSED_REQUEST = 499
+
+
+async def client_left(request: Request, exc: Exception) -> Response:
+    """The client closed its connection before its request was read: one line, no traceback, no 500."""
+    client = request.client.host if request.client else "?"
+    # uvicorn's logger, so that --log-level decides (info: shown; warning: not).
+    logging.getLogger("uvicorn.error").info("zstagger: client %s left before its %s %s was read", client,
+                                            request.method, request.url.path)
+    return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it; the metrics count it
 
 
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:

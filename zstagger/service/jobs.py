@@ -8,13 +8,13 @@ from collections.abc import Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import Field, StringConstraints, ValidationError
+from pydantic import Field, StringConstraints
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.responses import JSONResponse, StreamingResponse
 
 from ..errors import ZstaggerError
 from .errors import ApiError, api_error
-from .requests import TagRequest, check_count, describe_validation, image_from_json, openapi_body, taxonomy_for
+from .requests import TagRequest, check_count, image_from_json, openapi_body, parse_json, taxonomy_for
 from .routes import needs, service
 
 
@@ -59,13 +59,8 @@ def _links(request: Request, job_id: str) -> dict[str, str]:
 async def submit_job(request: Request) -> JSONResponse:
     """Enqueue images for the workers; answers at once with the job id and where to follow it."""
     settings = queue_settings(request)
-    try:
-        body = JobRequest.model_validate_json(await request.body())
-    except ValidationError as exc:
-        raise ApiError(422, "invalid_request", describe_validation(exc)) from None
-    check_count(len(body.images), settings.max_job_images)
-    spec = taxonomy_for(body.taxonomy, body.labels, body.template)
-    refs = [image_from_json(value, i, settings) for i, value in enumerate(body.images)]
+    raw = await request.body()
+    body, spec, refs = await service(request).bodies(len(raw), job_request_from_json, raw, settings)
     from ..queue.client import enqueue
     from ..queue.jobstore import new_job_id
 
@@ -74,6 +69,13 @@ async def submit_job(request: Request) -> JSONResponse:
                                   queue=body.queue, callback_url=body.callback_url,
                                   results_url=_links(request, job_id)["results_url"], job_id=job_id, settings=settings)
     return JSONResponse({"job_id": job.id, **_links(request, job.id)}, status_code=202)
+
+
+def job_request_from_json(raw: bytes, settings) -> tuple[JobRequest, Any, list]:
+    body = parse_json(JobRequest, raw)
+    check_count(len(body.images), settings.max_job_images)
+    spec = taxonomy_for(body.taxonomy, body.labels, body.template, settings.max_request_labels)
+    return body, spec, [image_from_json(value, i, settings) for i, value in enumerate(body.images)]
 
 
 def _job(request: Request, job_id: str):

@@ -1,7 +1,11 @@
 """Prometheus metrics of the HTTP service: requests, latency, batch sizes, queue wait, images.
 
-With several server processes (``zstagger serve --workers N``) the metrics are written as
-prometheus_client multiprocess files and ``/metrics`` aggregates them, as workers do.
+``/metrics`` on the API's port needs an API key, like every ``/v1`` route. For a scraper
+without one, ``ZSTAGGER_API_METRICS_PORT`` serves them on a port of their own (on
+``ZSTAGGER_METRICS_ADDRESS``, loopback unless told otherwise). With several server processes
+(``zstagger serve --workers N``), or that port, the metrics are written as prometheus_client
+multiprocess files and aggregated when scraped, as workers do. A client that leaves in the
+middle of its request is counted with status 499 (nginx's "client closed request"), not 500.
 """
 
 from __future__ import annotations
@@ -45,6 +49,17 @@ class ServiceMetrics:
             MultiProcessCollector(registry)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def serve_metrics_port(port: int, address: str) -> None:
+    """Serve every server process's metrics on ``address:port`` without a key (ZSTAGGER_API_METRICS_PORT);
+    multiprocess mode must be on (:func:`zstagger.queue.metrics.prepare_metrics_dir`). Raises OSError."""
+    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)
+    start_http_server(port, addr=address, registry=registry)
 
 
 class RequestMetrics:

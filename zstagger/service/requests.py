@@ -1,24 +1,26 @@
 """HTTP bodies in, image references and a taxonomy out: JSON (URLs, base64) or multipart uploads.
 
 The server never reads a path named by a client: an image is an upload, base64 bytes, an
-``http(s)`` URL (fetched under the same policy as everywhere else) or a ``data:`` URL.
+``http(s)`` URL (fetched under the same policy as everywhere else) or a ``data:`` URL. A large
+JSON body is parsed and decoded in a helper process (:mod:`.bodies`).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from ..errors import ZstaggerError
 from ..images import ImageInput, NamedBytes, is_url
 from ..registry import resolve_taxonomy
 from ..settings import Settings
 from ..taxonomy import Taxonomy
+from .bodies import BodyParser
 from .errors import ApiError, api_error
 
 Name = Annotated[str, StringConstraints(max_length=1024)]
@@ -88,8 +90,13 @@ def image_from_json(value: str | ImageObject, index: int, settings: Settings) ->
     return url
 
 
-def taxonomy_for(taxonomy: str | None, labels: list[str] | None, template: str | None) -> Taxonomy:
-    """The one owner of "exactly one of taxonomy or labels", as an HTTP error."""
+def taxonomy_for(taxonomy: str | None, labels: list[str] | None, template: str | None, max_labels: int) -> Taxonomy:
+    """The one owner of "exactly one of taxonomy or labels", and of how many ad-hoc labels a
+    request may bring (each new label set is encoded by the model), as an HTTP error."""
+    if labels is not None and len(labels) > max_labels:
+        raise ApiError(413, "payload_too_large",
+                       f"{len(labels)} labels in one request, over the limit of {max_labels} (ZSTAGGER_MAX_REQUEST_LABELS); "
+                       "send fewer labels, or register a taxonomy for a large label set")
     try:
         return resolve_taxonomy(taxonomy, labels, template)
     except ZstaggerError as exc:  # unknown taxonomy: 404; a bad spec or option: 400 (the table of errors)
@@ -105,8 +112,10 @@ def check_count(count: int, limit: int) -> None:
                        "split the request, or submit a job to /v1/jobs")
 
 
-async def read_tag_request(request: Request, settings: Settings) -> tuple[list[ImageInput], Taxonomy, int | None, bool]:
-    """(image references, taxonomy, top_k, frames) from a JSON or multipart ``/v1/tag`` body."""
+async def read_tag_request(request: Request, settings: Settings,
+                           parse: BodyParser) -> tuple[list[ImageInput], Taxonomy, int | None, bool]:
+    """(image references, taxonomy, top_k, frames) from a JSON or multipart ``/v1/tag`` body (a
+    large JSON body parsed by ``parse``'s helper process)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
         return await _read_multipart(request, settings)
@@ -114,20 +123,32 @@ async def read_tag_request(request: Request, settings: Settings) -> tuple[list[I
         raise ApiError(415, "unsupported_media_type",
                        f"send application/json or multipart/form-data, not {content_type}")
     body = await request.body()
-    try:
-        parsed = TagRequest.model_validate_json(body)
-    except ValidationError as exc:
-        raise ApiError(422, "invalid_request", describe_validation(exc)) from None
+    return await parse(len(body), tag_request_from_json, body, settings)
+
+
+def tag_request_from_json(body: bytes, settings: Settings) -> tuple[list[ImageInput], Taxonomy, int | None, bool]:
+    parsed = parse_json(TagRequest, body)
     check_count(len(parsed.images), settings.max_request_images)
-    spec = taxonomy_for(parsed.taxonomy, parsed.labels, parsed.template)
+    spec = taxonomy_for(parsed.taxonomy, parsed.labels, parsed.template, settings.max_request_labels)
     refs = [image_from_json(value, i, settings) for i, value in enumerate(parsed.images)]
     return refs, spec, parsed.top_k, parsed.frames
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse_json(model: type[M], body: bytes) -> M:
+    """A JSON body validated as ``model``; invalid is a 422 saying where."""
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise ApiError(422, "invalid_request", describe_validation(exc)) from None
 
 
 async def _read_multipart(request: Request, settings: Settings) -> tuple[list[ImageInput], Taxonomy, int | None, bool]:
     try:
         form = await request.form(max_files=settings.max_request_images, max_fields=64, max_part_size=64 * 1024)
-    except ApiError:
+    except (ApiError, ClientDisconnect):
         raise
     except Exception as exc:  # python-multipart / Starlette: malformed, or over max_files
         raise ApiError(400, "invalid_request", f"could not read the multipart body: {exc}") from None
@@ -144,7 +165,8 @@ async def _read_multipart(request: Request, settings: Settings) -> tuple[list[Im
         labels = [label for value in fields.get("labels", []) for label in value.split(",")] or None
         top_k = _one_int(fields.get("top_k"), "top_k")
         frames = (_one(fields.get("frames"), "frames") or "false").lower() in ("1", "true", "yes")
-        spec = taxonomy_for(_one(fields.get("taxonomy"), "taxonomy"), labels, _one(fields.get("template"), "template"))
+        spec = taxonomy_for(_one(fields.get("taxonomy"), "taxonomy"), labels, _one(fields.get("template"), "template"),
+                            settings.max_request_labels)
         refs: list[ImageInput] = []
         for i, upload in enumerate(uploads):
             data = await upload.read(settings.max_image_bytes + 1)

@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 
 from ..registry import get_taxonomy, registered_taxonomies
 from ..results import TagResult
 from .errors import ApiError
 from .moderation import ModerationRequest, ModerationResponse, images_of, moderation_response, moderation_result, taxonomy_name
-from .requests import TagRequest, check_count, describe_validation, openapi_body, read_tag_request, taxonomy_for
+from .requests import TagRequest, check_count, openapi_body, parse_json, read_tag_request, taxonomy_for
 from .state import ServiceState
 
 MULTIPART_TAG = {
@@ -75,7 +75,7 @@ async def tag(request: Request) -> TagResponse:
     A bad image is an error record in its place (HTTP 200); 4xx only for a bad request.
     """
     state = service(request)
-    refs, spec, top_k, frames = await read_tag_request(request, state.settings)
+    refs, spec, top_k, frames = await read_tag_request(request, state.settings, state.bodies)
     return TagResponse(results=await state.tag(refs, spec, top_k, frames=frames))
 
 
@@ -83,15 +83,18 @@ async def tag(request: Request) -> TagResponse:
 async def moderations(request: Request) -> dict[str, Any]:
     """OpenAI's moderation endpoint for image inputs: a client written for it works here by changing its base URL."""
     state = service(request)
-    try:
-        body = ModerationRequest.model_validate_json(await request.body())
-    except ValidationError as exc:
-        raise ApiError(422, "invalid_request", describe_validation(exc)) from None
-    spec = taxonomy_for(taxonomy_name(body), None, None)
-    refs = images_of(body, state.settings)
-    check_count(len(refs), state.settings.max_request_images)
+    raw = await request.body()
+    spec, refs = await state.bodies(len(raw), moderation_request_from_json, raw, state.settings)
     results = await state.tag(refs, spec, None)
     return moderation_response(spec, [moderation_result(spec, results)])
+
+
+def moderation_request_from_json(raw: bytes, settings) -> tuple[Any, list]:
+    body = parse_json(ModerationRequest, raw)
+    spec = taxonomy_for(taxonomy_name(body), None, None, settings.max_request_labels)
+    refs = images_of(body, settings)
+    check_count(len(refs), settings.max_request_images)
+    return spec, refs
 
 
 @api.get("/taxonomies", response_model=list[TaxonomySummary])
@@ -147,8 +150,10 @@ def _redis_problem(url: str) -> str | None:
     return None
 
 
-@probes.get("/metrics", tags=["operations"], response_class=Response)
+@probes.get("/metrics", tags=["operations"], response_class=Response, dependencies=[Depends(authorized)],
+            responses={401: {"description": "Missing or invalid API key"}})
 def metrics(request: Request) -> Response:
-    """Prometheus metrics: requests, latency, batch sizes, queue wait, images."""
+    """Prometheus metrics: requests, latency, batch sizes, queue wait, images. Needs an API key
+    (a scraper without one: ZSTAGGER_API_METRICS_PORT serves them on a port of their own)."""
     body, content_type = service(request).metrics.exposition()
     return Response(body, media_type=content_type)

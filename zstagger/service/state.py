@@ -16,6 +16,7 @@ from ..settings import Settings
 from ..taxonomy import Taxonomy
 from .auth import ApiKeys
 from .batching import MicroBatcher, Overloaded
+from .bodies import BodyParser
 from .errors import ApiError
 from .metrics import ServiceMetrics
 
@@ -27,6 +28,7 @@ class ServiceState:
         self.settings = settings
         self.keys = ApiKeys.from_settings(settings)  # a bad key file stops the server at start, not per request
         self.metrics = ServiceMetrics()
+        self.bodies = BodyParser()  # large request bodies are parsed in helper processes
         self.tagger = None
         self.batcher: MicroBatcher | None = None
         self.load_error: str | None = None
@@ -39,6 +41,7 @@ class ServiceState:
         """Load the model in the background: /healthz answers at once, /readyz once it is loaded."""
         self._loader = threading.Thread(target=self._load, name="zstagger-model-load", daemon=True)
         self._loader.start()
+        self.bodies.warm_up()
 
     def _load(self) -> None:
         started = time.monotonic()
@@ -105,6 +108,7 @@ class ServiceState:
         return tagger.results(taxonomy, refs, np.stack(kept) if kept else None, errors, top_k, frames=frames)
 
     def close(self) -> None:
+        self.bodies.close()
         if self.batcher is not None:
             self.batcher.close()
         if self.tagger is not None:

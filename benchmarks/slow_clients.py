@@ -1,0 +1,199 @@
+"""Slow clients (slowloris) against `zstagger serve`: idle and dripping connections, the latency
+of a normal request meanwhile, and what the server writes to its log, in one run.
+
+    python benchmarks/slow_clients.py --model CHECKPOINT_DIR [--connections 2000] [--nofile 1024]
+                                      [--seconds 40] [--json]
+
+`zstagger serve` on a free loopback port, started with its open-file limit lowered to
+``--nofile`` (so exhaustion is cheap to reach). Then ``--connections`` clients connect and each
+sends an unfinished request (a request line and one header), then one more header byte every
+2 s, never finishing; every 2 s, connections the server closed are opened again (as the
+slowloris tool does). Meanwhile a
+normal client sends `GET /healthz` every 0.25 s on a new connection (timeout 5 s).
+
+Reports: latencies of the normal requests (p50, p99, max, failures), how many slow
+connections the server had closed, the open connections at the end, and the bytes the
+server wrote to its log (stdout and stderr) during the run. Nothing else may run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import resource
+import selectors
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+class Slowloris:
+    """``count`` connections that never finish their headers; closed ones reconnect."""
+
+    def __init__(self, port: int, count: int):
+        self.port, self.count = port, count
+        self.selector = selectors.DefaultSelector()
+        self.closed_by_server = 0
+        self.connect_failures = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def open_one(self) -> None:
+        sock = socket.socket()
+        sock.setblocking(False)
+        try:
+            sock.connect_ex(("127.0.0.1", self.port))
+            self.selector.register(sock, selectors.EVENT_READ)
+            sock.send(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        except OSError:
+            self.connect_failures += 1
+            try:
+                self.selector.unregister(sock)
+            except (KeyError, ValueError):
+                pass
+            sock.close()
+
+    def open(self) -> int:
+        return len(self.selector.get_map())
+
+    def run(self) -> None:
+        last_drip = 0.0
+        while not self.stop.is_set():
+            for key, _ in self.selector.select(timeout=0.2):
+                sock = key.fileobj
+                try:
+                    data = sock.recv(4096)
+                except OSError:
+                    data = b""
+                if not data:
+                    self.closed_by_server += 1
+                    self.selector.unregister(sock)
+                    sock.close()
+            if time.monotonic() - last_drip > 2:  # as slowloris does: a byte on each, closed ones opened again
+                last_drip = time.monotonic()
+                for key in list(self.selector.get_map().values()):
+                    try:
+                        key.fileobj.send(b"x")
+                    except OSError:
+                        pass
+                while self.open() < self.count and not self.stop.is_set():
+                    self.open_one()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(10)
+        for key in list(self.selector.get_map().values()):
+            key.fileobj.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--connections", type=int, default=2000)
+    parser.add_argument("--nofile", type=int, default=1024, help="the server's open-file limit during the run")
+    parser.add_argument("--seconds", type=float, default=40)
+    parser.add_argument("--header-timeout", type=float, help="ZSTAGGER_HEADER_TIMEOUT for the server")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < args.connections + 256:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, args.connections + 256), hard))
+
+    work = tempfile.mkdtemp(prefix="zstagger-slow-bench-")
+    port = free_port()
+    env = {**os.environ, "ZSTAGGER_MODEL": args.model, "ZSTAGGER_PORT": str(port), "ZSTAGGER_API_ALLOW_ANONYMOUS": "1",
+           "ZSTAGGER_CACHE_DIR": work}
+    if args.header_timeout is not None:
+        env["ZSTAGGER_HEADER_TIMEOUT"] = str(args.header_timeout)
+    exe = shutil.which("zstagger") or str(Path(sys.executable).parent / "zstagger")
+    log_path = Path(work) / "serve.log"
+    log = open(log_path, "wb")
+    nofile = args.nofile
+    server = subprocess.Popen([exe, "serve", "--log-level", "warning"], env=env, cwd=work, stdout=log, stderr=log,
+                              preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
+    report: dict = {"connections": args.connections, "nofile": args.nofile, "seconds": args.seconds,
+                    "header_timeout": args.header_timeout}
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                conn.request("GET", "/healthz")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"zstagger serve did not start: {log_path.read_text()[-2000:]}")
+            time.sleep(0.3)
+        log.flush()
+        log_before = log_path.stat().st_size
+        flood = Slowloris(port, args.connections)
+        flood.thread.start()
+        latencies: list[float] = []
+        failures = 0
+        ended = time.monotonic() + args.seconds
+        while time.monotonic() < ended:
+            started = time.perf_counter()
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/healthz")
+                ok = conn.getresponse().status == 200
+                conn.close()
+            except OSError:
+                ok = False
+            elapsed = time.perf_counter() - started
+            if ok:
+                latencies.append(elapsed)
+            else:
+                failures += 1
+            time.sleep(max(0.0, 0.25 - elapsed))
+        report["slow_connections_open_at_end"] = flood.open()
+        report["slow_connections_closed_by_server"] = flood.closed_by_server
+        flood.close()
+        log.flush()
+        report["normal_requests"] = len(latencies) + failures
+        report["normal_failures"] = failures
+        if latencies:
+            report["normal_p50_ms"] = round(1000 * percentile(latencies, 0.5), 1)
+            report["normal_p99_ms"] = round(1000 * percentile(latencies, 0.99), 1)
+            report["normal_max_ms"] = round(1000 * max(latencies), 1)
+        report["log_bytes"] = log_path.stat().st_size - log_before
+        report["server_alive"] = server.poll() is None
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+        tail = log_path.read_text(errors="replace")[-1500:]
+        shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for key, value in report.items():
+            print(f"{key:36} {value}")
+        print("log tail:\n" + tail, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
