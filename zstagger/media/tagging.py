@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ImageLoadError
+from ..errors import ImageLoadError, ZstaggerError
 from ..results import FrameScore, KnownImageMatch, LabelScore, MediaInfo, Provenance, Segment, TagResult
 from ..taxonomy import MediaPolicy, Taxonomy
 from .aggregate import aggregate, best_match_rows, matched_frames, segments
@@ -51,6 +51,11 @@ def tag_media(
                               early_exit=max(early, policy.min_frames) if early else 0)
     except ImageLoadError as exc:
         return TagResult.failed(name, taxonomy.name, exc.kind, exc.message, exc.transient, provenance)
+    except ZstaggerError:
+        raise  # not this file's problem (the model could not be loaded, ...)
+    except Exception as exc:  # noqa: BLE001 (a decoder's surprise is this one file's error record, not the batch's end)
+        return TagResult.failed(name, taxonomy.name, "invalid_media", f"could not process media: {type(exc).__name__}: {exc}",
+                                provenance=provenance)
     if not judged.rows:
         return TagResult.failed(name, taxonomy.name, "invalid_media", "no frame of the media could be decoded",
                                 provenance=provenance)

@@ -82,9 +82,30 @@ def _reason(exc: Exception) -> str:
     return getattr(exc, "strerror", None) or str(exc)
 
 
+#: Pixel formats whose planes are read directly for thumbnails (8-bit Y, U, V planes).
+_PLANAR_8BIT = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "yuv440p", "yuvj440p",
+                          "yuv411p", "yuv410p"})
+
+
 def _thumb(frame) -> np.ndarray:
+    """A 32x32 RGB thumbnail, 0-1: from the decoded Y, U and V planes directly (a 64x64 grid of
+    their samples, averaged in 2x2 blocks, then converted), since asking swscale to shrink every
+    decoded frame cost several times the decoding itself; other pixel formats go through swscale."""
+    if frame.format.name in _PLANAR_8BIT:
+        y, u, v = (_plane_grid(plane) for plane in frame.planes[:3])
+        u, v = u - 0.5, v - 0.5  # to RGB (BT.601), so that distances mean what they mean for animations
+        return np.clip(np.stack([y + 1.402 * v, y - 0.344 * u - 0.714 * v, y + 1.772 * u], axis=-1), 0.0, 1.0)
     small = frame.reformat(width=THUMB, height=THUMB, format="rgb24")
     return small.to_ndarray().astype(np.float32) / 255.0
+
+
+def _plane_grid(plane) -> np.ndarray:
+    side = 2 * THUMB
+    rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+    ys = np.arange(side) * plane.height // side
+    xs = np.arange(side) * plane.width // side
+    grid = rows[ys][:, xs].astype(np.float32)
+    return grid.reshape(THUMB, 2, THUMB, 2).mean(axis=(1, 3)) / 255.0
 
 
 def _picture(frame, side: int | None):
