@@ -98,6 +98,19 @@ def test_fp32_build_embeds_like_the_torch_model(builds, tiny_model_dir):
     assert built.uses_sigmoid is torch_encoder.uses_sigmoid and built.logit_bias == torch_encoder.logit_bias
 
 
+def test_a_siglip_build_keeps_its_padding_sigmoid_and_bias(tiny_siglip_dir, tmp_path):
+    from zstagger.engine.model import ClipEncoder
+
+    build_runtime(str(tiny_siglip_dir), tmp_path / "siglip", "fp32")
+    torch_encoder, built = ClipEncoder.load(str(tiny_siglip_dir), device="cpu", precision="fp32"), load_encoder(str(tmp_path / "siglip"))
+    assert built.manifest.text.padding == "max_length" and built.manifest.text.max_length == 64
+    assert built.uses_sigmoid is True and built.logit_bias == pytest.approx(torch_encoder.logit_bias)
+    pixels = np.stack([built.preprocess(sample_image(i, (100, 80))) for i in range(3)])
+    assert (built.encode_images(pixels).numpy() * torch_encoder.encode_images(pixels).numpy()).sum(-1).min() > 1 - 1e-4
+    prompts = ["a cat", "a photo of a dog"]
+    assert (built.encode_text(prompts).numpy() * torch_encoder.encode_text(prompts).numpy()).sum(-1).min() > 1 - 1e-4
+
+
 def test_manifest_describes_the_build(builds, tiny_model_dir, images):
     fp32, int8 = read_manifest(builds / "fp32"), read_manifest(builds / "int8")
     from zstagger.engine.locate import model_fingerprint as checkpoint_fingerprint
