@@ -125,6 +125,32 @@ def test_bootstrap_interval_equals_a_direct_resampling():
     assert estimate.n == predicted.sum()
 
 
+def test_bootstrap_memory_does_not_grow_with_the_rounds(monkeypatch):
+    """The resamples are drawn and used a block at a time: 10x the rounds, about the same peak
+    (a dense rounds x images array of counts would be 10x: 32 bytes per image and round)."""
+    import tracemalloc
+
+    monkeypatch.setattr(Bootstrap, "BLOCK_BYTES", 1 << 20, raising=False)
+    rng = np.random.default_rng(0)
+    n = 20_000
+    truth, predicted = rng.random(n) < 0.3, rng.random(n) < 0.4
+
+    def peak(rounds):
+        tracemalloc.start()
+        try:
+            boot = Bootstrap(n, rounds=rounds)
+            figures = [boot.ratio(truth & predicted, predicted), boot.ratio(truth & predicted, truth)]
+            return tracemalloc.get_traced_memory()[1], figures
+        finally:
+            tracemalloc.stop()
+
+    few, (precision, _) = peak(200)
+    many, (precision_many, _) = peak(2000)
+    assert len(precision_many[1]) == 2000 and precision_many[0].value == precision[0].value
+    assert many < 1.5 * few + (1 << 20), (few, many)
+    assert many < 8 << 20  # a dense 2000 x 20,000 array of counts alone would be 320 MB
+
+
 def brute_force_threshold(scores, truth, kind, value):
     """Every distinct score tried as a threshold, the rule applied literally."""
     best = None

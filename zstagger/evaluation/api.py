@@ -23,7 +23,7 @@ from ..taxonomy import ACTION_SEVERITY, FewShot, Taxonomy
 from .calibrate import MIN_POSITIVES, Target, calibrate_scored, calibrated_taxonomy
 from .datasets import LabelledDataset, load_dataset
 from .extra import check_installed, import_in_background
-from .metrics import Bootstrap, multi_label, single_label_levels, verdict_metrics
+from .metrics import Bootstrap, multi_label_figures, single_label_figures, verdict_figures
 from .models import CalibrationReport, EvalReport, FewShotUse, LabelMetrics, LevelMetrics
 from .scored import UNREADABLE_SHOWN, ScoredDataset, rescore, score_dataset
 
@@ -70,12 +70,15 @@ def build_eval_report(scored: ScoredDataset, dataset: LabelledDataset, tagger: T
     spec = scored.taxonomy
     boot = Bootstrap(len(scored.items), rounds)
     fields: dict = {}
+    # every figure registered first, so that one pass over the resamples gives all their intervals
+    figures = single_label_figures(scored, boot) if spec.mode == "single" else multi_label_figures(scored, boot)
+    verdicts = verdict_figures(scored, boot) if spec.has_actions else None
     if spec.mode == "single":
-        fields["levels"] = single_label_levels(scored, boot)
+        fields["levels"] = figures()
     else:
-        fields["labels"], fields["averages"] = multi_label(scored, boot)
-    if spec.has_actions:
-        fields["verdicts"] = verdict_metrics(scored, boot)
+        fields["labels"], fields["averages"] = figures()
+    if verdicts is not None:
+        fields["verdicts"] = verdicts()
     fields["warnings"] = always_firing(fields.get("labels") or [], fields.get("levels") or [], len(scored.items))
     return EvalReport(
         few_shot=few_shot_use(scored.classifier),
@@ -147,7 +150,7 @@ def calibrate(
     dataset = load_dataset(data, spec)
     import_in_background("sklearn.model_selection")
     with _tagger(tagger, model, cache, settings) as active:
-        scored = _score(dataset, spec, active, progress)
+        scored = _score(dataset, spec, active, progress, keep_embeddings=examples > 0)
         if len(scored.items) < 2 * folds:
             raise DatasetError(f"{dataset.source}: {len(scored.items)} readable images are too few for {folds}-fold cross-validation")
         boot = Bootstrap(len(scored.items), bootstrap_rounds)
@@ -241,8 +244,10 @@ def check_per_action(per_action: dict[str, float]) -> dict[str, float]:
     return dict(per_action)
 
 
-def _score(dataset: LabelledDataset, spec: Taxonomy, tagger: Tagger, progress) -> ScoredDataset:
-    scored = score_dataset(dataset, spec, tagger, progress(dataset) if progress else None)
+def _score(dataset: LabelledDataset, spec: Taxonomy, tagger: Tagger, progress,
+           keep_embeddings: bool = False) -> ScoredDataset:
+    scored = score_dataset(dataset, spec, tagger, progress(dataset) if progress else None,
+                           keep_embeddings=keep_embeddings)
     if not scored.items:
         first = "; ".join(f"{u.image}: {u.message}" for u in scored.unreadable[:3])
         raise DatasetError(f"{dataset.source}: none of the {len(dataset.items)} images could be read ({first})")

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..taxonomy import CalibratedLabel, Calibration, Taxonomy
 from .extra import require
-from .metrics import Bootstrap
+from .metrics import Bootstrap, Figure
 from .models import Estimate, LabelCalibrationResult
 from .scored import ScoredDataset
 
@@ -124,7 +124,7 @@ def calibrate_scored(
         else:
             fold, learnt_from = fold_scorer(train)
             per_fold.append((np.setdiff1d(train, learnt_from), test, calibration_scores(fold)))
-    results, few, unreachable = [], [], []
+    entries, few, unreachable = [], [], []  # (status, fields, figures); built once every figure is registered
     for i, label in enumerate(taxonomy.labels):
         if label.background:
             continue
@@ -132,16 +132,15 @@ def calibrate_scored(
         truth, column = scored.truth[:, i] & fit, np.where(fit, scores[:, i], -np.inf)
         previous = taxonomy.threshold_of(label)
         positives = int(truth.sum())
-        in_p, in_r = _figures(boot, column >= previous, truth, w)
+        in_sample = _figures(boot, column >= previous, truth, w)
         common = {"label": label.name, "action": label.action, "target": str(goal), "positives": positives,
                   "previous_threshold": previous}
         if positives < min_positives:
             few.append(label.name)
-            results.append(LabelCalibrationResult(
-                **common, status="too_few_positives", threshold=previous, in_sample_precision=in_p, in_sample_recall=in_r,
-                held_out_precision=in_p, held_out_recall=in_r, fold_thresholds=[],
-                note=f"{positives} positives (< {min_positives}): threshold kept; its figures are measured, not fitted",
-            ))
+            entries.append(("too_few_positives", {
+                **common, "threshold": previous, "fold_thresholds": [],
+                "note": f"{positives} positives (< {min_positives}): threshold kept; its figures are measured, not fitted",
+            }, {"in_sample": in_sample, "held_out": in_sample}))
             continue
         chosen = choose_threshold(column[fit], truth[fit], goal, None if w is None else w[fit])
         fold_thresholds: list[float | None] = []
@@ -150,22 +149,26 @@ def calibrate_scored(
             t = choose_threshold(fold_scores[train, i], scored.truth[train, i], goal, None if w is None else w[train])
             fold_thresholds.append(t)
             held_out[test] = fold_scores[test, i] >= (t if t is not None else previous)
-        out_p, out_r = _figures(boot, held_out, scored.truth[:, i], w)
+        out = _figures(boot, held_out, scored.truth[:, i], w)
         if chosen is None:
             unreachable.append(label.name)
             best = _best_reachable(column[fit], truth[fit], goal)
-            results.append(LabelCalibrationResult(
-                **common, status="unreachable", threshold=previous, in_sample_precision=in_p, in_sample_recall=in_r,
-                held_out_precision=out_p, held_out_recall=out_r, fold_thresholds=fold_thresholds,
-                note=f"no threshold reaches {goal} on this data ({best}); threshold kept",
-            ))
+            entries.append(("unreachable", {
+                **common, "threshold": previous, "fold_thresholds": fold_thresholds,
+                "note": f"no threshold reaches {goal} on this data ({best}); threshold kept",
+            }, {"in_sample": in_sample, "held_out": out}))
             continue
         threshold = math.floor(chosen * 1e6) / 1e6
-        fit_p, fit_r = _figures(boot, column >= threshold, truth, w)
-        results.append(LabelCalibrationResult(
-            **common, status="calibrated", threshold=threshold, in_sample_precision=fit_p, in_sample_recall=fit_r,
-            held_out_precision=out_p, held_out_recall=out_r, fold_thresholds=fold_thresholds,
-        ))
+        entries.append(("calibrated", {**common, "threshold": threshold, "fold_thresholds": fold_thresholds},
+                        {"in_sample": _figures(boot, column >= threshold, truth, w), "held_out": out}))
+    results = [
+        LabelCalibrationResult(
+            **fields, status=status,
+            in_sample_precision=figures["in_sample"][0].estimate(), in_sample_recall=figures["in_sample"][1].estimate(),
+            held_out_precision=figures["held_out"][0].estimate(), held_out_recall=figures["held_out"][1].estimate(),
+        )
+        for status, fields, figures in entries
+    ]
     warnings = []
     if weighted:
         warnings.append(f"images weighted by the manifest's weight column (total {weights.sum():.1f} for {n} images): "
@@ -178,11 +181,13 @@ def calibrate_scored(
 
 
 def _figures(boot: Bootstrap, predicted: np.ndarray, truth: np.ndarray,
-             weights: np.ndarray | None = None) -> tuple[Estimate, Estimate]:
+             weights: np.ndarray | None = None) -> tuple[Figure, Figure]:
+    """Precision and recall, registered (resolved with every other figure of the calibration);
+    with ``weights``, inverse-probability weighted."""
     hit = predicted & truth
     if weights is None:
-        return boot.ratio(hit, predicted)[0], boot.ratio(hit, truth)[0]
-    return boot.ratio(hit * weights, predicted * weights)[0], boot.ratio(hit * weights, truth * weights)[0]
+        return boot.figure(hit, predicted), boot.figure(hit, truth)
+    return boot.figure(hit * weights, predicted * weights), boot.figure(hit * weights, truth * weights)
 
 
 def _best_reachable(scores: np.ndarray, truth: np.ndarray, target: Target) -> str:

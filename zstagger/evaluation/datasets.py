@@ -20,6 +20,7 @@ import difflib
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ NONE_FOLDER = "_none"
 _SHOWN = 5  # problems listed in one error line
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LabelledImage:
     ref: str  # what the tagger reads: a path or URL
     labels: tuple[str, ...]  # true labels (empty: none applies)
@@ -68,7 +69,10 @@ def load_dataset(path: str | os.PathLike, taxonomy: Taxonomy) -> LabelledDataset
         raise DatasetError(f"{path}: no labelled images (expected {path}/<label>/*.jpg folders or manifest rows)")
     _check_labels(items, taxonomy, str(path))
     background = {label.name for label in taxonomy.labels if label.background}
-    items = [LabelledImage(item.ref, tuple(label for label in item.labels if label not in background), item.weight) for item in items]
+    if any(label in background for labels in {item.labels for item in items} for label in labels):
+        kept = _Labels()
+        items = [LabelledImage(item.ref, kept(tuple(label for label in item.labels if label not in background)), item.weight)
+                 for item in items]
     if taxonomy.mode == "single":
         _check_single_paths(items, taxonomy, str(path))
     if not any(item.labels for item in items):
@@ -139,9 +143,20 @@ def _open_manifest(path: Path):
         raise DatasetError(f"{path}: cannot read the manifest: {exc.strerror or exc}") from None
 
 
+class _Labels:
+    """One tuple object per distinct set of labels (a million rows name a few dozen of them)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+    def __call__(self, labels: tuple[str, ...]) -> tuple[str, ...]:
+        return self._seen.setdefault(labels, tuple(sys.intern(label) for label in labels))
+
+
 def _from_manifest(path: Path, rows: Iterable[tuple[int, object]]) -> list[LabelledImage]:
     items, broken = [], []
     base = path.parent
+    labels_of = _Labels()
     try:
         for number, row in rows:
             problem = _row_problem(row)
@@ -149,9 +164,9 @@ def _from_manifest(path: Path, rows: Iterable[tuple[int, object]]) -> list[Label
                 broken.append(f"line {number}: {problem}")
                 continue
             ref = row["image"].strip()  # type: ignore[index]
-            if not is_url(ref):
-                ref = str(base / ref) if not os.path.isabs(ref) else ref
-            items.append(LabelledImage(ref, tuple(dict.fromkeys(row["labels"])),  # type: ignore[index]
+            if not is_url(ref) and not os.path.isabs(ref):
+                ref = str(base / ref)
+            items.append(LabelledImage(ref, labels_of(tuple(dict.fromkeys(row["labels"]))),  # type: ignore[index]
                                        float(row.get("weight", 1.0))))  # type: ignore[union-attr]
     except UnicodeDecodeError:
         raise DatasetError(f"{path}: the manifest is not UTF-8 text") from None

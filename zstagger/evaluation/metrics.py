@@ -10,7 +10,9 @@
 
 Intervals: the images are resampled with replacement ``rounds`` times (the same
 resamples for every figure); each interval is the 2.5th-97.5th percentile of the figure
-over the resamples in which it is defined.
+over the resamples in which it is defined. Every figure is a ratio of per-image sums, so a
+report registers all of its figures first and resolves them in one pass over the resamples
+(:class:`Bootstrap`), in memory that grows with the images but not with the rounds.
 
 The figures follow scikit-learn's definitions exactly (the tests compare every one of
 them with scikit-learn's own functions) but are computed here with numpy: they are counts
@@ -20,7 +22,10 @@ else a fully cached evaluation of 1,000 images does.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,40 +40,121 @@ MOST_CONFUSED = 10
 
 
 class Bootstrap:
-    """Resamples of ``n`` images, shared by every figure of one report."""
+    """Resamples of ``n`` images, shared by every figure of one report.
+
+    Resample ``r`` draws ``n`` images with replacement: row ``r`` of what
+    ``default_rng(seed).integers(0, n, size=(rounds, n))`` would give, so that every figure
+    sees the same resamples. A figure is a ratio of sums of per-image values (true positives
+    over predictions, ...): :meth:`figure` registers its two columns, compactly (a byte an
+    image for 0/1 values), and the first figure whose interval is needed resolves all those
+    registered so far in one pass over the resamples (:meth:`resolve`). The pass draws one
+    resample at a time and turns it into per-image counts (``bincount``); a block of them
+    multiplies the registered columns. Memory is a block of counts and the columns, never
+    rounds x images: it does not grow with the rounds.
+    """
+
+    BLOCK_BYTES = 64 << 20  # counts of the resamples multiplied at once
+    CHUNK_IMAGES = 1 << 16  # images whose columns are converted to floating point at once
 
     def __init__(self, n: int, rounds: int = 1000, seed: int = 0):
-        self.n, self.rounds = n, rounds
-        rng = np.random.default_rng(seed)
-        index = rng.integers(0, n, size=(rounds, n)) if n and rounds else np.zeros((0, n), np.int64)
-        # counts[r, i]: how often image i is drawn in resample r, so that a resampled sum
-        # is one product with the per-image values (no (rounds, n) copy per figure)
-        flat = (index + n * np.arange(rounds)[:, None]).ravel()
-        self.counts = np.bincount(flat, minlength=rounds * n).reshape(rounds, n).astype(np.float64)
+        self.n, self.rounds, self.seed = n, rounds, seed
+        self._columns: list[np.ndarray] = []  # registered, compact; the first ``_resolved`` already summed
+        self._known: dict[tuple, int] = {}  # a column's dtype and bytes' digest -> its index (one copy of equal columns)
+        self._sums = np.zeros((rounds, 0))  # (rounds, resolved columns): each column's sum in each resample
+        self._resolved = 0
+
+    def figure(self, numerator: np.ndarray, denominator: np.ndarray, value: float | None | object = ...) -> Figure:
+        """sum(numerator) / sum(denominator) over images (or ``value``, computed elsewhere), with its
+        interval once resolved. Per-image counts: for precision, true positives over predictions;
+        for recall, true positives over positives; for accuracy, correct over eligible images."""
+        num, den = np.asarray(numerator), np.asarray(denominator)
+        total = float(den.sum(dtype=np.float64))
+        if value is ...:
+            value = float(num.sum(dtype=np.float64)) / total if total else None
+        return Figure(self, value, int(total), self._column(num), self._column(den))  # type: ignore[arg-type]
 
     def ratio(self, numerator: np.ndarray, denominator: np.ndarray) -> tuple[Estimate, np.ndarray]:
-        """sum(numerator) / sum(denominator) over images, with its interval and its resampled values.
-
-        Per-image counts: for precision, true positives over predictions; for recall,
-        true positives over positives; for accuracy, correct over eligible images.
-        """
-        num, den = np.asarray(numerator, dtype=np.float64), np.asarray(denominator, dtype=np.float64)
-        total = float(den.sum())
-        return self.interval(float(num.sum()) / total if total else None, num, den)
+        """A :meth:`figure`, resolved at once: its estimate and its resampled values."""
+        figure = self.figure(numerator, denominator)
+        return figure.estimate(), figure.samples()
 
     def interval(self, value: float | None, numerator: np.ndarray, denominator: np.ndarray) -> tuple[Estimate, np.ndarray]:
         """``value`` (computed elsewhere, e.g. by scikit-learn) with the interval of the ratio it is."""
-        num, den = np.asarray(numerator, dtype=np.float64), np.asarray(denominator, dtype=np.float64)
-        samples = self._ratio_samples(num, den)
-        return _estimate(value, samples, int(den.sum())), samples
+        figure = self.figure(numerator, denominator, value)
+        return figure.estimate(), figure.samples()
 
-    def _ratio_samples(self, num: np.ndarray, den: np.ndarray) -> np.ndarray:
-        if not self.rounds or not self.n:
-            return np.full(self.rounds, np.nan)
-        # einsum, not BLAS: see zstagger.engine.vectors.similarity
-        nums, dens = np.einsum("rn,n->r", self.counts, num), np.einsum("rn,n->r", self.counts, den)
+    def _column(self, values: np.ndarray) -> int:
+        compact = _compact(values)
+        key = (compact.dtype.str, compact.shape, hashlib.blake2b(compact.tobytes(), digest_size=16).digest())
+        if key not in self._known:
+            self._known[key] = len(self._columns)
+            self._columns.append(compact)
+        return self._known[key]
+
+    def sums(self, column: int) -> np.ndarray:
+        """The column's sum in each resample (resolving what is registered, if need be)."""
+        if column >= self._resolved:
+            self.resolve()
+        return self._sums[:, column]
+
+    def resolve(self) -> None:
+        """Sum every registered column not yet summed, in each resample: one pass over the resamples."""
+        pending = self._columns[self._resolved:]
+        if not pending:
+            return
+        sums = np.zeros((self.rounds, len(pending)))
+        if self.n and self.rounds:
+            # Sums of small integers are exact in float32 while they stay under 2**24 (so are all partial sums)
+            peak = max(float(np.abs(c.astype(np.float64)).max(initial=0)) for c in pending) * self.n
+            exact32 = all(np.issubdtype(c.dtype, np.integer) for c in pending) and peak < 2**24
+            dtype = np.float32 if exact32 else np.float64
+            block = max(1, min(self.rounds, self.BLOCK_BYTES // (np.dtype(dtype).itemsize * self.n)))
+            rng = np.random.default_rng(self.seed)
+            counts = np.empty((block, self.n), dtype=dtype)
+            for start in range(0, self.rounds, block):
+                rows = min(block, self.rounds - start)
+                for r in range(rows):
+                    counts[r] = np.bincount(rng.integers(0, self.n, size=self.n), minlength=self.n)
+                for lo in range(0, self.n, self.CHUNK_IMAGES):
+                    hi = min(self.n, lo + self.CHUNK_IMAGES)
+                    values = np.stack([column[lo:hi] for column in pending], axis=1).astype(dtype)
+                    sums[start:start + rows] += counts[:rows, lo:hi] @ values
+        self._sums = np.concatenate([self._sums, sums], axis=1)
+        self._resolved = len(self._columns)
+
+
+class Figure:
+    """A ratio of per-image sums on the dataset and, once its :class:`Bootstrap` resolves, in
+    every resample: :meth:`estimate` (value, 95% interval, n) and :meth:`samples`."""
+
+    def __init__(self, boot: Bootstrap, value: float | None, n: int, numerator: int, denominator: int):
+        self.boot, self.value, self.n = boot, value, n
+        self._num, self._den = numerator, denominator
+
+    def samples(self) -> np.ndarray:
+        """The ratio in each resample (NaN where the denominator is 0)."""
+        if not self.boot.rounds or not self.boot.n:
+            return np.full(self.boot.rounds, np.nan)
+        nums, dens = self.boot.sums(self._num), self.boot.sums(self._den)
         with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(dens > 0, nums / np.where(dens > 0, dens, 1), np.nan)
+            return np.where(dens > 0, nums.astype(np.float64) / np.where(dens > 0, dens, 1), np.nan)
+
+    def estimate(self, n: int | None = None) -> Estimate:
+        return _estimate(self.value, self.samples(), self.n if n is None else n)
+
+
+def _compact(values: np.ndarray) -> np.ndarray:
+    """Per-image values in the smallest type that holds them exactly (a byte for 0/1 values)."""
+    values = np.asarray(values)
+    if values.dtype == bool:
+        return values.astype(np.uint8)
+    if np.issubdtype(values.dtype, np.integer) or (values.size and np.array_equal(values, np.round(values))):
+        low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+        for dtype in (np.uint8, np.int8, np.uint16, np.int16, np.int32, np.int64):
+            info = np.iinfo(dtype)
+            if info.min <= low and high <= info.max:
+                return values.astype(dtype)
+    return values.astype(np.float64)
 
 
 def _estimate(value: float | None, samples: np.ndarray, n: int) -> Estimate:
@@ -81,15 +167,20 @@ def _estimate(value: float | None, samples: np.ndarray, n: int) -> Estimate:
 
 def precision_recall_curve(truth: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Recall (rising from 0) and precision at each distinct score, highest first, where recall
-    rises: the precision-recall curve whose area, precision at each step times the recall gained
-    there, is :func:`average_precision` (scikit-learn's ``precision_recall_curve`` points)."""
-    order = np.argsort(-scores, kind="stable")
-    s, t = scores[order], truth[order].astype(np.float64)
-    last = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]  # the last image at each distinct score
-    tp = np.cumsum(t)[last]
-    precision, recall = tp / (last + 1), tp / t.sum()
-    gains = np.diff(np.r_[0.0, recall]) > 0  # a step that adds no recall adds no area
-    return np.r_[0.0, recall[gains]], np.r_[1.0, precision[gains]]
+    rises: the precision-recall curve whose area, precision at each step times the recall it
+    adds, is :func:`average_precision` (scikit-learn's ``precision_recall_curve`` points).
+
+    Recall rises only at the scores of positives, so those are the only thresholds evaluated:
+    at each, the positives and all images scored at least that high are counted by binary
+    search in sorted copies (a million images: one sorted copy, no index arrays).
+    """
+    truth = np.asarray(truth, dtype=bool)
+    everything = np.sort(np.asarray(scores), axis=None)
+    positives = np.sort(np.asarray(scores)[truth], axis=None)
+    steps = np.unique(positives)[::-1]  # the positives' distinct scores, highest first
+    tp = len(positives) - np.searchsorted(positives, steps, side="left")
+    predicted = len(everything) - np.searchsorted(everything, steps, side="left")
+    return np.r_[0.0, tp / len(positives)], np.r_[1.0, tp / predicted]
 
 
 def curve_area(recall: np.ndarray, precision: np.ndarray) -> float:
@@ -122,40 +213,74 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> np.
     return matrix
 
 
-def label_metrics(boot: Bootstrap, name: str, threshold: float, truth: np.ndarray, predicted: np.ndarray,
-                  scores: np.ndarray | None) -> tuple[LabelMetrics, dict[str, np.ndarray]]:
+@dataclass
+class LabelFigures:
+    """One label's figures, registered with the bootstrap; :meth:`build` once they are all registered."""
+
+    name: str
+    threshold: float
+    support: int
+    predicted: int
+    precision: Figure
+    recall: Figure
+    f1: Figure
+    average_precision: float | None
+    roc_auc: float | None
+
+    def build(self) -> LabelMetrics:
+        return LabelMetrics(
+            label=self.name, threshold=self.threshold, support=self.support, predicted=self.predicted,
+            precision=self.precision.estimate(), recall=self.recall.estimate(), f1=self.f1.estimate(n=self.support),
+            average_precision=self.average_precision, roc_auc=self.roc_auc,
+        )
+
+    def samples(self) -> dict[str, np.ndarray]:
+        return {"precision": self.precision.samples(), "recall": self.recall.samples(), "f1": self.f1.samples()}
+
+
+def label_figures(boot: Bootstrap, name: str, threshold: float, truth: np.ndarray, predicted: np.ndarray,
+                  scores: np.ndarray | None) -> LabelFigures:
     """One label's figures from boolean truth/prediction vectors (and its scores, for AP and ROC-AUC)."""
     hit = truth & predicted
-    precision = boot.ratio(hit, predicted)
-    recall = boot.ratio(hit, truth)
-    f1 = boot.ratio(2 * hit, truth.astype(int) + predicted)  # 2TP / (2TP + FP + FN)
     ap = auc = None
     if scores is not None and truth.any():
         ap = average_precision(truth, scores)
         if not truth.all():
             auc = roc_auc(truth, scores)
-    metrics = LabelMetrics(
-        label=name, threshold=threshold, support=int(truth.sum()), predicted=int(predicted.sum()),
-        precision=precision[0], recall=recall[0], f1=f1[0].model_copy(update={"n": int(truth.sum())}),
+    return LabelFigures(
+        name=name, threshold=threshold, support=int(truth.sum()), predicted=int(predicted.sum()),
+        precision=boot.figure(hit, predicted), recall=boot.figure(hit, truth),
+        f1=boot.figure(2 * hit.astype(np.uint8), truth.astype(np.uint8) + predicted),  # 2TP / (2TP + FP + FN)
         average_precision=ap, roc_auc=auc,
     )
-    return metrics, {"precision": precision[1], "recall": recall[1], "f1": f1[1]}
+
+
+def label_metrics(boot: Bootstrap, name: str, threshold: float, truth: np.ndarray, predicted: np.ndarray,
+                  scores: np.ndarray | None) -> tuple[LabelMetrics, dict[str, np.ndarray]]:
+    """:func:`label_figures`, resolved: the metrics and their resampled values."""
+    figures = label_figures(boot, name, threshold, truth, predicted, scores)
+    return figures.build(), figures.samples()
 
 
 # -- single-label ---------------------------------------------------------------------------
 
 
 def single_label_levels(scored: ScoredDataset, boot: Bootstrap) -> list[LevelMetrics]:
+    return single_label_figures(scored, boot)()
+
+
+def single_label_figures(scored: ScoredDataset, boot: Bootstrap) -> Callable[[], list[LevelMetrics]]:
+    """Register every figure of every level; returns what builds the levels (one bootstrap pass for all)."""
     taxonomy = scored.taxonomy
     names = scored.names
     predicted = scored.predicted()
-    levels = []
+    pending = []
     for d, members, eligible, true_at in _depths(scored):
         pred_at = _label_at_depth(predicted, members)
         classes = [names[i] for i in members] + [NONE]
         y_true = np.array([names[i] if i >= 0 else NONE for i in true_at], dtype=object)
         y_pred = np.array([names[i] if i >= 0 else NONE for i in pred_at], dtype=object)
-        accuracy, _ = boot.ratio((y_true == y_pred) & eligible, eligible)
+        accuracy = boot.figure((y_true == y_pred) & eligible, eligible)
         # top-k: the true label among the k best-scored labels of this depth (images with a true label here)
         k = min(TOP_K, len(members))
         ranked = np.argsort(-scored.scores[:, members], axis=1, kind="stable")
@@ -163,24 +288,30 @@ def single_label_levels(scored: ScoredDataset, boot: Bootstrap) -> list[LevelMet
         rank_of_truth = np.full(len(true_at), len(members))
         for row in np.flatnonzero(has_truth):
             rank_of_truth[row] = int(np.flatnonzero(np.asarray(members)[ranked[row]] == true_at[row])[0])
-        top1, _ = boot.ratio(has_truth & (rank_of_truth < 1), has_truth)
-        topk, _ = boot.ratio(has_truth & (rank_of_truth < k), has_truth)
+        top1 = boot.figure(has_truth & (rank_of_truth < 1), has_truth)
+        topk = boot.figure(has_truth & (rank_of_truth < k), has_truth)
         labels = []
         for i in members:
             t, p = (y_true == names[i]) & eligible, (y_pred == names[i]) & eligible
-            labels.append(label_metrics(boot, names[i], taxonomy.threshold_of(taxonomy.labels[i]), t, p,
-                                        _judged_scores(scored, i, eligible))[0])
+            labels.append(label_figures(boot, names[i], taxonomy.threshold_of(taxonomy.labels[i]), t, p,
+                                        _judged_scores(scored, i, eligible)))
         matrix = confusion(y_true[eligible], y_pred[eligible], classes)
         pairs = [
             ConfusedPair(true=classes[a], predicted=classes[b], count=int(matrix[a, b]))
             for a, b in zip(*np.nonzero(matrix)) if a != b
         ]
         pairs.sort(key=lambda pair: (-pair.count, pair.true, pair.predicted))
-        levels.append(LevelMetrics(
-            depth=d, images=int(eligible.sum()), top1=top1, top5=topk, top_k=k, accuracy=accuracy, labels=labels,
-            confusion_labels=classes, confusion=matrix.tolist(), most_confused=pairs[:MOST_CONFUSED],
-        ))
-    return levels
+        pending.append((d, int(eligible.sum()), top1, topk, k, accuracy, labels, classes, matrix, pairs))
+
+    def build() -> list[LevelMetrics]:
+        return [
+            LevelMetrics(depth=d, images=images, top1=top1.estimate(), top5=topk.estimate(), top_k=k,
+                         accuracy=accuracy.estimate(), labels=[figures.build() for figures in labels],
+                         confusion_labels=classes, confusion=matrix.tolist(), most_confused=pairs[:MOST_CONFUSED])
+            for d, images, top1, topk, k, accuracy, labels, classes, matrix, pairs in pending
+        ]
+
+    return build
 
 
 def _depths(scored: ScoredDataset):
@@ -229,39 +360,47 @@ def _label_at_depth(marks: np.ndarray, members: list[int]) -> np.ndarray:
 
 
 def multi_label(scored: ScoredDataset, boot: Bootstrap) -> tuple[list[LabelMetrics], Averages]:
+    return multi_label_figures(scored, boot)()
+
+
+def multi_label_figures(scored: ScoredDataset, boot: Bootstrap) -> Callable[[], tuple[list[LabelMetrics], Averages]]:
+    """Register every label's figures and the micro averages; returns what builds them (and the macro averages)."""
     taxonomy = scored.taxonomy
     reported = [i for i, label in enumerate(taxonomy.labels) if not label.background]
-    truth, predicted, scores = scored.truth[:, reported], scored.predicted()[:, reported], scored.scores[:, reported]
-    labels, samples = [], []
-    for column, i in enumerate(reported):
-        metrics, resampled = label_metrics(boot, scored.names[i], taxonomy.threshold_of(taxonomy.labels[i]),
-                                           truth[:, column], predicted[:, column], scores[:, column])
-        labels.append(metrics)
-        samples.append(resampled)
-    hits = (truth & predicted).sum(axis=1)
-    micro_p, micro_r = boot.ratio(hits, predicted.sum(axis=1)), boot.ratio(hits, truth.sum(axis=1))
-    micro_f1 = boot.ratio(2 * hits, truth.sum(axis=1) + predicted.sum(axis=1))
+    truth, predicted = scored.truth[:, reported], scored.predicted()[:, reported]
+    figures = [label_figures(boot, scored.names[i], taxonomy.threshold_of(taxonomy.labels[i]),
+                             truth[:, column], predicted[:, column], scored.scores[:, i])
+               for column, i in enumerate(reported)]
+    hits, positives, given = (truth & predicted).sum(axis=1), truth.sum(axis=1), predicted.sum(axis=1)
+    micro_p, micro_r = boot.figure(hits, given), boot.figure(hits, positives)
+    micro_f1 = boot.figure(2 * hits, positives + given)
     with_positives = [c for c in range(len(reported)) if truth[:, c].any()]
-    macro = {}
-    for figure in ("precision", "recall", "f1"):
-        values = [getattr(labels[c], figure).value for c in with_positives]
-        values = [v for v in values if v is not None]
-        stacked = np.stack([samples[c][figure] for c in with_positives]) if with_positives else np.full((1, boot.rounds), np.nan)
-        with warnings.catch_warnings():  # "mean of empty slice" where no label is defined in a resample
-            warnings.simplefilter("ignore", RuntimeWarning)
-            resampled = np.nanmean(stacked, axis=0)
-        macro[figure] = (_estimate(float(np.mean(values)) if values else None, resampled, len(with_positives)), resampled)
-    micro_ap = average_precision(truth.ravel(), scores.ravel()) if truth.any() else None
-    aps = [labels[c].average_precision for c in with_positives if labels[c].average_precision is not None]
-    aucs = [labels[c].roc_auc for c in with_positives if labels[c].roc_auc is not None]
-    averages = Averages(
-        micro_precision=micro_p[0], micro_recall=micro_r[0], micro_f1=micro_f1[0],
-        macro_precision=macro["precision"][0], macro_recall=macro["recall"][0], macro_f1=macro["f1"][0],
-        micro_average_precision=micro_ap,
-        macro_average_precision=float(np.mean(aps)) if aps else None,
-        macro_roc_auc=float(np.mean(aucs)) if aucs else None,
-    )
-    return labels, averages
+    micro_ap = average_precision(truth, scored.scores[:, reported]) if truth.any() else None  # every (image, label) pair
+
+    def build() -> tuple[list[LabelMetrics], Averages]:
+        labels = [f.build() for f in figures]
+        macro = {}
+        for figure in ("precision", "recall", "f1"):
+            values = [getattr(labels[c], figure).value for c in with_positives]
+            values = [v for v in values if v is not None]
+            stacked = (np.stack([getattr(figures[c], figure).samples() for c in with_positives]) if with_positives
+                       else np.full((1, boot.rounds), np.nan))
+            with warnings.catch_warnings():  # "mean of empty slice" where no label is defined in a resample
+                warnings.simplefilter("ignore", RuntimeWarning)
+                resampled = np.nanmean(stacked, axis=0)
+            macro[figure] = _estimate(float(np.mean(values)) if values else None, resampled, len(with_positives))
+        aps = [labels[c].average_precision for c in with_positives if labels[c].average_precision is not None]
+        aucs = [labels[c].roc_auc for c in with_positives if labels[c].roc_auc is not None]
+        averages = Averages(
+            micro_precision=micro_p.estimate(), micro_recall=micro_r.estimate(), micro_f1=micro_f1.estimate(),
+            macro_precision=macro["precision"], macro_recall=macro["recall"], macro_f1=macro["f1"],
+            micro_average_precision=micro_ap,
+            macro_average_precision=float(np.mean(aps)) if aps else None,
+            macro_roc_auc=float(np.mean(aucs)) if aucs else None,
+        )
+        return labels, averages
+
+    return build
 
 
 # -- moderation ----------------------------------------------------------------------------
@@ -274,15 +413,20 @@ def true_actions(scored: ScoredDataset) -> np.ndarray:
 
 
 def verdict_metrics(scored: ScoredDataset, boot: Bootstrap) -> VerdictMetrics:
+    return verdict_figures(scored, boot)()
+
+
+def verdict_figures(scored: ScoredDataset, boot: Bootstrap) -> Callable[[], VerdictMetrics]:
     truth = true_actions(scored)
     got = np.array([ACTION_SEVERITY[v or "allow"] for v in scored.verdicts], dtype=int)
     table = np.zeros((3, 3), dtype=int)
     np.add.at(table, (truth, got), 1)
     block, review, allow = truth == 2, truth == 1, truth == 0
-    return VerdictMetrics(
-        actions=ACTIONS, table=table.tolist(),
-        accuracy=boot.ratio(truth == got, np.ones_like(truth, bool))[0],
-        misses=boot.ratio(block & (got == 0), block)[0],
-        review_misses=boot.ratio(review & (got == 0), review)[0],
-        false_alarms=boot.ratio(allow & (got > 0), allow)[0],
+    accuracy = boot.figure(truth == got, np.ones_like(truth, bool))
+    misses = boot.figure(block & (got == 0), block)
+    review_misses = boot.figure(review & (got == 0), review)
+    false_alarms = boot.figure(allow & (got > 0), allow)
+    return lambda: VerdictMetrics(
+        actions=ACTIONS, table=table.tolist(), accuracy=accuracy.estimate(), misses=misses.estimate(),
+        review_misses=review_misses.estimate(), false_alarms=false_alarms.estimate(),
     )

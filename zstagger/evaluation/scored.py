@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from itertools import chain
 
 import numpy as np
 
@@ -43,47 +44,69 @@ class ScoredDataset:
     def predicted(self) -> np.ndarray:
         """(N, L) bool: which labels became tags."""
         out = np.zeros_like(self.truth)
-        for row, tagged in enumerate(self.tagged):
-            out[row, tagged] = True
+        lengths = np.fromiter(map(len, self.tagged), dtype=np.int64, count=len(self.tagged))
+        columns = np.fromiter(chain.from_iterable(self.tagged), dtype=np.int64, count=int(lengths.sum()))
+        out[np.repeat(np.arange(len(lengths)), lengths), columns] = True
         return out
 
 
 def truth_matrix(items: list[LabelledImage], taxonomy: Taxonomy) -> np.ndarray:
+    """(N, L) bool: each image's true labels and their ancestors (one row per distinct label set, looked up)."""
     index = {label.name: i for i, label in enumerate(taxonomy.labels)}
-    truth = np.zeros((len(items), len(index)), dtype=bool)
-    for row, item in enumerate(items):
-        for name in item.labels:
-            truth[row, [index[n] for n in taxonomy.path_of(name)]] = True
-    return truth
+    sets: dict[tuple[str, ...], int] = {}
+    which = np.fromiter((sets.setdefault(item.labels, len(sets)) for item in items), dtype=np.int64, count=len(items))
+    table = np.zeros((len(sets), len(index)), dtype=bool)
+    for labels, row in sets.items():
+        for name in labels:
+            table[row, [index[n] for n in taxonomy.path_of(name)]] = True
+    return table[which] if len(items) else np.zeros((0, len(index)), dtype=bool)
 
 
 def score_dataset(
-    dataset: LabelledDataset, taxonomy: Taxonomy, tagger: Tagger, progress: Callable[[int], None] | None = None
+    dataset: LabelledDataset, taxonomy: Taxonomy, tagger: Tagger, progress: Callable[[int], None] | None = None,
+    keep_embeddings: bool = False,
 ) -> ScoredDataset:
-    """Embed (or fetch from the cache) and score every image of ``dataset`` against ``taxonomy``."""
+    """Embed (or fetch from the cache) and score every image of ``dataset`` against ``taxonomy``.
+
+    Each batch is scored as it comes, so memory holds the scores, not the embeddings (a
+    million 512-d embeddings are 2 GB); ``keep_embeddings`` keeps them too (few-shot examples
+    are picked from them)."""
     compiled = tagger.classifier(taxonomy)
     before = tagger.cache_stats()
-    items, vectors, unreadable = [], [], []
+    count = len(taxonomy.labels)
+    rows: list[int] = []  # dataset positions of the readable images, in order
+    scores = np.zeros((len(dataset.items), count))  # filled a batch at a time; rows of unreadable images are cut off
+    matched = np.zeros((len(dataset.items), count), dtype=bool)
+    tagged: list[list[int]] = []
+    vectors, unreadable = [], []
     position = 0
     for refs, embeds, errors in tagger.embed_batches(item.ref for item in dataset.items):
-        done = iter(embeds if embeds is not None else [])
-        for error in errors:
-            item = dataset.items[position]
-            position += 1
-            if error is not None:
-                unreadable.append(UnreadableImage(image=item.ref, type=error.kind, message=error.message))
-                continue
-            items.append(item)
-            vectors.append(next(done))
+        for offset, error in enumerate(errors):
+            if error is None:
+                rows.append(position + offset)
+            else:
+                unreadable.append(UnreadableImage(image=dataset.items[position + offset].ref, type=error.kind,
+                                                  message=error.message))
+        if embeds is not None:
+            batch = compiled.score(embeds)
+            done = len(tagged)
+            scores[done:done + len(batch.scores)], matched[done:done + len(batch.scores)] = batch.scores, batch.matched
+            tagged += compiled.tag_rows(batch.scores, batch.matched)
+            if keep_embeddings:
+                vectors.append(np.asarray(embeds, dtype=np.float32))
+        position += len(refs)
         if progress is not None:
             progress(len(refs))
     after = tagger.cache_stats()
-    embeddings = np.stack(vectors).astype(np.float32) if vectors else None
-    return rescore(ScoredDataset(
-        taxonomy=taxonomy, classifier=compiled, items=items, truth=truth_matrix(items, taxonomy),
-        scores=np.zeros((0, len(taxonomy.labels))), tagged=[], verdicts=[], unreadable=unreadable,
-        cache_hits=after["hits"] - before["hits"], cache_misses=after["misses"] - before["misses"], embeddings=embeddings,
-    ), compiled)
+    items = [dataset.items[row] for row in rows]
+    if len(items) < len(scores):
+        scores, matched = scores[:len(items)].copy(), matched[:len(items)].copy()
+    return ScoredDataset(
+        taxonomy=taxonomy, classifier=compiled, items=items, truth=truth_matrix(items, taxonomy), scores=scores,
+        tagged=tagged, verdicts=[compiled.verdict(t) for t in tagged], unreadable=unreadable,
+        cache_hits=after["hits"] - before["hits"], cache_misses=after["misses"] - before["misses"],
+        embeddings=np.concatenate(vectors) if vectors else None, matched=matched,
+    )
 
 
 def rescore(scored: ScoredDataset, compiled: TaxonomyClassifier) -> ScoredDataset:
