@@ -8,12 +8,12 @@ busy, tagging is compute-bound: the only way to go faster is less work per image
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from _common import options, workload
 
 from zstagger import Tagger
 
@@ -27,19 +27,20 @@ def measure(name: str, fn, count: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--images", required=True)
-    parser.add_argument("-t", "--taxonomy", default="moderation")
+    parser = options(__doc__, images=True, taxonomy=True)
+    parser.add_argument("--forward-batches", type=int, default=8, help="Batches of 32 through the lanes for the forward figure.")
     args = parser.parse_args()
-    files = sorted(str(p) for p in Path(args.images).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    files = workload(args)
     tagger = Tagger(args.model)
     tagger.tag(files[:64], args.taxonomy)  # warm: pools, taxonomy embeddings
-    loader, lanes = tagger._pools()
     print(f"lanes {tagger.lanes}, loader threads {tagger.loader_threads}, precision {tagger.encoder.dtype}, cpus {os.cpu_count()}")
-    measure("decode + preprocess", lambda: list(loader.map(tagger._prepare, files)), len(files))
-    pixels = np.stack([tagger._prepare(f) for f in files[:32]])
-    measure("vision forward (lanes)", lambda: list(lanes.map(tagger.encoder.encode_images, [pixels] * 8)), 256)
+    # Decoding and preprocessing alone, in the loader threads (what the pipeline's prepare stage does on a miss).
+    measure("decode + preprocess", lambda: tagger.preprocess(files), len(files))
+    pixels = np.stack([p for p in tagger.preprocess(files[:32]) if isinstance(p, np.ndarray)])
+    with ThreadPoolExecutor(tagger.lanes) as lanes:  # the model alone, as many forwards at once as the tagger runs
+        batches = [pixels] * args.forward_batches
+        measure("vision forward (lanes)", lambda: list(lanes.map(tagger.encoder.encode_images, batches)),
+                len(pixels) * len(batches))
     measure("end to end (Tagger.tag)", lambda: tagger.tag(files, args.taxonomy), len(files))
     tagger.close()
 

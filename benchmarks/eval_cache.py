@@ -11,7 +11,6 @@ work itself (the report's own `seconds`).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -20,6 +19,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _common import clean_env, emit, options
 
 LABELS = ["explicit_nudity", "graphic_violence", "firearms", "knives_as_weapons", "drugs", "hate_symbols", "alcohol", "gambling"]
 
@@ -53,16 +54,13 @@ def import_seconds(stderr: str) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--workdir", required=True)
+    parser = options(__doc__, workdir=True, json_flag=True)
     parser.add_argument("--per-label", type=int, default=100)
     parser.add_argument("--none", type=int, default=200)
     parser.add_argument("--size", default="1280x960")
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     work = Path(args.workdir)
-    data = work / "data"
+    data = work / f"data-{len(LABELS) * args.per_label + args.none}-{args.size}"
     width, height = (int(v) for v in args.size.split("x"))
     if not data.exists():
         from zstagger.synthetic import write_labelled_folders
@@ -71,8 +69,7 @@ def main() -> None:
         write_labelled_folders(data, LABELS, args.per_label, none=args.none, size=(width, height))
     cache = work / "cache"
     shutil.rmtree(cache, ignore_errors=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
-    env.update(ZSTAGGER_CACHE_DIR=str(cache), TOKENIZERS_PARALLELISM="false")
+    env = clean_env(ZSTAGGER_CACHE_DIR=str(cache), TOKENIZERS_PARALLELISM="false")
     common = ["--model", args.model, "--json", "--no-progress"]
 
     print("eval, cold cache...", file=sys.stderr)
@@ -111,7 +108,7 @@ def main() -> None:
         "cache_file_bytes": sum(p.stat().st_size for p in cache.glob("image-embeddings.sqlite3*")),
         "cpu_count": os.cpu_count(),
     }
-    print(json.dumps(result, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,13 @@ starts empty.
 
 from __future__ import annotations
 
-import argparse
-import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import yaml
+from _common import emit, options
 
 from zstagger.synthetic import write_labelled_folders
 
@@ -32,15 +31,14 @@ SCRIPT = (
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--json", action="store_true")
+    parser = options(__doc__, workdir=True, json_flag=True)
+    parser.add_argument("--per-label", type=int, default=50, help="Example images per label (10 labels).")
     args = parser.parse_args()
     root = Path(args.workdir)
-    if not (root / "examples").exists():
-        write_labelled_folders(root / "examples", LABELS, 50, size=(224, 168))
-    spec = {"name": "five-hundred", "labels": [{"name": n, "examples": [f"examples/{n}/"]} for n in LABELS]}
+    examples = root / f"examples-{args.per_label}"
+    if not examples.exists():
+        write_labelled_folders(examples, LABELS, args.per_label, size=(224, 168))
+    spec = {"name": "five-hundred", "labels": [{"name": n, "examples": [f"{examples.name}/{n}/"]} for n in LABELS]}
     (root / "five-hundred.yaml").write_text(yaml.safe_dump(spec))
     cache = root / f"cache-{time.time_ns()}"
     runs = []
@@ -51,7 +49,7 @@ def main() -> None:
                      "examples": int(out[3])})
     report = {"model": args.model, "first": runs[0], "second": runs[1],
               "speedup": round(runs[0]["seconds"] / runs[1]["seconds"], 1)}
-    print(json.dumps(report, indent=2) if args.json else report)
+    emit(report, args.json)
 
 
 if __name__ == "__main__":

@@ -31,13 +31,12 @@ Mean over repetitions (5 by default), with the standard deviation.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import emit, log, options
 
 from zstagger import Label, Taxonomy
 from zstagger.evaluation.metrics import average_precision
@@ -51,21 +50,22 @@ MULTI = ["kilo", "lima", "mike", "november", "oscar", "papa"]
 METHODS = ("blend", "centroid", "cache")
 
 
-def single_label_curve(tagger: Tagger, root: Path, reps: int, log) -> dict:
-    folders = root / "single"
+def single_label_curve(tagger: Tagger, root: Path, reps: int, log, per_class: int = 40, ks: tuple[int, ...] = KS) -> dict:
+    folders = root / f"single-{per_class}"
+    pool = max(ks)  # each class's first images are the pool examples are drawn from, the rest the test set
     if not folders.exists():
-        write_labelled_folders(folders, SINGLE, 40, size=(224, 168))
+        write_labelled_folders(folders, SINGLE, per_class, size=(224, 168))
     files = {c: sorted(str(p) for p in (folders / c).iterdir()) for c in SINGLE}
     refs = [f for c in SINGLE for f in files[c]]
     vectors = dict(zip(refs, tagger.embed_images(refs)))
-    curve = {m: {k: [] for k in KS} for m in METHODS}
+    curve = {m: {k: [] for k in ks} for m in METHODS}
     for rep in range(reps):
         rng = np.random.default_rng(rep)
         order = {c: rng.permutation(files[c]).tolist() for c in SINGLE}
-        test = [(f, i) for i, c in enumerate(SINGLE) for f in order[c][16:]]
+        test = [(f, i) for i, c in enumerate(SINGLE) for f in order[c][pool:]]
         embeds, truth = np.stack([vectors[f] for f, _ in test]), np.array([i for _, i in test])
         for method in METHODS:
-            for k in KS:
+            for k in ks:
                 spec = Taxonomy(name=f"curve-single-{method}-{k}-{rep}", few_shot={"method": method},
                                 labels=[Label(name=c, examples=order[c][:k]) for c in SINGLE])
                 scores = tagger.classifier(spec).score(embeds).scores
@@ -74,9 +74,9 @@ def single_label_curve(tagger: Tagger, root: Path, reps: int, log) -> dict:
     return summarise(curve, "top-1 accuracy", chance=1 / len(SINGLE), test_images=len(test))
 
 
-def partial_teaching(tagger: Tagger, root: Path, reps: int, k: int = 8) -> dict:
+def partial_teaching(tagger: Tagger, root: Path, reps: int, k: int = 8, per_class: int = 40, pool: int = 16) -> dict:
     """Half the classes taught: do the taught labels take the untaught classes' images too?"""
-    files = {c: sorted(str(p) for p in (root / "single" / c).iterdir()) for c in SINGLE}
+    files = {c: sorted(str(p) for p in (root / f"single-{per_class}" / c).iterdir()) for c in SINGLE}
     refs = [f for c in SINGLE for f in files[c]]
     vectors = dict(zip(refs, tagger.embed_images(refs)))
     taught = SINGLE[: len(SINGLE) // 2]
@@ -84,7 +84,7 @@ def partial_teaching(tagger: Tagger, root: Path, reps: int, k: int = 8) -> dict:
     for rep in range(reps):
         rng = np.random.default_rng(rep)
         order = {c: rng.permutation(files[c]).tolist() for c in SINGLE}
-        test = [(f, i) for i, c in enumerate(SINGLE) for f in order[c][16:]]
+        test = [(f, i) for i, c in enumerate(SINGLE) for f in order[c][pool:]]
         embeds, truth = np.stack([vectors[f] for f, _ in test]), np.array([i for _, i in test])
         is_taught = truth < len(taught)
         for method in METHODS:
@@ -97,21 +97,21 @@ def partial_teaching(tagger: Tagger, root: Path, reps: int, k: int = 8) -> dict:
                                                   for m, values in out.items()}}
 
 
-def multi_label_curve(tagger: Tagger, root: Path, reps: int, log) -> dict:
-    manifest = root / "multi" / "manifest.jsonl"
+def multi_label_curve(tagger: Tagger, root: Path, reps: int, log, images: int = 300, ks: tuple[int, ...] = KS) -> dict:
+    manifest = root / f"multi-{images}" / "manifest.jsonl"
     if not manifest.exists():
-        write_labelled_manifest(root / "multi", MULTI, 300, rate=0.3, size=(224, 168))
+        write_labelled_manifest(manifest.parent, MULTI, images, rate=0.3, size=(224, 168))
     rows = [json.loads(line) for line in manifest.read_text().splitlines()]
     refs = [str(manifest.parent / row["image"]) for row in rows]
     truth = np.array([[name in row["labels"] for name in MULTI] for row in rows])
     vectors = np.stack(tagger.embed_images(refs))
-    curve = {m: {k: [] for k in KS} for m in METHODS}
+    curve = {m: {k: [] for k in ks} for m in METHODS}
     for rep in range(reps):
         rng = np.random.default_rng(100 + rep)
         order = rng.permutation(len(rows))
         pool, test = order[: len(rows) // 2], order[len(rows) // 2 :]
         for method in METHODS:
-            for k in KS:
+            for k in ks:
                 labels = [Label(name=name, negatives=["something else"],
                                 examples=[refs[i] for i in pool[truth[pool, j]][:k]]) for j, name in enumerate(MULTI)]
                 background = [refs[i] for i in pool[~truth[pool].any(axis=1)][:k]]
@@ -134,35 +134,36 @@ def summarise(curve: dict, metric: str, chance: float, test_images: int) -> dict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--workdir", required=True, help="Generated images and the image-embedding cache go here.")
+    parser = options(__doc__, workdir=True, json_flag=True)
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--max-k", type=int, default=max(KS), help="Largest K (each class's pool of examples).")
+    parser.add_argument("--per-class", type=int, default=40, help="Images per single-label class (pool + test).")
+    parser.add_argument("--multi-images", type=int, default=300, help="Images of the multi-label set.")
     args = parser.parse_args()
     root = Path(args.workdir)
     root.mkdir(parents=True, exist_ok=True)
-
-    def log(msg: str) -> None:
-        print(f"fewshot_curve: {msg}", file=sys.stderr, flush=True)
+    ks = tuple(k for k in KS if k <= args.max_k)
+    if args.per_class <= max(ks):
+        raise SystemExit(f"--per-class must be over --max-k ({max(ks)}): the rest of each class is its test set")
+    progress = lambda msg: log("fewshot_curve", msg)  # noqa: E731
 
     started = time.perf_counter()
     settings = Settings(model=args.model, cache_dir=str(root / f"cache-{Path(args.model).name}"))
     with Tagger(settings=settings, image_cache=True) as tagger:
-        report = {"model": args.model, "reps": args.reps, "ks": list(KS),
-                  "single_label": single_label_curve(tagger, root, args.reps, log),
-                  "multi_label": multi_label_curve(tagger, root, args.reps, log),
-                  "partial": partial_teaching(tagger, root, args.reps)}
+        report = {"model": args.model, "reps": args.reps, "ks": list(ks),
+                  "single_label": single_label_curve(tagger, root, args.reps, progress, args.per_class, ks),
+                  "multi_label": multi_label_curve(tagger, root, args.reps, progress, args.multi_images, ks),
+                  "partial": partial_teaching(tagger, root, args.reps, min(8, max(ks)), args.per_class, max(ks))}
     report["seconds"] = round(time.perf_counter() - started, 1)
     if args.json:
-        print(json.dumps(report, indent=2))
+        emit(report)
         return
     for name in ("single_label", "multi_label"):
         part = report[name]
         print(f"{name} ({part['metric']}, chance {part['chance']}, {part['test_images']} test images):")
-        print("  K       " + "".join(f"{k:>14}" for k in KS))
+        print("  K       " + "".join(f"{k:>14}" for k in ks))
         for method, values in part["methods"].items():
-            print(f"  {method:<8}" + "".join(f"{values[str(k)]['mean']:>8.3f} ±{values[str(k)]['std']:.2f}" for k in KS))
+            print(f"  {method:<8}" + "".join(f"{values[str(k)]['mean']:>8.3f} ±{values[str(k)]['std']:.2f}" for k in ks))
     partial = report["partial"]
     print(f"partial teaching ({len(partial['taught'])} of {len(SINGLE)} classes, K={partial['k']}):")
     for method, values in partial["methods"].items():

@@ -14,12 +14,9 @@ the same cores (the clients' own CPU use is part of what the HTTP path costs her
 
 from __future__ import annotations
 
-import argparse
 import http.client
-import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,11 +25,7 @@ import time
 import uuid
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from _common import emit, free_port, options, workload
 
 
 def multipart(path: Path, taxonomy: str) -> tuple[bytes, str]:
@@ -86,16 +79,12 @@ def load(port: int, bodies: list[tuple[bytes, str]], clients: int, requests: int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--images", required=True)
-    parser.add_argument("-t", "--taxonomy", default="moderation")
+    parser = options(__doc__, images=True, taxonomy=True)
     parser.add_argument("--requests", type=int, default=256, help="requests per client-count measurement")
     parser.add_argument("--clients", default="1,8,32")
+    parser.add_argument("--idle", type=int, default=20, help="single requests on a quiet server, for the idle latency")
     args = parser.parse_args()
-    paths = sorted(Path(args.images).glob("*.jpg"))
-    if not paths:
-        raise SystemExit(f"no .jpg files in {args.images}")
+    paths = [Path(p) for p in workload(args, (".jpg", ".jpeg"))]
     report: dict = {"model": args.model, "taxonomy": args.taxonomy, "images": len(paths), "cores": os.cpu_count()}
     cache = tempfile.mkdtemp(prefix="zstagger-http-bench-")
     os.environ["ZSTAGGER_CACHE_DIR"] = cache
@@ -134,9 +123,9 @@ def main() -> None:
                     raise SystemExit(f"zstagger serve did not get ready: {server.stderr.read()[-2000:]}")
                 time.sleep(0.5)
             bodies = [multipart(p, args.taxonomy) for p in paths]
-            load(port, bodies, 8, 64)  # warm up: taxonomy compiled, threads started
+            load(port, bodies, 8, min(64, args.requests))  # warm up: taxonomy compiled, threads started
             idle = []
-            for body in bodies[:20]:
+            for body in (bodies * args.idle)[: args.idle]:
                 time.sleep(0.05)
                 idle.append(load(port, [body], 1, 1)["p50_ms"])
             report["idle_single_image_ms_p50"] = percentile(idle, 0.5)
@@ -147,8 +136,7 @@ def main() -> None:
         top = max(row["img_s"] for row in report["load"])
         at_32 = next((row["img_s"] for row in report["load"] if row["clients"] == 32), top)
         report["http_32_clients_vs_in_process"] = at_32 / report["in_process_img_s"]
-        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in report.items()}, indent=2,
-                         default=lambda o: o))
+        emit({k: round(v, 4) if isinstance(v, float) else v for k, v in report.items()})
     finally:
         shutil.rmtree(cache, ignore_errors=True)
 

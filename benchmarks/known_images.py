@@ -17,19 +17,16 @@ unpack 100,000 vectors), and the matching alone, per image, on embeddings alread
 
 from __future__ import annotations
 
-import argparse
 import hashlib
-import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import yaml
+from _common import emit, log, options, workload
 
 from zstagger.fewshot import ImageSet, build_pack
-from zstagger.images import expand_inputs
 from zstagger.registry import get_taxonomy
 from zstagger.tagger import Tagger
 from zstagger.taxonomy import Taxonomy
@@ -56,20 +53,14 @@ def known_taxonomy(workdir: Path, tagger: Tagger, first_image: str, count: int) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--images", required=True, help="Directory of JPEGs (make_jpeg_workload.py).")
-    parser.add_argument("--workdir", required=True)
+    parser = options(__doc__, images=True, workdir=True, json_flag=True)
     parser.add_argument("--known", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    images = list(expand_inputs([args.images]))
-
-    def log(msg: str) -> None:
-        print(f"known_images: {msg}", file=sys.stderr, flush=True)
+    images = workload(args)
+    progress = lambda msg: log("known_images", msg)  # noqa: E731
 
     with Tagger(args.model) as tagger:
         plain = get_taxonomy("moderation")
@@ -78,7 +69,7 @@ def main() -> None:
         started = time.perf_counter()
         compiled = tagger.classifier(with_known)
         compile_seconds = time.perf_counter() - started
-        log(f"compiled {args.known:,} known images in {compile_seconds:.2f}s")
+        progress(f"compiled {args.known:,} known images in {compile_seconds:.2f}s")
         first = tagger.tag(images[:1], with_known)[0]
         assert first.matches and first.matches[0].image == "known/000000.jpg", first
 
@@ -91,7 +82,7 @@ def main() -> None:
                 assert all(r.error is None for r in results)
                 if round_:
                     passes[name].append(rate)
-                log(f"round {round_} {name}: {rate:.1f} img/s")
+                progress(f"round {round_} {name}: {rate:.1f} img/s")
 
         rng = np.random.default_rng(1)
         embeds = rng.normal(size=(256, compiled.known.vectors.shape[1])).astype(np.float32)
@@ -116,7 +107,7 @@ def main() -> None:
         "scoring_ms_per_image": {k: round(v, 3) for k, v in timings.items()},
         "first_image_match": first.matches[0].model_dump(),
     }
-    print(json.dumps(report, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in report.items()))
+    emit(report, args.json)
 
 
 if __name__ == "__main__":

@@ -10,22 +10,18 @@ in the default precision. Random-weight checkpoints make this a numerical check 
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import numpy as np
+from _common import options, workload
 
 from zstagger.engine.model import ClipEncoder
 from zstagger.images import load_image
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--images", required=True)
+    parser = options(__doc__, images=True, count=96)
     parser.add_argument("--limit", type=int, default=96)
     args = parser.parse_args()
-    files = sorted(str(p) for p in Path(args.images).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[: args.limit]
+    files = workload(args)[: args.limit]
     fp32 = ClipEncoder.load(args.model, precision="fp32")
     default = ClipEncoder.load(args.model)
     side = 2 * fp32.min_decode_size

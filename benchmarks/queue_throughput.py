@@ -14,34 +14,24 @@ Prints one JSON object. Nothing else may be running: both paths share the same c
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from _common import emit, free_port, options, workload
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--images", required=True)
-    parser.add_argument("-t", "--taxonomy", default="moderation")
+    parser = options(__doc__, images=True, taxonomy=True)
     parser.add_argument("--enqueue-count", type=int, default=20000, help="references in the enqueue-rate job")
     parser.add_argument("--repeat", type=int, default=2, help="passes over the images per measurement")
     args = parser.parse_args()
 
-    images = sorted(str(p) for p in Path(args.images).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    images = workload(args)
     workdir = Path(tempfile.mkdtemp(prefix="zstagger-bench-"))
     port = free_port()
     redis_proc = subprocess.Popen(
@@ -97,7 +87,7 @@ def main() -> None:
             "precision": settings.precision,
             "chunk_size": settings.chunk_size,
         }
-        print(json.dumps(report, indent=2))
+        emit(report)
     finally:
         os.killpg(worker.pid, 15)
         worker.wait(60)

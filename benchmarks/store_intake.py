@@ -19,8 +19,6 @@ disturb much less than wall time), each with its ratio to the baseline of the sa
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import sys
@@ -28,10 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from harness import PostgresServer
+from _common import emit, options, servers, workload
 
 from zstagger import Tagger
 from zstagger.settings import Settings
@@ -40,19 +35,17 @@ from zstagger.testing import sample_image
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--images", required=True)
+    parser = options(__doc__, images=True)
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
 
-    images = sorted(str(p) for p in Path(args.images).iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+    images = workload(args, (".jpg", ".jpeg"))
     seen_before = images[::2]
     workdir = Path(tempfile.mkdtemp(prefix="zstagger-intake-bench-"))
     warmup = [sample_image(i, (320, 240)) for i in range(8)]  # PIL images: never cached, never recorded
     settings = Settings(model=args.model, cache_dir=str(workdir / "cache"))
-    postgres = PostgresServer(durable=True).start() if "postgresql" in args.backends else None
+    postgres = servers().PostgresServer(durable=True).start() if "postgresql" in args.backends else None
     fresh = iter(range(10**6))
 
     def new_store(backend: str):
@@ -110,7 +103,7 @@ def main() -> None:
         "cpu_ms_per_image": {k: round(v, 2) for k, v in cpu.items()},
         "cpu_vs_no_store": {k: round(v / cpu["none"], 3) for k, v in cpu.items() if k != "none"},
     }
-    print(json.dumps(report, indent=2))
+    emit(report)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ PostgreSQL server's) spent per image, which shared cores disturb much less than 
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import pwd
 import shutil
@@ -25,10 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from harness import PostgresServer, RedisServer, Worker
+from _common import emit, options, servers, workload
 
 from zstagger.queue import enqueue
 from zstagger.settings import Settings
@@ -86,22 +81,21 @@ def store_work_ms(images: list[str], store_url: str, chunk: int = 32) -> dict[st
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--images", required=True)
+    parser = options(__doc__, images=True)
     parser.add_argument("--store", choices=["postgresql", "sqlite"], default="postgresql")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
+    harness = servers()
 
-    images = sorted(str(p) for p in Path(args.images).iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+    images = workload(args, (".jpg", ".jpeg"))
     workdir = Path(tempfile.mkdtemp(prefix="zstagger-queue-store-bench-"))
     warmup = []
     for i in range(8):
         path = workdir / f"warmup-{i}.jpg"
         sample_image(i, (640, 480)).save(path)
         warmup.append(str(path))
-    redis = RedisServer(workdir).start()
-    postgres = PostgresServer(durable=True).start() if args.store == "postgresql" else None
+    redis = harness.RedisServer(workdir).start()
+    postgres = harness.PostgresServer(durable=True).start() if args.store == "postgresql" else None
     env = {"ZSTAGGER_REDIS_URL": redis.url, "ZSTAGGER_MODEL": args.model, "ZSTAGGER_METRICS_PORT": "0",
            "ZSTAGGER_CACHE_DIR": str(workdir / "cache")}
     settings = Settings(redis_url=redis.url, model=args.model)
@@ -122,7 +116,7 @@ def main() -> None:
     pg_user = pwd.getpwnam("nobody").pw_uid if postgres is not None and os.geteuid() == 0 else None
 
     def run(store_url: str) -> tuple[float, float, float]:
-        worker = Worker(f"bench{next(counter)}", {**env, "ZSTAGGER_STORE": store_url}, workdir)
+        worker = harness.Worker(f"bench{next(counter)}", {**env, "ZSTAGGER_STORE": store_url}, workdir)
         try:
             worker.wait_ready(300)
             enqueue(warmup, taxonomy="moderation", settings=settings).wait(timeout=600)
@@ -177,7 +171,7 @@ def main() -> None:
         "store_work_cpu_ms_per_image": work,
         "store_work_vs_worker_cpu": round(work["total"] / min(cpu["no store"]), 4),
     }
-    print(json.dumps(report, indent=2))
+    emit(report)
 
 
 if __name__ == "__main__":

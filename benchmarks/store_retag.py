@@ -22,7 +22,6 @@ server processes not included).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -35,11 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-from harness import PostgresServer
+from _common import clean_env, emit, options, servers
 
 from zstagger.embedding_cache import EmbeddingKey, ImageSighting
 from zstagger.engine.locate import model_fingerprint
@@ -119,19 +114,17 @@ def run(cmd: list[str], env: dict, out: Path | None = None) -> tuple[float, floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True)
+    parser = options(__doc__)
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--backends", default="sqlite,postgresql")
-    parser.add_argument("--workdir", help="where stores and outputs go (default: a temporary directory, removed)")
     parser.add_argument("--workers", type=int, default=0, help="zstagger retag --workers")
+    parser.add_argument("--record-chunks", type=int, default=1000, help="chunks of 32 for the record rate")
     args = parser.parse_args()
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="zstagger-store-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     cache = workdir / "cache"
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")},
-           "ZSTAGGER_MODEL": args.model, "ZSTAGGER_CACHE_DIR": str(cache)}
+    env = clean_env(ZSTAGGER_MODEL=args.model, ZSTAGGER_CACHE_DIR=str(cache))
     fingerprint = model_fingerprint(args.model)
     dim = json.loads((Path(args.model) / "config.json").read_text()).get("projection_dim", 512)
     stricter = workdir / "moderation-stricter.json"
@@ -150,7 +143,7 @@ def main() -> None:
             if backend == "sqlite":
                 url, second = f"sqlite:///{workdir}/store.sqlite3", f"sqlite:///{workdir}/record.sqlite3"
             else:
-                postgres = PostgresServer(durable=True).start()
+                postgres = servers().PostgresServer(durable=True).start()
                 url = postgres.url
                 second = postgres.url + "_record"
                 import psycopg
@@ -164,7 +157,7 @@ def main() -> None:
             figures["bytes_per_image"] = round(store.size_bytes() / args.rows)
             recorder = open_store(second)
             recorder.migrate()
-            figures["record_images_per_s"] = round(record_rate(recorder, fingerprint, dim))
+            figures["record_images_per_s"] = round(record_rate(recorder, fingerprint, dim, args.record_chunks))
             recorder.close()
             store.close()
             if not cache.exists():  # the text side once, as any earlier run would have left it
@@ -199,7 +192,7 @@ def main() -> None:
             postgres.remove()
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps(report, indent=2))
+    emit(report)
 
 
 if __name__ == "__main__":

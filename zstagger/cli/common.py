@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterable
 
 import click
 
-from ..errors import EXIT_TIMEOUT, EXIT_USAGE, ZstaggerError, exit_code
+from ..errors import EXIT_TIMEOUT, EXIT_USAGE, ZstaggerError, exit_code  # noqa: F401  (the codes, re-exported)
 from ..settings import PRECISIONS
 
-EXIT_OK, EXIT_FAILED_INPUTS = 0, 1  # and EXIT_USAGE 2, EXIT_TIMEOUT 3: zstagger.errors, with every error's code
+EXIT_OK, EXIT_FAILED_INPUTS = 0, 1  # EXIT_USAGE (2) and EXIT_TIMEOUT (3) come with the table of errors
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a writer killed by SIGPIPE
 EXIT_INTERRUPTED = 128 + 2  # Ctrl-C, as a shell reports a process stopped by SIGINT
 EXIT_TERMINATED = 128 + 15  # SIGTERM, as a shell reports a process stopped by it

@@ -6,7 +6,7 @@
   bytes, the model fingerprint and the preprocessing mode, so evaluating, calibrating
   and re-tagging never encode the same image twice.
 
-The tagger talks to an image-embedding cache through :class:`ImageEmbeddingCache`
+The embedder (:mod:`zstagger.embedder`) talks to an image-embedding cache through :class:`ImageEmbeddingCache`
 (``get_many`` / ``put_many``), so any object with those two methods can be handed to it
 instead; one that also has ``record`` (:class:`ImageRecorder`, the embedding store of
 :mod:`zstagger.store`) is told about every image seen, with its reference and job. Nothing

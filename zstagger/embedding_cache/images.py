@@ -49,7 +49,7 @@ class EmbeddingKey(NamedTuple):
 
 @runtime_checkable
 class ImageEmbeddingCache(Protocol):
-    """What the tagger needs from an image-embedding cache or store."""
+    """What the embedder needs from an image-embedding cache or store (:class:`zstagger.embedder.CacheRoute`)."""
 
     def get_many(self, keys: Sequence[EmbeddingKey]) -> dict[EmbeddingKey, np.ndarray]:
         """The stored embeddings (float32, unit rows) of those keys that have one."""
