@@ -26,12 +26,27 @@ SCRIPTS = {
     "store_intake": ([*SMALL, "--backends", "sqlite", "--rounds", "1"], "throughput_vs_no_store"),
     "store_queue_overhead": ([*SMALL, "--store", "sqlite", "--rounds", "1"], "store_overhead_wall"),
     "store_retag": (["--rows", "200", "--backends", "sqlite", "--record-chunks", "4"], "retag_images_per_s"),
+    "eval_memory": (["--rows", "200", "--rounds", "10", "--per-label", "2", "--none", "2", "--json"], "distinct_images"),
 }
+# Scripts that take other arguments than --workdir: {model}, {images} (four small JPEGs) and
+# {workdir} are filled in.
+OWN_ARGUMENTS = {
+    "explain_speed": (["--model", "{model}", "--images", "{images}", "--count", "2", "--grid", "2"], "heat map: median"),
+    "trail_cost": (["--model", "{model}", "--images", "{images}", "--rounds", "1"], "tagging (trail off)"),
+    "review_weighting": (["--rounds", "2", "--population", "2000", "--reviewed", "50"], "weighted: claimed - true"),
+    "adhoc_labels": (["--model", "{model}", "--sets", "2", "--set-size", "20", "--big", "50"], "small_request_quiet_s"),
+    "large_bodies": (["--model", "{model}", "--megabytes", "2", "--json"], "healthz_p50_ms"),
+    "slow_clients": (["--model", "{model}", "--connections", "20", "--nofile", "256", "--seconds", "3", "--json"],
+                     "server_alive"),
+}
+# Scripts whose smallest run takes minutes here (building and quantizing a runtime; encoding a
+# 60 s 720p clip): run by hand for their figures (benchmarks/README.md), not on every test run.
+NOT_SMOKE_TESTED = {"runtimes", "video"}
 
 
 def test_every_script_is_smoke_tested():
     scripts = {p.stem for p in (ROOT / "benchmarks").glob("*.py") if not p.name.startswith("_")}
-    assert scripts == set(SCRIPTS)
+    assert scripts == set(SCRIPTS) | set(OWN_ARGUMENTS) | NOT_SMOKE_TESTED
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
@@ -46,3 +61,21 @@ def test_benchmark_runs_at_its_smallest_size(script, tiny_model_dir, tmp_path):
     assert expected in done.stdout, done.stdout[-2000:]
     if done.stdout.lstrip().startswith("{"):
         json.loads(done.stdout)  # one JSON object, nothing else on stdout
+
+
+@pytest.mark.parametrize("script", sorted(OWN_ARGUMENTS))
+def test_benchmark_with_its_own_arguments_runs_at_its_smallest_size(script, tiny_model_dir, tmp_path):
+    from zstagger.testing import sample_image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        sample_image(i, (96, 72)).save(images / f"{i}.jpg")
+    fill = {"model": str(tiny_model_dir), "images": str(images), "workdir": str(tmp_path / "work")}
+    args, expected = OWN_ARGUMENTS[script]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZSTAGGER_")}
+    env.update(ZSTAGGER_CACHE_DIR=str(tmp_path / "cache"), TOKENIZERS_PARALLELISM="false")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *(a.format(**fill) for a in args)],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert expected in done.stdout, done.stdout[-2000:]

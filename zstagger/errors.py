@@ -226,6 +226,7 @@ ERRORS: dict[str, Reporting] = {
     "model_load_failed": _REQUEST._replace(record_type="model_unavailable"),
     "invalid_taxonomy": _REQUEST._replace(record_type="invalid_taxonomy"),
     "duplicate_taxonomy": _REQUEST._replace(record_type="invalid_taxonomy"),
+    "broken_taxonomy": _REQUEST._replace(record_type="invalid_taxonomy"),  # a taxonomy file on the path that cannot be used
     "unknown_taxonomy": Reporting(EXIT_USAGE, 404, "unknown_taxonomy", "unknown_taxonomy"),
     "plugin_error": _REQUEST._replace(record_type="plugin_error"),
     "file_unreadable": _REQUEST,  # records: its kind (not_found, not_a_file, too_large, unreadable)
@@ -245,6 +246,7 @@ ERRORS: dict[str, Reporting] = {
     "malformed_chunk": _REQUEST._replace(record_type="malformed_chunk"),
     "invalid_signature": Reporting(EXIT_USAGE, 401, "invalid_signature", "invalid_signature"),
     "bench_failed": _REQUEST._replace(record_type="bench_failed"),
+    "review_refused": _REQUEST._replace(record_type="review_refused"),  # the review API answers each kind itself
 }
 
 

@@ -36,6 +36,8 @@ class DuplicateTaxonomyError(TaxonomyError):
 class InvalidTaxonomyError(TaxonomyError):
     """The taxonomy asked for comes from a file that cannot be used (broken); the message names it."""
 
+    type = "broken_taxonomy"
+
 
 @dataclass(frozen=True)
 class InvalidTaxonomy:

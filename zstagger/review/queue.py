@@ -43,7 +43,10 @@ _ITEM_COLUMNS = ("id, taxonomy, taxonomy_version, job_id, reference, label, scor
 
 
 class ReviewError(ZstaggerError):
-    """A review operation that cannot be done (item not claimed by this reviewer, decided already, bad label...)."""
+    """A review operation that cannot be done (item not claimed by this reviewer, decided already, bad label...).
+    ``kind`` says which; the HTTP API answers each kind with its own status (zstagger.service.review)."""
+
+    type = "review_refused"
 
     def __init__(self, kind: str, message: str):
         super().__init__(message)
