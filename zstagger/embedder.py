@@ -243,8 +243,10 @@ class SightingBuffer:
             if timer is not None and timer is not threading.current_thread():
                 timer.cancel()
             missed = self.recorder.record(sightings, self.model_name) if sightings else 0
-        if missed and self.figures is not None:
-            self.figures.add(unrecorded=missed)
+            # Counted before the next flush can return: a stream's last flush waits for a timed
+            # write in progress, so once it returns every image it saw is recorded or counted.
+            if missed and self.figures is not None:
+                self.figures.add(unrecorded=missed)
         return missed
 
 
