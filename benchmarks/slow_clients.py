@@ -2,13 +2,13 @@
 of a normal request meanwhile, and what the server writes to its log, in one run.
 
     python benchmarks/slow_clients.py --model CHECKPOINT_DIR [--connections 2000] [--nofile 1024]
-                                      [--seconds 40] [--json]
+                                      [--seconds 40] [--reconnect] [--json]
 
 `zstagger serve` on a free loopback port, started with its open-file limit lowered to
 ``--nofile`` (so exhaustion is cheap to reach). Then ``--connections`` clients connect and each
 sends an unfinished request (a request line and one header), then one more header byte every
-2 s, never finishing; every 2 s, connections the server closed are opened again (as the
-slowloris tool does). Meanwhile a
+2 s, never finishing. With ``--reconnect``, connections the server closed are opened again
+every 2 s (as the slowloris tool does), so the server faces that many for the whole run. Meanwhile a
 normal client sends `GET /healthz` every 0.25 s on a new connection (timeout 5 s).
 
 Reports: latencies of the normal requests (p50, p99, max, failures), how many slow
@@ -48,8 +48,8 @@ def percentile(values: list[float], q: float) -> float:
 class Slowloris:
     """``count`` connections that never finish their headers; closed ones reconnect."""
 
-    def __init__(self, port: int, count: int):
-        self.port, self.count = port, count
+    def __init__(self, port: int, count: int, reconnect: bool):
+        self.port, self.count, self.reconnect = port, count, reconnect
         self.selector = selectors.DefaultSelector()
         self.closed_by_server = 0
         self.connect_failures = 0
@@ -75,7 +75,9 @@ class Slowloris:
         return len(self.selector.get_map())
 
     def run(self) -> None:
-        last_drip = 0.0
+        last_drip = time.monotonic()
+        while self.open() + self.closed_by_server + self.connect_failures < self.count and not self.stop.is_set():
+            self.open_one()
         while not self.stop.is_set():
             for key, _ in self.selector.select(timeout=0.2):
                 sock = key.fileobj
@@ -87,14 +89,14 @@ class Slowloris:
                     self.closed_by_server += 1
                     self.selector.unregister(sock)
                     sock.close()
-            if time.monotonic() - last_drip > 2:  # as slowloris does: a byte on each, closed ones opened again
+            if time.monotonic() - last_drip > 2:  # a byte on each; with --reconnect, closed ones opened again
                 last_drip = time.monotonic()
                 for key in list(self.selector.get_map().values()):
                     try:
                         key.fileobj.send(b"x")
                     except OSError:
                         pass
-                while self.open() < self.count and not self.stop.is_set():
+                while self.reconnect and self.open() < self.count and not self.stop.is_set():
                     self.open_one()
 
     def close(self) -> None:
@@ -111,6 +113,7 @@ def main() -> None:
     parser.add_argument("--nofile", type=int, default=1024, help="the server's open-file limit during the run")
     parser.add_argument("--seconds", type=float, default=40)
     parser.add_argument("--header-timeout", type=float, help="ZSTAGGER_HEADER_TIMEOUT for the server")
+    parser.add_argument("--reconnect", action="store_true", help="reopen connections the server closes")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -130,7 +133,7 @@ def main() -> None:
     server = subprocess.Popen([exe, "serve", "--log-level", "warning"], env=env, cwd=work, stdout=log, stderr=log,
                               preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
     report: dict = {"connections": args.connections, "nofile": args.nofile, "seconds": args.seconds,
-                    "header_timeout": args.header_timeout}
+                    "header_timeout": args.header_timeout, "reconnect": args.reconnect}
     try:
         deadline = time.monotonic() + 180
         while True:
@@ -146,7 +149,7 @@ def main() -> None:
             time.sleep(0.3)
         log.flush()
         log_before = log_path.stat().st_size
-        flood = Slowloris(port, args.connections)
+        flood = Slowloris(port, args.connections, args.reconnect)
         flood.thread.start()
         latencies: list[float] = []
         failures = 0

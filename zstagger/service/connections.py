@@ -8,7 +8,8 @@ the HTTP protocol uvicorn runs (``uvicorn.run(..., http=GuardedHTTPProtocol)``):
 - a connection has ``ZSTAGGER_HEADER_TIMEOUT`` seconds to send a request's headers, counted
   from when it opened or its previous response was sent; then it is closed;
 - at most ``ZSTAGGER_MAX_CONNECTIONS`` connections are open at once (0: as many as the
-  process's open-file limit, ``ulimit -n``, leaves room for, see :func:`connection_limit`).
+  process's open-file limit, ``ulimit -n``, leaves room for, at most 8192; see
+  :func:`connection_limit`).
   A connection over the limit closes the oldest one still waiting for its headers, so a
   client that sends a request at once is served through a flood of slow ones; when every
   connection has a request in progress, the new one is refused (closed).
@@ -38,6 +39,7 @@ from ..settings import Settings
 log = logging.getLogger("zstagger.service.connections")
 
 REPORT_EVERY = 60.0  # seconds between warnings about closed connections
+DEFAULT_MAX_CONNECTIONS = 8192
 
 
 def _open_file_limit() -> int:
@@ -72,10 +74,11 @@ def _descriptors_in_use() -> int:
 def connection_limit(configured: int, reserve: int = 64) -> int:
     """The connection cap in effect: the setting, or (0) what the open-file limit leaves once
     a burst of accepts (twice the backlog: accepted, and closed but not yet released) and
-    ``reserve`` descriptors for everything else (model files, Redis, image downloads) are set aside."""
+    ``reserve`` descriptors for everything else (model files, Redis, image downloads) are set
+    aside, and at most :data:`DEFAULT_MAX_CONNECTIONS` (each idle connection costs memory)."""
     if configured > 0:
         return configured
-    return max(16, _open_file_limit() - 2 * listen_backlog() - reserve)
+    return max(16, min(DEFAULT_MAX_CONNECTIONS, _open_file_limit() - 2 * listen_backlog() - reserve))
 
 
 class _Guard:
