@@ -2,13 +2,13 @@
 of a normal request meanwhile, and what the server writes to its log, in one run.
 
     python benchmarks/slow_clients.py --model CHECKPOINT_DIR [--connections 2000] [--nofile 1024]
-                                      [--seconds 40] [--json]
+                                      [--seconds 40] [--reconnect] [--json]
 
 `zstagger serve` on a free loopback port, started with its open-file limit lowered to
 ``--nofile`` (so exhaustion is cheap to reach). Then ``--connections`` clients connect and each
 sends an unfinished request (a request line and one header), then one more header byte every
-2 s, never finishing; every 2 s, connections the server closed are opened again (as the
-slowloris tool does). Meanwhile a
+2 s, never finishing. With ``--reconnect``, connections the server closed are opened again
+every 2 s (as the slowloris tool does), so the server faces that many for the whole run. Meanwhile a
 normal client sends `GET /healthz` every 0.25 s on a new connection (timeout 5 s).
 
 Reports: latencies of the normal requests (p50, p99, max, failures), how many slow
@@ -46,11 +46,16 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class Slowloris:
-    """``count`` connections that never finish their headers; closed ones reconnect."""
+    """``count`` connections that never finish their headers (non-blocking connects: a
+    connection is counted once the server's side accepted it and the partial request went out)."""
 
-    def __init__(self, port: int, count: int):
-        self.port, self.count = port, count
+    REQUEST = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
+
+    def __init__(self, port: int, count: int, reconnect: bool):
+        self.port, self.count, self.reconnect = port, count, reconnect
         self.selector = selectors.DefaultSelector()
+        self.connecting = 0
+        self.established = 0
         self.closed_by_server = 0
         self.connect_failures = 0
         self.stop = threading.Event()
@@ -59,43 +64,61 @@ class Slowloris:
     def open_one(self) -> None:
         sock = socket.socket()
         sock.setblocking(False)
-        try:
-            sock.connect_ex(("127.0.0.1", self.port))
-            self.selector.register(sock, selectors.EVENT_READ)
-            sock.send(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
-        except OSError:
-            self.connect_failures += 1
-            try:
-                self.selector.unregister(sock)
-            except (KeyError, ValueError):
-                pass
-            sock.close()
+        sock.connect_ex(("127.0.0.1", self.port))
+        self.selector.register(sock, selectors.EVENT_WRITE, "connecting")
+        self.connecting += 1
 
     def open(self) -> int:
-        return len(self.selector.get_map())
+        return self.established
+
+    def _drop(self, sock: socket.socket) -> None:
+        self.selector.unregister(sock)
+        sock.close()
 
     def run(self) -> None:
-        last_drip = 0.0
+        last_drip = time.monotonic()
+        opened = 0
         while not self.stop.is_set():
+            if opened < self.count:  # the first connections, 500 at a time
+                for _ in range(min(500, self.count - opened)):
+                    self.open_one()
+                    opened += 1
             for key, _ in self.selector.select(timeout=0.2):
                 sock = key.fileobj
+                if key.data == "connecting":
+                    self.connecting -= 1
+                    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                        self.connect_failures += 1
+                        self._drop(sock)
+                        continue
+                    try:
+                        sock.send(self.REQUEST)
+                    except OSError:
+                        self.connect_failures += 1
+                        self._drop(sock)
+                        continue
+                    self.selector.modify(sock, selectors.EVENT_READ, "open")
+                    self.established += 1
+                    continue
                 try:
                     data = sock.recv(4096)
                 except OSError:
                     data = b""
                 if not data:
                     self.closed_by_server += 1
-                    self.selector.unregister(sock)
-                    sock.close()
-            if time.monotonic() - last_drip > 2:  # as slowloris does: a byte on each, closed ones opened again
+                    self.established -= 1
+                    self._drop(sock)
+            if time.monotonic() - last_drip > 2:  # a byte on each open one; with reconnect, closed ones reopened
                 last_drip = time.monotonic()
                 for key in list(self.selector.get_map().values()):
-                    try:
-                        key.fileobj.send(b"x")
-                    except OSError:
-                        pass
-                while self.open() < self.count and not self.stop.is_set():
-                    self.open_one()
+                    if key.data == "open":
+                        try:
+                            key.fileobj.send(b"x")
+                        except OSError:
+                            pass
+                if self.reconnect and opened >= self.count:
+                    for _ in range(self.count - self.established - self.connecting):
+                        self.open_one()
 
     def close(self) -> None:
         self.stop.set()
@@ -111,6 +134,7 @@ def main() -> None:
     parser.add_argument("--nofile", type=int, default=1024, help="the server's open-file limit during the run")
     parser.add_argument("--seconds", type=float, default=40)
     parser.add_argument("--header-timeout", type=float, help="ZSTAGGER_HEADER_TIMEOUT for the server")
+    parser.add_argument("--reconnect", action="store_true", help="reopen connections the server closes")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -130,23 +154,23 @@ def main() -> None:
     server = subprocess.Popen([exe, "serve", "--log-level", "warning"], env=env, cwd=work, stdout=log, stderr=log,
                               preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
     report: dict = {"connections": args.connections, "nofile": args.nofile, "seconds": args.seconds,
-                    "header_timeout": args.header_timeout}
+                    "header_timeout": args.header_timeout, "reconnect": args.reconnect}
     try:
         deadline = time.monotonic() + 180
         while True:
             try:
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/healthz")
+                conn.request("GET", "/readyz")
                 if conn.getresponse().status == 200:
                     break
             except OSError:
                 pass
             if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"zstagger serve did not start: {log_path.read_text()[-2000:]}")
+                raise SystemExit(f"zstagger serve did not get ready: {log_path.read_text()[-2000:]}")
             time.sleep(0.3)
         log.flush()
         log_before = log_path.stat().st_size
-        flood = Slowloris(port, args.connections)
+        flood = Slowloris(port, args.connections, args.reconnect)
         flood.thread.start()
         latencies: list[float] = []
         failures = 0
@@ -168,6 +192,7 @@ def main() -> None:
             time.sleep(max(0.0, 0.25 - elapsed))
         report["slow_connections_open_at_end"] = flood.open()
         report["slow_connections_closed_by_server"] = flood.closed_by_server
+        report["slow_connects_failed"] = flood.connect_failures
         flood.close()
         log.flush()
         report["normal_requests"] = len(latencies) + failures

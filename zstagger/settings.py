@@ -365,9 +365,10 @@ class Settings(BaseSettings):
     )
     max_connections: int = Field(
         0, ge=0,
-        description="Most open client connections of one `zstagger serve` process (0: three quarters of its open-file "
-        "limit, ulimit -n). Over it, a new connection closes the oldest one still waiting for its headers, or is "
-        "refused if every connection has a request in progress.",
+        description="Most open client connections of one `zstagger serve` process (0: what its open-file limit, "
+        "ulimit -n, leaves room for, at most 8192; `zstagger serve` raises its soft limit to the hard one). Over it, "
+        "a new connection closes the oldest one still waiting for its headers, or is refused if every connection "
+        "has a request in progress.",
         json_schema_extra=read_by(API_SERVER),
     )
     max_pending_images: int = Field(

@@ -8,16 +8,20 @@ the HTTP protocol uvicorn runs (``uvicorn.run(..., http=GuardedHTTPProtocol)``):
 - a connection has ``ZSTAGGER_HEADER_TIMEOUT`` seconds to send a request's headers, counted
   from when it opened or its previous response was sent; then it is closed;
 - at most ``ZSTAGGER_MAX_CONNECTIONS`` connections are open at once (0: as many as the
-  process's open-file limit, ``ulimit -n``, leaves room for, see :func:`connection_limit`).
+  process's open-file limit, ``ulimit -n``, leaves room for, at most 8192; see
+  :func:`connection_limit`).
   A connection over the limit closes the oldest one still waiting for its headers, so a
   client that sends a request at once is served through a flood of slow ones; when every
   connection has a request in progress, the new one is refused (closed).
 
 asyncio accepts up to the listen backlog of pending connections at once before any of them
-is looked at, so the backlog (:func:`listen_backlog`) is sized from the open-file limit too:
-connections, a burst of accepts and what the process holds otherwise stay within the limit,
-and accept never fails for lack of descriptors. ``zstagger serve`` first raises its soft
-open-file limit to the hard one (:func:`raise_open_file_limit`).
+is looked at, so the backlog uvicorn is given (:func:`listen_backlog`) is sized from the
+open-file limit too: connections, a burst of accepts and what the process holds otherwise
+stay within the limit, and accept never fails for lack of descriptors. The kernel's queue of
+connections waiting to be accepted is then widened again to :data:`LISTEN_QUEUE` (at the
+first connection), so that a burst of connects from a flood is queued, not dropped, and a
+normal client's connect does not wait for a SYN retransmission. ``zstagger serve`` first
+raises its soft open-file limit to the hard one (:func:`raise_open_file_limit`).
 
 What is closed is counted and said in one warning line at most every minute. The request
 body is the application's to bound (:mod:`.limits`). Small on purpose: review it alone.
@@ -28,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import socket
 import time
 from typing import Any
 
@@ -38,6 +43,9 @@ from ..settings import Settings
 log = logging.getLogger("zstagger.service.connections")
 
 REPORT_EVERY = 60.0  # seconds between warnings about closed connections
+DEFAULT_MAX_CONNECTIONS = 8192
+RESERVE = 64  # descriptors kept free beyond what the process holds besides client connections
+LISTEN_QUEUE = 4096  # connections the kernel queues for accept (it caps this at net.core.somaxconn)
 
 
 def _open_file_limit() -> int:
@@ -72,10 +80,37 @@ def _descriptors_in_use() -> int:
 def connection_limit(configured: int, reserve: int = 64) -> int:
     """The connection cap in effect: the setting, or (0) what the open-file limit leaves once
     a burst of accepts (twice the backlog: accepted, and closed but not yet released) and
-    ``reserve`` descriptors for everything else (model files, Redis, image downloads) are set aside."""
+    ``reserve`` descriptors for everything else (model files, Redis, image downloads) are set
+    aside, and at most :data:`DEFAULT_MAX_CONNECTIONS` (each idle connection costs memory)."""
     if configured > 0:
         return configured
-    return max(16, _open_file_limit() - 2 * listen_backlog() - reserve)
+    return max(16, min(DEFAULT_MAX_CONNECTIONS, _open_file_limit() - 2 * listen_backlog() - reserve))
+
+
+def widen_listen_queue(address: tuple) -> bool:
+    """Set the kernel's accept queue of this process's listening socket bound to ``address``
+    to :data:`LISTEN_QUEUE` (asyncio keeps accepting only uvicorn's backlog per wake-up).
+    Linux only (it finds the socket in /proc/self/fd); True if one was found."""
+    try:
+        descriptors = os.listdir("/proc/self/fd")
+    except OSError:
+        return False
+    found = False
+    for name in descriptors:
+        try:
+            sock = socket.socket(fileno=os.dup(int(name)))
+        except (OSError, ValueError):
+            continue
+        try:
+            listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+            if listening and sock.getsockname()[:2] == tuple(address[:2]):
+                sock.listen(LISTEN_QUEUE)
+                found = True
+        except OSError:
+            pass
+        finally:
+            sock.close()
+    return found
 
 
 class _Guard:
@@ -86,13 +121,20 @@ class _Guard:
         settings = Settings()
         self.header_timeout = settings.header_timeout
         self.configured_limit = settings.max_connections
-        # What the process holds besides client connections (its first one is being made), and room to spare.
-        self.reserve = _descriptors_in_use() + 64
+        self.reserve = _descriptors_in_use() + RESERVE
+        self.reserve_at = time.monotonic()
         self.waiting: dict[Any, None] = {}  # insertion-ordered: the oldest waiting connection first
         self.closed = {"slow": 0, "evicted": 0, "refused": 0}
         self.reported_at = 0.0
+        self.queue_widened = False
 
-    def limit(self) -> int:
+    def limit(self, connections: int) -> int:
+        """The cap now. What the process holds besides its ``connections`` (model files,
+        threads, Redis, downloads) is counted again every second, plus room to spare."""
+        now = time.monotonic()
+        if self.configured_limit == 0 and now - self.reserve_at >= 1.0:
+            self.reserve_at = now
+            self.reserve = max(0, _descriptors_in_use() - connections) + RESERVE
         return connection_limit(self.configured_limit, self.reserve)
 
     def closed_one(self, why: str) -> None:
@@ -101,11 +143,12 @@ class _Guard:
         if now - self.reported_at >= REPORT_EVERY:
             self.reported_at = now
             slow, evicted, refused = self.closed["slow"], self.closed["evicted"], self.closed["refused"]
+            limit = connection_limit(self.configured_limit, self.reserve)
             self.closed = {"slow": 0, "evicted": 0, "refused": 0}
             log.warning("zstagger: closed %d connection(s) whose request headers did not arrive within %gs "
                         "(ZSTAGGER_HEADER_TIMEOUT), %d waiting for headers and refused %d at the limit of %d open "
                         "connections (ZSTAGGER_MAX_CONNECTIONS); next report in %ds at most",
-                        slow, self.header_timeout, evicted, refused, self.limit(),
+                        slow, self.header_timeout, evicted, refused, limit,
                         REPORT_EVERY)
 
 
@@ -130,7 +173,10 @@ class GuardedHTTPProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
         super().connection_made(transport)
         self._wait_for_headers()
         g = guard()
-        if len(self.connections) > g.limit():
+        if not g.queue_widened and self.server is not None:
+            g.queue_widened = True
+            widen_listen_queue(self.server)
+        if len(self.connections) > g.limit(len(self.connections)):
             oldest = next((c for c in g.waiting if c is not self), None)
             if oldest is not None:
                 oldest._close("evicted")
