@@ -524,7 +524,8 @@ class Tagger:
         if recorder is not None:
             fresh = {id(p): s for p, s in zip([p for p in todo if p.key is not None], sightings)}
             # in input order, fresh and stored alike
-            sightings = [fresh.get(id(p)) or ImageSighting(p.key, p.name or "", job_id, None) for p in ready if p.key is not None]
+            sightings = [fresh.get(id(p)) or ImageSighting(p.key, p.name or "", job_id, None)
+                         for p in ready if p.key is not None]
             if pending is not None:
                 with self._lock:
                     pending.extend(sightings)
