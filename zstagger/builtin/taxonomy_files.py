@@ -14,10 +14,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import TaxonomyError
+from ..errors import FileReadError, TaxonomyError
+from ..files import read_regular_file
 from ..hookspecs import hookimpl
 from ..settings import Settings
-from ..taxonomy import Taxonomy
+from ..taxonomy import MAX_FILE_BYTES, Taxonomy
 
 SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -83,13 +84,13 @@ def load(path: Path) -> Taxonomy | BrokenTaxonomyFile:
 
 
 def _declared_name(path: Path) -> str:
-    """The ``name`` a broken file declares, as far as a line of it says (else the file's stem)."""
+    """The ``name`` a broken file declares, as far as a line of it says (else the file's stem).
+    Read as any taxonomy file is: a FIFO or device is never opened for reading."""
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(64 * 1024).decode("utf-8", "replace")
-    except OSError:
-        head = ""
-    found = _NAME.search(head)
+        text = read_regular_file(path, MAX_FILE_BYTES).decode("utf-8", "replace")
+    except FileReadError:
+        text = ""
+    found = _NAME.search(text)
     return (found.group(1) or found.group(2)) if found else path.stem
 
 

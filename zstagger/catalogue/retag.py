@@ -43,7 +43,8 @@ def retag_lines(catalogue: Catalogue, taxonomy: Taxonomy, top_k: int | None = No
 
 
 def retag_text(catalogue: Catalogue, taxonomy: Taxonomy, top_k: int | None = None, page: int = PAGE,
-               workers: int = 0, total: int | None = None, parallel_from: int = PARALLEL_FROM) -> Iterator[tuple[int, str]]:
+               workers: int = 0, total: int | None = None,
+               parallel_from: int = PARALLEL_FROM) -> Iterator[tuple[int, str]]:
     """:func:`retag_lines` as (lines, text ending in a newline) per page, made by ``workers``
     forked processes (0: one per core, at most 8) when there are ``parallel_from`` images or more."""
     workers = workers or min(8, os.cpu_count() or 1)

@@ -31,8 +31,8 @@ def taxonomies(ctx, as_json):
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    print_table([{k: "-" if v is None else v for k, v in row.items()} for row in rows],
-                ["name", "status", "mode", "labels", "plugin"])
+    print_table([{**row, "mode": row["mode"] or "INVALID", "labels": "-" if row["labels"] is None else row["labels"]}
+                 for row in rows], ["name", "mode", "labels", "plugin"])
     for broken in invalid:
         click.echo(f"invalid {broken.name}: {broken.error}".replace("\n", "; "))
 

@@ -39,6 +39,9 @@ TOP_K = 5
 MOST_CONFUSED = 10
 
 
+_OF_THE_SUMS = object()  # a figure's value: its ratio of sums (unless computed elsewhere and given)
+
+
 class Bootstrap:
     """Resamples of ``n`` images, shared by every figure of one report.
 
@@ -59,17 +62,18 @@ class Bootstrap:
     def __init__(self, n: int, rounds: int = 1000, seed: int = 0):
         self.n, self.rounds, self.seed = n, rounds, seed
         self._columns: list[np.ndarray] = []  # registered, compact; the first ``_resolved`` already summed
-        self._known: dict[tuple, int] = {}  # a column's dtype and bytes' digest -> its index (one copy of equal columns)
+        self._known: dict[tuple, int] = {}  # a column's dtype and digest -> its index (equal columns kept once)
         self._sums = np.zeros((rounds, 0))  # (rounds, resolved columns): each column's sum in each resample
         self._resolved = 0
 
-    def figure(self, numerator: np.ndarray, denominator: np.ndarray, value: float | None | object = ...) -> Figure:
+    def figure(self, numerator: np.ndarray, denominator: np.ndarray,
+               value: float | None | object = _OF_THE_SUMS) -> Figure:
         """sum(numerator) / sum(denominator) over images (or ``value``, computed elsewhere), with its
         interval once resolved. Per-image counts: for precision, true positives over predictions;
         for recall, true positives over positives; for accuracy, correct over eligible images."""
         num, den = np.asarray(numerator), np.asarray(denominator)
         total = float(den.sum(dtype=np.float64))
-        if value is ...:
+        if value is _OF_THE_SUMS:
             value = float(num.sum(dtype=np.float64)) / total if total else None
         return Figure(self, value, int(total), self._column(num), self._column(den))  # type: ignore[arg-type]
 
@@ -375,7 +379,8 @@ def multi_label_figures(scored: ScoredDataset, boot: Bootstrap) -> Callable[[], 
     micro_p, micro_r = boot.figure(hits, given), boot.figure(hits, positives)
     micro_f1 = boot.figure(2 * hits, positives + given)
     with_positives = [c for c in range(len(reported)) if truth[:, c].any()]
-    micro_ap = average_precision(truth, scored.scores[:, reported]) if truth.any() else None  # every (image, label) pair
+    # micro AP: every (image, label) pair pooled
+    micro_ap = average_precision(truth, scored.scores[:, reported]) if truth.any() else None
 
     def build() -> tuple[list[LabelMetrics], Averages]:
         labels = [f.build() for f in figures]

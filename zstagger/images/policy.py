@@ -22,10 +22,10 @@ class ImagePolicy:
 
     ``max_bytes`` caps the encoded bytes, whatever they come from (file, URL, bytes);
     ``max_pixels``, ``max_jpeg_scans`` and ``max_jpeg_scan_pixels`` (scans x pixels: the
-    decoding work) refuse decompression and scan bombs before any pixel is decoded; ``max_decode_bytes`` is the process-wide memory budget for images
-    being decoded at once. URL fetches have a deadline (seconds, for the whole exchange)
-    and may not reach private, loopback or link-local addresses unless
-    ``allow_private_urls``.
+    decoding work) refuse decompression and scan bombs before any pixel is decoded;
+    ``max_decode_bytes`` is the process-wide memory budget for images being decoded at once.
+    URL fetches have a deadline (seconds, for the whole exchange) and may not reach private,
+    loopback or link-local addresses unless ``allow_private_urls``.
     """
 
     url_timeout: float = 10.0
