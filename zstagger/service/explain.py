@@ -54,7 +54,7 @@ async def explain(request: Request) -> Response:
         body = ExplainRequest.model_validate_json(await request.body())
     except ValidationError as exc:
         raise ApiError(422, "invalid_request", describe_validation(exc)) from None
-    spec = taxonomy_for(body.taxonomy, body.labels, body.template)
+    spec = taxonomy_for(body.taxonomy, body.labels, body.template, state.settings.max_request_labels)
     if body.label is not None and body.label not in spec.labels_by_name:
         raise ApiError(400, "invalid_request", f"taxonomy {spec.name!r} has no label {body.label!r}")
     ref = image_from_json(body.image, 0, state.settings)
