@@ -45,6 +45,7 @@ log = logging.getLogger("zstagger.service.connections")
 REPORT_EVERY = 60.0  # seconds between warnings about closed connections
 DEFAULT_MAX_CONNECTIONS = 8192
 RESERVE = 64  # descriptors kept free beyond what the process holds besides client connections
+ACCEPT_BURSTS = 4
 LISTEN_QUEUE = 4096  # connections the kernel queues for accept (it caps this at net.core.somaxconn)
 
 
@@ -67,7 +68,7 @@ def raise_open_file_limit() -> int:
 
 def listen_backlog() -> int:
     """The listen backlog for ``zstagger serve``: uvicorn's 2048, less under a low open-file limit."""
-    return min(2048, max(16, _open_file_limit() // 8))
+    return min(2048, max(16, _open_file_limit() // 16))
 
 
 def _descriptors_in_use() -> int:
@@ -79,12 +80,14 @@ def _descriptors_in_use() -> int:
 
 def connection_limit(configured: int, reserve: int = 64) -> int:
     """The connection cap in effect: the setting, or (0) what the open-file limit leaves once
-    a burst of accepts (twice the backlog: accepted, and closed but not yet released) and
-    ``reserve`` descriptors for everything else (model files, Redis, image downloads) are set
-    aside, and at most :data:`DEFAULT_MAX_CONNECTIONS` (each idle connection costs memory)."""
+    bursts of accepts and ``reserve`` descriptors for everything else (model files, Redis,
+    image downloads) are set aside, and at most :data:`DEFAULT_MAX_CONNECTIONS` (each idle
+    connection costs memory). A connection is looked at two loop turns after it is accepted
+    and an evicted one's descriptor is released a turn later, while every turn may accept a
+    backlog more: :data:`ACCEPT_BURSTS` backlogs of headroom."""
     if configured > 0:
         return configured
-    return max(16, min(DEFAULT_MAX_CONNECTIONS, _open_file_limit() - 2 * listen_backlog() - reserve))
+    return max(16, min(DEFAULT_MAX_CONNECTIONS, _open_file_limit() - ACCEPT_BURSTS * listen_backlog() - reserve))
 
 
 def widen_listen_queue(address: tuple) -> bool:
