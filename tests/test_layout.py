@@ -38,6 +38,7 @@ LAYERS = {
     "runtimes": 35,  # model runtimes behind one interface: torch (engine) or a built OpenVINO directory
     # 40: one image to one vector, and an iterable through threads
     "pipeline": 40, "embedder": 41,
+    "stages": 42,  # stages wrapping the embedder's for one stream: stop reading, media aside, numbered
     # 50: the facade
     "tagger": 50,
     "explain": 51,  # where in the image a label comes from (heat maps), through the Tagger

@@ -31,19 +31,20 @@ from PIL import Image
 
 from .classifier import TaxonomyClassifier
 from .compiled_cache import CompiledCache
-from .embedder import NO_CACHE, WRITE_EVERY, CacheRoute, Embedder, EmbedStages, Figures, Prepared, open_image_cache, or_error
+from .embedder import NO_CACHE, WRITE_EVERY, CacheRoute, Embedder, EmbedStages, Figures, Prepared, open_image_cache
 from .embedding_cache import EmbeddingCache, ImageEmbeddingCache, default_image_cache
 from .errors import ConfigurationError, ImageLoadError, record_type
 from .fewshot import ImageSets, resolve_image_sets
 from .fewshot.sets import LoadPack
 from .images import ImageInput, ImagePolicy, describe, iter_inputs
-from .media import MediaOptions, MediaSource, detect, tag_media
+from .media import MediaOptions, MediaSource, tag_media
 from .pipeline import Pipeline, SetAside
 from .registry import resolve_taxonomy
 from .results import KnownImageMatch, LabelExplanation, LabelScore, Provenance, TagResult, format_results
 from .runtimes import load_encoder
 from .runtimes.qualification import RuntimeGate
 from .settings import Settings
+from .stages import INTERRUPTED, MediaAside, Numbered, StopReading
 from .taxonomy import Taxonomy
 
 if TYPE_CHECKING:
@@ -51,8 +52,6 @@ if TYPE_CHECKING:
 
 __all__ = ["INTERRUPTED", "WRITE_EVERY", "Prepared", "Tagger"]
 
-#: The error kind of an image not read because the caller said stop (``interrupted``).
-INTERRUPTED = "interrupted"
 
 
 class Tagger:
@@ -377,16 +376,16 @@ class Tagger:
         sightings = self._embedder.sighting_buffer(route, self._figures if own else None)
         stages = self._embedder.stages(route, job_id=job_id, sightings=sightings, figures=self._figures if own else None)
         if media:
-            stages = _MediaAside(stages)
+            stages = MediaAside(stages)
         if interrupted is not None:
-            stages = _StopReading(stages, interrupted)
+            stages = StopReading(stages, interrupted)
         try:
             if sightings is None:
                 yield from self._pipeline.run(images, stages, batch_size or self.batch_size)
                 return
             # The store records a stream's images in input order, whichever lane finishes first:
             # each input carries its place, and a batch's images are released once it is yielded.
-            for numbered, embeds, errors in self._pipeline.run(enumerate(images), _Numbered(stages),
+            for numbered, embeds, errors in self._pipeline.run(enumerate(images), Numbered(stages),
                                                                batch_size or self.batch_size):
                 sightings.release(numbered[-1][0] + 1)
                 yield [ref for _, ref in numbered], embeds, errors
@@ -394,12 +393,12 @@ class Tagger:
             if sightings is not None:
                 sightings.flush()
 
-    def stages(self, job_id: str = "", *, media: bool = False) -> EmbedStages | _MediaAside:
+    def stages(self, job_id: str = "", *, media: bool = False) -> EmbedStages | MediaAside:
         """The embedder's two stages through the tagger's own cache, as a scheduler runs them
         (the HTTP service's micro-batcher): images are recorded as each batch is embedded.
         ``media``: animations and videos are set aside (see :meth:`embed_batches`)."""
         stages = self._embedder.stages(self._route, job_id=job_id, figures=self._figures)
-        return _MediaAside(stages) if media else stages
+        return MediaAside(stages) if media else stages
 
     def prepare(self, ref: ImageInput) -> Prepared | ImageLoadError:
         """``stages().prepare``: in a loader thread, the cached embedding, model-ready pixels, or the error."""
@@ -442,60 +441,3 @@ class Tagger:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-class _StopReading:
-    """Stages that read no further image once ``interrupted()`` says stop: each image not yet
-    being read becomes an ``interrupted`` error record (a queue worker told to stop hands
-    those back to the queue)."""
-
-    def __init__(self, stages: EmbedStages, interrupted: Callable[[], bool]):
-        self._stages, self._interrupted = stages, interrupted
-
-    def prepare(self, ref: ImageInput) -> Prepared | ImageLoadError:
-        if self._interrupted():
-            return ImageLoadError(INTERRUPTED, "not read: tagging was interrupted", transient=True)
-        return self._stages.prepare(ref)
-
-    def embed(self, ready: Sequence[Prepared]) -> np.ndarray:
-        return self._stages.embed(ready)
-
-
-class _MediaAside:
-    """Stages that set animations and videos aside for the caller, who judges them over their
-    frames (:mod:`zstagger.media`); stills go on through the embedder's stages as before."""
-
-    def __init__(self, stages: EmbedStages):
-        self._stages = stages
-
-    def prepare(self, ref: ImageInput) -> Prepared | ImageLoadError | SetAside:
-        found = or_error(detect, ref, self._stages.embedder.image_policy)
-        if isinstance(found, ImageLoadError):
-            return found
-        if isinstance(found, MediaSource):
-            return SetAside(found)
-        # A still whose bytes were read to sniff them (a URL) is not fetched again.
-        prepared = self._stages.prepare(ref if found is None else found)
-        if found is not None and isinstance(prepared, Prepared) and self._stages.route.records:
-            prepared.name = describe(ref)
-        return prepared
-
-    def embed(self, ready: Sequence[Prepared]) -> np.ndarray:
-        return self._stages.embed(ready)
-
-
-class _Numbered:
-    """Stages over ``(place, ref)`` pairs: each prepared image carries its place in the stream,
-    so the embedding store can record the stream's images in input order."""
-
-    def __init__(self, stages: Any):
-        self._stages = stages
-
-    def prepare(self, item: tuple[int, ImageInput]) -> Any:
-        place, ref = item
-        prepared = self._stages.prepare(ref)
-        if isinstance(prepared, Prepared):
-            prepared.order = place
-        return prepared
-
-    def embed(self, ready: Sequence[Prepared]) -> np.ndarray:
-        return self._stages.embed(ready)

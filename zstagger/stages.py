@@ -1,0 +1,80 @@
+"""Stages that wrap the embedder's for one stream (:class:`zstagger.pipeline.Stages`), each
+for one reason: :class:`StopReading` reads no further input once told to stop (a worker's
+scale-in), :class:`MediaAside` sets animations and videos aside to be judged over their frames,
+:class:`Numbered` gives each input its place so the embedding store records a stream in input
+order. The Tagger stacks the ones a call needs. Imports nothing above the embedder and pipeline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .embedder import EmbedStages, Prepared, or_error
+from .errors import ImageLoadError
+from .images import ImageInput, describe
+from .media import MediaSource, detect
+from .pipeline import SetAside
+
+#: The error kind of an image not read because the caller said stop (``interrupted``).
+INTERRUPTED = "interrupted"
+
+
+class StopReading:
+    """Stages that read no further image once ``interrupted()`` says stop: each image not yet
+    being read becomes an ``interrupted`` error record (a queue worker told to stop hands
+    those back to the queue)."""
+
+    def __init__(self, stages: EmbedStages, interrupted: Callable[[], bool]):
+        self._stages, self._interrupted = stages, interrupted
+
+    def prepare(self, ref: ImageInput) -> Prepared | ImageLoadError:
+        if self._interrupted():
+            return ImageLoadError(INTERRUPTED, "not read: tagging was interrupted", transient=True)
+        return self._stages.prepare(ref)
+
+    def embed(self, ready: Sequence[Prepared]) -> np.ndarray:
+        return self._stages.embed(ready)
+
+
+class MediaAside:
+    """Stages that set animations and videos aside for the caller, who judges them over their
+    frames (:mod:`zstagger.media`); stills go on through the embedder's stages as before."""
+
+    def __init__(self, stages: EmbedStages):
+        self._stages = stages
+
+    def prepare(self, ref: ImageInput) -> Prepared | ImageLoadError | SetAside:
+        found = or_error(detect, ref, self._stages.embedder.image_policy)
+        if isinstance(found, ImageLoadError):
+            return found
+        if isinstance(found, MediaSource):
+            return SetAside(found)
+        # A still whose bytes were read to sniff them (a URL) is not fetched again.
+        prepared = self._stages.prepare(ref if found is None else found)
+        if found is not None and isinstance(prepared, Prepared) and self._stages.route.records:
+            prepared.name = describe(ref)
+        return prepared
+
+    def embed(self, ready: Sequence[Prepared]) -> np.ndarray:
+        return self._stages.embed(ready)
+
+
+class Numbered:
+    """Stages over ``(place, ref)`` pairs: each prepared image carries its place in the stream,
+    so the embedding store can record the stream's images in input order."""
+
+    def __init__(self, stages: Any):
+        self._stages = stages
+
+    def prepare(self, item: tuple[int, ImageInput]) -> Any:
+        place, ref = item
+        prepared = self._stages.prepare(ref)
+        if isinstance(prepared, Prepared):
+            prepared.order = place
+        return prepared
+
+    def embed(self, ready: Sequence[Prepared]) -> np.ndarray:
+        return self._stages.embed(ready)
