@@ -155,8 +155,9 @@ def test_extensions_are_not_trusted_and_directories_include_videos(tmp_path, tag
     assert results["moving.png"].media.kind == "animation"
     still = results["still.gif"]
     assert still.ok and still.media is None and still.segments is None
-    fields = {"image", "taxonomy", "scores", "tags", "verdict", "error", "provenance"}
-    assert set(json.loads(still.to_json())) == set(still.model_dump(mode="json")) == fields  # stills read as before
+    # stills read as before: no media fields (the decision trail, on by default, is every result's)
+    fields = {"image", "taxonomy", "scores", "tags", "verdict", "error", "provenance", "explanation"}
+    assert set(json.loads(still.to_json())) == set(still.model_dump(mode="json")) == fields
     assert {"media", "segments"} <= set(json.loads(results["clip.webm"].to_json())) & set(results["clip.webm"].model_dump())
 
 
