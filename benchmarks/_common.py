@@ -11,7 +11,9 @@
 - :func:`emit`: the report on stdout, as JSON or as ``key: value`` lines; :func:`log`:
   progress on stderr;
 - :func:`free_port`, :func:`clean_env`, :func:`servers`: a loopback port, an environment
-  without ZSTAGGER_* settings, and the test harness's real servers (Redis, PostgreSQL, workers).
+  without ZSTAGGER_* settings, and the test harness's real servers (Redis, PostgreSQL, workers);
+- :func:`serve`: ``zstagger serve`` on a free loopback port, ready, stopped afterwards;
+  :func:`percentile`: a nearest-rank quantile of latencies.
 
 Every script runs at its smallest size in the test suite (tests/test_benchmarks.py) on a
 tiny checkpoint, so a script that no longer runs fails CI; the sizes that give the figures
@@ -21,6 +23,7 @@ in benchmarks/README.md are the defaults.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import socket
@@ -109,3 +112,66 @@ def servers():
     import harness
 
     return harness
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def zstagger_exe() -> str:
+    """This environment's ``zstagger`` command."""
+    import shutil
+
+    return shutil.which("zstagger") or str(Path(sys.executable).parent / "zstagger")
+
+
+@contextlib.contextmanager
+def serve(model: str, cwd: str | Path, settings: dict[str, str] | None = None, *, log: Path | None = None,
+          nofile: int | None = None, ready_within: float = 180):
+    """``zstagger serve`` on a free loopback port, open to anonymous clients, ready (``/readyz``
+    answers 200) when the block starts and stopped when it ends; yields ``(process, port)``.
+
+    ``settings``: ZSTAGGER_* variables for the server; ``log``: a file taking its stdout and
+    stderr (else stderr is kept for the error when it does not get ready); ``nofile``: its
+    open-file limit."""
+    import http.client
+    import subprocess
+    import time
+
+    port = free_port()
+    env = {**os.environ, "ZSTAGGER_MODEL": model, "ZSTAGGER_PORT": str(port), "ZSTAGGER_API_ALLOW_ANONYMOUS": "1",
+           **(settings or {})}
+    sink = open(log, "wb") if log else None
+    limit = None
+    if nofile is not None:
+        import resource
+
+        limit = lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))  # noqa: E731
+    server = subprocess.Popen([zstagger_exe(), "serve", "--log-level", "warning"], env=env, cwd=str(cwd),
+                              stdout=sink or subprocess.DEVNULL, stderr=sink or subprocess.PIPE, preexec_fn=limit)
+    try:
+        deadline = time.monotonic() + ready_within
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                conn.request("GET", "/readyz")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                said = Path(log).read_bytes() if log else server.stderr.read()
+                raise SystemExit(f"zstagger serve did not get ready: {said[-2000:].decode(errors='replace')}")
+            time.sleep(0.3)
+        yield server, port
+    finally:
+        server.terminate()
+        try:
+            server.wait(60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        if sink:
+            sink.close()

@@ -26,20 +26,13 @@ import io
 import json
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from _common import serve
 
 
 def rss_mib(pid: int) -> float:
@@ -64,27 +57,6 @@ def post(port: int, body: dict, timeout: float = 600) -> tuple[int, float]:
     return response.status, elapsed
 
 
-def start_server(model: str, env_extra: dict[str, str], cwd: str) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    env = {**os.environ, "ZSTAGGER_MODEL": model, "ZSTAGGER_PORT": str(port), "ZSTAGGER_API_ALLOW_ANONYMOUS": "1",
-           **env_extra}
-    exe = shutil.which("zstagger") or str(Path(sys.executable).parent / "zstagger")
-    server = subprocess.Popen([exe, "serve", "--log-level", "warning"], env=env, cwd=cwd,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/readyz")
-            if conn.getresponse().status == 200:
-                return server, port
-        except OSError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"zstagger serve did not get ready: {server.stderr.read()[-2000:]}")
-        time.sleep(0.5)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
@@ -106,37 +78,35 @@ def main() -> None:
         extra["ZSTAGGER_CLASSIFIER_CACHE_BYTES"] = str(args.cache_bytes)
     report: dict = {"model": args.model, "sets": args.sets, "set_size": args.set_size, "big": args.big,
                     "cache_bytes": args.cache_bytes, "cores": os.cpu_count()}
-    server, port = start_server(args.model, extra, cache)
     try:
-        post(port, {"images": [image], "labels": ["warm", "up"]})
-        rss = [rss_mib(server.pid)]
-        for n in range(args.sets):
-            post(port, {"images": [image], "labels": [f"set {n} label {i}" for i in range(args.set_size)]})
-            rss.append(rss_mib(server.pid))
-            if not args.json:
-                print(f"after set {n + 1}: {rss[-1]:.0f} MiB", file=sys.stderr)
-        report["rss_mib"] = [round(r, 1) for r in rss]
-        report["rss_growth_mib"] = round(rss[-1] - rss[0], 1)
-        half = len(rss) // 2
-        report["rss_growth_second_half_mib"] = round(rss[-1] - rss[half], 1)
+        with serve(args.model, cache, extra) as (server, port):
+            post(port, {"images": [image], "labels": ["warm", "up"]})
+            rss = [rss_mib(server.pid)]
+            for n in range(args.sets):
+                post(port, {"images": [image], "labels": [f"set {n} label {i}" for i in range(args.set_size)]})
+                rss.append(rss_mib(server.pid))
+                if not args.json:
+                    print(f"after set {n + 1}: {rss[-1]:.0f} MiB", file=sys.stderr)
+            report["rss_mib"] = [round(r, 1) for r in rss]
+            report["rss_growth_mib"] = round(rss[-1] - rss[0], 1)
+            half = len(rss) // 2
+            report["rss_growth_second_half_mib"] = round(rss[-1] - rss[half], 1)
 
-        quiet = [post(port, {"images": [image], "labels": [f"quiet {k} a", f"quiet {k} b"]})[1] for k in range(5)]
-        report["small_request_quiet_s"] = round(statistics.median(quiet), 3)
-        big_seconds: list[float] = []
-        big = threading.Thread(target=lambda: big_seconds.append(
-            post(port, {"images": [image], "labels": [f"big label {i}" for i in range(args.big)]})[1]))
-        big.start()
-        time.sleep(0.5)
-        _, during = post(port, {"images": [image], "labels": ["during a", "during b"]})
-        big_running = big.is_alive()
-        big.join()
-        report["small_request_during_big_compile_s"] = round(during, 3)
-        report["big_request_s"] = round(big_seconds[0], 3)
-        report["small_answered_before_big"] = big_running
-        report["during_vs_quiet"] = round(during / report["small_request_quiet_s"], 2)
+            quiet = [post(port, {"images": [image], "labels": [f"quiet {k} a", f"quiet {k} b"]})[1] for k in range(5)]
+            report["small_request_quiet_s"] = round(statistics.median(quiet), 3)
+            big_seconds: list[float] = []
+            big = threading.Thread(target=lambda: big_seconds.append(
+                post(port, {"images": [image], "labels": [f"big label {i}" for i in range(args.big)]})[1]))
+            big.start()
+            time.sleep(0.5)
+            _, during = post(port, {"images": [image], "labels": ["during a", "during b"]})
+            big_running = big.is_alive()
+            big.join()
+            report["small_request_during_big_compile_s"] = round(during, 3)
+            report["big_request_s"] = round(big_seconds[0], 3)
+            report["small_answered_before_big"] = big_running
+            report["during_vs_quiet"] = round(during / report["small_request_quiet_s"], 2)
     finally:
-        server.terminate()
-        server.wait(60)
         shutil.rmtree(cache, ignore_errors=True)
     if args.json:
         print(json.dumps(report, indent=2))

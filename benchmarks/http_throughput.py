@@ -17,15 +17,13 @@ from __future__ import annotations
 import http.client
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 
-from _common import emit, free_port, options, workload
+from _common import emit, options, percentile, serve, workload
 
 
 def multipart(path: Path, taxonomy: str) -> tuple[bytes, str]:
@@ -37,11 +35,6 @@ def multipart(path: Path, taxonomy: str) -> tuple[bytes, str]:
         f"--{boundary}--\r\n".encode(),
     ]
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def load(port: int, bodies: list[tuple[bytes, str]], clients: int, requests: int) -> dict:
@@ -103,25 +96,7 @@ def main() -> None:
         del tagger
         report["in_process_img_s"] = best
 
-        port = free_port()
-        env = {**os.environ, "ZSTAGGER_MODEL": args.model, "ZSTAGGER_PORT": str(port),
-               "ZSTAGGER_API_ALLOW_ANONYMOUS": "1", "ZSTAGGER_MAX_PENDING_IMAGES": "4096"}
-        exe = shutil.which("zstagger") or str(Path(sys.executable).parent / "zstagger")
-        server = subprocess.Popen([exe, "serve", "--log-level", "warning"], env=env, cwd=cache,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            deadline = time.monotonic() + 180
-            while True:
-                try:
-                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                    conn.request("GET", "/readyz")
-                    if conn.getresponse().status == 200:
-                        break
-                except OSError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"zstagger serve did not get ready: {server.stderr.read()[-2000:]}")
-                time.sleep(0.5)
+        with serve(args.model, cache, {"ZSTAGGER_MAX_PENDING_IMAGES": "4096"}) as (server, port):
             bodies = [multipart(p, args.taxonomy) for p in paths]
             load(port, bodies, 8, min(64, args.requests))  # warm up: taxonomy compiled, threads started
             idle = []
@@ -130,9 +105,6 @@ def main() -> None:
                 idle.append(load(port, [body], 1, 1)["p50_ms"])
             report["idle_single_image_ms_p50"] = percentile(idle, 0.5)
             report["load"] = [load(port, bodies, int(n), args.requests) for n in args.clients.split(",")]
-        finally:
-            server.terminate()
-            server.wait(60)
         top = max(row["img_s"] for row in report["load"])
         at_32 = next((row["img_s"] for row in report["load"] if row["clients"] == 32), top)
         report["http_32_clients_vs_in_process"] = at_32 / report["in_process_img_s"]

@@ -22,12 +22,13 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import percentile, serve
 
 SENDER = (
     "import http.client, sys, time\n"
@@ -38,17 +39,6 @@ SENDER = (
     "response = conn.getresponse(); response.read()\n"
     "print(response.status, time.perf_counter() - started)\n"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def probe_while(port: int, running) -> list[float]:
@@ -79,42 +69,25 @@ def main() -> None:
     payload = base64.b64encode(os.urandom(size * 3 // 4)).decode()
     (work / "base64.json").write_bytes(json.dumps({"images": [{"base64": payload}], "labels": ["a", "b"]}).encode())
     del payload
-    port = free_port()
-    env = {**os.environ, "ZSTAGGER_MODEL": args.model, "ZSTAGGER_PORT": str(port), "ZSTAGGER_API_ALLOW_ANONYMOUS": "1",
-           "ZSTAGGER_CACHE_DIR": str(work), "ZSTAGGER_MAX_IMAGE_BYTES": str(size), "ZSTAGGER_MAX_REQUEST_BYTES": str(2 * size)}
-    exe = shutil.which("zstagger") or str(Path(sys.executable).parent / "zstagger")
-    server = subprocess.Popen([exe, "serve", "--log-level", "warning"], env=env, cwd=work,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    settings = {"ZSTAGGER_CACHE_DIR": str(work), "ZSTAGGER_MAX_IMAGE_BYTES": str(size),
+                "ZSTAGGER_MAX_REQUEST_BYTES": str(2 * size)}
     report: dict = {"megabytes": args.megabytes, "cores": os.cpu_count()}
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/readyz")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"zstagger serve did not get ready: {server.stderr.read()[-2000:]}")
-            time.sleep(0.5)
-        quiet_until = time.monotonic() + 3
-        quiet = probe_while(port, lambda: time.monotonic() < quiet_until)
-        report["healthz_quiet_p50_ms"] = round(1000 * percentile(quiet, 0.5), 1)
-        for kind in ("objects", "base64"):
-            body = work / f"{kind}.json"
-            sender = subprocess.Popen([sys.executable, "-c", SENDER, str(port), str(body)], stdout=subprocess.PIPE, text=True)
-            latencies = probe_while(port, lambda: sender.poll() is None)
-            status, seconds = sender.stdout.read().split()
-            report[kind] = {"body_mb": round(body.stat().st_size / 1e6, 1), "status": int(status),
-                            "body_seconds": round(float(seconds), 2), "healthz_probes": len(latencies),
-                            "healthz_p50_ms": round(1000 * percentile(latencies, 0.5), 1),
-                            "healthz_p90_ms": round(1000 * percentile(latencies, 0.9), 1),
-                            "healthz_max_ms": round(1000 * max(latencies), 1)}
+        with serve(args.model, work, settings) as (server, port):
+            quiet_until = time.monotonic() + 3
+            quiet = probe_while(port, lambda: time.monotonic() < quiet_until)
+            report["healthz_quiet_p50_ms"] = round(1000 * percentile(quiet, 0.5), 1)
+            for kind in ("objects", "base64"):
+                body = work / f"{kind}.json"
+                sender = subprocess.Popen([sys.executable, "-c", SENDER, str(port), str(body)], stdout=subprocess.PIPE, text=True)
+                latencies = probe_while(port, lambda: sender.poll() is None)
+                status, seconds = sender.stdout.read().split()
+                report[kind] = {"body_mb": round(body.stat().st_size / 1e6, 1), "status": int(status),
+                                "body_seconds": round(float(seconds), 2), "healthz_probes": len(latencies),
+                                "healthz_p50_ms": round(1000 * percentile(latencies, 0.5), 1),
+                                "healthz_p90_ms": round(1000 * percentile(latencies, 0.9), 1),
+                                "healthz_max_ms": round(1000 * max(latencies), 1)}
     finally:
-        server.terminate()
-        server.wait(60)
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
         print(json.dumps(report, indent=2))

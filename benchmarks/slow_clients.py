@@ -21,28 +21,17 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
 import resource
 import selectors
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+from _common import percentile, serve
 
 
 class Slowloris:
@@ -142,74 +131,48 @@ def main() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, args.connections + 256), hard))
 
     work = tempfile.mkdtemp(prefix="zstagger-slow-bench-")
-    port = free_port()
-    env = {**os.environ, "ZSTAGGER_MODEL": args.model, "ZSTAGGER_PORT": str(port), "ZSTAGGER_API_ALLOW_ANONYMOUS": "1",
-           "ZSTAGGER_CACHE_DIR": work}
+    settings = {"ZSTAGGER_CACHE_DIR": work}
     if args.header_timeout is not None:
-        env["ZSTAGGER_HEADER_TIMEOUT"] = str(args.header_timeout)
-    exe = shutil.which("zstagger") or str(Path(sys.executable).parent / "zstagger")
+        settings["ZSTAGGER_HEADER_TIMEOUT"] = str(args.header_timeout)
     log_path = Path(work) / "serve.log"
-    log = open(log_path, "wb")
-    nofile = args.nofile
-    server = subprocess.Popen([exe, "serve", "--log-level", "warning"], env=env, cwd=work, stdout=log, stderr=log,
-                              preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
     report: dict = {"connections": args.connections, "nofile": args.nofile, "seconds": args.seconds,
                     "header_timeout": args.header_timeout, "reconnect": args.reconnect}
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                conn.request("GET", "/readyz")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"zstagger serve did not get ready: {log_path.read_text()[-2000:]}")
-            time.sleep(0.3)
-        log.flush()
-        log_before = log_path.stat().st_size
-        flood = Slowloris(port, args.connections, args.reconnect)
-        flood.thread.start()
-        latencies: list[float] = []
-        failures = 0
-        ended = time.monotonic() + args.seconds
-        while time.monotonic() < ended:
-            started = time.perf_counter()
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                conn.request("GET", "/healthz")
-                ok = conn.getresponse().status == 200
-                conn.close()
-            except OSError:
-                ok = False
-            elapsed = time.perf_counter() - started
-            if ok:
-                latencies.append(elapsed)
-            else:
-                failures += 1
-            time.sleep(max(0.0, 0.25 - elapsed))
-        report["slow_connections_open_at_end"] = flood.open()
-        report["slow_connections_closed_by_server"] = flood.closed_by_server
-        report["slow_connects_failed"] = flood.connect_failures
-        flood.close()
-        log.flush()
-        report["normal_requests"] = len(latencies) + failures
-        report["normal_failures"] = failures
-        if latencies:
-            report["normal_p50_ms"] = round(1000 * percentile(latencies, 0.5), 1)
-            report["normal_p99_ms"] = round(1000 * percentile(latencies, 0.99), 1)
-            report["normal_max_ms"] = round(1000 * max(latencies), 1)
-        report["log_bytes"] = log_path.stat().st_size - log_before
-        report["server_alive"] = server.poll() is None
+        with serve(args.model, work, settings, log=log_path, nofile=args.nofile) as (server, port):
+            log_before = log_path.stat().st_size
+            flood = Slowloris(port, args.connections, args.reconnect)
+            flood.thread.start()
+            latencies: list[float] = []
+            failures = 0
+            ended = time.monotonic() + args.seconds
+            while time.monotonic() < ended:
+                started = time.perf_counter()
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                    conn.request("GET", "/healthz")
+                    ok = conn.getresponse().status == 200
+                    conn.close()
+                except OSError:
+                    ok = False
+                elapsed = time.perf_counter() - started
+                if ok:
+                    latencies.append(elapsed)
+                else:
+                    failures += 1
+                time.sleep(max(0.0, 0.25 - elapsed))
+            report["slow_connections_open_at_end"] = flood.open()
+            report["slow_connections_closed_by_server"] = flood.closed_by_server
+            report["slow_connects_failed"] = flood.connect_failures
+            flood.close()
+            report["normal_requests"] = len(latencies) + failures
+            report["normal_failures"] = failures
+            if latencies:
+                report["normal_p50_ms"] = round(1000 * percentile(latencies, 0.5), 1)
+                report["normal_p99_ms"] = round(1000 * percentile(latencies, 0.99), 1)
+                report["normal_max_ms"] = round(1000 * max(latencies), 1)
+            report["log_bytes"] = log_path.stat().st_size - log_before
+            report["server_alive"] = server.poll() is None
     finally:
-        server.terminate()
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
         tail = log_path.read_text(errors="replace")[-1500:]
         shutil.rmtree(work, ignore_errors=True)
     if args.json:
