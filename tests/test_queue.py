@@ -128,7 +128,10 @@ def test_worker_killed_mid_chunk_its_chunk_is_redelivered(queue_env, workers, sl
     assert [r.image for r in results] == refs and all(r.error is None for r in results)
     client = redis.Redis.from_url(settings.redis_url)
     assert client.hlen(f"zstagger:job:{job.id}:results") == 6
-    assert rescuer.chunks_done() == 2
+    # Both chunks were done by the rescuer, the victim's one redelivered. On a busy machine a
+    # chunk may outlive its visibility timeout and be done a second time (at least once, by
+    # design): its results replace themselves, so the count of stored results above stays 6.
+    assert rescuer.chunks_done() >= 2
 
 
 def test_redis_restart_while_workers_run(redis_server, queue_env, workers, slow_server, settings):
