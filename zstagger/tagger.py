@@ -43,7 +43,7 @@ from .fewshot.sets import LoadPack
 from .images import ImageInput, ImagePolicy, ImageWithText, describe, iter_inputs
 from .media import MediaOptions, MediaSource, tag_media_each
 from .pipeline import Pipeline, SetAside
-from .registry import resolve_taxonomy
+from .registry import resolve_each, resolve_taxonomy
 from .results import KnownImageMatch, LabelExplanation, LabelScore, MultiTagResult, Provenance, TagResult, format_results
 from .runtimes import load_encoder
 from .runtimes.qualification import RuntimeGate
@@ -147,6 +147,7 @@ class Tagger:
     # -- taxonomies -------------------------------------------------------------------
 
     resolve = staticmethod(resolve_taxonomy)
+    resolve_each = staticmethod(resolve_each)
 
     def classifier(self, taxonomy: Taxonomy) -> TaxonomyClassifier:
         """The compiled taxonomy; its text embeddings are computed on first use only.
@@ -275,19 +276,6 @@ class Tagger:
         for refs, embeds, errors in self.embed_batches(iter_inputs(images), batch_size, job_id=job_id,
                                                        interrupted=interrupted, media=True):
             yield from self.results(spec, refs, embeds, errors, top_k, frames=frames)
-
-    @staticmethod
-    def resolve_each(taxonomies: Sequence[str | Taxonomy]) -> list[Taxonomy]:
-        """The taxonomies of a several-taxonomy run: at least one, names all different (each
-        result is kept under its taxonomy's name)."""
-        if isinstance(taxonomies, (str, Taxonomy)) or not taxonomies:
-            raise ConfigurationError("taxonomies must be a list of one or more taxonomy names or specs")
-        specs = [resolve_taxonomy(t, None, None) for t in taxonomies]
-        names = [spec.name for spec in specs]
-        twice = sorted({name for name in names if names.count(name) > 1})
-        if twice:
-            raise ConfigurationError(f"taxonomy {twice[0]!r} is given twice: each taxonomy's result is kept under its name")
-        return specs
 
     # -- animations and videos (zstagger.media): the loader set them aside, judged here in input order --
 
