@@ -230,3 +230,58 @@ def test_cli_refuses_a_malformed_item_list_before_loading_the_model(tmp_path, li
     done = run_cli("tag", str(listing), "-t", "ecommerce", env={"ZSTAGGER_MODEL": "/nonexistent"})
     assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr
     assert "bad.jsonl line 1" in done.stderr
+
+
+# -- the queue and the HTTP API ------------------------------------------------------------------------
+
+
+def test_queued_items_carry_their_text_to_the_worker(redis_server, tiny_model_dir, images, taxonomy_dir, tagger, tmp_path):
+    from harness import worker_starter
+    from zstagger import ConfigurationError
+    from zstagger.queue import enqueue
+
+    env = {"ZSTAGGER_REDIS_URL": redis_server.url, "ZSTAGGER_MODEL": str(tiny_model_dir), "ZSTAGGER_PRECISION": "fp32",
+           "ZSTAGGER_TAXONOMY_PATH": str(taxonomy_dir)}
+    settings = Settings(redis_url=redis_server.url, max_text_chars=100)
+    shop = Taxonomy.parse(yaml.safe_load((taxonomy_dir / "shop.yaml").read_text()))
+    inputs = [ImageWithText(images[0], TITLES[0]), images[1], ImageWithText(images[2], TITLES[2])]
+    with pytest.raises(ConfigurationError, match="input 1: the input's text is 101 characters"):
+        enqueue([images[0], ImageWithText(images[1], "z" * 101)], shop, settings=settings)
+    with worker_starter(env, tmp_path) as start:
+        start("text").wait_ready()
+        queued = enqueue(inputs, shop, settings=settings).results(wait=True, timeout=120)
+        both = enqueue(inputs, taxonomies=[shop, "moderation"], settings=settings).results(wait=True, timeout=120)
+    local = tagger.tag(inputs, shop)
+    assert [r.text_used for r in queued] == [True, None, True]
+    for q, m, d in zip(queued, both, local):
+        assert m["shop"] == q and m["moderation"].text_used in (None, False)
+        assert q.tags == d.tags and [s.label for s in q.scores] == [s.label for s in d.scores]
+        assert [s.score for s in q.scores] == pytest.approx([s.score for s in d.scores], abs=1e-5)
+
+
+def test_http_images_may_bring_text(tiny_model_dir, images, taxonomy_dir, tagger, tmp_path):
+    import base64
+
+    import httpx
+
+    from harness import ApiServer
+    from zstagger.service.auth import hash_key
+
+    env = {"ZSTAGGER_MODEL": str(tiny_model_dir), "ZSTAGGER_PRECISION": "fp32", "ZSTAGGER_API_KEYS": hash_key("zst_text-key"),
+           "ZSTAGGER_TAXONOMY_PATH": str(taxonomy_dir), "ZSTAGGER_MAX_TEXT_CHARS": "100", "ZSTAGGER_BATCH_WAIT_MS": "5"}
+    api = ApiServer(env, tmp_path).wait_ready()
+    try:
+        body = {"taxonomy": "shop", "images": [
+            {"base64": base64.b64encode(open(images[0], "rb").read()).decode(), "name": "one.png", "text": TITLES[0]},
+            {"base64": base64.b64encode(open(images[1], "rb").read()).decode(), "name": "two.png", "text": "w" * 101}]}
+        response = httpx.post(api.url + "/v1/tag", json=body, headers={"Authorization": "Bearer zst_text-key"}, timeout=60)
+        assert response.status_code == 200, response.text
+        first, second = response.json()["results"]
+        assert first["text_used"] is True and first["image"] == "one.png"
+        assert second["error"]["type"] == "text_too_long" and second["image"] == "two.png"
+        shop = Taxonomy.parse(yaml.safe_load((taxonomy_dir / "shop.yaml").read_text()))
+        want = tagger.tag([ImageWithText(images[0], TITLES[0])], shop)[0]
+        assert [s["score"] for s in first["scores"]] == pytest.approx([s.score for s in want.scores], abs=1e-5)
+    finally:
+        assert api.stop() in (0, -15)
+    assert "Traceback" not in api.log_path.read_text()
