@@ -285,3 +285,54 @@ def test_http_images_may_bring_text(tiny_model_dir, images, taxonomy_dir, tagger
     finally:
         assert api.stop() in (0, -15)
     assert "Traceback" not in api.log_path.read_text()
+
+
+# -- eval: image-only against image+text on the same set ----------------------------------------------
+
+
+def test_eval_reports_image_only_and_image_plus_text_rows(tiny_model_dir, tagger, tmp_path, taxonomy_dir):
+    from zstagger.evaluation import evaluate
+    from zstagger.synthetic import labelled_image
+
+    names = ["dress", "knife", "headphones"]
+    rows = []
+    (tmp_path / "images").mkdir()
+    for i in range(12):
+        label = names[i % 3]
+        labelled_image([i % 3], seed=500 + i, size=(64, 48)).save(tmp_path / "images" / f"{i}.png")
+        row = {"image": f"images/{i}.png", "labels": [label]}
+        if i % 4:  # a quarter of the rows bring no text: they are scored from the image alone in both rows
+            row["text"] = f"{['summer', 'sharp', 'noise cancelling'][i % 3]} {label} {i}"
+        rows.append(row)
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    fused = spec("single", {"method": "logit_mean", "weight": 0.6})
+    report = evaluate(manifest, fused, tagger=tagger, bootstrap_rounds=20)
+    image_row, text_row = report.signals
+    assert (image_row.signal, image_row.images_with_text) == ("image", 0)
+    assert (text_row.signal, text_row.images_with_text, text_row.text_fusion) == ("image+text", 9, "logit_mean, weight 0.6")
+    assert image_row.top1 == report.levels[0].top1 and text_row.top1 == report.with_text.levels[0].top1
+
+    # Each row equals what tagging gives, independently: the top label of each image against its truth.
+    def top1(inputs):
+        return sum(r.scores[0].label == row["labels"][0] for r, row in zip(tagger.tag(inputs, fused), rows)) / len(rows)
+
+    paths = [str(tmp_path / row["image"]) for row in rows]
+    assert image_row.top1.value == pytest.approx(top1(paths))
+    assert text_row.top1.value == pytest.approx(
+        top1([ImageWithText(p, row["text"]) if "text" in row else p for p, row in zip(paths, rows)]))
+    assert image_row.top1.value != text_row.top1.value  # the text moved the ranking (weight 0.6)
+
+    # A taxonomy without text_fusion is compared with the default fusion; without text there is no comparison.
+    plain = evaluate(manifest, spec("single"), tagger=tagger, bootstrap_rounds=20)
+    assert plain.signals[1].text_fusion == "logit_mean, weight 0.3" and plain.signals[0].top1 == report.signals[0].top1
+    (tmp_path / "plain.jsonl").write_text("\n".join(json.dumps({k: v for k, v in r.items() if k != "text"}) for r in rows))
+    assert evaluate(tmp_path / "plain.jsonl", fused, tagger=tagger, bootstrap_rounds=20).signals is None
+
+    env = {"ZSTAGGER_MODEL": str(tiny_model_dir), "ZSTAGGER_PRECISION": "fp32", "ZSTAGGER_TAXONOMY_PATH": str(taxonomy_dir)}
+    (tmp_path / "multi.jsonl").write_text("\n".join(json.dumps({**r, "labels": [r["labels"][0]]}) for r in rows))
+    done = run_cli("eval", str(tmp_path / "multi.jsonl"), "-t", "shop", "--bootstrap", "10", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "image only against image+text" in done.stdout
+    table = done.stdout.split("image only against image+text", 1)[1].splitlines()
+    assert table[1].split()[:2] == ["SIGNAL", "WITH"] and table[2].startswith("image ") and table[3].startswith("image+text")

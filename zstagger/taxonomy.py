@@ -426,6 +426,18 @@ class Taxonomy(BaseModel):
         located._source_dir = self._source_dir
         return located
 
+    def with_text_fusion(self, fusion: TextFusion | None = None) -> Taxonomy:
+        """The same spec fusing an input's text: its own ``text_fusion``, else ``fusion``, else the
+        default (eval compares image-only with image+text on any taxonomy)."""
+        if self.text_fusion is not None:
+            return self
+        located = self.with_images_base()
+        spec = located.model_dump(mode="json")
+        spec["text_fusion"] = (fusion or TextFusion()).model_dump(mode="json")
+        fused = Taxonomy.parse(spec)
+        fused._source_dir = located._source_dir
+        return fused
+
     @property
     def has_actions(self) -> bool:
         """Moderation taxonomies (any label with an action) produce a verdict."""
