@@ -23,8 +23,8 @@ from .errors import (
     ZstaggerError,
 )
 from .hookspecs import hookimpl
-from .results import ErrorInfo, FrameScore, LabelExplanation, LabelScore, MediaInfo, Segment, TagResult
-from .taxonomy import Label, MediaPolicy, Taxonomy
+from .results import ErrorInfo, FrameScore, LabelExplanation, LabelScore, MediaInfo, MultiTagResult, Segment, TagResult
+from .taxonomy import Label, MediaPolicy, Taxonomy, TextFusion
 
 __version__ = "0.1.0"
 
@@ -32,6 +32,7 @@ _LAZY = {
     "Tagger": "zstagger.tagger",
     "ClipEncoder": "zstagger.engine.model",
     "ImagePolicy": "zstagger.images",
+    "ImageWithText": "zstagger.images",
     "Settings": "zstagger.settings",
     "get_taxonomy": "zstagger.registry",
     "registered_taxonomies": "zstagger.registry",
@@ -49,7 +50,7 @@ _LAZY = {
 if TYPE_CHECKING:
     from .engine.model import ClipEncoder
     from .evaluation import calibrate, evaluate
-    from .images import ImagePolicy
+    from .images import ImagePolicy, ImageWithText
     from .media import MediaOptions
     from .plugins import load_plugins
     from .registry import get_taxonomy, invalid_taxonomies, registered_taxonomies, resolve_taxonomy
@@ -68,7 +69,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "ClipEncoder", "ConfigurationError", "ErrorInfo", "FrameScore", "Job", "MediaInfo", "MediaOptions", "MediaPolicy", "Segment", "calibrate", "enqueue", "evaluate", "ImageLoadError", "ImagePolicy", "Label", "LabelExplanation", "LabelScore",
+    "ClipEncoder", "ConfigurationError", "ErrorInfo", "FrameScore", "ImageWithText", "MultiTagResult", "TextFusion", "Job", "MediaInfo", "MediaOptions", "MediaPolicy", "Segment", "calibrate", "enqueue", "evaluate", "ImageLoadError", "ImagePolicy", "Label", "LabelExplanation", "LabelScore",
     "ModelLoadError", "ModelNotFoundError", "PluginError", "Settings", "TagResult", "Tagger", "Taxonomy",
     "TaxonomyError", "UnknownTaxonomyError", "ZstaggerError", "get_taxonomy", "hookimpl", "invalid_taxonomies",
     "load_plugins", "registered_taxonomies", "resolve_taxonomy", "verify_webhook", "__version__",

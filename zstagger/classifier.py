@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .engine.fewshot import NEUTRAL, ImageEvidence, best_matches, blend_prototypes
-from .engine.scoring import ScoringPlan, ensemble
+from .engine.scoring import InputTexts, ScoringPlan, ensemble
 from .errors import ExamplesError
 from .fewshot import ImageSets
 from .taxonomy import ACTION_SEVERITY, FewShot, Taxonomy
@@ -80,6 +80,7 @@ class TaxonomyClassifier:
                  image_sets: ImageSets | None = None):
         self.taxonomy = taxonomy
         self.plan = plan
+        self.fusion = taxonomy.text_fusion  # None: images are scored alone, whatever text comes with them
         self.known = known
         # Where the image sets came from ("embedded vectors" or "image files") and their sizes; not
         # the sets themselves, so that a pack's memory goes once the plan is built.
@@ -209,14 +210,20 @@ class TaxonomyClassifier:
                                batch.match_rows, batch.match_cosines, batch.matched)
         return self.trail.explain(image_embeds, batch.scores, fired, self.reported, self.thresholds, known)  # type: ignore[union-attr]
 
-    def score(self, image_embeds: np.ndarray) -> BatchScores:
-        """Every label's score and cosine for a batch of unit image embeddings, and the known-image matches."""
+    def score(self, image_embeds: np.ndarray, texts: InputTexts | None = None) -> BatchScores:
+        """Every label's score and cosine for a batch of unit image embeddings, and the known-image
+        matches. ``texts``: the images that came with text have it fused as the taxonomy's
+        ``text_fusion`` says (none: text is not used); the others are scored from the image alone."""
         images = np.asarray(image_embeds, dtype=np.float32)
         batch, count = images.shape[0], len(self.names)
         scores = np.zeros((batch, count), dtype=np.float64)
         cosines = np.zeros((batch, count), dtype=np.float64)
         if self.plan is not None:
             plan_scores, plan_cosines = self.plan.score(images)
+            if texts is not None and len(texts.rows) and self.fusion is not None:
+                fused, _ = self.plan.score_fused(images[texts.rows], texts.embeds, self.fusion.method, self.fusion.weight)
+                plan_scores = plan_scores.copy()
+                plan_scores[texts.rows] = fused
             scores[:, self.scored], cosines[:, self.scored] = plan_scores, plan_cosines
         matched = np.zeros((batch, count), dtype=bool)
         rows = best = np.zeros((batch, 0))
@@ -232,8 +239,9 @@ class TaxonomyClassifier:
             cosines[:, labels[only]] = best[:, only]
         return BatchScores(scores, cosines, matched, rows, best)
 
-    def classify(self, image_embeds: np.ndarray, top_k: int | None = None, explain: bool = False) -> list[Classification]:
-        return self.classifications(self.classify_batch(image_embeds, top_k, explain))
+    def classify(self, image_embeds: np.ndarray, top_k: int | None = None, explain: bool = False,
+                 texts: InputTexts | None = None) -> list[Classification]:
+        return self.classifications(self.classify_batch(image_embeds, top_k, explain, texts))
 
     def classifications(self, batch: BatchClassification) -> list[Classification]:
         """A classified batch as one :class:`Classification` per row."""
@@ -246,10 +254,11 @@ class TaxonomyClassifier:
                 batch.matches, batch.explanations or [None] * len(batch.tags))
         ]
 
-    def classify_batch(self, image_embeds: np.ndarray, top_k: int | None = None, explain: bool = False) -> BatchClassification:
+    def classify_batch(self, image_embeds: np.ndarray, top_k: int | None = None, explain: bool = False,
+                       texts: InputTexts | None = None) -> BatchClassification:
         """Score a batch and apply the taxonomy's rules to every row at once (no per-label Python);
-        ``explain``: with each image's decision trail."""
-        return self.classify_scores(self.score(image_embeds), top_k, image_embeds if explain else None)
+        ``explain``: with each image's decision trail; ``texts``: see :meth:`score`."""
+        return self.classify_scores(self.score(image_embeds, texts), top_k, image_embeds if explain else None)
 
     def classify_scores(self, batch: BatchScores, top_k: int | None = None,
                         explain_embeds: np.ndarray | None = None) -> BatchClassification:

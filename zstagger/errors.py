@@ -118,6 +118,14 @@ class ImageLoadError(ZstaggerError):
         self.transient = transient
 
 
+class InputTextError(ImageLoadError):
+    """The text an input brought (a product title) cannot be used: longer than
+    ``ZSTAGGER_MAX_TEXT_CHARS``, or not text. It becomes that input's error record
+    (kind ``text_too_long`` or ``invalid_text``); the batch goes on."""
+
+    type = "invalid_text"
+
+
 class DatasetError(ZstaggerError, ValueError):
     """A labelled dataset (folders or manifest) cannot be used as given."""
 
@@ -233,6 +241,7 @@ ERRORS: dict[str, Reporting] = {
     "url_blocked": _REQUEST._replace(record_type="url_blocked"),
     "fetch_failed": _REQUEST,  # records: its kind (fetch_failed, fetch_timeout, url_blocked, too_large, invalid_url)
     "image_unreadable": _REQUEST,  # records: its kind (not_found, invalid_image, too_many_pixels, ...)
+    "invalid_text": _REQUEST,  # records: its kind (text_too_long, invalid_text)
     "invalid_dataset": _REQUEST._replace(record_type="invalid_dataset"),
     "store_error": _REQUEST._replace(record_type="store_error"),
     "store_unavailable": _REQUEST._replace(record_type="store_unavailable"),

@@ -155,6 +155,21 @@ def resolve_taxonomy(
     return taxonomy if isinstance(taxonomy, Taxonomy) else get_taxonomy(taxonomy)  # type: ignore[arg-type]
 
 
+def resolve_each(taxonomies: Sequence[str | Taxonomy]) -> list[Taxonomy]:
+    """The taxonomies of a several-taxonomy pass (``taxonomies=[...]``, repeated ``-t``): at least
+    one, each a registered name or a Taxonomy, names all different (each result is kept under
+    its taxonomy's name). The one owner of that rule: the Python API, the CLI, the queue
+    producer and the HTTP service all call it."""
+    if isinstance(taxonomies, (str, Taxonomy)) or not taxonomies:
+        raise ConfigurationError("taxonomies must be a list of one or more taxonomy names or specs")
+    specs = [resolve_taxonomy(t, None, None) for t in taxonomies]
+    names = [spec.name for spec in specs]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ConfigurationError(f"taxonomy {twice[0]!r} is given twice: each taxonomy's result is kept under its name")
+    return specs
+
+
 def get_taxonomy(name: str) -> Taxonomy:
     taxonomies, invalid = _registry()
     if name in taxonomies:

@@ -183,12 +183,15 @@ class TagResult(BaseModel):
     segments: list[Segment] | None = None
     frames: list[FrameScore] | None = None
     explanation: list[LabelExplanation] | None = None
+    # Inputs that carried text (a product title): whether the taxonomy fused it with the image
+    # (its ``text_fusion``). Left out for inputs without text, which read as before.
+    text_used: bool | None = None
 
     @model_serializer(mode="wrap")
     def _leave_out_no_matches(self, handler: SerializerFunctionWrapHandler):
         data = handler(self)
         if isinstance(data, dict):
-            for key in ("matches", "explanation", *_MEDIA_FIELDS):
+            for key in ("matches", "explanation", "text_used", *_MEDIA_FIELDS):
                 if key in data and data[key] is None:
                     del data[key]
         return data
@@ -202,7 +205,8 @@ class TagResult(BaseModel):
             None if self.explanation is None else [e.model_dump(mode="json") for e in self.explanation],
         )
         media = self._media_json()
-        return line if not media else line[:-1] + "," + media
+        line = line if not media else line[:-1] + "," + media
+        return line if self.text_used is None else line[:-1] + (',"text_used":true}' if self.text_used else ',"text_used":false}')
 
     def _media_json(self) -> str:
         """The media fields that are set, as the inside of a JSON object (empty for a still)."""
@@ -230,6 +234,50 @@ class TagResult(BaseModel):
     ) -> TagResult:
         return cls(image=image, taxonomy=taxonomy, error=ErrorInfo(type=kind, message=message, transient=transient),
                    provenance=provenance)
+
+
+class MultiTagResult(BaseModel):
+    """One input tagged with several taxonomies in one pass (``taxonomies=[...]``, ``-t a -t b``):
+    each taxonomy's :class:`TagResult` under its name, in the order they were asked for. Each
+    one is exactly the record a run with that taxonomy alone writes (its JSON line included), so
+    a tool that reads today's records reads ``line["taxonomies"][name]`` unchanged.
+
+    JSON: ``{"image": NAME, "taxonomies": {TAXONOMY: RESULT, ...}}``.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    image: str
+    taxonomies: dict[str, TagResult]
+
+    def __getitem__(self, taxonomy: str) -> TagResult:
+        return self.taxonomies[taxonomy]
+
+    @property
+    def error(self) -> ErrorInfo | None:
+        """The input's own error (it could not be read: every taxonomy's result carries it), else None."""
+        errors = [result.error for result in self.taxonomies.values()]
+        first = errors[0] if errors else None
+        return first if first is not None and all(e == first for e in errors) else None
+
+    @property
+    def ok(self) -> bool:
+        return all(result.ok for result in self.taxonomies.values())
+
+    def to_json(self) -> str:
+        """One line of JSON: each taxonomy's result as :meth:`TagResult.to_json` writes it."""
+        inner = ",".join(_label(name) + ":" + result.to_json() for name, result in self.taxonomies.items())
+        return '{"image":' + _string(self.image) + ',"taxonomies":{' + inner + "}}"
+
+    @classmethod
+    def from_json(cls, line: str | bytes) -> MultiTagResult:
+        return cls.model_validate(json.loads(line))
+
+
+def read_result(line: str | bytes) -> TagResult | MultiTagResult:
+    """A result line of either shape (one taxonomy, or several: ``"taxonomies"``)."""
+    data = json.loads(line)
+    return MultiTagResult.model_validate(data) if "taxonomies" in data else TagResult.model_validate(data)
 
 
 _ENTRY = '{"label":%s,"score":%s,"cosine":%s}'

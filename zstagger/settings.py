@@ -201,6 +201,12 @@ class Settings(BaseSettings):
         50 * 1024 * 1024, gt=0, description="Largest encoded image read: a file, a download or bytes, in bytes.",
         json_schema_extra=read_by(CLI, WORKER, API_SERVER),
     )
+    max_text_chars: int = Field(
+        2000, ge=1, le=1_000_000,
+        description="Longest text an input may bring (a product title / description, fused with its image); "
+        "longer: an error record for that input.",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER, PRODUCER),
+    )
     max_image_pixels: int = Field(
         64_000_000, gt=0, description="Largest image (width x height) decoded; guards against decompression bombs.",
         json_schema_extra=read_by(CLI, WORKER, API_SERVER),

@@ -2,7 +2,8 @@
 for one reason: :class:`StopReading` reads no further input once told to stop (a worker's
 scale-in), :class:`MediaAside` sets animations and videos aside to be judged over their frames,
 :class:`Numbered` gives each input its place so the embedding store records a stream in input
-order. The Tagger stacks the ones a call needs. Imports nothing above the embedder and pipeline.
+order, :class:`TextAside` lets an image's text (a product title) travel beside it, checked. The
+Tagger stacks the ones a call needs. Imports nothing above the embedder and pipeline.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 
 from .embedder import EmbedStages, Prepared, or_error
 from .errors import ImageLoadError
-from .images import ImageInput, describe
+from .images import ImageInput, ImageWithText, check_text, describe
 from .media import MediaSource, detect
 from .pipeline import SetAside
 
@@ -57,6 +58,30 @@ class MediaAside:
         if found is not None and isinstance(prepared, Prepared) and self._stages.route.records:
             prepared.name = describe(ref)
         return prepared
+
+    def embed(self, ready: Sequence[Prepared]) -> np.ndarray:
+        return self._stages.embed(ready)
+
+
+class TextAside:
+    """Stages over inputs that may bring text (:class:`~zstagger.images.ImageWithText`): the
+    text is checked (a text over ``max_chars`` is that input's error record, its image not
+    read) and the image goes on alone; the text stays with the input for scoring."""
+
+    def __init__(self, stages: Any, max_chars: int):
+        self._stages, self._max_chars = stages, max_chars
+
+    def __getattr__(self, name: str) -> Any:  # route, embedder: the wrapped stages'
+        return getattr(self._stages, name)
+
+    def prepare(self, ref: ImageInput) -> Any:
+        if isinstance(ref, ImageWithText):
+            try:
+                check_text(ref.text, self._max_chars)
+            except ImageLoadError as exc:
+                return exc
+            ref = ref.image
+        return self._stages.prepare(ref)
 
     def embed(self, ready: Sequence[Prepared]) -> np.ndarray:
         return self._stages.embed(ready)

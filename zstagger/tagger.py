@@ -21,8 +21,10 @@ the first time (:mod:`zstagger.fewshot`).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -31,27 +33,31 @@ from PIL import Image
 
 from .classifier import TaxonomyClassifier
 from .compiled_cache import CompiledCache
+from .engine.scoring import InputTexts
+from .engine.vectors import normalize
 from .embedder import NO_CACHE, WRITE_EVERY, CacheRoute, Embedder, EmbedStages, Figures, Prepared, open_image_cache
 from .embedding_cache import EmbeddingCache, ImageEmbeddingCache, default_image_cache
 from .errors import ConfigurationError, ImageLoadError, record_type
 from .fewshot import ImageSets, resolve_image_sets
 from .fewshot.sets import LoadPack
-from .images import ImageInput, ImagePolicy, describe, iter_inputs
-from .media import MediaOptions, MediaSource, tag_media
+from .images import ImageInput, ImagePolicy, ImageWithText, describe, iter_inputs
+from .media import MediaOptions, MediaSource, tag_media_each
 from .pipeline import Pipeline, SetAside
-from .registry import resolve_taxonomy
-from .results import KnownImageMatch, LabelExplanation, LabelScore, Provenance, TagResult, format_results
+from .registry import resolve_each, resolve_taxonomy
+from .results import KnownImageMatch, LabelExplanation, LabelScore, MultiTagResult, Provenance, TagResult, format_results
 from .runtimes import load_encoder
 from .runtimes.qualification import RuntimeGate
 from .settings import Settings
-from .stages import INTERRUPTED, MediaAside, Numbered, StopReading
+from .stages import INTERRUPTED, MediaAside, Numbered, StopReading, TextAside
 from .taxonomy import Taxonomy
 
 if TYPE_CHECKING:
     from .embedding_cache import ModelInfo
 
-__all__ = ["INTERRUPTED", "WRITE_EVERY", "Prepared", "Tagger"]
+__all__ = ["INTERRUPTED", "TEXT_CACHE_ENTRIES", "WRITE_EVERY", "Prepared", "Tagger"]
 
+#: Distinct input texts (product titles) whose embeddings a Tagger keeps, by hash, for the run.
+TEXT_CACHE_ENTRIES = 8192
 
 
 class Tagger:
@@ -112,6 +118,7 @@ class Tagger:
         # Compiled taxonomies and label sets, bounded by memory (ZSTAGGER_CLASSIFIER_CACHE_BYTES).
         self._compiled: CompiledCache[TaxonomyClassifier] = CompiledCache(settings.classifier_cache_bytes)
         self._lock = threading.Lock()
+        self._text_vectors: OrderedDict[str, np.ndarray] = OrderedDict()  # sha256 of a text -> its unit embedding
         # With a cache the model waits for the first miss.
         self._embedder = Embedder(
             self.model_name, device=device or settings.device, precision=precision or settings.precision,
@@ -140,6 +147,7 @@ class Tagger:
     # -- taxonomies -------------------------------------------------------------------
 
     resolve = staticmethod(resolve_taxonomy)
+    resolve_each = staticmethod(resolve_each)
 
     def classifier(self, taxonomy: Taxonomy) -> TaxonomyClassifier:
         """The compiled taxonomy; its text embeddings are computed on first use only.
@@ -212,13 +220,22 @@ class Tagger:
         job_id: str = "",
         interrupted: Callable[[], bool] | None = None,
         frames: bool = False,
-    ) -> list[TagResult]:
+        taxonomies: Sequence[str | Taxonomy] | None = None,
+    ) -> list[Any]:
         """Tag images (paths, directories, URLs, bytes or PIL images); one result per image, in order.
 
         Animated GIF/APNG/WebP and video files are judged over their sampled frames
-        (:mod:`zstagger.media`); ``frames=True`` adds each sampled frame's scores to their results."""
+        (:mod:`zstagger.media`); ``frames=True`` adds each sampled frame's scores to their results.
+
+        ``taxonomies=[...]`` (instead of ``taxonomy``): several taxonomies in one pass, each image
+        read and encoded once; one :class:`~zstagger.results.MultiTagResult` per image, holding
+        each taxonomy's result (exactly what tagging with it alone gives) under its name.
+
+        An input may be an :class:`~zstagger.images.ImageWithText` (a product photo and its title):
+        taxonomies with a ``text_fusion`` fuse the text with the image; their results say
+        ``text_used``."""
         return list(self.tag_iter(images, taxonomy, labels=labels, template=template, top_k=top_k, batch_size=batch_size,
-                                  job_id=job_id, interrupted=interrupted, frames=frames))
+                                  job_id=job_id, interrupted=interrupted, frames=frames, taxonomies=taxonomies))
 
     def tag_iter(
         self,
@@ -232,7 +249,8 @@ class Tagger:
         job_id: str = "",
         interrupted: Callable[[], bool] | None = None,
         frames: bool = False,
-    ) -> Iterator[TagResult]:
+        taxonomies: Sequence[str | Taxonomy] | None = None,
+    ) -> Iterator[Any]:
         """Like :meth:`tag`, yielding results as batches finish (constant memory).
 
         ``batch_size`` overrides the Tagger's for this call (queue workers split a chunk
@@ -241,9 +259,19 @@ class Tagger:
         True, images not yet being read are not read; their results are errors of kind
         ``interrupted`` (a queue worker told to stop hands them back to the queue).
         """
-        spec = self.resolve(taxonomy, labels, template)
         if top_k is not None and top_k < 1:
             raise ConfigurationError(f"top_k must be at least 1, got {top_k}")
+        if taxonomies is not None:
+            if taxonomy is not None or labels is not None:
+                raise ConfigurationError("give taxonomies=[...] alone, not with taxonomy or labels")
+            specs = self.resolve_each(taxonomies)
+            for spec in specs:
+                self.classifier(spec)  # compile (text embeddings) before the first image is read
+            for refs, embeds, errors in self.embed_batches(iter_inputs(images), batch_size, job_id=job_id,
+                                                           interrupted=interrupted, media=True):
+                yield from self.results_each(specs, refs, embeds, errors, top_k, frames=frames)
+            return
+        spec = self.resolve(taxonomy, labels, template)
         self.classifier(spec)  # compile (text embeddings) before the first image is read
         for refs, embeds, errors in self.embed_batches(iter_inputs(images), batch_size, job_id=job_id,
                                                        interrupted=interrupted, media=True):
@@ -254,11 +282,11 @@ class Tagger:
     def _results_with_media(self, spec: Taxonomy, refs: Sequence[ImageInput], embeds: np.ndarray | None,
                             found: Sequence[Any], top_k: int | None, frames: bool) -> list[TagResult]:
         # Media have no row in embeds: scored as errors first, then replaced by their own results.
-        out = self.results(spec, refs, embeds, [ImageLoadError("media", "") if isinstance(e, SetAside) else e
-                                                for e in found], top_k)
+        out = self.results(spec, refs, embeds, _stills(found), top_k)
         for i, aside in enumerate(found):
             if isinstance(aside, SetAside):
-                out[i] = self.tag_media(aside.value, describe(refs[i]), spec, top_k=top_k, frames=frames)
+                out[i] = self.tag_media(aside.value, describe(refs[i]), spec, top_k=top_k, frames=frames,
+                                        text=_text_of(refs[i]))
         return out
 
     @property
@@ -274,10 +302,17 @@ class Tagger:
         self._media_options = options
 
     def tag_media(self, source: MediaSource, name: str, taxonomy: Taxonomy, *, top_k: int | None = None,
-                  frames: bool = False) -> TagResult:
-        """One animation or video's result (:func:`zstagger.media.tag_media` with this Tagger's model)."""
-        return tag_media(source, name, taxonomy, self.classifier(taxonomy), self.embed_frames, self.media_options,
-                         self.provenance(taxonomy), top_k, frames)
+                  frames: bool = False, text: str | None = None) -> TagResult:
+        """One animation or video's result (:func:`zstagger.media.tag_media` with this Tagger's model);
+        ``text``: what it came with (a product title), fused with its frames as the taxonomy says."""
+        return self.tag_media_each(source, name, [taxonomy], top_k=top_k, frames=frames, text=text)[0]
+
+    def tag_media_each(self, source: MediaSource, name: str, taxonomies: Sequence[Taxonomy], *, top_k: int | None = None,
+                       frames: bool = False, text: str | None = None) -> list[TagResult]:
+        """:meth:`tag_media` for several taxonomies: decoded and embedded once, one result each."""
+        judged_by = [(taxonomy, self.classifier(taxonomy), self.provenance(taxonomy)) for taxonomy in taxonomies]
+        vector = self.text_embeddings([text])[0] if text is not None else None
+        return tag_media_each(source, name, judged_by, self.embed_frames, self.media_options, top_k, frames, vector)
 
     def embed_frames(self, pictures: Sequence[Image.Image]) -> np.ndarray:
         """Unit embeddings of decoded frames, one row each, through the loader threads and encoder
@@ -314,7 +349,9 @@ class Tagger:
             return self._results_with_media(taxonomy, refs, embeds, errors, top_k, frames)
         compiled = self.classifier(taxonomy)
         provenance = self.provenance(taxonomy, source)
-        done = iter(compiled.classify(embeds, top_k, self.explain) if embeds is not None else [])
+        texts = self.input_texts(refs, errors)
+        done = iter(compiled.classify(embeds, top_k, self.explain, texts) if embeds is not None else [])
+        fused = taxonomy.text_fusion is not None
         out = []
         for ref, error in zip(refs, errors):
             name = describe(ref)
@@ -334,8 +371,57 @@ class Tagger:
                 if c.matches else None,
                 explanation=[LabelExplanation.model_validate(entry) for entry in c.explanation]
                 if c.explanation is not None else None,
+                text_used=fused if isinstance(ref, ImageWithText) else None,
             ))
         return out
+
+    def results_each(
+        self, taxonomies: Sequence[Taxonomy], refs: Sequence[ImageInput], embeds: np.ndarray | None,
+        errors: Sequence[ImageLoadError | None], top_k: int | None = None, source: str = "image", *, frames: bool = False,
+    ) -> list[MultiTagResult]:
+        """:meth:`results` for several taxonomies: the same embeddings scored against each (animations
+        and videos decoded and embedded once), one :class:`MultiTagResult` per image."""
+        each = [self.results(spec, refs, embeds, _stills(errors), top_k, source) for spec in taxonomies]
+        out = [MultiTagResult(image=describe(ref), taxonomies={spec.name: results[i] for spec, results in zip(taxonomies, each)})
+               for i, ref in enumerate(refs)]
+        for i, aside in enumerate(errors):
+            if isinstance(aside, SetAside):
+                media = self.tag_media_each(aside.value, describe(refs[i]), taxonomies, top_k=top_k, frames=frames,
+                                            text=_text_of(refs[i]))
+                out[i] = MultiTagResult(image=out[i].image, taxonomies={spec.name: r for spec, r in zip(taxonomies, media)})
+        return out
+
+    # -- an input's text (a product title): embedded by the text tower, once per distinct text --
+
+    def input_texts(self, refs: Sequence[ImageInput], errors: Sequence[Any]) -> InputTexts | None:
+        """The texts of a batch's images that have an embedding row (None when none brought text)."""
+        rows, texts, row = [], [], 0
+        for ref, error in zip(refs, errors):
+            if error is not None:
+                continue
+            if isinstance(ref, ImageWithText):
+                rows.append(row)
+                texts.append(ref.text)
+            row += 1
+        if not rows:
+            return None
+        return InputTexts(np.asarray(rows, dtype=np.int64), self.text_embeddings(texts))
+
+    def text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
+        """Unit embeddings (N, D) of texts by the model's text tower; each distinct text is embedded
+        once in this Tagger's life (the last :data:`TEXT_CACHE_ENTRIES` are kept, by hash)."""
+        keys = [hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest() for text in texts]
+        with self._lock:
+            missing = {key: text for key, text in zip(keys, texts) if key not in self._text_vectors}
+        if missing:
+            vectors = normalize(np.asarray(self.encoder.encode_text(list(missing.values())), dtype=np.float32))
+        with self._lock:
+            if missing:
+                self._text_vectors.update(zip(missing, vectors))
+            found = np.stack([self._text_vectors[key] for key in keys])
+            while len(self._text_vectors) > TEXT_CACHE_ENTRIES:
+                self._text_vectors.popitem(last=False)
+        return found
 
     def result_lines(
         self, taxonomy: Taxonomy, names: Sequence[str], embeds: np.ndarray, top_k: int | None = None, source: str = "image"
@@ -379,6 +465,7 @@ class Tagger:
             stages = MediaAside(stages)
         if interrupted is not None:
             stages = StopReading(stages, interrupted)
+        stages = TextAside(stages, self.settings.max_text_chars)
         try:
             if sightings is None:
                 yield from self._pipeline.run(images, stages, batch_size or self.batch_size)
@@ -398,7 +485,7 @@ class Tagger:
         (the HTTP service's micro-batcher): images are recorded as each batch is embedded.
         ``media``: animations and videos are set aside (see :meth:`embed_batches`)."""
         stages = self._embedder.stages(self._route, job_id=job_id, figures=self._figures)
-        return MediaAside(stages) if media else stages
+        return TextAside(MediaAside(stages) if media else stages, self.settings.max_text_chars)
 
     def prepare(self, ref: ImageInput) -> Prepared | ImageLoadError:
         """``stages().prepare``: in a loader thread, the cached embedding, model-ready pixels, or the error."""
@@ -441,3 +528,12 @@ class Tagger:
     def __exit__(self, *exc) -> None:
         self.close()
 
+
+
+def _stills(errors: Sequence[Any]) -> list[Any]:
+    """A batch's errors with its media (set aside, no embedding row) as placeholder errors."""
+    return [ImageLoadError("media", "") if isinstance(e, SetAside) else e for e in errors]
+
+
+def _text_of(ref: ImageInput) -> str | None:
+    return ref.text if isinstance(ref, ImageWithText) else None

@@ -147,6 +147,22 @@ class MediaPolicy(BaseModel):
         return self
 
 
+class TextFusion(BaseModel):
+    """How an input's text (a product title or description) is fused with its image.
+
+    The text is embedded by the model's text tower and scored against the same label prompts
+    as the image. ``logit_mean``: the scoring rule (softmax, contrastive or sigmoid) is applied
+    to ``(1 - weight) * image logits + weight * text logits``; ``prob_mean``: each side is scored
+    on its own and the scores are mixed, ``(1 - weight) * image + weight * text``. Cosines stay
+    the image's. An input without text is scored from its image alone, as without this block.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Literal["logit_mean", "prob_mean"] = "logit_mean"
+    weight: float = Field(0.3, ge=0.0, le=1.0, description="Share of the text against the image (0: image only).")
+
+
 class ImageVectors(BaseModel):
     """The embeddings of a taxonomy's example and known images for one model (the key of
     ``image_vectors``: the model's fingerprint), written by ``zstagger examples embed``.
@@ -228,6 +244,9 @@ class Taxonomy(BaseModel):
         None, description="Directory that relative image paths are relative to (default: the taxonomy file's directory)."
     )
     media: MediaPolicy | None = Field(None, description="How animations' and videos' frames are judged together (default: max).")
+    text_fusion: TextFusion | None = Field(
+        None, description="How an input's text (a product title) is fused with its image (default: image only)."
+    )
     image_vectors: dict[str, ImageVectors] = Field(
         default_factory=dict, description="Embedded example/known images per model fingerprint (`zstagger examples embed`)."
     )
@@ -407,6 +426,18 @@ class Taxonomy(BaseModel):
         located._source_dir = self._source_dir
         return located
 
+    def with_text_fusion(self, fusion: TextFusion | None = None) -> Taxonomy:
+        """The same spec fusing an input's text: its own ``text_fusion``, else ``fusion``, else the
+        default (eval compares image-only with image+text on any taxonomy)."""
+        if self.text_fusion is not None:
+            return self
+        located = self.with_images_base()
+        spec = located.model_dump(mode="json")
+        spec["text_fusion"] = (fusion or TextFusion()).model_dump(mode="json")
+        fused = Taxonomy.parse(spec)
+        fused._source_dir = located._source_dir
+        return fused
+
     @property
     def has_actions(self) -> bool:
         """Moderation taxonomies (any label with an action) produce a verdict."""
@@ -442,7 +473,8 @@ class Taxonomy(BaseModel):
 
 
 _LABEL_IMAGE_FIELDS = {"examples": [], "negative_examples": [], "known_images": [], "match_threshold": None}
-_TAXONOMY_NEW_FIELDS = {"calibration": None, "few_shot": None, "examples_root": None, "image_vectors": {}, "media": None}
+_TAXONOMY_NEW_FIELDS = {"calibration": None, "few_shot": None, "examples_root": None, "image_vectors": {}, "media": None,
+                        "text_fusion": None}
 
 
 def _without_unused(spec: dict[str, Any]) -> dict[str, Any]:

@@ -97,19 +97,67 @@ def cli() -> None:
     """Zero-shot image tagging with CLIP-family models and pluggable taxonomies."""
 
 
-def read_references(inputs: Iterable[str]) -> list[str]:
+def read_references(inputs: Iterable[str], jsonl: bool = False) -> list:
     """Command-line inputs, with ``-`` replaced by the references on stdin (one per line).
 
     stdin is read as bytes and decoded as file names are (``os.fsdecode``), so a path that
     is not UTF-8 (``find`` prints them as they are) names the same file, like argv does.
+
+    An input named ``*.jsonl`` / ``*.ndjson`` is a list of items, one JSON object a line:
+    ``{"image": "path or URL", "text": "product title / description"}`` (text optional; a
+    relative path is relative to the list's folder); ``-`` with ``jsonl`` reads one from stdin
+    (relative paths: to the current directory). A malformed line is a usage error, before
+    anything is read.
     """
-    refs: list[str] = []
+    from ..images import ITEM_LIST_SUFFIXES
+
+    refs: list = []
     for item in inputs:
         if item == "-":
-            refs.extend(os.fsdecode(line.strip()) for line in sys.stdin.buffer if line.strip())
+            if jsonl:
+                refs.extend(_item_list(sys.stdin.buffer, "stdin", ""))
+            else:
+                refs.extend(os.fsdecode(line.strip()) for line in sys.stdin.buffer if line.strip())
+        elif item.lower().endswith(ITEM_LIST_SUFFIXES) and os.path.isfile(item):
+            try:
+                with open(item, "rb") as fh:
+                    refs.extend(_item_list(fh, item, os.path.dirname(item)))
+            except OSError as exc:
+                raise click.UsageError(f"cannot read the item list {item}: {exc.strerror or exc}") from None
         else:
             refs.append(item)
     return refs
+
+
+def _item_list(lines, name: str, base: str) -> list:
+    """The items of a JSON Lines list (see :func:`read_references`), each line bounded."""
+    import json
+
+    from ..images import MAX_ITEM_LINE_BYTES, ImageWithText, is_url, item_from_json
+
+    items = []
+    number = 0
+    while True:
+        line = lines.readline(MAX_ITEM_LINE_BYTES + 1)
+        if not line:
+            return items
+        number += 1
+        where = f"{name} line {number}"
+        if len(line) > MAX_ITEM_LINE_BYTES:
+            raise click.UsageError(f"{where} is over {MAX_ITEM_LINE_BYTES:,} bytes: an item is an image reference "
+                                   "and a short text (ZSTAGGER_MAX_TEXT_CHARS)")
+        if not line.strip():
+            continue
+        try:
+            item = item_from_json(json.loads(line), where)
+        except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+            message = str(exc) if str(exc).startswith(where) else f"{where}: not JSON ({str(exc).split(':')[0]})"
+            raise click.UsageError(message) from None
+        image = item.image if isinstance(item, ImageWithText) else item
+        if base and not is_url(image) and not os.path.isabs(image):
+            image = os.path.join(base, image)
+            item = ImageWithText(image, item.text) if isinstance(item, ImageWithText) else image
+        items.append(item)
 
 
 def require_some_input_exists(refs: list) -> None:
@@ -143,6 +191,30 @@ def taxonomy_options(func: Callable) -> Callable:
     func = click.option("--labels", help='Comma-separated ad-hoc labels, e.g. "cat,dog,bird" (like the HF pipeline).')(func)
     func = click.option("-t", "--taxonomy", help="Name of a registered taxonomy (see `zstagger taxonomies`).")(func)
     return func
+
+
+def several_taxonomies_options(func: Callable) -> Callable:
+    """:func:`taxonomy_options` where -t may be given several times: every image is read and
+    encoded once and scored against each taxonomy (``tag``, ``enqueue``)."""
+    func = click.option("--template", help='Template for --labels, with {} for the label. Default: "This is a photo of {}."')(func)
+    func = click.option("--labels", help='Comma-separated ad-hoc labels, e.g. "cat,dog,bird" (like the HF pipeline).')(func)
+    func = click.option("-t", "--taxonomy", "taxonomies", multiple=True,
+                        help="Name of a registered taxonomy (see `zstagger taxonomies`); repeat it for several in one "
+                        "pass (one result line per image, each taxonomy's result under its name).")(func)
+    return func
+
+
+def one_or_several(taxonomies: tuple[str, ...], labels: str | None, template: str | None) -> tuple[str | None, list[str] | None]:
+    """(the one taxonomy, or None) and (several taxonomies, or None) from repeated -t options."""
+    if len(taxonomies) > 1:
+        if labels is not None or template is not None:
+            raise click.UsageError("several -t/--taxonomy go without --labels and --template")
+        if len(set(taxonomies)) < len(taxonomies):
+            raise click.UsageError("a taxonomy is given twice with -t")
+        return None, list(taxonomies)
+    taxonomy = taxonomies[0] if taxonomies else None
+    check_taxonomy_choice(taxonomy, labels, template)
+    return taxonomy, None
 
 
 def check_taxonomy_choice(taxonomy: str | None, labels: str | None, template: str | None) -> None:

@@ -176,6 +176,15 @@ def print_eval(report) -> None:
         click.echo(f"\nlabels with images ({f.method}, " + ", ".join(f"{k} {v:g}" for k, v in f.settings.items())
                    + f"; vectors from {f.images_from}): " + "; ".join(
                        f"{label} " + ", ".join(f"{n} {kinds[k]}" for k, n in counts.items()) for label, counts in f.labels.items()))
+    if report.signals:
+        click.echo(f"\nimage only against image+text (the same {report.evaluated} images; text fused with "
+                   f"{report.signals[-1].text_fusion}; the figures above are image only, --json has both in full):")
+        figures = [("top1", "top-1"), ("accuracy", "tag accuracy"), ("micro_f1", "micro f1"), ("macro_f1", "macro f1"),
+                   ("macro_average_precision", "macro AP"), ("verdict_accuracy", "verdict accuracy")]
+        shown = [(key, title) for key, title in figures if getattr(report.signals[0], key) is not None]
+        print_table([{"signal": row.signal, "with text": row.images_with_text,
+                      **{title: _num(v) if isinstance(v := getattr(row, key), float) else str(v) for key, title in shown}}
+                     for row in report.signals], ["signal", "with text", *[title for _, title in shown]])
     if report.calibration is not None:
         c = report.calibration
         click.echo(f"\ncalibrated {c.date} for {c.target} on {c.dataset} ({c.images} images, {c.folds}-fold held-out):")

@@ -9,8 +9,8 @@ import click
 
 from ..settings import PRECISIONS, Settings
 from .common import (
-    EXIT_FAILED_INPUTS, EXIT_OK, EXIT_TIMEOUT, check_taxonomy_choice, cli, read_references,
-    reader_may_leave, reports_errors, taxonomy_options,
+    EXIT_FAILED_INPUTS, EXIT_OK, EXIT_TIMEOUT, cli, one_or_several, read_references, reader_may_leave,
+    reports_errors, several_taxonomies_options,
 )
 
 
@@ -62,30 +62,34 @@ def worker(concurrency, queues, model, precision, device, hostname, loglevel, po
 
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True)
-@taxonomy_options
+@several_taxonomies_options
 @click.option("--chunk-size", type=click.IntRange(min=1, max=1024), help="Images per task (ZSTAGGER_CHUNK_SIZE, default 32).")
 @click.option("--queue", default="bulk", show_default=True, help="interactive or bulk (or any queue your workers consume).")
 @click.option("--top-k", type=click.IntRange(min=1), help="Keep only the K best scores per image.")
 @click.option("--upload", is_flag=True, help="Send local files' bytes instead of their paths (workers on other machines).")
 @click.option("--callback-url", help="POST a signed event here when the job is done or cancelled (ZSTAGGER_WEBHOOK_SECRET).")
+@click.option("--jsonl", "stdin_items", is_flag=True,
+              help='With -: stdin is a JSON Lines item list ({"image": ..., "text": ...} a line), not references.')
 @reports_errors
-def enqueue(inputs, taxonomy, labels, template, chunk_size, queue, top_k, upload, callback_url):
+def enqueue(inputs, taxonomies, labels, template, chunk_size, queue, top_k, upload, callback_url, stdin_items):
     """Enqueue images for the workers; prints the job id.
 
     Paths are sent as absolute paths and read by the workers: they must see the same
     files at the same paths (shared storage). Otherwise use --upload, or URLs.
+    Several -t and item lists (*.jsonl, with text) work as for `tag`.
     """
     from ..images import expand_inputs
     from ..queue.client import enqueue as enqueue_images
     from ..queue.client import load_refs_for_upload
 
-    check_taxonomy_choice(taxonomy, labels, template)
+    taxonomy, several = one_or_several(taxonomies, labels, template)
     settings = Settings()
-    refs = list(expand_inputs(read_references(inputs)))
+    refs = list(expand_inputs(read_references(inputs, jsonl=stdin_items)))
     if upload:
         refs = list(load_refs_for_upload(refs, settings.max_upload_bytes))
     job = enqueue_images(refs, taxonomy, labels=labels.split(",") if labels else None, template=template,
-                         top_k=top_k, chunk_size=chunk_size, queue=queue, callback_url=callback_url, settings=settings)
+                         top_k=top_k, chunk_size=chunk_size, queue=queue, callback_url=callback_url, settings=settings,
+                         taxonomies=several)
     click.echo(job.id)
 
 

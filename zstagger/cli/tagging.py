@@ -6,32 +6,44 @@ import sys
 
 import click
 
+from ..results import MultiTagResult
 from ..settings import Settings
 from .common import (
-    EXIT_FAILED_INPUTS, EXIT_OK, announce_model_load, check_taxonomy_choice, cli, model_options, read_references,
-    reader_may_leave, reports_errors, require_some_input_exists, taxonomy_options, unwinds_on_sigterm,
+    EXIT_FAILED_INPUTS, EXIT_OK, announce_model_load, check_taxonomy_choice, cli, model_options, one_or_several,
+    read_references, reader_may_leave, reports_errors, require_some_input_exists, several_taxonomies_options,
+    taxonomy_options, unwinds_on_sigterm,
 )
 from .progress import progress_bar
 
 
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True)
-@taxonomy_options
+@several_taxonomies_options
 @model_options
 @click.option("--top-k", type=click.IntRange(min=1), help="Report only the K best scores per image.")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "table"]), help="Default: table on a terminal, jsonl otherwise.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal).")
 @click.option("--frames", "per_frame", is_flag=True, help="Add each sampled frame's scores to animation and video results.")
+@click.option("--jsonl", "stdin_items", is_flag=True,
+              help='With -: stdin is a JSON Lines item list ({"image": ..., "text": ...} a line), not references.')
 @reports_errors
-def tag(inputs, taxonomy, labels, template, model, batch_size, device, precision, top_k, fmt, progress, per_frame):
-    """Tag images: files, directories, http(s) URLs, or - for references on stdin.
+def tag(inputs, taxonomies, labels, template, model, batch_size, device, precision, top_k, fmt, progress, per_frame,
+        stdin_items):
+    """Tag images: files, directories, http(s) URLs, item lists (*.jsonl), or - for references on stdin.
 
     Animated GIF/APNG/WebP and videos (MP4, MOV, WebM, MKV, ...) are judged over their
     sampled frames; their results add media, segments (flagged stretches, in seconds) and,
     with --frames, each sampled frame's scores.
 
+    Several -t: each image is read and encoded once and scored against each taxonomy; one
+    line per image, {"image": ..., "taxonomies": {NAME: RESULT, ...}}, each RESULT what -t
+    NAME alone writes. An item list's lines are {"image": "photo.jpg", "text": "title"}:
+    taxonomies with a text_fusion setting fuse the text with the image.
+
     \b
     zstagger tag photos/ -t moderation
+    zstagger tag photos/ -t moderation -t ecommerce
+    zstagger tag products.jsonl -t ecommerce
     zstagger tag cat.jpg --labels "cat,dog,bird"
     zstagger tag clip.mp4 -t moderation --frames
     find /data -iname '*.jpg' | zstagger tag - -t ecommerce --format jsonl
@@ -39,10 +51,11 @@ def tag(inputs, taxonomy, labels, template, model, batch_size, device, precision
     from ..images import expand_inputs
     from ..tagger import Tagger
 
-    check_taxonomy_choice(taxonomy, labels, template)
+    taxonomy, several = one_or_several(taxonomies, labels, template)
     fmt = fmt or ("table" if sys.stdout.isatty() else "jsonl")
-    spec = Tagger.resolve(taxonomy, labels.split(",") if labels else None, template)  # fail fast, before the model loads
-    refs = list(expand_inputs(read_references(inputs)))
+    # Fail fast, before the model loads.
+    spec = Tagger.resolve_each(several) if several else Tagger.resolve(taxonomy, labels.split(",") if labels else None, template)
+    refs = list(expand_inputs(read_references(inputs, jsonl=stdin_items)))
     if not refs:
         raise click.UsageError("no images found in the given inputs")
     require_some_input_exists(refs)
@@ -53,7 +66,9 @@ def tag(inputs, taxonomy, labels, template, model, batch_size, device, precision
     # Ctrl-C and SIGTERM unwind through the tagger: it writes the embedding store's records
     # of every image printed before the command exits (130 or 143).
     with unwinds_on_sigterm(), reader_may_leave(), tagger, progress_bar(len(refs), "tagging", show) as bar:
-        for result in tagger.tag_iter(refs, spec, top_k=top_k, frames=per_frame):
+        results = (tagger.tag_iter(refs, taxonomies=spec, top_k=top_k, frames=per_frame) if several else
+                   tagger.tag_iter(refs, spec, top_k=top_k, frames=per_frame))
+        for result in results:
             failed += result.error is not None
             bar.update(1)
             line = result.to_json() if fmt == "jsonl" else format_row(result)
@@ -67,6 +82,13 @@ def tag(inputs, taxonomy, labels, template, model, batch_size, device, precision
 
 
 def format_row(result) -> str:
+    if isinstance(result, MultiTagResult):  # the image once, then each taxonomy's rows under its name
+        if result.error is not None:
+            return format_row(next(iter(result.taxonomies.values())))
+        rows = [result.image.encode("utf-8", "backslashreplace").decode("utf-8")]
+        for name, one in result.taxonomies.items():
+            rows.append(f"  [{name}]" + format_row(one).split("\n", 1)[-1].replace("\n", "\n  "))
+        return "\n".join(rows)
     if result.error is not None:
         row = f"{result.image}\n  ERROR {result.error.type}: {result.error.message}"
     else:

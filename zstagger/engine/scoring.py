@@ -25,6 +25,9 @@ applied to every batch of image embeddings. Three scoring rules:
 Unit vectors and their similarity live in :mod:`.vectors` (below both this module and
 :mod:`.fewshot`, so neither imports the other at run time).
 
+An input may bring text (a product title): :meth:`ScoringPlan.score_fused` scores it against
+the same label embeddings and mixes it with the image, in logits or in scores.
+
 Few-shot examples (:mod:`.fewshot`) either change the label and competitor embeddings
 before a plan is built (``blend``) or add image evidence to the logits of every rule
 (``centroid``, ``cache``).
@@ -44,6 +47,12 @@ if TYPE_CHECKING:
     from .fewshot import ImageEvidence
 
 ScoringRule = Literal["softmax", "contrastive", "sigmoid"]
+FusionMethod = Literal["logit_mean", "prob_mean"]
+
+
+def fuse(image: np.ndarray, text: np.ndarray, weight: float) -> np.ndarray:
+    """``(1 - weight) * image + weight * text``: an input's image and text sides, mixed."""
+    return ((1.0 - weight) * image + weight * text).astype(np.float32)
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -75,6 +84,20 @@ def ensemble(prompt_embeds: np.ndarray, groups: Sequence[Sequence[int]]) -> np.n
     normed = normalize(np.asarray(prompt_embeds, dtype=np.float32))
     rows = [normed[list(g)].mean(axis=0) for g in groups]
     return normalize(np.stack(rows))
+
+
+@dataclass(frozen=True)
+class InputTexts:
+    """The texts that came with some images of a batch (product titles): ``rows`` (K,) are the
+    batch rows that have one, ``embeds`` (K, D) their unit text embeddings."""
+
+    rows: np.ndarray
+    embeds: np.ndarray
+
+    @classmethod
+    def every_row(cls, count: int, embed: np.ndarray) -> InputTexts:
+        """One text for all ``count`` rows (a video's frames and its title)."""
+        return cls(np.arange(count), np.repeat(np.asarray(embed, dtype=np.float32)[None, :], count, axis=0))
 
 
 @dataclass
@@ -118,13 +141,38 @@ class ScoringPlan:
     def score(self, image_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Unit image embeddings (B, D) -> (scores, cosines), both (B, L) float32."""
         logits, competitor_logits, cosine = self.logits(image_embeds)
+        return self.apply_rule(logits, competitor_logits), cosine
+
+    def apply_rule(self, logits: np.ndarray, competitor_logits: np.ndarray | None) -> np.ndarray:
+        """The scoring rule on logits as :meth:`logits` gives them: (B, L) scores."""
         if self.rule == "sigmoid":
-            return sigmoid(logits + (self.logit_bias or 0.0)), cosine
+            return sigmoid(logits + (self.logit_bias or 0.0))
         if self.rule == "softmax":
-            return hierarchical_softmax(logits, self.groups, self.group_parents), cosine
+            return hierarchical_softmax(logits, self.groups, self.group_parents)
         # per label: logsumexp over its own competitors -> (B, L)
         rivals = grouped_logsumexp(competitor_logits[:, self._rival_columns], self._rival_starts, self._rival_counts)  # type: ignore[index]
-        return sigmoid(logits - rivals), cosine
+        return sigmoid(logits - rivals)
+
+    def text_logits(self, text_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The labels' and competitors' logits for unit *text* embeddings (an input's title):
+        the same prompts, without image evidence (example images say nothing about a text)."""
+        texts = np.asarray(text_embeds, dtype=np.float32)
+        logits = self.logit_scale * similarity(texts, self.label_embeds)
+        if self.rule != "contrastive":
+            return logits, None
+        return logits, self.logit_scale * similarity(texts, self.competitor_embeds)  # type: ignore[arg-type]
+
+    def score_fused(self, image_embeds: np.ndarray, text_embeds: np.ndarray, method: FusionMethod,
+                    weight: float) -> tuple[np.ndarray, np.ndarray]:
+        """Images (B, D) each with its text (B, D) -> (scores, the images' cosines): ``logit_mean``
+        applies the rule to the weighted mean of both sides' logits, ``prob_mean`` mixes the
+        scores of each side scored alone (see :func:`fuse`)."""
+        logits, competitor_logits, cosine = self.logits(image_embeds)
+        text, text_competitors = self.text_logits(text_embeds)
+        if method == "logit_mean":
+            mixed = None if competitor_logits is None else fuse(competitor_logits, text_competitors, weight)
+            return self.apply_rule(fuse(logits, text, weight), mixed), cosine
+        return fuse(self.apply_rule(logits, competitor_logits), self.apply_rule(text, text_competitors), weight), cosine
 
     def logits(self, image_embeds: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """What the rule turns into scores: the labels' logits (B, L), the competitors' (B, N;

@@ -24,8 +24,8 @@ from .calibrate import MIN_POSITIVES, Target, calibrate_scored, calibrated_taxon
 from .datasets import LabelledDataset, load_dataset
 from .extra import check_installed, import_in_background
 from .metrics import Bootstrap, multi_label_figures, single_label_figures, verdict_figures
-from .models import CalibrationReport, EvalReport, FewShotUse, LabelMetrics, LevelMetrics
-from .scored import UNREADABLE_SHOWN, ScoredDataset, rescore, score_dataset
+from .models import CalibrationReport, EvalReport, FewShotUse, LabelMetrics, LevelMetrics, SignalRow
+from .scored import UNREADABLE_SHOWN, ScoredDataset, rescore, score_dataset, with_text
 
 Progress = Callable[[int], None]
 ALWAYS_FIRES = 0.9  # a label tagged on more than this share of the images is reported: its threshold is suspect
@@ -56,9 +56,19 @@ def evaluate(
         check_installed("sklearn", "matplotlib")
     spec = resolve_taxonomy(taxonomy, labels, template)
     dataset = load_dataset(data, spec)
+    has_text = any(item.text is not None for item in dataset.items)
+    if has_text:
+        _check_texts(dataset, (tagger.settings if tagger is not None else settings or Settings()).max_text_chars)
     with _tagger(tagger, model, cache, settings) as active:
-        scored = _score(dataset, spec, active, progress)
+        scored = _score(dataset, spec, active, progress, keep_embeddings=has_text)
         report = build_eval_report(scored, dataset, active, bootstrap_rounds)
+        if has_text:  # the same images again, their text fused: both rows in the report
+            fused, count = with_text(scored, spec.with_text_fusion(), active)
+            text_report = build_eval_report(fused, dataset, active, bootstrap_rounds)
+            fusion = fused.taxonomy.text_fusion
+            described = f"{fusion.method}, weight {fusion.weight:g}" if fusion is not None else None
+            report = report.model_copy(update={"with_text": text_report, "signals": [
+                signal_row(report, "image", 0), signal_row(text_report, "image+text", count, described)]})
     if report_dir is not None:
         from .report import write_report
 
@@ -89,6 +99,27 @@ def build_eval_report(scored: ScoredDataset, dataset: LabelledDataset, tagger: T
         cache_hits=scored.cache_hits, cache_misses=scored.cache_misses, bootstrap_rounds=rounds,
         calibration=spec.calibration, **fields,
     )
+
+
+def signal_row(report: EvalReport, signal: str, with_text: int, fusion: str | None = None) -> SignalRow:
+    """The headline figures of one report, as a row of the image-only / image+text comparison."""
+    top = report.levels[0] if report.levels else None
+    averages = report.averages
+    return SignalRow(
+        signal=signal, images_with_text=with_text, text_fusion=fusion,
+        top1=top.top1 if top else None, accuracy=top.accuracy if top else None,
+        micro_f1=averages.micro_f1 if averages else None, macro_f1=averages.macro_f1 if averages else None,
+        macro_average_precision=averages.macro_average_precision if averages else None,
+        verdict_accuracy=report.verdicts.accuracy if report.verdicts else None,
+    )
+
+
+def _check_texts(dataset: LabelledDataset, max_chars: int) -> None:
+    """Every manifest text within ZSTAGGER_MAX_TEXT_CHARS, before any image is read."""
+    long = [item.ref for item in dataset.items if item.text is not None and len(item.text) > max_chars]
+    if long:
+        raise DatasetError(f"{dataset.source}: {len(long)} rows have a text over {max_chars:,} characters "
+                           f"(ZSTAGGER_MAX_TEXT_CHARS; first: {long[0]}): shorten them, or raise the limit")
 
 
 def always_firing(labels: list[LabelMetrics], levels: list[LevelMetrics], images: int) -> list[str]:

@@ -5,7 +5,8 @@ Formats:
 - folders: ``DATA/<label>/*.jpg``; a label name with ``/`` (a hierarchy) is a nested folder
   (``DATA/apparel/shoes/``), and ``DATA/_none/`` holds images that no label applies to;
 - manifest: one row per image, ``image`` (a path relative to the manifest, an absolute
-  path, or an http(s) URL) and ``labels`` (JSONL: a list; CSV: names separated by ``;``);
+  path, or an http(s) URL) and ``labels`` (JSONL: a list; CSV: names separated by ``;``),
+  optionally ``text`` (the product's title / description: eval reports image-only and image+text);
   an empty list means that no label applies.
 
 Every problem is found before any image is decoded: names the taxonomy lacks (with
@@ -38,6 +39,7 @@ class LabelledImage:
     ref: str  # what the tagger reads: a path or URL
     labels: tuple[str, ...]  # true labels (empty: none applies)
     weight: float = 1.0  # how many images it stands for (manifests from `zstagger review export`: 1 / inclusion probability)
+    text: str | None = None  # the product's title / description (manifests' optional ``text``), fused by text_fusion
 
 
 @dataclass(frozen=True)
@@ -166,8 +168,9 @@ def _from_manifest(path: Path, rows: Iterable[tuple[int, object]]) -> list[Label
             ref = row["image"].strip()  # type: ignore[index]
             if not is_url(ref) and not os.path.isabs(ref):
                 ref = str(base / ref)
+            text = row.get("text") or None  # type: ignore[union-attr]  (CSV: an empty cell is no text)
             items.append(LabelledImage(ref, labels_of(tuple(dict.fromkeys(row["labels"]))),  # type: ignore[index]
-                                       float(row.get("weight", 1.0))))  # type: ignore[union-attr]
+                                       float(row.get("weight", 1.0)), text))  # type: ignore[union-attr]
     except UnicodeDecodeError:
         raise DatasetError(f"{path}: the manifest is not UTF-8 text") from None
     except csv.Error as exc:
@@ -193,6 +196,9 @@ def _row_problem(row: object) -> str | None:
         return "no labels field (use [] when no label applies)"
     if not isinstance(labels, list) or not all(isinstance(label, str) and label.strip() for label in labels):
         return "labels must be a list of label names"
+    text = row.get("text")
+    if text is not None and not isinstance(text, str):
+        return "text must be a string (the product's title / description)"
     weight = row.get("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < 1e9 or weight != weight:
         return "weight must be a positive number (1 / the probability the image had of being chosen)"
@@ -234,7 +240,8 @@ def _check_single_paths(items: list[LabelledImage], taxonomy: Taxonomy, source: 
 def _fingerprint(items: list[LabelledImage]) -> str:
     h = hashlib.sha256()
     for item in sorted(items, key=lambda i: i.ref):
-        h.update(json.dumps([item.ref, sorted(item.labels)] + ([item.weight] if item.weight != 1.0 else [])).encode())
+        h.update(json.dumps([item.ref, sorted(item.labels)] + ([item.weight] if item.weight != 1.0 else [])
+                            + ([item.text] if item.text is not None else [])).encode())
         if not is_url(item.ref):
             try:
                 st = os.stat(item.ref)

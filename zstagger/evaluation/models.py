@@ -105,6 +105,21 @@ class FewShotUse(_Model):
     labels: dict[str, dict[str, int]]  # label -> images per kind (examples, negative_examples, known_images)
 
 
+class SignalRow(_Model):
+    """One row of eval's image-only against image+text comparison: the headline figures of one
+    way of scoring the same images (the images with text scored with it fused, the rest alone)."""
+
+    signal: str  # "image" or "image+text"
+    images_with_text: int  # of the evaluated images, those whose text was fused (0 for "image")
+    text_fusion: str | None = None  # "logit_mean, weight 0.3" (the taxonomy's, or the default when it has none)
+    top1: Estimate | None = None  # single-label: the top level
+    accuracy: Estimate | None = None  # single-label: tag accuracy at the top level
+    micro_f1: Estimate | None = None  # multi-label
+    macro_f1: Estimate | None = None
+    macro_average_precision: float | None = None
+    verdict_accuracy: Estimate | None = None  # taxonomies with actions
+
+
 class EvalReport(_Model):
     taxonomy: str
     taxonomy_version: str
@@ -130,6 +145,10 @@ class EvalReport(_Model):
     warnings: list[str] = []  # labels that fire on nearly every image (see evaluation.api.ALWAYS_FIRES)
     report_dir: str | None = None
     seconds: float = 0.0
+    # A manifest whose rows bring text: image-only against image+text on the same images (both
+    # rows), and the full figures with text. Left out otherwise.
+    signals: list[SignalRow] | None = None
+    with_text: EvalReport | None = None
 
 
 class LabelCalibrationResult(_Model):

@@ -120,3 +120,21 @@ def rescore(scored: ScoredDataset, compiled: TaxonomyClassifier) -> ScoredDatase
     tagged = compiled.tag_rows(scores, matched) if len(scores) else []
     return replace(scored, taxonomy=compiled.taxonomy, classifier=compiled, scores=scores, matched=matched, tagged=tagged,
                    verdicts=[compiled.verdict(t) for t in tagged])
+
+
+def with_text(scored: ScoredDataset, taxonomy: Taxonomy, tagger: Tagger) -> tuple[ScoredDataset, int]:
+    """The same images scored again with their text fused (``taxonomy``'s ``text_fusion``), from
+    their embeddings (``keep_embeddings``); images without text keep their image-only scores.
+    Returns it and how many images had text."""
+    from ..engine.scoring import InputTexts
+
+    compiled = tagger.classifier(taxonomy)
+    rows = [i for i, item in enumerate(scored.items) if item.text is not None]
+    texts = InputTexts(np.asarray(rows, dtype=np.int64), tagger.text_embeddings([scored.items[i].text for i in rows])) \
+        if rows else None
+    if scored.embeddings is None:
+        return replace(scored, taxonomy=taxonomy, classifier=compiled), 0
+    batch = compiled.score(scored.embeddings, texts)
+    tagged = compiled.tag_rows(batch.scores, batch.matched)
+    return replace(scored, taxonomy=taxonomy, classifier=compiled, scores=batch.scores, matched=batch.matched, tagged=tagged,
+                   verdicts=[compiled.verdict(t) for t in tagged]), len(rows)

@@ -15,11 +15,14 @@ Nothing here imports the engine, the tagger or anything above them.
 """
 
 from .decode import decode, to_rgb
-from .inputs import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, ImageInput, NamedBytes, describe, expand_inputs, is_url, iter_inputs
+from .inputs import (
+    IMAGE_EXTENSIONS, ITEM_LIST_SUFFIXES, MAX_ITEM_LINE_BYTES, VIDEO_EXTENSIONS, ImageInput, ImageWithText, NamedBytes,
+    check_text, describe, expand_inputs, is_url, item_from_json, iter_inputs, split_text,
+)
 from .load import fetch_url, load_image, open_image, read_image_bytes
 from .policy import ImagePolicy
 
 __all__ = [
-    "IMAGE_EXTENSIONS", "ImageInput", "ImagePolicy", "NamedBytes", "decode", "describe", "expand_inputs",
+    "IMAGE_EXTENSIONS", "ImageInput", "ImagePolicy", "ImageWithText", "NamedBytes", "check_text", "split_text", "item_from_json", "ITEM_LIST_SUFFIXES", "MAX_ITEM_LINE_BYTES", "decode", "describe", "expand_inputs",
     "fetch_url", "is_url", "iter_inputs", "load_image", "open_image", "read_image_bytes", "to_rgb", "VIDEO_EXTENSIONS",
 ]

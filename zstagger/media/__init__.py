@@ -18,6 +18,6 @@ from .aggregate import aggregate, segments
 from .options import MediaOptions
 from .sniff import sniff
 from .source import MediaSource, detect
-from .tagging import tag_media
+from .tagging import tag_media, tag_media_each
 
-__all__ = ["MediaOptions", "MediaSource", "aggregate", "detect", "segments", "sniff", "tag_media"]
+__all__ = ["MediaOptions", "MediaSource", "aggregate", "detect", "segments", "sniff", "tag_media", "tag_media_each"]

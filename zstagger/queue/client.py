@@ -14,12 +14,12 @@ from ..errors import ConfigurationError, FileReadError, JobTimeout
 from ..extras import missing_from
 from ..files import read_regular_file
 from ..images import ImageInput, NamedBytes, iter_inputs
-from ..registry import resolve_taxonomy
-from ..results import TagResult
+from ..registry import resolve_each, resolve_taxonomy
+from ..results import MultiTagResult, TagResult, read_result
 from ..settings import Settings
 from ..taxonomy import Taxonomy
 from .celery_app import REDIS_TRANSPORT, TASK_NAME, app_for
-from .messages import encode_ref
+from .messages import encode_item
 from .notify import FINAL_STATES, job_finished
 from .jobstore import (
     ENQUEUE_BEAT, ENQUEUING, JobStore, QueueUnavailableError, check_job_id, connect, new_job_id, redis_failure,
@@ -143,11 +143,12 @@ class Job:
             return []
         return [line for _, line in self.store.iter_results(self.id, end, start=offset)]
 
-    def results(self, wait: bool = False, timeout: float | None = None) -> list[TagResult]:
-        """One :class:`~zstagger.TagResult` per finished input, in input order."""
+    def results(self, wait: bool = False, timeout: float | None = None) -> list[TagResult | MultiTagResult]:
+        """One :class:`~zstagger.TagResult` per finished input, in input order (a
+        :class:`~zstagger.MultiTagResult` for a job of several taxonomies)."""
         if wait:
             self.wait(timeout)
-        return [TagResult.from_json(line) for line in self.result_lines()]
+        return [read_result(line) for line in self.result_lines()]
 
     def __repr__(self) -> str:
         return f"Job({self.id!r})"
@@ -194,6 +195,7 @@ def enqueue(
     results_url: str | None = None,
     job_id: str | None = None,
     settings: Settings | None = None,
+    taxonomies: Sequence[str | Taxonomy] | None = None,
 ) -> Job:
     """Validate, split into chunks and enqueue images for the workers; returns the :class:`Job`.
 
@@ -213,9 +215,17 @@ def enqueue(
     task named ``on_done`` is sent ``(job_id, status)`` on ``on_done_queue``, both at least
     once. ``results_url`` is put in the webhook event (the HTTP service sets it, with the
     ``job_id`` it chose).
+
+    ``taxonomies=[...]`` (instead of ``taxonomy``): several taxonomies in one pass; each image
+    is read and encoded once by a worker, and its result holds each taxonomy's under its name
+    (:class:`~zstagger.results.MultiTagResult`). Inputs may bring text
+    (:class:`~zstagger.images.ImageWithText`), checked here against ``ZSTAGGER_MAX_TEXT_CHARS``.
     """
     settings = settings or Settings()
-    spec = resolve_taxonomy(taxonomy, labels, template)
+    if taxonomies is not None:
+        if taxonomy is not None or labels is not None:
+            raise ConfigurationError("give taxonomies=[...] alone, not with taxonomy or labels")
+    specs = resolve_each(taxonomies) if taxonomies is not None else [resolve_taxonomy(taxonomy, labels, template)]
     chunk_size = chunk_size or settings.chunk_size
     if chunk_size < 1:
         raise ConfigurationError(f"chunk size must be at least 1, got {chunk_size}")
@@ -236,23 +246,25 @@ def enqueue(
             notify["on_done_queue"] = on_done_queue
     if results_url is not None:
         notify["results_url"] = results_url
-    encoded = [encode_ref(ref, settings.max_upload_bytes) for ref in iter_inputs(images)]
+    encoded = [encode_item(i, ref, settings.max_upload_bytes, settings.max_text_chars)
+               for i, ref in enumerate(iter_inputs(images))]
     if not encoded:
         raise ConfigurationError("nothing to enqueue: no images in the inputs")
-    packs = read_packs(spec)  # embedded image vectors: read (and checked to be there) before anything is written
+    packs = [read_packs(spec) for spec in specs]  # embedded image vectors: read (and checked to be there) before anything is written
     check_transport()
 
     store = open_job_store(settings)
     job_id = check_job_id(job_id) if job_id is not None else new_job_id()
     expires_at = int(time.time() + settings.result_ttl)
-    chunks = [[[i, ref] for i, ref in enumerate(encoded[start : start + chunk_size], start)]
-              for start in range(0, len(encoded), chunk_size)]
-    spec_json = _reachable(settings, lambda: spec_for_workers(spec, packs, store.redis, expires_at))
+    chunks = [encoded[start : start + chunk_size] for start in range(0, len(encoded), chunk_size)]
+    each_json = [_reachable(settings, lambda: spec_for_workers(spec, pack, store.redis, expires_at))
+                 for spec, pack in zip(specs, packs)]
+    spec_json = each_json if taxonomies is not None else each_json[0]  # one spec travels as it always has
     # Marked as being enqueued until every chunk is out: no worker tags a chunk of it before
     # then, so a failure part way (the job is deleted) leaves nothing of it tagged.
     _reachable(settings, lambda: store.create(
-        job_id, len(encoded), expires_at, chunks=len(chunks), queue=queue, taxonomy=spec.name, fingerprint=spec.fingerprint,
-        **{ENQUEUING: time.time()}, **notify,
+        job_id, len(encoded), expires_at, chunks=len(chunks), queue=queue, taxonomy=",".join(s.name for s in specs),
+        fingerprint=",".join(s.fingerprint for s in specs), **{ENQUEUING: time.time()}, **notify,
     ))
     app = app_for(settings)
     try:
@@ -286,11 +298,13 @@ def enqueue(
 
 
 def load_refs_for_upload(refs: Iterable[ImageInput], max_bytes: int) -> Iterator[ImageInput]:
-    """Replace local file paths by their bytes (``zstagger enqueue --upload``)."""
-    from ..images import is_url
+    """Replace local file paths by their bytes (``zstagger enqueue --upload``); an input's text stays with it."""
+    from ..images import ImageWithText, is_url
 
     for ref in refs:
-        if isinstance(ref, str) and not is_url(ref):
+        if isinstance(ref, ImageWithText):
+            yield ImageWithText(next(load_refs_for_upload([ref.image], max_bytes)), ref.text)
+        elif isinstance(ref, str) and not is_url(ref):
             try:
                 data = read_regular_file(ref, max_bytes, "ZSTAGGER_MAX_UPLOAD_BYTES")
             except FileReadError as exc:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-from typing import Annotated, Any
+from typing import Annotated, Any, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, ValidationError
 
-from ..errors import ConfigurationError, MalformedChunkError, ZstaggerError
-from ..images import ImageInput, NamedBytes, is_url
+from ..errors import ConfigurationError, ImageLoadError, MalformedChunkError, ZstaggerError
+from ..images import ImageInput, ImageWithText, NamedBytes, check_text, is_url
 from .jobstore import check_job_id
 
 
@@ -35,6 +35,25 @@ def check_ref_string(ref: str) -> str:
         if not host:
             raise ConfigurationError(f"malformed URL {ref!r}: no host")
     return ref
+
+
+def encode_item(index: int, ref: ImageInput, max_bytes: int, max_text_chars: int) -> list[Any]:
+    """One input as it travels: ``[index, reference]``, or ``[index, reference, text]`` for an
+    input with text (:class:`~zstagger.images.ImageWithText`, checked here: the producer refuses
+    an over-long text before anything is written, as it does an oversized upload)."""
+    if isinstance(ref, ImageWithText):
+        try:
+            text = check_text(ref.text, max_text_chars)
+        except ImageLoadError as exc:
+            raise ConfigurationError(f"input {index}: {exc}") from None
+        return [index, encode_ref(ref.image, max_bytes), text]
+    return [index, encode_ref(ref, max_bytes)]
+
+
+def decode_item(ref: str | dict[str, Any], text: str | None) -> ImageInput:
+    """What :func:`encode_item` sent, as the tagger takes it."""
+    image = decode_ref(ref)
+    return ImageWithText(image, text) if text is not None else image
 
 
 def encode_ref(ref: ImageInput, max_bytes: int) -> str | dict[str, Any]:
@@ -97,9 +116,18 @@ class _EncodedBytes(BaseModel):
     name: _Str | None = None
 
 
+_Index = Annotated[_Int, Field(ge=0)]
+_Ref = Union[Annotated[_Str, AfterValidator(_reference)], _EncodedBytes]
+#: A text longer than this is not even read (the producer sends at most ZSTAGGER_MAX_TEXT_CHARS,
+#: whose own check makes a text over it that input's error record).
+MAX_WIRE_TEXT = 1_000_000
+
+
 class ChunkRequest(BaseModel):
     """``tag_chunk(job_id, items, taxonomy, top_k=, expires_at=, attempt=)``, checked.
 
+    ``items``: ``[index, reference]`` or ``[index, reference, text]`` (an input with text);
+    ``taxonomy``: one spec, or a list of specs (several taxonomies in one pass).
     Scalars are strict (``"0"`` and ``true`` are not indices); whether each index is one
     of the job's inputs needs the job's size: :meth:`check_indices`.
     """
@@ -107,10 +135,10 @@ class ChunkRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     job_id: Annotated[_Str, AfterValidator(check_job_id)]
-    items: list[tuple[Annotated[_Int, Field(ge=0)], Annotated[_Str, AfterValidator(_reference)] | _EncodedBytes]] = Field(
+    items: list[Union[tuple[_Index, _Ref], tuple[_Index, _Ref, Annotated[_Str, Field(max_length=MAX_WIRE_TEXT)]]]] = Field(
         min_length=1
     )
-    taxonomy: dict[str, Any]
+    taxonomy: Union[dict[str, Any], Annotated[list[dict[str, Any]], Field(min_length=1, max_length=64)]]
     top_k: Annotated[_Int, Field(ge=1)] | None = None
     expires_at: Annotated[float, Strict(), Field(ge=0)] = 0
     attempt: Annotated[_Int, Field(ge=0)] = 0
@@ -125,7 +153,7 @@ class ChunkRequest(BaseModel):
             raise MalformedChunkError(_one_line(exc)) from None
 
     def check_indices(self, total: int) -> None:
-        indices = [index for index, _ in self.items]
+        indices = [item[0] for item in self.items]
         if max(indices) >= total:
             raise MalformedChunkError(f"index {max(indices)} is not an input of job {self.job_id} (it has {total})")
         if len(set(indices)) != len(indices):
@@ -133,7 +161,13 @@ class ChunkRequest(BaseModel):
 
     def wire_items(self) -> list[list[Any]]:
         """The items as they travel (for sending some of them round again)."""
-        return [[index, ref if isinstance(ref, str) else ref.model_dump(exclude_none=True)] for index, ref in self.items]
+        return [[item[0], item[1] if isinstance(item[1], str) else item[1].model_dump(exclude_none=True), *item[2:]]
+                for item in self.items]
+
+    @property
+    def specs(self) -> list[dict[str, Any]]:
+        """The taxonomy specs: one, or several for one pass."""
+        return self.taxonomy if isinstance(self.taxonomy, list) else [self.taxonomy]
 
 
 def _one_line(exc: Exception) -> str:

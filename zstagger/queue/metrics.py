@@ -8,6 +8,7 @@ import logging
 import os
 import tempfile
 
+from ..results import MultiTagResult
 from ..settings import Settings
 from .health import queue_stats
 from .jobstore import QueueUnavailableError
@@ -107,17 +108,24 @@ class WorkerMetrics:
         self.chunk_seconds.observe(seconds)
         if results:
             per_image = seconds / len(results)
-            for result in results:
+            for outer in results:
                 self.image_seconds.observe(per_image)
-                if result.error is not None:
-                    self.images.labels(taxonomy, "error").inc()
-                    self.errors.labels(result.error.type).inc()
+                if isinstance(outer, MultiTagResult):  # several taxonomies: each one's result, under its name
+                    for name, result in outer.taxonomies.items():
+                        self._count(name, result)
                 else:
-                    self.images.labels(taxonomy, "tagged").inc()
-                    if result.verdict is not None:
-                        self.verdicts.labels(taxonomy, result.verdict).inc()
+                    self._count(taxonomy, outer)
         if retried:
             self.retries.inc(retried)
+
+    def _count(self, taxonomy: str, result) -> None:
+        if result.error is not None:
+            self.images.labels(taxonomy, "error").inc()
+            self.errors.labels(result.error.type).inc()
+        else:
+            self.images.labels(taxonomy, "tagged").inc()
+            if result.verdict is not None:
+                self.verdicts.labels(taxonomy, result.verdict).inc()
 
     def store_done(self, hits: int, misses: int, unrecorded: int) -> None:
         """A chunk tagged with an embedding store or image cache: its hits, misses and images left unrecorded."""

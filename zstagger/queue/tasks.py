@@ -19,12 +19,13 @@ from celery.exceptions import Reject
 from kombu.exceptions import OperationalError
 
 from ..errors import ExamplesError, TaxonomyError, ZstaggerError, record_type
-from ..results import TagResult
+from ..registry import resolve_each
+from ..results import MultiTagResult, TagResult
 from ..settings import Settings
 from ..taxonomy import Taxonomy
 from .celery_app import TASK_NAME, app
 from ..images import describe
-from .messages import ChunkRequest, decode_ref
+from .messages import ChunkRequest, decode_item, decode_ref
 from .notify import job_finished
 from .jobstore import ENQUEUE_STALL, ENQUEUING, describe_failure
 from .worker import metrics, shutting_down, worker_job_store, worker_settings, worker_tagger
@@ -92,6 +93,23 @@ def _wait_until_enqueued(store, job_id: str, meta: dict[str, str], settings: Set
     return meta
 
 
+def _failed(image: str, names: list[str], several: bool, kind: str, message: str,
+            provenances: list[Any] | None = None) -> TagResult | MultiTagResult:
+    """The error record of an input no taxonomy of the chunk could tag (one per taxonomy when several)."""
+    each = [TagResult.failed(image, name, kind, message, provenance=provenances[k] if provenances else None)
+            for k, name in enumerate(names)]
+    return MultiTagResult(image=image, taxonomies=dict(zip(names, each))) if several else each[0]
+
+
+def _gave_up(result: Any, attempts: int) -> TagResult | MultiTagResult:
+    """A transient failure's record once its retries are spent: the same error, saying so."""
+    if isinstance(result, MultiTagResult):
+        return MultiTagResult(image=result.image, taxonomies={name: _gave_up(one, attempts)  # type: ignore[misc]
+                                                             for name, one in result.taxonomies.items()})
+    return TagResult.failed(result.image, result.taxonomy, result.error.type,
+                            f"{result.error.message} (gave up after {attempts} attempts)", provenance=result.provenance)
+
+
 def _refuse(task_id: str | None, problem: Exception) -> dict[str, int]:
     reason = " ".join(str(problem).split())[:500]  # one line, bounded: the content comes from whoever wrote to Redis
     log.error("zstagger: refused a malformed chunk (task %s): %s", task_id, reason)
@@ -116,13 +134,16 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
         chunk = ChunkRequest.from_message(args, kwargs)
     except (ZstaggerError, ValueError, TypeError) as exc:
         return _refuse(self.request.id, exc)
+    several = isinstance(chunk.taxonomy, list)  # several taxonomies in one pass: one MultiTagResult per input
     try:
-        spec: Taxonomy | None = _taxonomy(json.dumps(chunk.taxonomy, sort_keys=True))
+        specs: list[Taxonomy] | None = [_taxonomy(json.dumps(one, sort_keys=True)) for one in chunk.specs]
+        if several:
+            resolve_each(specs)  # type: ignore[arg-type]  (each name once)
         spec_problem = ""
     except (ZstaggerError, ValueError, TypeError) as exc:
         # A spec no worker can tag with (forged, or from a producer that skipped validation):
         # its inputs become error records below, so the job still finishes and says why.
-        spec, spec_problem = None, " ".join(str(exc).split())[:500]
+        specs, spec_problem = None, " ".join(str(exc).split())[:500]
         log.error("zstagger: refused the taxonomy spec of a chunk of job %s: %s", chunk.job_id, spec_problem)
 
     job_id = chunk.job_id
@@ -146,13 +167,13 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
         return _refuse(self.request.id, exc)
     items = chunk.wire_items()
     _with_redis(lambda: store.mark_started(job_id), "marking the job started", settings)
-    todo = set(_with_redis(lambda: store.missing(job_id, [index for index, _ in items]), "reading the job's results", settings))
+    todo = set(_with_redis(lambda: store.missing(job_id, [item[0] for item in items]), "reading the job's results", settings))
 
-    pending = [(index, ref) for index, ref in items if index in todo]
-    if spec is None:
-        name = str(chunk.taxonomy.get("name", "?"))[:100]
-        refused = [(index, TagResult.failed(describe(decode_ref(ref)), name, record_type(TaxonomyError),
-                                            f"the job's taxonomy spec is invalid: {spec_problem}")) for index, ref in pending]
+    pending = [item for item in items if item[0] in todo]
+    if specs is None:
+        names = [str(one.get("name", "?"))[:100] for one in chunk.specs]
+        refused = [(item[0], _failed(describe(decode_ref(item[1])), names, several, record_type(TaxonomyError),
+                                     f"the job's taxonomy spec is invalid: {spec_problem}")) for item in pending]
         finished = _with_redis(lambda: store.save(job_id, refused, int(chunk.expires_at) or int(time.time() + settings.result_ttl)),
                                "storing results", settings)
         if finished >= total:
@@ -166,14 +187,16 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
     share = max(1, -(-len(pending) // tagger.lanes))
     started = time.perf_counter()
     before, unrecorded = tagger.cache_stats(), tagger.unrecorded
-    refs = [decode_ref(ref) for _, ref in pending]
+    refs = [decode_item(item[1], item[2] if len(item) > 2 else None) for item in pending]
+    spec = specs[0]
     try:  # compiled once per process; its image vectors may have to be read from Redis
-        _with_redis(lambda: tagger.classifier(spec), "reading the taxonomy's image vectors", settings)
+        for one in specs:
+            spec = one
+            _with_redis(lambda: tagger.classifier(one), "reading the taxonomy's image vectors", settings)
     except ExamplesError as exc:  # never tag with text alone when the images cannot be had: say so per input
         log.error("zstagger: taxonomy %s cannot be used here: %s", spec.name, exc)
-        provenance = tagger.provenance(spec)
-        results = [TagResult.failed(describe(ref), spec.name, record_type(exc), str(exc), provenance=provenance)
-                   for ref in refs]
+        results = [_failed(describe(ref), [one.name for one in specs], several, record_type(exc), str(exc),
+                           [tagger.provenance(one) for one in specs]) for ref in refs]
     else:
         # With an embedding store (ZSTAGGER_STORE) the Tagger records the chunk's images under
         # this job in one write at the end of tag(): idempotent, so a redelivered chunk rewrites
@@ -181,7 +204,8 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
         # and the results below are saved all the same.
         # A worker told to stop (SIGTERM: scale-in, a deploy, systemd stop) reads no further
         # image: what it has tagged is stored, the rest is handed back to the queue at once.
-        results = tagger.tag(refs, taxonomy=spec, top_k=chunk.top_k, batch_size=share, job_id=job_id,
+        chosen = {"taxonomies": specs} if several else {"taxonomy": specs[0]}
+        results = tagger.tag(refs, **chosen, top_k=chunk.top_k, batch_size=share, job_id=job_id,  # type: ignore[arg-type]
                              interrupted=shutting_down) if pending else []
     seconds = time.perf_counter() - started
     after = tagger.cache_stats()
@@ -190,21 +214,19 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
 
     from ..tagger import INTERRUPTED  # (the tagger module is loaded by now: worker_tagger above)
 
-    final: list[tuple[int, TagResult]] = []
+    final: list[tuple[int, Any]] = []
     again: list[list[Any]] = []
     handed_back: list[list[Any]] = []
-    for (index, ref), result in zip(pending, results):
+    for item, result in zip(pending, results):
+        index = item[0]
         if result.error is not None and result.error.type == INTERRUPTED:
-            handed_back.append([index, ref])
+            handed_back.append(item)
             continue
         if result.error is not None and result.error.transient:
             if chunk.attempt < settings.max_retries:
-                again.append([index, ref])
+                again.append(item)
                 continue
-            result = TagResult.failed(
-                result.image, result.taxonomy, result.error.type,
-                f"{result.error.message} (gave up after {chunk.attempt + 1} attempts)", provenance=result.provenance,
-            )
+            result = _gave_up(result, chunk.attempt + 1)
         final.append((index, result))
     expires_at = int(chunk.expires_at) if chunk.expires_at else int(time.time() + settings.result_ttl)
     finished = _with_redis(lambda: store.save(job_id, final, expires_at, counts), "storing results", settings)
@@ -226,7 +248,7 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
         ), "queueing a retry", settings)
     if finished >= total:  # also when a redelivered chunk finds everything done: notifications are at least once
         _with_redis(lambda: job_finished(store, app, job_id, "done"), "sending the job's notifications", settings)
-    metrics().chunk_done(spec.name, [result for _, result in final], seconds, len(again))
+    metrics().chunk_done(",".join(one.name for one in specs), [result for _, result in final], seconds, len(again))
     if counts is not None:
         metrics().store_done(hits, misses, tagger.unrecorded - unrecorded)
     outcome = {"tagged": len(final), "retrying": len(again), "skipped": len(items) - len(pending)}

@@ -20,6 +20,7 @@ from ..explain import DEFAULT_GRID, MAX_GRID, MIN_GRID, explain_image, overlay_p
 from ..engine.heatmap import window_cells
 from .batching import Overloaded
 from .errors import ApiError
+from ..images import split_text
 from .requests import ImageObject, describe_validation, image_from_json, openapi_body, taxonomy_for
 from .routes import needs, service
 
@@ -57,7 +58,7 @@ async def explain(request: Request) -> Response:
     spec = taxonomy_for(body.taxonomy, body.labels, body.template, state.settings.max_request_labels)
     if body.label is not None and body.label not in spec.labels_by_name:
         raise ApiError(400, "invalid_request", f"taxonomy {spec.name!r} has no label {body.label!r}")
-    ref = image_from_json(body.image, 0, state.settings)
+    ref, _ = split_text(image_from_json(body.image, 0, state.settings))  # where in the image: its text plays no part
     tagger = state.ready_tagger()
     cost = 1 + len(window_cells(body.grid))  # windows and the whole image
     batcher = state.batcher

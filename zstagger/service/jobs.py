@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, StreamingResponse
 
 from ..errors import ZstaggerError
 from .errors import ApiError, api_error
-from .requests import TagRequest, check_count, image_from_json, openapi_body, parse_json, taxonomy_for
+from .requests import TagRequest, check_count, image_from_json, openapi_body, parse_json, taxonomies_for
 from .routes import needs, service
 
 
@@ -65,7 +65,8 @@ async def submit_job(request: Request) -> JSONResponse:
     from ..queue.jobstore import new_job_id
 
     job_id = new_job_id()
-    job = await run_in_threadpool(_queue_call, enqueue, refs, spec, top_k=body.top_k, chunk_size=body.chunk_size,
+    chosen = {"taxonomies": spec} if isinstance(spec, list) else {"taxonomy": spec}
+    job = await run_in_threadpool(_queue_call, enqueue, refs, **chosen, top_k=body.top_k, chunk_size=body.chunk_size,
                                   queue=body.queue, callback_url=body.callback_url,
                                   results_url=_links(request, job_id)["results_url"], job_id=job_id, settings=settings)
     return JSONResponse({"job_id": job.id, **_links(request, job.id)}, status_code=202)
@@ -74,7 +75,7 @@ async def submit_job(request: Request) -> JSONResponse:
 def job_request_from_json(raw: bytes, settings) -> tuple[JobRequest, Any, list]:
     body = parse_json(JobRequest, raw)
     check_count(len(body.images), settings.max_job_images)
-    spec = taxonomy_for(body.taxonomy, body.labels, body.template, settings.max_request_labels)
+    spec = taxonomies_for(body.taxonomy, body.taxonomies, body.labels, body.template, settings.max_request_labels)
     return body, spec, [image_from_json(value, i, settings) for i, value in enumerate(body.images)]
 
 

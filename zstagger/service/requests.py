@@ -16,8 +16,8 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
 
 from ..errors import ZstaggerError
-from ..images import ImageInput, NamedBytes, is_url
-from ..registry import resolve_taxonomy
+from ..images import ImageInput, ImageWithText, NamedBytes, is_url
+from ..registry import resolve_each, resolve_taxonomy
 from ..settings import Settings
 from ..taxonomy import Taxonomy
 from .bodies import BodyParser
@@ -25,6 +25,7 @@ from .errors import ApiError, api_error
 
 Name = Annotated[str, StringConstraints(max_length=1024)]
 MAX_URL_LENGTH = 8192
+MAX_TAXONOMIES = 16  # taxonomies one request may name (each is compiled, and scored for every image)
 
 
 class ImageObject(BaseModel):
@@ -35,6 +36,8 @@ class ImageObject(BaseModel):
     url: str | None = Field(None, description="http(s) URL, or a data: URL with base64 bytes.")
     base64: str | None = Field(None, description="The encoded image file, base64.")
     name: Name | None = Field(None, description="Name reported as `image` in the result (default: the URL, or a content hash).")
+    text: str | None = Field(None, description="The product's title / description, fused with the image by taxonomies with a "
+                             "text_fusion setting (longer than ZSTAGGER_MAX_TEXT_CHARS: an error record for this image).")
 
 
 class TagRequest(BaseModel):
@@ -45,6 +48,10 @@ class TagRequest(BaseModel):
     images: list[Union[str, ImageObject]] = Field(
         description="http(s) URLs, data: URLs, or {url | base64, name} objects.")
     taxonomy: Name | None = Field(None, description="A registered taxonomy (GET /v1/taxonomies).")
+    taxonomies: list[Name] | None = Field(
+        None, min_length=1, max_length=MAX_TAXONOMIES,
+        description="Several registered taxonomies in one pass: each image read and encoded once; each result is "
+        '{"image", "taxonomies": {name: result}}.')
     labels: list[Annotated[str, StringConstraints(max_length=512)]] | None = Field(
         None, max_length=10_000, description="Ad-hoc labels, like the Hugging Face pipeline's candidate_labels.")
     template: Annotated[str, StringConstraints(max_length=512)] | None = Field(
@@ -71,6 +78,8 @@ def decode_base64(payload: str, max_bytes: int) -> bytes:
 
 
 def image_from_json(value: str | ImageObject, index: int, settings: Settings) -> ImageInput:
+    if isinstance(value, ImageObject) and value.text is not None:  # checked when it is tagged: an error record if too long
+        return ImageWithText(image_from_json(value.model_copy(update={"text": None}), index, settings), value.text)
     if isinstance(value, str):
         value = ImageObject(url=value)
     if (value.url is None) == (value.base64 is None):
@@ -88,6 +97,21 @@ def image_from_json(value: str | ImageObject, index: int, settings: Settings) ->
     if len(url) > MAX_URL_LENGTH:
         raise ApiError(400, "invalid_request", f"images[{index}]: URL longer than {MAX_URL_LENGTH} characters")
     return url
+
+
+def taxonomies_for(taxonomy: str | None, taxonomies: list[str] | None, labels: list[str] | None, template: str | None,
+                   max_labels: int) -> Taxonomy | list[Taxonomy]:
+    """:func:`taxonomy_for`, or the list of several taxonomies (``taxonomies``, alone) as an HTTP error."""
+    if taxonomies is None:
+        return taxonomy_for(taxonomy, labels, template, max_labels)
+    if taxonomy is not None or labels is not None or template is not None:
+        raise ApiError(400, "invalid_request", "give taxonomies alone, not with taxonomy, labels or template")
+    if len(taxonomies) > MAX_TAXONOMIES:
+        raise ApiError(400, "invalid_request", f"{len(taxonomies)} taxonomies, over the limit of {MAX_TAXONOMIES}")
+    try:
+        return resolve_each(taxonomies)
+    except ZstaggerError as exc:
+        raise api_error(exc) from None
 
 
 def taxonomy_for(taxonomy: str | None, labels: list[str] | None, template: str | None, max_labels: int) -> Taxonomy:
@@ -113,7 +137,7 @@ def check_count(count: int, limit: int) -> None:
 
 
 async def read_tag_request(request: Request, settings: Settings,
-                           parse: BodyParser) -> tuple[list[ImageInput], Taxonomy, int | None, bool]:
+                           parse: BodyParser) -> tuple[list[ImageInput], Taxonomy | list[Taxonomy], int | None, bool]:
     """(image references, taxonomy, top_k, frames) from a JSON or multipart ``/v1/tag`` body (a
     large JSON body parsed by ``parse``'s helper process)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -126,10 +150,10 @@ async def read_tag_request(request: Request, settings: Settings,
     return await parse(len(body), tag_request_from_json, body, settings)
 
 
-def tag_request_from_json(body: bytes, settings: Settings) -> tuple[list[ImageInput], Taxonomy, int | None, bool]:
+def tag_request_from_json(body: bytes, settings: Settings) -> tuple[list[ImageInput], Taxonomy | list[Taxonomy], int | None, bool]:
     parsed = parse_json(TagRequest, body)
     check_count(len(parsed.images), settings.max_request_images)
-    spec = taxonomy_for(parsed.taxonomy, parsed.labels, parsed.template, settings.max_request_labels)
+    spec = taxonomies_for(parsed.taxonomy, parsed.taxonomies, parsed.labels, parsed.template, settings.max_request_labels)
     refs = [image_from_json(value, i, settings) for i, value in enumerate(parsed.images)]
     return refs, spec, parsed.top_k, parsed.frames
 
@@ -145,7 +169,7 @@ def parse_json(model: type[M], body: bytes) -> M:
         raise ApiError(422, "invalid_request", describe_validation(exc)) from None
 
 
-async def _read_multipart(request: Request, settings: Settings) -> tuple[list[ImageInput], Taxonomy, int | None, bool]:
+async def _read_multipart(request: Request, settings: Settings) -> tuple[list[ImageInput], Taxonomy | list[Taxonomy], int | None, bool]:
     try:
         form = await request.form(max_files=settings.max_request_images, max_fields=64, max_part_size=64 * 1024)
     except (ApiError, ClientDisconnect):
@@ -158,15 +182,16 @@ async def _read_multipart(request: Request, settings: Settings) -> tuple[list[Im
         for key, value in form.multi_items():
             if isinstance(value, str):
                 fields.setdefault(key, []).append(value)
-        unknown = set(fields) - {"taxonomy", "labels", "template", "top_k", "frames"}
+        unknown = set(fields) - {"taxonomy", "taxonomies", "labels", "template", "top_k", "frames"}
         if unknown:
             raise ApiError(400, "invalid_request", f"unknown form fields: {', '.join(sorted(unknown))}")
         check_count(len(uploads), settings.max_request_images)
         labels = [label for value in fields.get("labels", []) for label in value.split(",")] or None
         top_k = _one_int(fields.get("top_k"), "top_k")
         frames = (_one(fields.get("frames"), "frames") or "false").lower() in ("1", "true", "yes")
-        spec = taxonomy_for(_one(fields.get("taxonomy"), "taxonomy"), labels, _one(fields.get("template"), "template"),
-                            settings.max_request_labels)
+        several = [name.strip() for value in fields.get("taxonomies", []) for name in value.split(",") if name.strip()] or None
+        spec = taxonomies_for(_one(fields.get("taxonomy"), "taxonomy"), several, labels,
+                              _one(fields.get("template"), "template"), settings.max_request_labels)
         refs: list[ImageInput] = []
         for i, upload in enumerate(uploads):
             data = await upload.read(settings.max_image_bytes + 1)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Union
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 from starlette.responses import JSONResponse, Response
 
 from ..registry import get_taxonomy, registered_taxonomies
-from ..results import TagResult
+from ..results import MultiTagResult, TagResult
 from .errors import ApiError
 from .moderation import ModerationRequest, ModerationResponse, images_of, moderation_response, moderation_result, taxonomy_name
 from .requests import TagRequest, check_count, openapi_body, parse_json, read_tag_request, taxonomy_for
@@ -20,6 +20,7 @@ MULTIPART_TAG = {
     "properties": {
         "images": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "Image files."},
         "taxonomy": {"type": "string"},
+        "taxonomies": {"type": "string", "description": "Comma-separated taxonomies, for several in one pass."},
         "labels": {"type": "string", "description": "Comma-separated ad-hoc labels."},
         "template": {"type": "string"},
         "top_k": {"type": "integer", "minimum": 1},
@@ -49,7 +50,7 @@ def needs(*scopes: str):
 
 
 class TagResponse(BaseModel):
-    results: list[TagResult]
+    results: list[Union[TagResult, MultiTagResult]]
 
 
 class TaxonomySummary(BaseModel):

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from ..errors import ZstaggerError
 from ..images import ImageInput
-from ..results import TagResult
+from ..results import MultiTagResult, TagResult
 from ..settings import Settings
 from ..taxonomy import Taxonomy
 from .auth import ApiKeys
@@ -74,10 +74,11 @@ class ServiceState:
 
     # -- tagging --------------------------------------------------------------------
 
-    async def tag(self, refs: Sequence[ImageInput], taxonomy: Taxonomy, top_k: int | None, *,
-                  frames: bool = False) -> list[TagResult]:
+    async def tag(self, refs: Sequence[ImageInput], taxonomy: Taxonomy | list[Taxonomy], top_k: int | None, *,
+                  frames: bool = False) -> list[TagResult] | list[MultiTagResult]:
         """Tag one request's images through the shared micro-batches; results in input order.
-        Animations and videos are judged over their frames (``frames``: with each one's scores)."""
+        Animations and videos are judged over their frames (``frames``: with each one's scores).
+        A list of taxonomies: each image embedded once, one :class:`MultiTagResult` per image."""
         tagger = self.ready_tagger()
         batcher = self.batcher
         assert batcher is not None
@@ -91,13 +92,14 @@ class ServiceState:
                            headers={"Retry-After": "1"}) from None
         try:
             # Compiling a taxonomy (its text embeddings, once) and scoring run off the event loop.
-            await asyncio.to_thread(tagger.classifier, taxonomy)
+            for spec in taxonomy if isinstance(taxonomy, list) else [taxonomy]:
+                await asyncio.to_thread(tagger.classifier, spec)
             rows, errors = await batcher.embed(refs)
         finally:
             batcher.release(len(refs))
         results = await asyncio.to_thread(self._results, tagger, taxonomy, refs, rows, errors, top_k, frames)
         for result in results:
-            self.metrics.images.labels("error" if result.error else "tagged").inc()
+            self.metrics.images.labels("error" if result.error else "tagged").inc()  # a MultiTagResult: its input's own error
         return results
 
     @staticmethod
@@ -105,6 +107,8 @@ class ServiceState:
         import numpy as np
 
         kept = [row for row in rows if row is not None]
+        if isinstance(taxonomy, list):
+            return tagger.results_each(taxonomy, refs, np.stack(kept) if kept else None, errors, top_k, frames=frames)
         return tagger.results(taxonomy, refs, np.stack(kept) if kept else None, errors, top_k, frames=frames)
 
     def close(self) -> None:
