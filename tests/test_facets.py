@@ -251,3 +251,76 @@ def test_the_confidence_stop_ends_descent_at_the_deepest_level_it_is_sure_of(dat
                     assert share < stop  # where it stopped, the best child was not sure enough
                     break
         assert shallower > 0
+
+
+# -- eval and calibrate per facet ---------------------------------------------------------------
+
+
+def facet_manifest(data):
+    rows = []
+    for name in CLASSES:
+        for i in range(4, 10):
+            facets = {"colour": COLOURS[name]}
+            if name in ("alpha", "bravo"):
+                facets["sleeve"] = "short" if name == "alpha" else "long"
+            rows.append({"image": f"images/{name}/{i:04d}.jpg", "labels": ["tops" if name in ("alpha", "bravo") else "shoes"],
+                         "facets": facets})
+    path = data / "facets.jsonl"
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    return path, rows
+
+
+def test_eval_reports_each_facet_as_tagging_gives_it(data, tagger):
+    import zstagger
+
+    shop = spec_file(data, shop_spec(threshold=0.3))
+    manifest, rows = facet_manifest(data)
+    report = zstagger.evaluate(manifest, shop, tagger=tagger, bootstrap_rounds=50)
+    figures = {m.facet: m for m in report.facets}
+    results = {r.image: r for r in tagger.tag([str(data / row["image"]) for row in rows], shop)}
+    for facet in ("colour", "sleeve"):
+        judged = [(results[str(data / row["image"])].facets[facet].value, row["facets"][facet])
+                  for row in rows if facet in row["facets"]]
+        given = [(p, t) for p, t in judged if p is not None]
+        assert figures[facet].judged == len(judged)
+        assert figures[facet].accuracy.value == pytest.approx(np.mean([p == t for p, t in judged]))
+        assert figures[facet].coverage == pytest.approx(len(given) / len(judged))
+        if given:
+            assert figures[facet].precision.value == pytest.approx(np.mean([p == t for p, t in given]))
+    assert figures["sleeve"].judged == 12 and figures["colour"].judged == 24
+    assert figures["colour"].accuracy.value > 0.5  # few-shot values on images like their examples
+
+
+def test_calibrate_tunes_each_facets_threshold_to_its_target(data, tagger):
+    import zstagger
+
+    shop = spec_file(data, shop_spec())
+    manifest, rows = facet_manifest(data)
+    report = zstagger.calibrate(manifest, shop, target_precision=0.95, tagger=tagger, bootstrap_rounds=20, folds=2)
+    found = {r.facet: r for r in report.facets}
+    colour = found["colour"]
+    assert colour.status == "calibrated" and colour.figures.precision.value >= 0.95
+    written = {f.name: f.threshold for f in report.taxonomy.facets}
+    assert written["colour"] == colour.threshold
+    # the written taxonomy (beside the examples it names) gives values at that precision on the same images
+    from zstagger.evaluation.api import write_taxonomy
+
+    path = write_taxonomy(report.taxonomy, data / "shop-calibrated.yaml")
+    assert {f.name: f.threshold for f in Taxonomy.from_file(path).facets} == written
+    results = tagger.tag([str(data / row["image"]) for row in rows], Taxonomy.from_file(path))
+    given = [(r.facets["colour"].value, row["facets"]["colour"]) for r, row in zip(results, rows)
+             if r.facets["colour"].value is not None]
+    assert given and np.mean([p == t for p, t in given]) >= 0.95
+    assert len(given) == round(colour.figures.coverage * 24)
+
+
+def test_a_manifest_naming_an_unknown_facet_or_value_is_refused_before_any_image_is_read(data, tmp_path):
+    from zstagger.errors import DatasetError
+    from zstagger.evaluation.datasets import load_dataset
+
+    shop = spec_file(data, shop_spec())
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"image": "x.jpg", "labels": ["tops"], "facets": {"colour": "mauve", "size": "L"}}) + "\n")
+    with pytest.raises(DatasetError) as caught:
+        load_dataset(path, shop)
+    assert "colour=mauve" in str(caught.value) and "size (no such facet)" in str(caught.value)

@@ -95,20 +95,51 @@ class FacetClassifier:
         self.applies_to = np.asarray(applies_to, dtype=np.int64) if applies_to else None
         self.values = np.asarray([i for i, n in enumerate(classifier.names) if n != FACET_NONE], dtype=np.int64)
 
+    @property
+    def value_names(self) -> list[str]:
+        return [self.classifier.names[i] for i in self.values.tolist()]
+
+    def outcomes(self, image_embeds: np.ndarray, tag_mask: np.ndarray) -> FacetOutcomes:
+        """Per image: whether the facet applies (one of ``applies_to`` among its tags), its best
+        value (an index into :attr:`value_names`) and that value's score, and whether that value
+        won the group (the "not visible" outcome did not beat it); only applying rows are scored."""
+        count = len(tag_mask)
+        applies = np.ones(count, dtype=bool) if self.applies_to is None else tag_mask[:, self.applies_to].any(axis=1)
+        rows = np.flatnonzero(applies)
+        best = np.zeros(count, dtype=np.int64)
+        score = np.zeros(count, dtype=np.float64)
+        wins = np.zeros(count, dtype=bool)
+        if rows.size:
+            scores = self.classifier.score(np.asarray(image_embeds)[rows]).scores
+            pick = scores[:, self.values].argmax(axis=1)  # values come before the "not visible" outcome: they win ties
+            best[rows], score[rows] = pick, scores[np.arange(len(rows)), self.values[pick]]
+            wins[rows] = scores.argmax(axis=1) == self.values[pick]
+        return FacetOutcomes(applies, best, score, wins)
+
+    def fired(self, outcomes: FacetOutcomes, threshold: float | None = None) -> np.ndarray:
+        """(N,) bool: the best value is the facet's value (it applies, won, and clears its threshold:
+        the value's own, else the facet's; ``threshold`` instead, when given)."""
+        limit = self.classifier.thresholds[self.values][outcomes.best] if threshold is None else threshold
+        return outcomes.applies & outcomes.wins & (outcomes.score >= limit)
+
     def classify(self, image_embeds: np.ndarray, tag_mask: np.ndarray) -> list[dict]:
         """Per image: ``{"value": name or None, "score": best value's score or None}``; both None
         where the facet does not apply (none of ``applies_to`` among the image's tags)."""
-        rows = np.arange(len(tag_mask)) if self.applies_to is None else np.flatnonzero(tag_mask[:, self.applies_to].any(axis=1))
-        out = [{"value": None, "score": None} for _ in range(len(tag_mask))]
-        if not rows.size:
-            return out
-        scores = self.classifier.score(np.asarray(image_embeds)[rows]).scores
-        paths = self.classifier.tag_rows(scores)
-        best = self.values[scores[:, self.values].argmax(axis=1)]
-        names = self.classifier.names
-        for row, path, label, score in zip(rows.tolist(), paths, best.tolist(), scores[np.arange(len(rows)), best].tolist()):
-            out[row] = {"value": names[path[0]] if path else None, "score": score}
-        return out
+        found = self.outcomes(image_embeds, tag_mask)
+        fired = self.fired(found)
+        names = self.value_names
+        return [{"value": names[b] if f else None, "score": s} if a else {"value": None, "score": None}
+                for a, b, s, f in zip(found.applies.tolist(), found.best.tolist(), found.score.tolist(), fired.tolist())]
+
+
+@dataclass
+class FacetOutcomes:
+    """One facet over a batch (see :meth:`FacetClassifier.outcomes`)."""
+
+    applies: np.ndarray  # (N,) bool
+    best: np.ndarray  # (N,) int: index into the facet's value names
+    score: np.ndarray  # (N,) float64: the best value's score (0 where it does not apply)
+    wins: np.ndarray  # (N,) bool: the best value beat the "not visible" outcome
 
 
 class TaxonomyClassifier:
