@@ -12,7 +12,9 @@ the taxonomy with the same code as `zstagger taxonomies import-shopify`, then me
   the text tower), and warm: a new Tagger with the text-embedding cache of the cold one;
 - tagging throughput (images/s, top-5 scores, image cache off: every image decoded and
   encoded) with it and with a flat 20-label single-label taxonomy, alternated over --rounds,
-  best round of each; and the labels each image was scored against.
+  best round of each; and the labels each image was scored against;
+- the scoring alone (milliseconds per image on the same embeddings, facets included): what
+  the taxonomy's size adds to a whole image's time (``encode_ms_per_image_flat20``).
 """
 
 from __future__ import annotations
@@ -114,6 +116,18 @@ def main() -> None:
                 if name == "deep":
                     scored_per_image = (compiled.labels_scored - before) / len(images)
                 log("deep_taxonomy", f"round {round_ + 1}: {name} {rate:.2f} images/s")
+        # the scoring alone, on the same embeddings (no decode, no encode): what the taxonomy's size costs
+        from zstagger.embedder import NO_CACHE
+
+        vectors = [v for _, v, _ in tagger.embed_batches(images, route=NO_CACHE)]
+        scoring_ms = {}
+        for name, taxonomy in (("flat20", flat), ("deep", deep)):
+            classifier = tagger.classifier(taxonomy)
+            start = time.perf_counter()
+            for _ in range(3):
+                for batch in vectors:
+                    classifier.classifications(classifier.classify_batch(batch, 5))
+            scoring_ms[name] = 1000 * (time.perf_counter() - start) / (3 * len(images))
     emit({
         "categories": len(deep.labels), "facets": len(deep.facets), "images": len(images),
         "generate_s": round(generate_s, 3), "compile_cold_s": round(compile_s["cold"], 3),
@@ -121,6 +135,9 @@ def main() -> None:
         "labels_scored_per_image": round(scored_per_image, 1),
         "flat20_images_per_s": round(best["flat20"], 3), "deep_images_per_s": round(best["deep"], 3),
         "deep_vs_flat20_throughput": round(best["deep"] / best["flat20"], 3),
+        "scoring_ms_per_image_flat20": round(scoring_ms["flat20"], 3),
+        "scoring_ms_per_image_deep": round(scoring_ms["deep"], 3),
+        "encode_ms_per_image_flat20": round(1000 / best["flat20"], 1),
     }, args.json)
 
 
