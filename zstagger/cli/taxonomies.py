@@ -59,6 +59,13 @@ def taxonomies_show(name, as_json):
         for label in spec.labels
     ]
     print_table(rows, ["label", "parent", "threshold", "action", "background"])
+    if spec.facets:
+        click.echo("facets:")
+        print_table([{"facet": f.name, "values": ", ".join(v.name for v in f.values), "threshold": f"{f.threshold:.2f}",
+                      "applies to": ", ".join(f.applies_to) or "every image"} for f in spec.facets],
+                    ["facet", "values", "threshold", "applies to"])
+    if spec.descent is not None:
+        click.echo(f"descent: scoring {spec.descent.scoring}, stop {spec.descent.stop:g}")
 
 
 @cli.command()
