@@ -28,6 +28,8 @@ SCRIPTS = {
     "store_retag": (["--rows", "200", "--backends", "sqlite", "--record-chunks", "4"], "retag_images_per_s"),
     "multi_taxonomy": ([*SMALL, "--rounds", "1", "--json"], "two_taxonomies_vs_one"),
     "eval_memory": (["--rows", "200", "--rounds", "10", "--per-label", "2", "--none", "2", "--json"], "distinct_images"),
+    "deep_taxonomy": ([*SMALL, "--categories", "300", "--attributes", "3", "--rounds", "1", "--json"],
+                      "deep_vs_flat20_throughput"),
 }
 # Scripts that take other arguments than --workdir: {model}, {images} (four small JPEGs) and
 # {workdir} are filled in.

@@ -25,7 +25,9 @@ LAYERS = {
     "net": 20,  # every outbound request: fetcher, address policy, deadlines
     "synthetic": 21,  # generated images, for tests and benchmarks
     "images": 22,
-    "taxonomy": 23, "hookspecs": 24, "plugins": 25, "builtin": 26, "registry": 27,
+    "taxonomy": 23,
+    "product_taxonomy": 23.5,  # Shopify's published product taxonomy files to a taxonomy spec
+    "hookspecs": 24, "plugins": 25, "builtin": 26, "registry": 27,
     "media": 28,  # animations and video: frames like images, judged with a taxonomy's media policy
     "sources": 29,  # reserved: image sources by scheme, registered like plugins
     # 30: what the embedder and the tagger are handed: caches, the embedding store's backends,

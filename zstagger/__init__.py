@@ -23,8 +23,9 @@ from .errors import (
     ZstaggerError,
 )
 from .hookspecs import hookimpl
-from .results import ErrorInfo, FrameScore, LabelExplanation, LabelScore, MediaInfo, MultiTagResult, Segment, TagResult
-from .taxonomy import Label, MediaPolicy, Taxonomy, TextFusion
+from .results import (ErrorInfo, FacetValue, FrameScore, LabelExplanation, LabelScore, MediaInfo, MultiTagResult, Segment,
+                      TagResult)
+from .taxonomy import Descent, Facet, Label, MediaPolicy, Taxonomy, TextFusion
 
 __version__ = "0.1.0"
 
@@ -69,7 +70,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "ClipEncoder", "ConfigurationError", "ErrorInfo", "FrameScore", "ImageWithText", "MultiTagResult", "TextFusion", "Job", "MediaInfo", "MediaOptions", "MediaPolicy", "Segment", "calibrate", "enqueue", "evaluate", "ImageLoadError", "ImagePolicy", "Label", "LabelExplanation", "LabelScore",
+    "ClipEncoder", "ConfigurationError", "Descent", "ErrorInfo", "Facet", "FacetValue", "FrameScore", "ImageWithText", "MultiTagResult", "TextFusion", "Job", "MediaInfo", "MediaOptions", "MediaPolicy", "Segment", "calibrate", "enqueue", "evaluate", "ImageLoadError", "ImagePolicy", "Label", "LabelExplanation", "LabelScore",
     "ModelLoadError", "ModelNotFoundError", "PluginError", "Settings", "TagResult", "Tagger", "Taxonomy",
     "TaxonomyError", "UnknownTaxonomyError", "ZstaggerError", "get_taxonomy", "hookimpl", "invalid_taxonomies",
     "load_plugins", "registered_taxonomies", "resolve_taxonomy", "verify_webhook", "__version__",

@@ -9,6 +9,11 @@ the text as the taxonomy's ``few_shot`` says (:mod:`zstagger.engine.fewshot`),
 counter-examples become competitors of their label, and known images are matched: a
 label fires when an image is within its ``match_threshold`` of one of them. A label given
 only known images takes no part in scoring; its score is its best cosine to them.
+
+Facets are compiled as the single-label taxonomies they are (:meth:`Taxonomy.facet_taxonomy`),
+each a :class:`FacetClassifier`, and scored only for the images they apply to. With
+``descent: {scoring: entered}`` a hierarchy is scored level by level, each image only
+against the children of the label it chose (:meth:`TaxonomyClassifier.score`).
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from .engine.fewshot import NEUTRAL, ImageEvidence, best_matches, blend_prototypes
-from .engine.scoring import InputTexts, ScoringPlan, ensemble
+from .engine.scoring import InputTexts, ScoringPlan, ensemble, sigmoid, softmax
 from .errors import ExamplesError
 from .fewshot import ImageSets
-from .taxonomy import ACTION_SEVERITY, FewShot, Taxonomy
+from .taxonomy import ACTION_SEVERITY, FACET_NONE, Descent, Facet, FewShot, Taxonomy
 from .trail import KnownTrail, TrailPlan, threshold_origins, unit_prompts
 
 _ACTION_OF = {severity: action for action, severity in ACTION_SEVERITY.items()}
@@ -38,6 +43,8 @@ class Classification:
     verdict: str | None
     matches: list[tuple[str, str, float]] | None = None
     explanation: list[dict] | None = None  # the decision trail (:mod:`zstagger.trail`), when asked for
+    facets: dict[str, dict] | None = None  # facet name -> {"value": str | None, "score": float | None}
+    category: dict | None = None  # taxonomies with metadata: the deepest tag, its path and its metadata
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,66 @@ class BatchClassification:
     verdicts: list[str | None]
     matches: list[list[tuple[str, str, float]] | None]  # per image: the known images it matched (see Classification)
     explanations: list[list[dict]] | None = None  # per image: its decision trail (:mod:`zstagger.trail`), when asked for
+    facets: list[dict[str, dict]] | None = None  # per image: facet name -> {"value", "score"} (taxonomies with facets)
+    categories: list[dict | None] | None = None  # per image: see Classification.category (taxonomies with metadata)
+
+
+class FacetClassifier:
+    """One facet compiled as the single-label taxonomy it is: its values and its "not visible"
+    outcome compete (softmax, or the model's sigmoid); the best value is the facet's value when
+    it wins and clears the threshold. Scored only for the images it applies to."""
+
+    def __init__(self, facet: Facet, classifier: TaxonomyClassifier, applies_to: list[int]):
+        self.name = facet.name
+        self.classifier = classifier
+        self.applies_to = np.asarray(applies_to, dtype=np.int64) if applies_to else None
+        self.values = np.asarray([i for i, n in enumerate(classifier.names) if n != FACET_NONE], dtype=np.int64)
+
+    @property
+    def value_names(self) -> list[str]:
+        return [self.classifier.names[i] for i in self.values.tolist()]
+
+    def outcomes(self, image_embeds: np.ndarray, tag_mask: np.ndarray) -> FacetOutcomes:
+        """Per image: whether the facet applies (one of ``applies_to`` among its tags), its best
+        value (an index into :attr:`value_names`) and that value's score, and whether that value
+        won the group (the "not visible" outcome did not beat it); only applying rows are scored."""
+        count = len(tag_mask)
+        applies = np.ones(count, dtype=bool) if self.applies_to is None else tag_mask[:, self.applies_to].any(axis=1)
+        rows = np.flatnonzero(applies)
+        best = np.zeros(count, dtype=np.int64)
+        score = np.zeros(count, dtype=np.float64)
+        wins = np.zeros(count, dtype=bool)
+        if rows.size:
+            scores = self.classifier.score(np.asarray(image_embeds)[rows]).scores
+            pick = scores[:, self.values].argmax(axis=1)  # values come before the "not visible" outcome: they win ties
+            best[rows], score[rows] = pick, scores[np.arange(len(rows)), self.values[pick]]
+            wins[rows] = scores.argmax(axis=1) == self.values[pick]
+        return FacetOutcomes(applies, best, score, wins)
+
+    def fired(self, outcomes: FacetOutcomes, threshold: float | None = None) -> np.ndarray:
+        """(N,) bool: the best value is the facet's value (it applies, won, and clears its threshold:
+        the value's own, else the facet's; ``threshold`` instead, when given)."""
+        limit = self.classifier.thresholds[self.values][outcomes.best] if threshold is None else threshold
+        return outcomes.applies & outcomes.wins & (outcomes.score >= limit)
+
+    def classify(self, image_embeds: np.ndarray, tag_mask: np.ndarray) -> list[dict]:
+        """Per image: ``{"value": name or None, "score": best value's score or None}``; both None
+        where the facet does not apply (none of ``applies_to`` among the image's tags)."""
+        found = self.outcomes(image_embeds, tag_mask)
+        fired = self.fired(found)
+        names = self.value_names
+        return [{"value": names[b] if f else None, "score": s} if a else {"value": None, "score": None}
+                for a, b, s, f in zip(found.applies.tolist(), found.best.tolist(), found.score.tolist(), fired.tolist())]
+
+
+@dataclass
+class FacetOutcomes:
+    """One facet over a batch (see :meth:`FacetClassifier.outcomes`)."""
+
+    applies: np.ndarray  # (N,) bool
+    best: np.ndarray  # (N,) int: index into the facet's value names
+    score: np.ndarray  # (N,) float64: the best value's score (0 where it does not apply)
+    wins: np.ndarray  # (N,) bool: the best value beat the "not visible" outcome
 
 
 class TaxonomyClassifier:
@@ -106,6 +173,12 @@ class TaxonomyClassifier:
         # Multi-label mode reports the labels that can be tags; background labels are only rivals.
         self.reported = [i for i in range(len(labels)) if taxonomy.mode == "single" or not labels[i].background]
         self.trail: TrailPlan | None = None  # set by build(): what decision trails need
+        self.descent = taxonomy.descent or Descent()
+        self.facets: list[FacetClassifier] = []  # set by build()
+        self.metadata = [taxonomy.metadata.get(name) for name in self.names] if taxonomy.metadata else None
+        # (image, label) scores computed so far: every label per image, or (descent scoring
+        # "entered") only the labels of the levels each image entered. A figure, not a limit.
+        self.labels_scored = 0
 
     @classmethod
     def build(
@@ -118,11 +191,34 @@ class TaxonomyClassifier:
         uses_sigmoid: bool = False,
         image_sets: ImageSets | None = None,
     ) -> TaxonomyClassifier:
-        """Embed every prompt of the taxonomy once (``embed_texts``) and build the plan.
+        """Embed every prompt of the taxonomy once (``embed_texts``) and build the plan; each
+        facet likewise, as the single-label taxonomy it is.
 
         ``image_sets``: the taxonomy's example, counter-example and known images for this
         model (:func:`zstagger.fewshot.resolve_image_sets`); required when it names any.
         """
+        model = {"logit_scale": logit_scale, "logit_bias": logit_bias, "uses_sigmoid": uses_sigmoid}
+        own_sets = image_sets.without_facets(taxonomy) if image_sets is not None else None
+        compiled = cls._build_labels(taxonomy, embed_texts, image_sets=own_sets, **model)
+        index = {name: i for i, name in enumerate(compiled.names)}
+        for facet in taxonomy.facets:
+            sets = image_sets.under(facet.image_key("")) if image_sets is not None else None
+            inner = cls._build_labels(taxonomy.facet_taxonomy(facet), embed_texts, image_sets=sets, **model)
+            compiled.facets.append(FacetClassifier(facet, inner, [index[name] for name in facet.applies_to]))
+        return compiled
+
+    @classmethod
+    def _build_labels(
+        cls,
+        taxonomy: Taxonomy,
+        embed_texts: Callable[[Sequence[str]], np.ndarray],
+        *,
+        logit_scale: float,
+        logit_bias: float | None = None,
+        uses_sigmoid: bool = False,
+        image_sets: ImageSets | None = None,
+    ) -> TaxonomyClassifier:
+        """The labels' plan (see :meth:`build`)."""
         if taxonomy.has_images and image_sets is None:
             raise ExamplesError(f"taxonomy {taxonomy.name!r} names images: compile it with their vectors (image_sets)")
         scored = [label for label in taxonomy.labels if not label.match_only]
@@ -218,13 +314,16 @@ class TaxonomyClassifier:
         batch, count = images.shape[0], len(self.names)
         scores = np.zeros((batch, count), dtype=np.float64)
         cosines = np.zeros((batch, count), dtype=np.float64)
-        if self.plan is not None:
+        if self.plan is not None and self.descent.scoring == "entered":
+            self._score_entered(images, scores, cosines)
+        elif self.plan is not None:
             plan_scores, plan_cosines = self.plan.score(images)
             if texts is not None and len(texts.rows) and self.fusion is not None:
                 fused, _ = self.plan.score_fused(images[texts.rows], texts.embeds, self.fusion.method, self.fusion.weight)
                 plan_scores = plan_scores.copy()
                 plan_scores[texts.rows] = fused
             scores[:, self.scored], cosines[:, self.scored] = plan_scores, plan_cosines
+            self.labels_scored += batch * len(self.scored)
         matched = np.zeros((batch, count), dtype=bool)
         rows = best = np.zeros((batch, 0))
         if self.known is not None:
@@ -239,6 +338,52 @@ class TaxonomyClassifier:
             cosines[:, labels[only]] = best[:, only]
         return BatchScores(scores, cosines, matched, rows, best)
 
+    def _score_entered(self, images: np.ndarray, scores: np.ndarray, cosines: np.ndarray) -> None:
+        """Descent scoring "entered": level by level, each image scored only against the children
+        of the label it chose (softmax among them times the parent's score, or the model's sigmoid);
+        labels of branches it did not enter keep 0. Every label is scored (no known-image-only
+        labels: the spec refuses them here), so plan columns are label indices."""
+        plan = self.plan
+        assert plan is not None
+        rows = len(images)
+        current = np.full(rows, -1, dtype=np.int64)
+        active = np.ones(rows, dtype=bool)
+        parent_score = np.ones(rows, dtype=np.float64)
+        while active.any():
+            for node in np.unique(current[active]).tolist():
+                members = np.flatnonzero(active & (current == node))
+                kids = self.children.get(node)
+                if not kids:
+                    active[members] = False
+                    continue
+                kids_arr = np.asarray(kids, dtype=np.int64)
+                cos = images[members] @ plan.label_embeds[kids_arr].T
+                logits = plan.logit_scale * cos
+                if plan.rule == "sigmoid":
+                    level = sigmoid(logits + (plan.logit_bias or 0.0)).astype(np.float64)
+                else:
+                    level = softmax(logits.astype(np.float64), axis=1) * parent_score[members, None]
+                scores[members[:, None], kids_arr[None, :]] = level
+                cosines[members[:, None], kids_arr[None, :]] = cos
+                self.labels_scored += members.size * kids_arr.size
+                ok, best = self._step(level, kids_arr)
+                current[members[ok]] = best[ok]
+                parent_score[members[ok]] = level[ok].max(axis=1)
+                active[members[~ok]] = False
+
+    def _step(self, level: np.ndarray, siblings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For rows of sibling scores: the best sibling of each, and whether descent goes on to
+        it (not a background label, its score clears its threshold, and its share among its
+        siblings clears the descent's confidence stop)."""
+        pick = level.argmax(axis=1)
+        best = siblings[pick]
+        top = level[np.arange(len(level)), pick]
+        ok = ~self.background[best] & (top >= self.thresholds[best])
+        if self.descent.stop > 0.0:
+            total = level.sum(axis=1)
+            ok &= top >= self.descent.stop * np.where(total > 0, total, 1.0)
+        return ok, best
+
     def classify(self, image_embeds: np.ndarray, top_k: int | None = None, explain: bool = False,
                  texts: InputTexts | None = None) -> list[Classification]:
         return self.classifications(self.classify_batch(image_embeds, top_k, explain, texts))
@@ -248,17 +393,36 @@ class TaxonomyClassifier:
         names = self.names
         return [
             Classification(scores=[(names[i], s, c) for i, s, c in zip(ranked, scores, cosines)],
-                           tags=[names[i] for i in tags], verdict=verdict, matches=matches, explanation=trail)
-            for ranked, scores, cosines, tags, verdict, matches, trail in zip(
+                           tags=[names[i] for i in tags], verdict=verdict, matches=matches, explanation=trail,
+                           facets=facets, category=category)
+            for ranked, scores, cosines, tags, verdict, matches, trail, facets, category in zip(
                 batch.ranked.tolist(), batch.scores.tolist(), batch.cosines.tolist(), batch.tags, batch.verdicts,
-                batch.matches, batch.explanations or [None] * len(batch.tags))
+                batch.matches, batch.explanations or [None] * len(batch.tags), batch.facets or [None] * len(batch.tags),
+                batch.categories or [None] * len(batch.tags))
         ]
 
     def classify_batch(self, image_embeds: np.ndarray, top_k: int | None = None, explain: bool = False,
                        texts: InputTexts | None = None) -> BatchClassification:
         """Score a batch and apply the taxonomy's rules to every row at once (no per-label Python);
-        ``explain``: with each image's decision trail; ``texts``: see :meth:`score`."""
-        return self.classify_scores(self.score(image_embeds, texts), top_k, image_embeds if explain else None)
+        ``explain``: with each image's decision trail; ``texts``: see :meth:`score`. Facets are scored here (they need the
+        images' embeddings, which an aggregated video row does not have)."""
+        done = self.classify_scores(self.score(image_embeds, texts), top_k, image_embeds if explain else None)
+        if self.facets:
+            mask = np.zeros((len(done.tags), len(self.names)), dtype=bool)
+            for row, tags in enumerate(done.tags):
+                mask[row, tags] = True
+            per_facet = [(facet.name, facet.classify(image_embeds, mask)) for facet in self.facets]
+            done.facets = [{name: found[row] for name, found in per_facet} for row in range(len(done.tags))]
+        return done
+
+    def category(self, tags: Sequence[int]) -> dict | None:
+        """Taxonomies with metadata: the deepest tag, its path (labels from the root) and its
+        metadata (a Shopify ID, a Google product category ID...); None without a tag."""
+        if not tags or self.metadata is None:
+            return None
+        deepest = max(tags, key=lambda i: len(self.taxonomy.path_of(self.names[i])))
+        return {"label": self.names[deepest], "path": self.taxonomy.path_of(self.names[deepest]),
+                **(self.metadata[deepest] or {})}
 
     def classify_scores(self, batch: BatchScores, top_k: int | None = None,
                         explain_embeds: np.ndarray | None = None) -> BatchClassification:
@@ -276,6 +440,7 @@ class TaxonomyClassifier:
             verdicts=[_ACTION_OF[s] for s in self.severities(mask).tolist()] if self.has_actions else [None] * len(tags),
             matches=[self.matches(batch, b) for b in range(len(tags))] if self.known is not None else [None] * len(tags),
             explanations=self.explain(explain_embeds, batch, mask) if explain_embeds is not None else None,
+            categories=[self.category(t) for t in tags] if self.metadata is not None else None,
         )
 
     def matches(self, batch: BatchScores, b: int) -> list[tuple[str, str, float]] | None:
@@ -353,7 +518,8 @@ class TaxonomyClassifier:
         return _ACTION_OF[max((self.severity[i] for i in tagged), default=0)]
 
     def _descend(self, scores: np.ndarray) -> list[list[int]]:
-        """Single-label: per level, the best of the current label's children (first best on ties)."""
+        """Single-label: per level, the best of the current label's children (first best on ties),
+        while it clears its threshold and the descent's confidence stop (:meth:`_step`)."""
         rows = len(scores)
         path: list[list[int]] = [[] for _ in range(rows)]
         current = np.full(rows, -1, dtype=np.int64)
@@ -366,8 +532,7 @@ class TaxonomyClassifier:
                     active[members] = False
                     continue
                 siblings_arr = np.asarray(siblings, dtype=np.int64)
-                best = siblings_arr[scores[np.ix_(members, siblings_arr)].argmax(axis=1)]
-                ok = ~self.background[best] & (scores[members, best] >= self.thresholds[best])
+                ok, best = self._step(scores[np.ix_(members, siblings_arr)], siblings_arr)
                 for row, label in zip(members[ok].tolist(), best[ok].tolist()):
                     path[row].append(label)
                 current[members[ok]] = best[ok]

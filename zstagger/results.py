@@ -159,6 +159,17 @@ class LabelExplanation(BaseModel):
         return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
 
 
+class FacetValue(BaseModel):
+    """A facet's outcome for one image: its value (None when the "not visible" outcome won, the
+    best value is below the facet's threshold, or the facet does not apply) and the best value's
+    score (None when the facet does not apply to the image's category)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    value: str | None = None
+    score: float | None = None
+
+
 class TagResult(BaseModel):
     """Tags for one input. ``error`` is set (and scores empty) when the input could not be read.
 
@@ -178,6 +189,10 @@ class TagResult(BaseModel):
     error: ErrorInfo | None = None
     provenance: Provenance | None = None
     matches: list[KnownImageMatch] | None = None
+    # Taxonomies with facets: facet name -> its value and score (left out for those without).
+    facets: dict[str, FacetValue] | None = None
+    # Taxonomies with metadata: the deepest tag, its path and its metadata (Shopify and Google IDs...).
+    category: dict[str, Any] | None = None
     # Animations and videos only (left out of the output for stills, which read as before).
     media: MediaInfo | None = None
     segments: list[Segment] | None = None
@@ -191,7 +206,7 @@ class TagResult(BaseModel):
     def _leave_out_no_matches(self, handler: SerializerFunctionWrapHandler):
         data = handler(self)
         if isinstance(data, dict):
-            for key in ("matches", "explanation", "text_used", *_MEDIA_FIELDS):
+            for key in ("matches", "facets", "category", "explanation", "text_used", *_MEDIA_FIELDS):
                 if key in data and data[key] is None:
                     del data[key]
         return data
@@ -203,6 +218,8 @@ class TagResult(BaseModel):
             self.error.model_dump(mode="json") if self.error is not None else None,
             self.provenance, None if self.matches is None else [(m.label, m.image, m.cosine) for m in self.matches],
             None if self.explanation is None else [e.model_dump(mode="json") for e in self.explanation],
+            None if self.facets is None else {k: v.model_dump(mode="json") for k, v in self.facets.items()},
+            self.category,
         )
         media = self._media_json()
         line = line if not media else line[:-1] + "," + media
@@ -294,15 +311,18 @@ def format_result(
     provenance: Provenance | None = None,
     matches: Sequence[tuple[str, str, float]] | None = None,
     explanation: Sequence[dict] | None = None,
+    facets: dict[str, dict] | None = None,
+    category: dict | None = None,
 ) -> str:
     """The JSON line of one result: what ``json.dumps`` writes for the result's fields (no
     spaces, non-ASCII kept, NaN and infinities as null), lone surrogates as ``\\udcXX``;
     ``matches`` (label, known image, cosine) and ``explanation`` (decision trail entries, as
-    :class:`LabelExplanation` dumps them) left out when None, as :class:`TagResult` leaves them out."""
+    :class:`LabelExplanation` dumps them), ``facets`` and ``category`` left out when None, as
+    :class:`TagResult` leaves them out."""
     entries = ",".join([_ENTRY % (_label(label), _number(score), _number(cosine)) for label, score, cosine in scores])
     return _LINE % (_string(image), _label(taxonomy), entries, ",".join(map(_label, tags)), _verdict(verdict),
                     "null" if error is None else _dumps(error), _provenance(provenance) + _matches(matches)
-                    + _explanation(explanation))
+                    + _facets(facets, category) + _explanation(explanation))
 
 
 def format_results(
@@ -317,6 +337,8 @@ def format_results(
     provenance: Provenance | None = None,
     matches: Sequence[Sequence[tuple[str, str, float]] | None] | None = None,
     explanations: Sequence[Sequence[dict] | None] | None = None,
+    facets: Sequence[dict[str, dict] | None] | None = None,
+    categories: Sequence[dict | None] | None = None,
 ) -> list[str]:
     """:func:`format_result` for a page of results of one taxonomy, none of them an error,
     from arrays: ``ranked`` (N, K) label indices into ``names``, best first; ``scores`` and
@@ -332,10 +354,14 @@ def format_results(
     entries, taxonomy_json, tail, tag_json = ",".join([_ENTRY] * width), _label(taxonomy), _provenance(provenance), quoted.tolist()
     found = matches if matches is not None else [None] * rows
     trails = explanations if explanations is not None else [None] * rows
+    facet_rows = facets if facets is not None else [None] * rows
+    category_rows = categories if categories is not None else [None] * rows
     return [
         _LINE % (_string(image), taxonomy_json, entries % tuple(row), ",".join([tag_json[i] for i in row_tags]),
-                 _verdict(verdict), "null", (tail + _matches(hits) if hits else tail) + _explanation(trail))
-        for image, row, row_tags, verdict, hits, trail in zip(images, args.tolist(), tags, verdicts, found, trails)
+                 _verdict(verdict), "null", (tail + _matches(hits) if hits else tail) + _facets(facet_row, category)
+                 + _explanation(trail))
+        for image, row, row_tags, verdict, hits, trail, facet_row, category in zip(
+            images, args.tolist(), tags, verdicts, found, trails, facet_rows, category_rows)
     ]
 
 
@@ -358,6 +384,11 @@ def _matches(matches: Sequence[tuple[str, str, float]] | None) -> str:
     if matches is None:
         return ""
     return ',"matches":' + _dumps([{"label": label, "image": image, "cosine": cosine} for label, image, cosine in matches])
+
+
+def _facets(facets: dict[str, dict] | None, category: dict | None) -> str:
+    return (("" if facets is None else ',"facets":' + _dumps(facets))
+            + ("" if category is None else ',"category":' + _dumps(category)))
 
 
 def _explanation(trail: Sequence[dict] | None) -> str:

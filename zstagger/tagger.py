@@ -372,6 +372,7 @@ class Tagger:
                 explanation=[LabelExplanation.model_validate(entry) for entry in c.explanation]
                 if c.explanation is not None else None,
                 text_used=fused if isinstance(ref, ImageWithText) else None,
+                facets=c.facets, category=c.category,
             ))
         return out
 
@@ -432,7 +433,7 @@ class Tagger:
         batch = compiled.classify_batch(embeds, top_k, self.explain)
         return format_results(names, taxonomy.name, compiled.names, batch.ranked, batch.scores, batch.cosines, batch.tags,
                               batch.verdicts, provenance=self.provenance(taxonomy, source), matches=batch.matches,
-                              explanations=batch.explanations)
+                              explanations=batch.explanations, facets=batch.facets, categories=batch.categories)
 
     def provenance(self, taxonomy: Taxonomy, source: str = "image") -> Provenance:
         """What this Tagger's results with ``taxonomy`` record about how they were made."""

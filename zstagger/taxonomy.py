@@ -4,6 +4,14 @@ A taxonomy is plain data (it can live in a YAML file) validated by pydantic. Eve
 problem in a spec is reported at once, each naming the taxonomy and the label, e.g.
 ``taxonomy 'shop': label 'shoes': parent 'apparel' is not a label of this taxonomy``.
 
+Facets (``facets``) are attribute groups beside the labels (colour, material, sleeve length):
+each facet's values compete with each other and with a "not visible / not applicable"
+outcome, exactly as the labels of a single-label taxonomy do; facets are independent of each
+other, and one may apply only under some labels (``applies_to``). ``descent`` says how a
+hierarchy is walked: every label scored (``all``), or only the children of the label chosen
+at each level (``entered``), stopping where the best child's share among its siblings is
+below ``stop``.
+
 Labels may also name images: ``examples`` and ``negative_examples`` (few-shot, combined
 with the text as ``few_shot`` says) and ``known_images`` (near-copy matching). Image
 references are paths (relative to ``examples_root``, else to the taxonomy file's
@@ -217,6 +225,59 @@ class Calibration(BaseModel):
     labels: dict[str, CalibratedLabel] = Field(default_factory=dict)
 
 
+FACET_NONE = "_none"  # the name of a facet's "not visible / not applicable" outcome
+
+
+class Facet(BaseModel):
+    """An attribute group (colour, material, ...): its values compete as the labels of a
+    single-label taxonomy do, against a "not visible" outcome (``none``), and the best one is
+    the facet's value when its score clears ``threshold``.
+
+    ``values`` are labels (a bare string is a label of that name): text, synonyms, prompts
+    and few-shot ``examples`` work as for any label. ``applies_to``: the facet is scored only
+    for images tagged with one of these labels (or a label under one); empty: every image.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$", description="Reported as the key of result facets.")
+    values: list[Label] = Field(description="The values that compete (a bare string: a label of that name).")
+    applies_to: list[str] = Field(default_factory=list, description="Labels under which the facet applies (empty: always).")
+    threshold: float = Field(0.0, description="Score at or above which the best value becomes the facet's value.")
+    none: str | None = Field(
+        "nothing of the kind", description="Text of the 'not visible / not applicable' outcome that competes with the "
+        "values (null: none; the best value always wins unless below threshold)."
+    )
+    templates: list[str] | None = Field(None, description="Templates for the values (default: the taxonomy's).")
+    description: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_values_are_labels(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("values"), list):
+            data = {**data, "values": [{"name": v} if isinstance(v, str) else v for v in data["values"]]}
+        return data
+
+    def image_key(self, value: str) -> str:
+        """How the value's image sets are keyed among the taxonomy's (``facet=value``)."""
+        return f"{self.name}={value}"
+
+
+class Descent(BaseModel):
+    """How a single-label hierarchy is walked (see :meth:`TaxonomyClassifier.tag_rows`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    scoring: Literal["all", "entered"] = Field(
+        "all", description="all: every label is scored; entered: only the children of the label chosen at each level "
+        "(a 10,000-category tree scores a few dozen labels per image; the others report 0)."
+    )
+    stop: float = Field(
+        0.0, ge=0.0, le=1.0, description="Confidence stop: descent ends where the best child's share among its "
+        "siblings is below this (the image keeps the deepest level it is sure of)."
+    )
+
+
 class Taxonomy(BaseModel):
     """A named set of labels with templates, thresholds and a scoring mode.
 
@@ -249,6 +310,15 @@ class Taxonomy(BaseModel):
     )
     image_vectors: dict[str, ImageVectors] = Field(
         default_factory=dict, description="Embedded example/known images per model fingerprint (`zstagger examples embed`)."
+    )
+    facets: list[Facet] = Field(default_factory=list, description="Attribute groups scored beside the labels.")
+    descent: Descent | None = Field(None, description="How a single-label hierarchy is walked (default: all labels scored).")
+    metadata: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="Per label name: plain strings carried into results (ids, paths), e.g. a "
+        "category's Shopify ID and Google product category ID."
+    )
+    source: dict[str, str] = Field(
+        default_factory=dict, description="Where a generated taxonomy came from (source, version, licence, attribution)."
     )
 
     # Where the spec was read from (Taxonomy.from_file): not part of the spec or its fingerprint.
@@ -378,6 +448,20 @@ class Taxonomy(BaseModel):
                 yield f"image_vectors: key {key!r} is not a model fingerprint"
             if vectors.inline is not None and vectors.file is not None:
                 yield f"image_vectors[{key}]: give the pack inline or as a file, not both"
+        yield from _facet_problems(self, by_name)
+        for name in self.metadata:
+            if name not in by_name:
+                yield f"metadata: label {name!r} is not a label of this taxonomy"
+        if self.descent is not None and self.descent.scoring == "entered":
+            if self.mode != "single":
+                yield "descent scoring 'entered' walks a single-label hierarchy: set mode: single"
+            elif self.few_shot is not None and self.few_shot.method != "blend" and taught:
+                yield "descent scoring 'entered' needs few_shot method 'blend' (centroid and cache score every label)"
+            elif any(label.known_images for label in self.labels):
+                yield "descent scoring 'entered' cannot be combined with known_images"
+            elif self.text_fusion is not None:
+                yield ("descent scoring 'entered' does not fuse an input's text yet: remove text_fusion, "
+                       "or use descent scoring 'all'")
         for name in _cycle_members(by_name):
             yield f"label {name!r}: parent chain loops back to itself"
         if self.labels and all(label.background for label in self.labels):
@@ -399,8 +483,24 @@ class Taxonomy(BaseModel):
 
     @property
     def has_images(self) -> bool:
-        """Any label names example, counter-example or known images."""
-        return any(label.examples or label.negative_examples or label.known_images for label in self.labels)
+        """Any label (or facet value) names example, counter-example or known images."""
+        return any(label.examples or label.negative_examples or label.known_images for _, label in self.image_owners())
+
+    def image_owners(self) -> list[tuple[str, Label]]:
+        """Every label that may name images, with the key its image sets go under: labels by
+        name, then each facet's values as ``facet=value``."""
+        return [(label.name, label) for label in self.labels] + [
+            (facet.image_key(value.name), value) for facet in self.facets for value in facet.values]
+
+    def facet_taxonomy(self, facet: Facet) -> Taxonomy:
+        """A facet as the single-label taxonomy it is scored as: its values, and its "not
+        visible" outcome as a background label; its threshold as the default."""
+        values = list(facet.values)
+        if facet.none is not None:
+            values.append(Label(name=FACET_NONE, text=facet.none, background=True))
+        return Taxonomy(name=f"{self.name}.{facet.name}", version=self.version, mode="single",
+                        templates=facet.templates or self.templates, default_threshold=facet.threshold,
+                        labels=values, few_shot=self.few_shot, examples_root=self.examples_root)
 
     @property
     def source_dir(self) -> str | None:
@@ -474,7 +574,7 @@ class Taxonomy(BaseModel):
 
 _LABEL_IMAGE_FIELDS = {"examples": [], "negative_examples": [], "known_images": [], "match_threshold": None}
 _TAXONOMY_NEW_FIELDS = {"calibration": None, "few_shot": None, "examples_root": None, "image_vectors": {}, "media": None,
-                        "text_fusion": None}
+                        "text_fusion": None, "facets": [], "descent": None, "metadata": {}, "source": {}}
 
 
 def _without_unused(spec: dict[str, Any]) -> dict[str, Any]:
@@ -488,6 +588,36 @@ def _without_unused(spec: dict[str, Any]) -> dict[str, Any]:
             if key in label and label[key] == empty:
                 del label[key]
     return spec
+
+
+def _facet_problems(taxonomy: Taxonomy, by_name: dict[str, Label]) -> Iterable[str]:
+    """What is wrong with the taxonomy's facets: each is checked as the single-label taxonomy it is scored as."""
+    seen: set[str] = set()
+    for facet in taxonomy.facets:
+        where = f"facet {facet.name!r}"
+        if facet.name in seen:
+            yield f"{where}: duplicate facet name"
+        seen.add(facet.name)
+        problems = [f"{where}: applies_to {name!r} is not a label of this taxonomy"
+                    for name in facet.applies_to if name not in by_name]
+        if not facet.values:
+            problems.append(f"{where}: has no values")
+        for value in facet.values:
+            if value.name == FACET_NONE:
+                problems.append(f"{where}: value name {FACET_NONE!r} is reserved for the 'not visible' outcome")
+            problems += [f"{where}: value {value.name!r}: {field} does not apply to facet values"
+                         for field in ("parent", "action", "known_images", "negative_examples", "negatives")
+                         if getattr(value, field)]
+        yield from problems
+        if problems:
+            continue
+        try:  # the rest as the single-label taxonomy the facet is scored as
+            taxonomy.facet_taxonomy(facet)
+        except TaxonomyError as exc:
+            prefix = f"taxonomy '{taxonomy.name}.{facet.name}': "
+            for line in str(exc).splitlines():
+                line = line.removeprefix(prefix).replace("default_threshold", "threshold").replace("label '", "value '")
+                yield f"{where}: {'has no values' if line == 'has no labels' else line}"
 
 
 def _image_problems(taxonomy: Taxonomy, label: Label, parents: set[str]) -> Iterable[str]:

@@ -185,12 +185,22 @@ def print_eval(report) -> None:
         print_table([{"signal": row.signal, "with text": row.images_with_text,
                       **{title: _num(v) if isinstance(v := getattr(row, key), float) else str(v) for key, title in shown}}
                      for row in report.signals], ["signal", "with text", *[title for _, title in shown]])
+    if report.facets:
+        click.echo("\nfacets (on the images whose rows give them; null counts as a value):")
+        _facet_table(report.facets)
     if report.calibration is not None:
         c = report.calibration
         click.echo(f"\ncalibrated {c.date} for {c.target} on {c.dataset} ({c.images} images, {c.folds}-fold held-out):")
         print_table([{"label": k, "status": x.status, "threshold": f"{x.threshold:.4f}",
                       "held-out precision": _triple(x.held_out_precision), "held-out recall": _triple(x.held_out_recall)}
                      for k, x in c.labels.items()], ["label", "status", "threshold", "held-out precision", "held-out recall"])
+
+
+def _facet_table(facets) -> None:
+    print_table([{"facet": m.facet, "threshold": f"{m.threshold:.3f}", "judged": m.judged, "applies": m.applies,
+                  "accuracy": str(m.accuracy), "precision": str(m.precision), "recall": str(m.recall),
+                  "coverage": f"{m.coverage:.2f}"} for m in facets],
+                ["facet", "threshold", "judged", "applies", "accuracy", "precision", "recall", "coverage"])
 
 
 def _label_table(labels, threshold_free: bool = False) -> None:
@@ -210,6 +220,12 @@ def print_calibration(report) -> None:
                   "held-out precision": str(r.held_out_precision), "held-out recall": str(r.held_out_recall)}
                  for r in report.labels],
                 ["label", "target", "status", "positives", "threshold", "held-out precision", "held-out recall"])
+    if report.facets:
+        click.echo("\nfacets (in-sample, on the images whose rows give them):")
+        print_table([{"facet": r.facet, "target": r.target, "status": r.status, "judged": r.judged,
+                      "threshold": f"{r.previous_threshold:.3f} -> {r.threshold:.4f}",
+                      "accuracy": str(r.figures.accuracy), "precision": str(r.figures.precision)}
+                     for r in report.facets], ["facet", "target", "status", "judged", "threshold", "accuracy", "precision"])
     if report.examples is not None:
         x = report.examples
         before = {r.label: r for r in x.labels_without_examples}

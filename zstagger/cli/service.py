@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from ..errors import ZstaggerError, exit_code
+from ..errors import EXIT_USAGE, ZstaggerError, exit_code
 from ..settings import Settings
 from .common import cli
 

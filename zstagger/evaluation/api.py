@@ -23,6 +23,7 @@ from ..taxonomy import ACTION_SEVERITY, FewShot, Taxonomy
 from .calibrate import MIN_POSITIVES, Target, calibrate_scored, calibrated_taxonomy
 from .datasets import LabelledDataset, load_dataset
 from .extra import check_installed, import_in_background
+from .facets import calibrate_facet, facet_figures
 from .metrics import Bootstrap, multi_label_figures, single_label_figures, verdict_figures
 from .models import CalibrationReport, EvalReport, FewShotUse, LabelMetrics, LevelMetrics, SignalRow
 from .scored import UNREADABLE_SHOWN, ScoredDataset, rescore, score_dataset, with_text
@@ -90,6 +91,7 @@ def build_eval_report(scored: ScoredDataset, dataset: LabelledDataset, tagger: T
     if verdicts is not None:
         fields["verdicts"] = verdicts()
     fields["warnings"] = always_firing(fields.get("labels") or [], fields.get("levels") or [], len(scored.items))
+    fields["facets"] = [facet_figures(facet, boot) for facet in scored.facets]
     return EvalReport(
         few_shot=few_shot_use(scored.classifier),
         taxonomy=spec.name, taxonomy_version=spec.version, mode=spec.mode, model=tagger.model_name,
@@ -195,6 +197,8 @@ def calibrate(
             model_fingerprint=active.fingerprint, preprocessing=active.preprocessing, dataset=dataset.source,
             dataset_fingerprint=dataset.fingerprint, name=name,
         )
+        facet_results = [calibrate_facet(facet, target.kind, target.value, boot) for facet in final.facets]
+        calibrated = with_facet_thresholds(calibrated, facet_results)
     if scored.unreadable:
         warnings.append(f"{len(scored.unreadable)} unreadable images left out (first: {scored.unreadable[0].image}: "
                         f"{scored.unreadable[0].message})")
@@ -202,8 +206,21 @@ def calibrate(
         taxonomy=calibrated, source_taxonomy=f"{spec.name}@{spec.version}", model=active.model_name, dataset=dataset.source,
         images=len(dataset.items), evaluated=len(scored.items), unreadable_count=len(scored.unreadable),
         unreadable=scored.unreadable[:UNREADABLE_SHOWN], folds=folds, labels=results, warnings=warnings,
-        examples=comparison, seconds=round(time.perf_counter() - started, 3),
+        examples=comparison, facets=facet_results, seconds=round(time.perf_counter() - started, 3),
     )
+
+
+def with_facet_thresholds(taxonomy: Taxonomy, results: list) -> Taxonomy:
+    """The taxonomy with each calibrated facet's threshold written in."""
+    chosen = {r.facet: r.threshold for r in results if r.status == "calibrated"}
+    if not chosen:
+        return taxonomy
+    spec = taxonomy.model_dump(mode="json")
+    for facet in spec["facets"]:
+        facet["threshold"] = chosen.get(facet["name"], facet["threshold"])
+    located = Taxonomy.parse(spec)
+    located._source_dir = taxonomy.source_dir
+    return located
 
 
 def _with_examples(scored: ScoredDataset, spec: Taxonomy, tagger: Tagger, k: int, target: Target, per_action: dict,

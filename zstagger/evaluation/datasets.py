@@ -7,7 +7,9 @@ Formats:
 - manifest: one row per image, ``image`` (a path relative to the manifest, an absolute
   path, or an http(s) URL) and ``labels`` (JSONL: a list; CSV: names separated by ``;``),
   optionally ``text`` (the product's title / description: eval reports image-only and image+text);
-  an empty list means that no label applies.
+  an empty list means that no label applies. JSONL rows may also give ``facets``: a facet's
+  true value per facet name (``{"colour": "red", "sleeve": null}``; null: not visible / not
+  applicable); a facet a row leaves out is not judged on that image.
 
 Every problem is found before any image is decoded: names the taxonomy lacks (with
 close matches), broken manifest rows, empty label folders, a dataset with no positives.
@@ -40,6 +42,7 @@ class LabelledImage:
     labels: tuple[str, ...]  # true labels (empty: none applies)
     weight: float = 1.0  # how many images it stands for (manifests from `zstagger review export`: 1 / inclusion probability)
     text: str | None = None  # the product's title / description (manifests' optional ``text``), fused by text_fusion
+    facets: tuple[tuple[str, str | None], ...] = ()  # (facet, true value or None: not visible), for the facets given
 
 
 @dataclass(frozen=True)
@@ -70,11 +73,12 @@ def load_dataset(path: str | os.PathLike, taxonomy: Taxonomy) -> LabelledDataset
     if not items:
         raise DatasetError(f"{path}: no labelled images (expected {path}/<label>/*.jpg folders or manifest rows)")
     _check_labels(items, taxonomy, str(path))
+    _check_facets(items, taxonomy, str(path))
     background = {label.name for label in taxonomy.labels if label.background}
     if any(label in background for labels in {item.labels for item in items} for label in labels):
         kept = _Labels()
-        items = [LabelledImage(item.ref, kept(tuple(label for label in item.labels if label not in background)), item.weight)
-                 for item in items]
+        items = [LabelledImage(item.ref, kept(tuple(label for label in item.labels if label not in background)), item.weight,
+                               item.text, item.facets) for item in items]
     if taxonomy.mode == "single":
         _check_single_paths(items, taxonomy, str(path))
     if not any(item.labels for item in items):
@@ -170,7 +174,8 @@ def _from_manifest(path: Path, rows: Iterable[tuple[int, object]]) -> list[Label
                 ref = str(base / ref)
             text = row.get("text") or None  # type: ignore[union-attr]  (CSV: an empty cell is no text)
             items.append(LabelledImage(ref, labels_of(tuple(dict.fromkeys(row["labels"]))),  # type: ignore[index]
-                                       float(row.get("weight", 1.0)), text))  # type: ignore[union-attr]
+                                       float(row.get("weight", 1.0)), text,  # type: ignore[union-attr]
+                                       tuple(sorted((row.get("facets") or {}).items()))))  # type: ignore[union-attr]
     except UnicodeDecodeError:
         raise DatasetError(f"{path}: the manifest is not UTF-8 text") from None
     except csv.Error as exc:
@@ -199,6 +204,10 @@ def _row_problem(row: object) -> str | None:
     text = row.get("text")
     if text is not None and not isinstance(text, str):
         return "text must be a string (the product's title / description)"
+    facets = row.get("facets", {})
+    if not isinstance(facets, dict) or not all(isinstance(k, str) and (v is None or isinstance(v, str) and v.strip())
+                                               for k, v in facets.items()):
+        return "facets must map facet names to a value name (or null: not visible)"
     weight = row.get("weight", 1.0)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < 1e9 or weight != weight:
         return "weight must be a positive number (1 / the probability the image had of being chosen)"
@@ -222,6 +231,18 @@ def _check_labels(items: list[LabelledImage], taxonomy: Taxonomy, source: str) -
     )
 
 
+def _check_facets(items: list[LabelledImage], taxonomy: Taxonomy, source: str) -> None:
+    """Every facet a row gives is a facet of the taxonomy, and its value one of that facet's values."""
+    values = {facet.name: {value.name for value in facet.values} for facet in taxonomy.facets}
+    bad = sorted({f"{name}={value}" if name in values else f"{name} (no such facet)"
+                  for item in items for name, value in item.facets
+                  if name not in values or value is not None and value not in values[name]})
+    if bad:
+        raise DatasetError(f"{source}: {len(bad)} facet value{'s' if len(bad) > 1 else ''} not in taxonomy "
+                           f"{taxonomy.name!r}: {_listed(bad, limit=10)}. Its facets: `zstagger taxonomies show "
+                           f"{taxonomy.name} --json`")
+
+
 def _check_single_paths(items: list[LabelledImage], taxonomy: Taxonomy, source: str) -> None:
     """Single-label: an image's labels must lie on one root-to-leaf path (a label and its ancestors)."""
     bad = []
@@ -241,7 +262,8 @@ def _fingerprint(items: list[LabelledImage]) -> str:
     h = hashlib.sha256()
     for item in sorted(items, key=lambda i: i.ref):
         h.update(json.dumps([item.ref, sorted(item.labels)] + ([item.weight] if item.weight != 1.0 else [])
-                            + ([item.text] if item.text is not None else [])).encode())
+                            + ([item.text] if item.text is not None else [])
+                            + ([list(item.facets)] if item.facets else [])).encode())
         if not is_url(item.ref):
             try:
                 st = os.stat(item.ref)

@@ -120,6 +120,29 @@ class SignalRow(_Model):
     verdict_accuracy: Estimate | None = None  # taxonomies with actions
 
 
+class FacetMetrics(_Model):
+    """One facet on the images whose rows give it a true value (see :mod:`.facets`)."""
+
+    facet: str
+    threshold: float
+    judged: int  # images whose row gives the facet (a value, or null)
+    applies: int  # of those, images whose category the facet applies to
+    accuracy: Estimate  # the value given (or null) is the true one (or null)
+    precision: Estimate  # of the values given, the true ones
+    recall: Estimate  # of the true values, those given
+    coverage: float  # share of the judged images given a value
+
+
+class FacetCalibrationResult(_Model):
+    facet: str
+    status: str  # calibrated | unreachable | not_judged
+    target: str  # "precision>=0.9" or "max accuracy"
+    previous_threshold: float
+    threshold: float  # the one written (previous when not calibrated)
+    judged: int
+    figures: FacetMetrics  # in-sample, at the threshold written
+
+
 class EvalReport(_Model):
     taxonomy: str
     taxonomy_version: str
@@ -142,6 +165,7 @@ class EvalReport(_Model):
     verdicts: VerdictMetrics | None = None  # taxonomies with actions
     calibration: Calibration | None = None  # the taxonomy's own calibration record, shown again
     few_shot: FewShotUse | None = None  # labels that use example, counter-example or known images
+    facets: list[FacetMetrics] = []  # taxonomies with facets, on images whose rows give them
     warnings: list[str] = []  # labels that fire on nearly every image (see evaluation.api.ALWAYS_FIRES)
     report_dir: str | None = None
     seconds: float = 0.0
@@ -191,4 +215,5 @@ class CalibrationReport(_Model):
     labels: list[LabelCalibrationResult]
     warnings: list[str]
     examples: ExamplesComparison | None = None  # calibrate --examples K
+    facets: list[FacetCalibrationResult] = []  # taxonomies with facets: each facet's threshold
     seconds: float = 0.0

@@ -17,6 +17,7 @@ from ..classifier import TaxonomyClassifier
 from ..tagger import Tagger
 from ..taxonomy import Taxonomy
 from .datasets import LabelledDataset, LabelledImage
+from .facets import facet_outcomes, joined, scored_facets
 from .models import UnreadableImage
 
 UNREADABLE_SHOWN = 10
@@ -36,6 +37,7 @@ class ScoredDataset:
     cache_misses: int = 0
     embeddings: np.ndarray | None = None  # (N, D) unit image embeddings (for choosing few-shot examples)
     matched: np.ndarray | None = None  # (N, L) bool: known-image matches
+    facets: list = field(default_factory=list)  # one ScoredFacet (:mod:`.facets`) per facet of the taxonomy
 
     @property
     def names(self) -> list[str]:
@@ -78,7 +80,7 @@ def score_dataset(
     scores = np.zeros((len(dataset.items), count))  # filled a batch at a time; rows of unreadable images are cut off
     matched = np.zeros((len(dataset.items), count), dtype=bool)
     tagged: list[list[int]] = []
-    vectors, unreadable = [], []
+    vectors, unreadable, facet_parts = [], [], []
     position = 0
     for refs, embeds, errors in tagger.embed_batches(item.ref for item in dataset.items):
         for offset, error in enumerate(errors):
@@ -91,7 +93,10 @@ def score_dataset(
             batch = compiled.score(embeds)
             done = len(tagged)
             scores[done:done + len(batch.scores)], matched[done:done + len(batch.scores)] = batch.scores, batch.matched
-            tagged += compiled.tag_rows(batch.scores, batch.matched)
+            batch_tags = compiled.tag_rows(batch.scores, batch.matched)
+            tagged += batch_tags
+            if compiled.facets:
+                facet_parts.append(facet_outcomes(compiled, embeds, batch_tags))
             if keep_embeddings:
                 vectors.append(np.asarray(embeds, dtype=np.float32))
         position += len(refs)
@@ -106,6 +111,7 @@ def score_dataset(
         tagged=tagged, verdicts=[compiled.verdict(t) for t in tagged], unreadable=unreadable,
         cache_hits=after["hits"] - before["hits"], cache_misses=after["misses"] - before["misses"],
         embeddings=np.concatenate(vectors) if vectors else None, matched=matched,
+        facets=scored_facets(compiled, joined(facet_parts, len(compiled.facets)), items),
     )
 
 
@@ -118,8 +124,11 @@ def rescore(scored: ScoredDataset, compiled: TaxonomyClassifier) -> ScoredDatase
         batch = compiled.score(scored.embeddings)
         scores, matched = batch.scores, batch.matched
     tagged = compiled.tag_rows(scores, matched) if len(scores) else []
+    facets = scored.facets
+    if compiled.facets and scored.embeddings is not None:
+        facets = scored_facets(compiled, facet_outcomes(compiled, scored.embeddings, tagged), scored.items)
     return replace(scored, taxonomy=compiled.taxonomy, classifier=compiled, scores=scores, matched=matched, tagged=tagged,
-                   verdicts=[compiled.verdict(t) for t in tagged])
+                   verdicts=[compiled.verdict(t) for t in tagged], facets=facets)
 
 
 def with_text(scored: ScoredDataset, taxonomy: Taxonomy, tagger: Tagger) -> tuple[ScoredDataset, int]:

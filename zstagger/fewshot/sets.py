@@ -51,6 +51,16 @@ class ImageSets:
     def get(self, label: str, kind: str) -> ImageSet | None:
         return self.sets.get((label, kind))
 
+    def under(self, prefix: str) -> ImageSets | None:
+        """The sets whose key starts with ``prefix``, keyed without it (a facet's values: ``colour=``)."""
+        found = {(label[len(prefix):], kind): s for (label, kind), s in self.sets.items() if label.startswith(prefix)}
+        return ImageSets(found, self.dim, self.origin) if found else None
+
+    def without_facets(self, taxonomy: Taxonomy) -> ImageSets:
+        """The sets of the taxonomy's own labels (not its facets' values)."""
+        own = {label.name for label in taxonomy.labels}
+        return ImageSets({key: s for key, s in self.sets.items() if key[0] in own}, self.dim, self.origin)
+
 
 def resolve_image_sets(
     taxonomy: Taxonomy, fingerprint: str | None, model: str, embed: Embed, load_pack: LoadPack | None = None
@@ -115,14 +125,14 @@ def sets_from_pack(taxonomy: Taxonomy, vectors: ImageVectors, load_pack: LoadPac
         raise ExamplesError(f"{what}: the pack has {pack.dim}-d vectors, the spec says {vectors.dim}")
     found = {(s.label, s.kind): s for s in pack.sets}
     sets = {}
-    for label in taxonomy.labels:
+    for key, label in taxonomy.image_owners():
         for kind, refs in label.image_refs().items():
-            entry = found.get((label.name, kind))
+            entry = found.get((key, kind))
             if entry is None or list(entry.refs) != list(refs):
                 raise ExamplesError(
-                    f"{what} are stale: they were embedded for other {KIND_WORDS[kind]} of label {label.name!r} than the "
+                    f"{what} are stale: they were embedded for other {KIND_WORDS[kind]} of label {key!r} than the "
                     f"spec now lists; embed them again (zstagger examples embed)")
-            sets[(label.name, kind)] = entry
+            sets[(key, kind)] = entry
     return ImageSets(sets, pack.dim, "embedded vectors")
 
 
@@ -153,8 +163,8 @@ def expand_refs(taxonomy: Taxonomy, label: str, kind: str, refs: Sequence[str]) 
 
 def sets_from_files(taxonomy: Taxonomy, embed: Embed) -> ImageSets:
     """Embed every image the taxonomy names (each distinct image once); all must be readable."""
-    wanted = [(label.name, kind, refs, expand_refs(taxonomy, label.name, kind, refs))
-              for label in taxonomy.labels for kind, refs in label.image_refs().items()]
+    wanted = [(key, kind, refs, expand_refs(taxonomy, key, kind, refs))
+              for key, label in taxonomy.image_owners() for kind, refs in label.image_refs().items()]
     locations = list(dict.fromkeys(location for *_, images in wanted for _, location in images))
     embedded = dict(zip(locations, embed(locations)))
     problems, sets, dim = [], {}, 0
@@ -212,8 +222,8 @@ def embed_into_spec(
                 packs[key] = pack_bytes(taxonomy, vectors)
             except ExamplesError:
                 pass  # stale or missing: not worth carrying
-    ordered = [sets.sets[(label.name, kind)] for label in taxonomy.labels for kind in IMAGE_KINDS
-               if (label.name, kind) in sets.sets]
+    ordered = [sets.sets[(key, kind)] for key, _ in taxonomy.image_owners() for kind in IMAGE_KINDS
+               if (key, kind) in sets.sets]
     packs[fingerprint] = build_pack(sets.dim, ordered)
     spec = taxonomy.model_dump(mode="json")
     old = dict(taxonomy.image_vectors)
@@ -256,5 +266,5 @@ def image_counts(taxonomy: Taxonomy) -> dict[str, dict[str, int]]:
 
 
 def _counts(taxonomy: Taxonomy, count: Callable[[str, str, Sequence[str]], int]) -> dict[str, dict[str, int]]:
-    return {label.name: {kind: count(label.name, kind, refs) for kind, refs in label.image_refs().items()}
-            for label in taxonomy.labels if label.image_refs()}
+    return {key: {kind: count(key, kind, refs) for kind, refs in label.image_refs().items()}
+            for key, label in taxonomy.image_owners() if label.image_refs()}
