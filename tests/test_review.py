@@ -48,6 +48,21 @@ def test_bands_default_from_the_review_threshold_up_to_each_labels_own():
         Selection(bands, audit_rate=0)
 
 
+def test_blocked_rate_samples_the_results_above_their_band_as_a_stratum_of_their_own():
+    selection = Selection(default_bands(POLICY), audit_rate=0.02, blocked_rate=0.5, seed="s")
+    above = [choose({"weapon": 0.9, "drugs": 0.1}, ["weapon"], selection, "", f"{i}.jpg") for i in range(4000)]
+    kept = [p for p in above if p is not None]
+    assert all(p == ("blocked", 0.5, "weapon") for p in kept) and 0.46 < len(kept) / 4000 < 0.54
+    assert choose({"weapon": 0.6, "drugs": 0.1}, [], selection, "", "a.jpg") == ("band", 1.0, "weapon")  # the band first
+    assert choose({"weapon": 0.1, "drugs": 0.1}, [], selection, "", "0.jpg") in (None, ("audit", 0.02, "weapon"))
+    without = Selection(default_bands(POLICY), audit_rate=0.02, seed="s")  # without a blocked rate, they are audited
+    assert {p[0] for i in range(400) if (p := choose({"weapon": 0.9}, ["weapon"], without, "", f"{i}.jpg"))} == {"audit"}
+    only = Selection(default_bands(POLICY), blocked_rate=1.0, strata=("band",))
+    assert choose({"weapon": 0.9}, ["weapon"], only, "", "a.jpg") is None
+    with pytest.raises(ValueError):
+        Selection(default_bands(POLICY), blocked_rate=0)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database(request, tmp_path):
     if request.param == "sqlite":

@@ -155,8 +155,8 @@ class ReviewQueue:
     def enqueue(self, lines: Iterable[str | dict], selection: Selection, job_id: str = "",
                 batch: int = 1000) -> dict[str, int]:
         """Choose among result lines (JSON text or dicts, as ``zstagger tag`` writes them) and store
-        the chosen ones; returns counts: ``seen``, ``band``, ``audit``, ``added`` (new), ``errors`` (skipped)."""
-        counts = {"seen": 0, "band": 0, "audit": 0, "added": 0, "errors": 0}
+        the chosen ones; returns counts: ``seen``, ``band``, ``blocked``, ``audit``, ``added`` (new), ``errors`` (skipped)."""
+        counts = {"seen": 0, "band": 0, "blocked": 0, "audit": 0, "added": 0, "errors": 0}
         rows: list[list[Any]] = []
         for line in lines:
             result = json.loads(line) if isinstance(line, (str, bytes)) else line
