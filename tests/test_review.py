@@ -71,10 +71,27 @@ def database(request, tmp_path):
         server = request.getfixturevalue("postgres")
         yield server.url
         store = open_store(server.url)
-        store._run(lambda conn: [store._execute(conn, f"DROP TABLE IF EXISTS {t}") for t in
-                                 ("zstagger_review_decisions", "zstagger_review_items", "zstagger_review_schema")], write=True,
-                   check_schema=False)
+        store.transaction(lambda tx: [tx.execute(f"DROP TABLE IF EXISTS {t}") for t in
+                                      ("zstagger_review_decisions", "zstagger_review_items", "zstagger_review_schema")],
+                          write=True)
         store.close()
+
+
+def test_the_review_queue_uses_only_the_stores_public_interface():
+    """No reach into the store's private methods: the review queue holds its transactions through
+    ``EmbeddingStore.transaction`` (a neighbour's contract), so the store may change inside."""
+    import ast
+    from pathlib import Path
+
+    import zstagger.review
+
+    private = []
+    for path in Path(zstagger.review.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and not (isinstance(node.value, ast.Name) and node.value.id == "self")):
+                private.append(f"{path.name}:{node.lineno} .{node.attr}")
+    assert private == []
 
 
 def filled(url, count=40, audit_rate=0.5):
