@@ -2,6 +2,7 @@
 claims that two reviewers never share (two clients at once), expiry, decisions with who and
 when, undo, export weights, and everything still there after the database is reopened."""
 
+import hashlib
 import json
 import threading
 import time
@@ -312,3 +313,80 @@ def test_review_export_feeds_calibrate_with_weights(tiny_model_dir, tmp_path):
     alpha = next(label for label in report.labels if label.label == "alpha")
     positives = sum(r["weight"] for r in rows if "alpha" in r["labels"])
     assert alpha.held_out_recall.n == int(positives)
+
+
+# -- enqueue --from-store: the store's images re-scored, chosen by stratum ---------------------------
+
+
+SHAPES = """
+name: shapes
+mode: multi
+version: "1"
+default_threshold: 0.45
+negatives: [clutter]
+labels:
+  - {name: alpha, threshold: 0.55, action: block}
+  - {name: bravo, threshold: 0.55, action: review}
+"""
+
+
+def _band_between(values, share=0.5):
+    """A band [low, high) holding about ``share`` of ``values``, its edges in the widest gaps
+    (so that fp16 storage cannot move a score across one)."""
+    v = np.sort(np.asarray(values))
+    gaps = np.diff(v)
+    start = int(len(v) * (1 - share) / 2)
+    low_i = start + int(np.argmax(gaps[start:start + 4]))
+    high_i = low_i + int(len(v) * share) + int(np.argmax(gaps[low_i + int(len(v) * share):][:4]))
+    return (v[low_i] + v[low_i + 1]) / 2, (v[high_i] + v[high_i + 1]) / 2
+
+
+def test_enqueue_from_the_store_picks_what_choose_picks_from_the_tagged_results(database, tiny_model_dir, tmp_path):
+    from harness import run_cli
+
+    from zstagger.settings import Settings
+    from zstagger.synthetic import labelled_image
+    from zstagger.tagger import Tagger
+
+    (tmp_path / "shapes.yaml").write_text(SHAPES)
+    import yaml
+
+    spec = Taxonomy.parse(yaml.safe_load(SHAPES), source="test")
+    paths = []
+    for i in range(40):
+        path = tmp_path / f"{i:03d}.png"
+        labelled_image([j for j in (0, 1) if (i >> j) & 1], seed=900 + i, size=(64, 48)).save(path)
+        paths.append(str(path))
+    init = run_cli("store", "init", env={"ZSTAGGER_STORE": database})  # PostgreSQL's tables are made by an operator
+    assert init.returncode == 0, init.stderr
+    job = hashlib.md5(str(tmp_path).encode()).hexdigest()  # the PostgreSQL store is shared by this module's tests: scope by job
+    settings = Settings(store=database, model=str(tiny_model_dir), precision="fp32", cache_dir=str(tmp_path / "cache"))
+    with Tagger(settings=settings) as tagger:
+        results = [json.loads(r.to_json()) for r in tagger.tag(paths[:30], spec, job_id=job)]
+        tagger.tag(paths[30:], spec)  # in the store, not in the job: never picked
+    alpha = [next(e["score"] for e in r["scores"] if e["label"] == "alpha") for r in results]
+    low, high = _band_between(alpha)
+    selection = Selection(default_bands(spec, overrides={"alpha": (low, high)}), audit_rate=0.5, seed="s")
+    expected = {r["image"]: choose({e["label"]: e["score"] for e in r["scores"]}, r["tags"], selection, job, r["image"])
+                for r in results}
+    expected = {k: v for k, v in expected.items() if v is not None}
+    assert {v[0] for v in expected.values()} == {"band", "audit"}
+
+    args = ["review", "enqueue", "-t", str(tmp_path / "shapes.yaml"), "--from-store", "--store-job", job,
+            "--band", f"alpha={low}:{high}", "--audit-rate", "0.5", "--seed", "s", "--model", str(tiny_model_dir),
+            "--store", database]
+    done = run_cli(*args, env={"ZSTAGGER_PRECISION": "fp32", "ZSTAGGER_CACHE_DIR": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr
+    counts = json.loads(done.stdout)
+    assert counts["seen"] == 30 and counts["added"] == len(expected) and counts["errors"] == 0
+    queue = ReviewQueue(open_store(database))
+    items = []
+    while (item := queue.claim("ann")) is not None:
+        items.append(item)
+    got = {i.reference: (i.stratum, i.probability, i.label) for i in items}
+    assert got == expected
+    scores = {r["image"]: {e["label"]: e["score"] for e in r["scores"]} for r in results}
+    assert all(i.job_id == job and i.score == pytest.approx(scores[i.reference][i.label], abs=2e-3) for i in items)
+    again = run_cli(*args, env={"ZSTAGGER_PRECISION": "fp32", "ZSTAGGER_CACHE_DIR": str(tmp_path / "cache")})
+    assert again.returncode == 0 and json.loads(again.stdout)["added"] == 0  # the same choice: nothing new
+    queue.store.close()
