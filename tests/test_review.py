@@ -390,3 +390,75 @@ def test_enqueue_from_the_store_picks_what_choose_picks_from_the_tagged_results(
     again = run_cli(*args, env={"ZSTAGGER_PRECISION": "fp32", "ZSTAGGER_CACHE_DIR": str(tmp_path / "cache")})
     assert again.returncode == 0 and json.loads(again.stdout)["added"] == 0  # the same choice: nothing new
     queue.store.close()
+
+
+# -- reviewed decisions -> calibrate -> new thresholds -> diff, with the real CLI ----------------------
+
+
+def test_decisions_calibrate_with_weights_and_diff_shows_what_the_new_thresholds_flip(tiny_model_dir, tmp_path):
+    import yaml
+    from harness import run_cli
+
+    from zstagger.synthetic import labelled_image
+
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    env = {"ZSTAGGER_MODEL": str(tiny_model_dir), "ZSTAGGER_PRECISION": "fp32", "ZSTAGGER_CACHE_DIR": str(tmp_path / "cache"),
+           "ZSTAGGER_STORE": store, "ZSTAGGER_TAXONOMY_PATH": str(tmp_path / "tax")}
+    (tmp_path / "tax").mkdir()
+    (tmp_path / "tax" / "shapes.yaml").write_text(SHAPES)
+    truth, paths = {}, []
+    for i in range(60):
+        present = [j for j in (0, 1) if (i >> j) & 1]
+        path = tmp_path / "images" / f"{i:03d}.png"
+        path.parent.mkdir(exist_ok=True)
+        labelled_image(present, seed=700 + i, size=(64, 48)).save(path)
+        paths.append(str(path))
+        truth[str(path)] = [("alpha", "bravo")[j] for j in present]
+    tagged = run_cli("tag", *paths, "-t", "shapes", "--format", "jsonl", env=env)
+    assert tagged.returncode == 0, tagged.stderr
+    (tmp_path / "results.jsonl").write_text(tagged.stdout)
+    alpha = [next(e["score"] for e in json.loads(x)["scores"] if e["label"] == "alpha") for x in tagged.stdout.splitlines()]
+    low, high = _band_between(alpha)
+
+    enqueued = run_cli("review", "enqueue", "-t", "shapes", "--results", str(tmp_path / "results.jsonl"),
+                       "--band", f"alpha={low}:{high}", "--audit-rate", "0.5", "--seed", "d", env=env)
+    assert enqueued.returncode == 0, enqueued.stderr
+    queue = ReviewQueue(open_store(store))
+    while (item := queue.claim("ann")) is not None:  # people say what is in each image
+        queue.decide(item.id, "ann", "relabel", truth[item.reference])
+    queue.store.close()
+    assert run_cli("review", "export", "-o", str(tmp_path / "decisions.jsonl"), env=env).returncode == 0
+
+    calibrated = run_cli("calibrate", str(tmp_path / "decisions.jsonl"), "-t", "shapes", "--objective", "f1",
+                         "--min-positives", "2", "--folds", "2", "--name", "shapes-next", "-o", str(tmp_path / "tax" / "next.yaml"),
+                         "--json", env=env)
+    assert calibrated.returncode == 0, calibrated.stderr
+    report = json.loads(calibrated.stdout)
+    assert any("fitted P(true | score)" in w for w in report["warnings"])
+    new = {label["name"]: label["threshold"] for label in yaml.safe_load((tmp_path / "tax" / "next.yaml").read_text())["labels"]}
+    assert new != {"alpha": 0.55, "bravo": 0.55}
+
+    diffed = run_cli("diff", "--old", "shapes", "--new", "shapes-next", "--json", env=env)
+    assert diffed.returncode == 0, diffed.stderr
+    d = json.loads(diffed.stdout)
+    # what diff says flips, against the scores `tag` printed put against each taxonomy's thresholds; diff
+    # re-scores the stored (fp16) embeddings, so an image within 2e-3 of a new threshold may go either way
+    results = [json.loads(x) for x in tagged.stdout.splitlines()]
+    old = {"alpha": 0.55, "bravo": 0.55}
+    scores = [{e["label"]: e["score"] for e in r["scores"]} for r in results]
+    assert [sorted(r["tags"]) for r in results] == [sorted(k for k, v in sc.items() if v >= old[k]) for sc in scores]
+    before = [{k for k, v in sc.items() if v >= old[k]} for sc in scores]
+    after = [{k for k, v in sc.items() if v >= new[k]} for sc in scores]
+    unsure = sum(any(abs(v - new[k]) < 2e-3 for k, v in sc.items()) for sc in scores)
+    assert d["images"] == len(paths) and unsure <= 6  # (the tiny model's scores lie close together)
+
+    def verdict(tags):
+        return "block" if "alpha" in tags else "review" if "bravo" in tags else "allow"
+
+    flipped = sum(a != b for a, b in zip(before, after))
+    assert flipped > 0 and abs(d["changed_tags"] - flipped) <= unsure
+    assert abs(d["changed_verdict"] - sum(verdict(a) != verdict(b) for a, b in zip(before, after))) <= unsure
+    for change in d["labels"]:
+        label = change["label"]
+        assert abs(change["newly_tagged"] - sum(label in b and label not in a for a, b in zip(before, after))) <= unsure
+        assert abs(change["no_longer_tagged"] - sum(label in a and label not in b for a, b in zip(before, after))) <= unsure
