@@ -6,13 +6,14 @@ inverse-probability weights) and fitted (model-assisted).
 A synthetic population of scores with a known chance of being truly positive at each score
 (P(y | s) = sigmoid(k (s - c))). Review picks, as ``zstagger review enqueue`` does, the
 uncertainty band (every item with a score in [review, block)) at one rate and the rest at
-another (the audit), sized so that about 300 items are reviewed. Two designs, each on the
+another (the audit), sized so that about 300 items are reviewed. Three designs, each on the
 same populations and draws:
 
 - ``audit``: 70% of the reviews in the band, 30% a uniform audit of everything else
   (``enqueue``'s default strata);
 - ``audit+blocked``: 30% in the band, 60% among the items at or above the block threshold
-  (``enqueue --blocked-rate``), 10% among those below the band.
+  (``enqueue --blocked-rate``), 10% among those below the band;
+- ``mostly blocked``: 20%, 75% and 5%.
 
 On the reviewed items, four estimators pick the threshold for a precision target and claim
 its precision: ``counted`` (what ``zstagger calibrate`` did before:
@@ -36,7 +37,8 @@ from zstagger.evaluation.calibrate import Target, choose_threshold
 from zstagger.evaluation.fitted import choose_threshold_fitted, fit_correctness, fitted_curves
 
 REVIEW, BLOCK = 0.55, 0.75
-DESIGNS = {"audit": (0.7, None, 0.3), "audit+blocked": (0.3, 0.6, 0.1)}  # shares: band, at/above block, rest
+DESIGNS = {"audit": (0.7, None, 0.3), "audit+blocked": (0.3, 0.6, 0.1),  # shares: band, at/above block, rest
+           "mostly blocked": (0.2, 0.75, 0.05)}
 ESTIMATORS = ("counted", "counted, unweighted", "fitted", "fitted, all scores")
 
 
