@@ -130,6 +130,8 @@ def test_http_explain_answers_json_and_png(tiny_model_dir, taxonomy_dir, tmp_pat
         assert png.headers["content-type"] == "image/png" and Image.open(io.BytesIO(png.content)).size == (192, 192)
         both = httpx.post(server.url + "/v1/explain", json={**body, "format": "both", "grid": 3}, headers=headers, timeout=60)
         assert len(both.json()["grid"]) == 3 and base64.b64decode(both.json()["overlay_png"])[:4] == b"\x89PNG"
+        sparse = httpx.post(server.url + "/v1/explain", json={**body, "sparse": True}, headers=headers, timeout=60).json()
+        assert sparse["windows"] == 5 and int(np.argmax(quadrant_heat(sparse["grid"]))) == 1
         assert httpx.post(server.url + "/v1/explain", json=body, timeout=10).status_code == 401
         wrong = httpx.post(server.url + "/v1/explain", json={**body, "label": "nope"}, headers=headers, timeout=10)
         assert wrong.status_code == 400 and "has no label 'nope'" in wrong.json()["error"]["message"]
