@@ -71,6 +71,26 @@ def test_heat_lands_in_the_quadrant_that_shows_the_label(tiny_model_dir, taxonom
         assert heatmap.label == (result.tags[0] if result.tags else result.scores[0].label)
 
 
+def test_sparse_windows_cover_every_cell_and_still_find_the_quadrant(tiny_model_dir, taxonomy_dir):
+    from zstagger.engine.heatmap import window_cells
+
+    for grid in range(2, 9):
+        dense, sparse = window_cells(grid), window_cells(grid, sparse=True)
+        assert set(sparse) <= set(dense) and len(sparse) <= len(dense)
+        covered = np.zeros((grid, grid), dtype=int)
+        for row, col, span in sparse:
+            covered[row:row + span, col:col + span] += 1
+        assert covered.min() >= 1, grid
+    assert window_cells(4, sparse=True) == [(0, 0, 2), (0, 2, 2), (1, 1, 2), (2, 0, 2), (2, 2, 2)]
+    taxonomy = Taxonomy.from_file(taxonomy_dir / "quadrants.json")
+    with Tagger(str(tiny_model_dir), device="cpu", precision="fp32", image_cache=False) as tagger:
+        for quadrant in range(4):
+            heatmap, _ = explain_image(tagger, scene(quadrant, 0), taxonomy, "target", sparse=True)
+            heat = quadrant_heat(heatmap.grid)
+            assert int(np.argmax(heat)) == quadrant and heatmap.windows == 5, (quadrant, heat)
+            assert heat[quadrant] > max(h for k, h in enumerate(heat) if k != quadrant) + 0.2
+
+
 def test_cli_writes_the_overlay_and_prints_the_grid(tiny_model_dir, taxonomy_dir, tmp_path):
     picture = tmp_path / "scene.png"
     scene(3, 1).save(picture)
@@ -110,6 +130,8 @@ def test_http_explain_answers_json_and_png(tiny_model_dir, taxonomy_dir, tmp_pat
         assert png.headers["content-type"] == "image/png" and Image.open(io.BytesIO(png.content)).size == (192, 192)
         both = httpx.post(server.url + "/v1/explain", json={**body, "format": "both", "grid": 3}, headers=headers, timeout=60)
         assert len(both.json()["grid"]) == 3 and base64.b64decode(both.json()["overlay_png"])[:4] == b"\x89PNG"
+        sparse = httpx.post(server.url + "/v1/explain", json={**body, "sparse": True}, headers=headers, timeout=60).json()
+        assert sparse["windows"] == 5 and int(np.argmax(quadrant_heat(sparse["grid"]))) == 1
         assert httpx.post(server.url + "/v1/explain", json=body, timeout=10).status_code == 401
         wrong = httpx.post(server.url + "/v1/explain", json={**body, "label": "nope"}, headers=headers, timeout=10)
         assert wrong.status_code == 400 and "has no label 'nope'" in wrong.json()["error"]["message"]

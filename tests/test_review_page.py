@@ -102,6 +102,10 @@ def test_twenty_items_by_keyboard_undo_scopes_and_a_restart(setup, browser, tmp_
         assert old.status_code == 200  # a key without scopes keeps working as before
         assert httpx.get(server.url + "/v1/taxonomies", headers={"Authorization": f"Bearer {REVIEWER}"},
                          timeout=10).status_code == 403  # and a review-only key cannot tag
+        # the heat map the page opens with `h`: the item's label, sparse windows (quick enough to open per item)
+        heat = httpx.get(server.url + "/v1/review/items/1/heatmap", headers={"Authorization": f"Bearer {REVIEWER}"}, timeout=60)
+        assert heat.status_code == 200, heat.text
+        assert heat.json()["windows"] == 5 and len(heat.json()["grid"]) == 4 and heat.json()["label"] in ("weapon", "drugs")
 
         browser.get(server.url + "/review")
         browser.find_element("id", "key").send_keys(REVIEWER + "\n")

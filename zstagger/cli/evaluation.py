@@ -96,13 +96,17 @@ def eval_command(data, taxonomy, labels, template, model, batch_size, device, pr
 @click.option("--examples", type=click.IntRange(min=0), default=0, show_default=True,
               help="Also pick K example images per label from the data and write them into the taxonomy "
                    "(held-out figures with and without them are reported).")
+@click.option("--estimator", type=click.Choice(["counted", "fitted"]),
+              help="How a threshold's precision is estimated: counted over the images above it, or fitted "
+                   "(P(true | score) fitted on the images; steadier from a few hundred reviewed items). "
+                   "Default: fitted when the manifest has weights (zstagger review export), else counted.")
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="Print the calibration report as JSON.")
 @click.option("--no-cache", is_flag=True, help="Neither read nor write the image-embedding cache.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal).")
 @reports_errors
 def calibrate_command(data, taxonomy, target_precision, target_recall, objective, per_action, output, name, folds,
-                      min_positives, examples, model, batch_size, device, precision, as_json, no_cache, progress):
+                      min_positives, examples, estimator, model, batch_size, device, precision, as_json, no_cache, progress):
     """Choose per-label thresholds on labelled images for a target; write a calibrated taxonomy.
 
     \b
@@ -116,7 +120,7 @@ def calibrate_command(data, taxonomy, target_precision, target_recall, objective
         data, taxonomy, target_precision=target_precision, target_recall=target_recall, objective=objective,
         per_action=parse_per_action(per_action), folds=folds, min_positives=min_positives, name=name,
         settings=_settings(model, device, precision, batch_size), cache=not no_cache, progress=_progress(progress, "calibrate"),
-        examples=examples,
+        examples=examples, estimator=estimator,
     )
     path = write_taxonomy(report.taxonomy, output)
     click.echo(report.model_dump_json(indent=2)) if as_json else print_calibration(report)
@@ -215,11 +219,14 @@ def _label_table(labels, threshold_free: bool = False) -> None:
 def print_calibration(report) -> None:
     click.echo(f"{report.source_taxonomy} -> {report.taxonomy.name} v{report.taxonomy.version} on {report.dataset}: "
                f"{report.evaluated} images, {report.folds}-fold cross-validation (95% bootstrap intervals)")
+    fitted = any(r.estimated_precision is not None for r in report.labels)
     print_table([{"label": r.label, "target": r.target, "status": r.status, "positives": r.positives,
                   "threshold": f"{r.previous_threshold:.3f} -> {r.threshold:.4f}",
+                  **({"fitted precision": _num(r.estimated_precision)} if fitted else {}),
                   "held-out precision": str(r.held_out_precision), "held-out recall": str(r.held_out_recall)}
                  for r in report.labels],
-                ["label", "target", "status", "positives", "threshold", "held-out precision", "held-out recall"])
+                ["label", "target", "status", "positives", "threshold", *(["fitted precision"] if fitted else []),
+                 "held-out precision", "held-out recall"])
     if report.facets:
         click.echo("\nfacets (in-sample, on the images whose rows give them):")
         print_table([{"facet": r.facet, "target": r.target, "status": r.status, "judged": r.judged,

@@ -42,20 +42,24 @@ def _band(value: str) -> tuple[str, tuple[float, float]]:
               help="Share of the band's results queued.")
 @click.option("--audit-rate", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.02, show_default=True,
               help="Share of all other results queued as the random audit sample.")
-@click.option("--stratum", "strata", multiple=True, type=click.Choice(["band", "audit"]), help="Only these strata (default both).")
+@click.option("--blocked-rate", type=click.FloatRange(0.0, 1.0, min_open=True),
+              help="Queue this share of the results above a label's band (that fired) as a stratum of their own "
+                   "(default: they are part of the audit). What the block threshold's precision is learnt from.")
+@click.option("--stratum", "strata", multiple=True, type=click.Choice(["band", "blocked", "audit"]),
+              help="Only these strata (default all).")
 @click.option("--seed", default="0", show_default=True, help="Which items the sampling picks (the same seed picks the same).")
 @click.option("--model", help="With --from-store: the model that built the store (ZSTAGGER_MODEL).")
 @_store_option
 @reports_errors
 def enqueue(taxonomy_name, job, results_file, from_store, since, store_job, bands, band_width, band_rate, audit_rate,
-            strata, seed, model, store_url):
+            blocked_rate, strata, seed, model, store_url):
     """Queue results for review: those in a label's uncertainty band, and a random audit sample
     of the rest; each item records the probability it had of being chosen. Prints counts (JSON).
 
     \b
     zstagger review enqueue -t moderation --job 3f2a...
     zstagger tag photos/ -t moderation --format jsonl | zstagger review enqueue -t moderation --results -
-    zstagger review enqueue -t moderation --from-store --since 1d --audit-rate 0.01
+    zstagger review enqueue -t moderation --from-store --since 1d --audit-rate 0.01 --blocked-rate 0.05
     """
     from ..review import ReviewQueue, Selection, default_bands
 
@@ -64,7 +68,8 @@ def enqueue(taxonomy_name, job, results_file, from_store, since, store_job, band
     spec = _policy(taxonomy_name)
     try:
         selection = Selection(default_bands(spec, band_width, dict(_band(b) for b in bands)), band_rate=band_rate,
-                              audit_rate=audit_rate, seed=seed, strata=tuple(strata) or ("band", "audit"))
+                              audit_rate=audit_rate, seed=seed, strata=tuple(strata) or ("band", "blocked", "audit"),
+                              blocked_rate=blocked_rate)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     settings = _settings(model)

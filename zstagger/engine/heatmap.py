@@ -26,12 +26,24 @@ import numpy as np
 Box = tuple[int, int, int, int]  # left, top, right, bottom in pixels
 
 
-def window_cells(grid: int, spans: tuple[int, ...] | None = None) -> list[tuple[int, int, int]]:
+def window_cells(grid: int, spans: tuple[int, ...] | None = None, sparse: bool = False) -> list[tuple[int, int, int]]:
     """Every window as (row, column, span in cells), spans in the given sizes (default: half the
-    grid, at least one cell), row-major."""
+    grid, at least one cell), row-major. ``sparse``: windows that tile the grid (the last row
+    and column flush with its edge) plus those on the lattice shifted by half a window, which
+    straddle the tiles' seams: at the default grid of 4, the four quadrants and the centre (5
+    windows instead of 9); every cell is still covered."""
     spans = spans or (max(1, grid // 2),)
-    return [(row, col, span) for span in spans if span <= grid
-            for row in range(grid - span + 1) for col in range(grid - span + 1)]
+    out = []
+    for span in (s for s in spans if s <= grid):
+        last = grid - span
+        if not sparse:
+            places = [(row, col) for row in range(last + 1) for col in range(last + 1)]
+        else:
+            tiles = sorted({*range(0, last + 1, span), last})
+            seams = sorted({p + span // 2 for p in tiles if 0 < span // 2 and p + span // 2 <= last})
+            places = sorted({(r, c) for r in tiles for c in tiles} | {(r, c) for r in seams for c in seams})
+        out.extend((row, col, span) for row, col in places)
+    return out
 
 
 def window_boxes(width: int, height: int, grid: int, windows: list[tuple[int, int, int]]) -> list[Box]:

@@ -20,7 +20,7 @@ from ..registry import resolve_taxonomy
 from ..settings import Settings
 from ..tagger import Tagger
 from ..taxonomy import ACTION_SEVERITY, FewShot, Taxonomy
-from .calibrate import MIN_POSITIVES, Target, calibrate_scored, calibrated_taxonomy
+from .calibrate import ESTIMATORS, MIN_POSITIVES, Target, calibrate_scored, calibrated_taxonomy
 from .datasets import LabelledDataset, load_dataset
 from .extra import check_installed, import_in_background
 from .facets import calibrate_facet, facet_figures
@@ -162,6 +162,7 @@ def calibrate(
     settings: Settings | None = None,
     progress: Callable[[LabelledDataset], Progress] | None = None,
     examples: int = 0,
+    estimator: str | None = None,
 ) -> CalibrationReport:
     """Choose per-label thresholds on a labelled dataset; ``report.taxonomy`` is the calibrated taxonomy.
 
@@ -169,7 +170,9 @@ def calibrate(
     ``per_action`` (e.g. ``{"block": 0.99, "review": 0.9}``) sets a precision target for
     the labels with that action. ``examples=K`` also picks K example images per label
     from the data and writes them into the taxonomy (:mod:`.examples`); ``report.examples``
-    compares held-out figures with and without them. Write the result with :func:`write_taxonomy`.
+    compares held-out figures with and without them. ``estimator``: ``counted`` or ``fitted``
+    (default: fitted when the manifest has weights, e.g. from ``zstagger review export``; see
+    :mod:`.fitted`). Write the result with :func:`write_taxonomy`.
     """
     started = time.perf_counter()
     target = parse_target(target_precision, target_recall, objective)
@@ -178,6 +181,8 @@ def calibrate(
         raise ConfigurationError(f"folds must be between 2 and 20, got {folds}")
     if examples < 0:
         raise ConfigurationError(f"examples must be a number of images per label (0 for none), got {examples}")
+    if estimator is not None and estimator not in ESTIMATORS:
+        raise ConfigurationError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
     check_installed("sklearn")
     spec = resolve_taxonomy(taxonomy)
     dataset = load_dataset(data, spec)
@@ -187,11 +192,12 @@ def calibrate(
         if len(scored.items) < 2 * folds:
             raise DatasetError(f"{dataset.source}: {len(scored.items)} readable images are too few for {folds}-fold cross-validation")
         boot = Bootstrap(len(scored.items), bootstrap_rounds)
-        results, warnings = calibrate_scored(scored, target, per_action, folds=folds, min_positives=min_positives, boot=boot)
+        results, warnings = calibrate_scored(scored, target, per_action, folds=folds, min_positives=min_positives, boot=boot,
+                                             estimator=estimator)
         comparison, final = None, scored
         if examples:
             comparison, final, results, warnings = _with_examples(
-                scored, spec, active, examples, target, per_action, folds, min_positives, boot, results)
+                scored, spec, active, examples, target, per_action, folds, min_positives, boot, results, estimator)
         calibrated = calibrated_taxonomy(
             final, results, target=target, per_action=per_action, folds=folds, model=active.model_name,
             model_fingerprint=active.fingerprint, preprocessing=active.preprocessing, dataset=dataset.source,
@@ -224,7 +230,7 @@ def with_facet_thresholds(taxonomy: Taxonomy, results: list) -> Taxonomy:
 
 
 def _with_examples(scored: ScoredDataset, spec: Taxonomy, tagger: Tagger, k: int, target: Target, per_action: dict,
-                   folds: int, min_positives: int, boot: Bootstrap, without: list) -> tuple:
+                   folds: int, min_positives: int, boot: Bootstrap, without: list, estimator: str | None = None) -> tuple:
     """Thresholds and held-out figures for ``spec`` with K examples per label picked from the data."""
     from .examples import ExampleFolds, compare, pick_examples, with_examples
 
@@ -243,7 +249,7 @@ def _with_examples(scored: ScoredDataset, spec: Taxonomy, tagger: Tagger, k: int
     for rows in picks.values():
         learnt[rows] = True
     results, warnings = calibrate_scored(final, target, per_action, folds=folds, min_positives=min_positives, boot=boot,
-                                         fold_scorer=fold_scores, fitted=~learnt)
+                                         fold_scorer=fold_scores, fitted=~learnt, estimator=estimator)
     return compare(scored, final, fold_scores, picks, without, boot), final, results, warnings
 
 

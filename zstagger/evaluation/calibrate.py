@@ -30,11 +30,13 @@ import numpy as np
 
 from ..taxonomy import CalibratedLabel, Calibration, Taxonomy
 from .extra import require
+from .fitted import choose_threshold_fitted
 from .metrics import Bootstrap, Figure
 from .models import Estimate, LabelCalibrationResult
 from .scored import ScoredDataset
 
 MIN_POSITIVES = 10
+ESTIMATORS = ("counted", "fitted")
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,7 @@ FoldScorer = Callable[[np.ndarray], tuple[ScoredDataset, np.ndarray]]
 def calibrate_scored(
     scored: ScoredDataset, target: Target, per_action: dict[str, float] | None = None, folds: int = 5,
     min_positives: int = MIN_POSITIVES, boot: Bootstrap | None = None, seed: int = 0, *,
-    fold_scorer: FoldScorer | None = None, fitted: np.ndarray | None = None,
+    fold_scorer: FoldScorer | None = None, fitted: np.ndarray | None = None, estimator: str | None = None,
 ) -> tuple[list[LabelCalibrationResult], list[str]]:
     """Choose every label's threshold; returns the per-label results and warnings.
 
@@ -106,6 +108,9 @@ def calibrate_scored(
     ``scored``'s own thresholds may be chosen on (default: all). Images with a ``weight``
     (a manifest's, e.g. from ``zstagger review export``) are weighted in every threshold and
     figure (inverse-probability weighting: a sample of reviewed items stands for everything).
+    ``estimator``: how a threshold's precision and recall are estimated when it is chosen:
+    ``counted`` (the images above it) or ``fitted`` (:mod:`.fitted`: a curve P(true | score)
+    fitted on the images, averaged over them); default: fitted for weighted images, else counted.
     """
     model_selection = require("sklearn.model_selection")
     taxonomy = scored.taxonomy
@@ -115,6 +120,15 @@ def calibrate_scored(
     weights = np.asarray([getattr(item, "weight", 1.0) for item in scored.items], dtype=np.float64)
     weighted = bool((weights != 1.0).any())
     w = weights if weighted else None
+    estimator = estimator or ("fitted" if weighted else "counted")
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, not {estimator!r}")
+
+    def choose(label_scores: np.ndarray, label_truth: np.ndarray, goal: Target,
+               label_weights: np.ndarray | None) -> tuple[float | None, float | None]:
+        if estimator == "fitted":
+            return choose_threshold_fitted(label_scores, label_truth, goal, label_weights)
+        return choose_threshold(label_scores, label_truth, goal, label_weights), None
     fit = np.ones(n, dtype=bool) if fitted is None else np.asarray(fitted, dtype=bool)
     splits = list(model_selection.KFold(n_splits=folds, shuffle=True, random_state=seed).split(np.arange(n)))
     per_fold = []  # (train rows usable for thresholds, test rows, that fold's scores)
@@ -142,11 +156,11 @@ def calibrate_scored(
                 "note": f"{positives} positives (< {min_positives}): threshold kept; its figures are measured, not fitted",
             }, {"in_sample": in_sample, "held_out": in_sample}))
             continue
-        chosen = choose_threshold(column[fit], truth[fit], goal, None if w is None else w[fit])
+        chosen, estimated = choose(column[fit], truth[fit], goal, None if w is None else w[fit])
         fold_thresholds: list[float | None] = []
         held_out = np.zeros(n, dtype=bool)
         for train, test, fold_scores in per_fold:
-            t = choose_threshold(fold_scores[train, i], scored.truth[train, i], goal, None if w is None else w[train])
+            t, _ = choose(fold_scores[train, i], scored.truth[train, i], goal, None if w is None else w[train])
             fold_thresholds.append(t)
             held_out[test] = fold_scores[test, i] >= (t if t is not None else previous)
         out = _figures(boot, held_out, scored.truth[:, i], w)
@@ -159,7 +173,8 @@ def calibrate_scored(
             }, {"in_sample": in_sample, "held_out": out}))
             continue
         threshold = math.floor(chosen * 1e6) / 1e6
-        entries.append(("calibrated", {**common, "threshold": threshold, "fold_thresholds": fold_thresholds},
+        entries.append(("calibrated", {**common, "threshold": threshold, "fold_thresholds": fold_thresholds,
+                                       "estimated_precision": None if estimated is None else round(estimated, 4)},
                         {"in_sample": _figures(boot, column >= threshold, truth, w), "held_out": out}))
     results = [
         LabelCalibrationResult(
@@ -172,7 +187,8 @@ def calibrate_scored(
     warnings = []
     if weighted:
         warnings.append(f"images weighted by the manifest's weight column (total {weights.sum():.1f} for {n} images): "
-                        "thresholds and figures are inverse-probability weighted")
+                        "thresholds and figures are inverse-probability weighted"
+                        + ("; thresholds chosen by a fitted P(true | score) (estimated_precision)" if estimator == "fitted" else ""))
     if few:
         warnings.append(f"too few positives (< {min_positives}) to calibrate, thresholds kept: {', '.join(few)}")
     if unreachable:

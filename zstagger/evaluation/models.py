@@ -188,6 +188,9 @@ class LabelCalibrationResult(_Model):
     held_out_precision: Estimate  # k-fold cross-validation: thresholds chosen without the fold they are tested on
     held_out_recall: Estimate
     fold_thresholds: list[float | None]
+    # the fitted estimator (weighted calibrations): P(true | score) fitted on the images, averaged over
+    # every image at or above the threshold (each by its weight); None when counted
+    estimated_precision: float | None = None
     note: str = ""
 
 

@@ -114,38 +114,39 @@ class ReviewQueue:
         """Create or upgrade the review tables; returns (version before, version now)."""
         store = self.store
 
-        def apply(conn) -> tuple[int, int]:
-            store._lock_schema(conn)
-            store._execute(conn, VERSION_TABLE[store.dialect])
-            before = int(store._execute(conn, "SELECT coalesce(max(version), 0) FROM zstagger_review_schema").fetchone()[0])
+        def apply(tx) -> tuple[int, int]:
+            tx.lock_schema()
+            tx.execute(VERSION_TABLE[store.dialect])
+            before = int(tx.execute("SELECT coalesce(max(version), 0) FROM zstagger_review_schema").fetchone()[0])
             if before > REVIEW_SCHEMA_VERSION:
                 raise ReviewError("schema", f"the review tables at {store.where} are version {before}, newer than this "
                                   f"zstagger understands ({REVIEW_SCHEMA_VERSION}): upgrade zstagger")
             for version, statements in enumerate(migrations(store.dialect), start=1):
                 if version > before:
                     for statement in statements:
-                        store._execute(conn, statement)
-                    store._execute(conn, "INSERT INTO zstagger_review_schema (version, applied) VALUES (?, ?)",
+                        tx.execute(statement)
+                    tx.execute("INSERT INTO zstagger_review_schema (version, applied) VALUES (?, ?)",
                                    [version, time.time()])
             return before, REVIEW_SCHEMA_VERSION
 
-        result = store._run(apply, write=True, check_schema=False)
+        result = store.transaction(apply, write=True)
         self._ready = True
         return result
 
     def _run(self, call, write: bool = False):
-        """``call(conn)`` in one transaction. A ReviewError is raised before anything is written,
-        and is passed out as it is (the store would wrap it as one of its own errors)."""
+        """``call(tx)`` in one store transaction (:meth:`~zstagger.store.EmbeddingStore.transaction`). A
+        ReviewError is raised before anything is written, and is passed out as it is (the store
+        would wrap it as one of its own errors)."""
         if not self._ready:
             self.migrate()
 
-        def guarded(conn):
+        def guarded(tx):
             try:
-                return call(conn)
+                return call(tx)
             except ReviewError as exc:
                 return exc
 
-        result = self.store._run(guarded, write=write, check_schema=False)
+        result = self.store.transaction(guarded, write=write)
         if isinstance(result, ReviewError):
             raise result
         return result
@@ -155,8 +156,8 @@ class ReviewQueue:
     def enqueue(self, lines: Iterable[str | dict], selection: Selection, job_id: str = "",
                 batch: int = 1000) -> dict[str, int]:
         """Choose among result lines (JSON text or dicts, as ``zstagger tag`` writes them) and store
-        the chosen ones; returns counts: ``seen``, ``band``, ``audit``, ``added`` (new), ``errors`` (skipped)."""
-        counts = {"seen": 0, "band": 0, "audit": 0, "added": 0, "errors": 0}
+        the chosen ones; returns counts: ``seen``, ``band``, ``blocked``, ``audit``, ``added`` (new), ``errors`` (skipped)."""
+        counts = {"seen": 0, "band": 0, "blocked": 0, "audit": 0, "added": 0, "errors": 0}
         rows: list[list[Any]] = []
         for line in lines:
             result = json.loads(line) if isinstance(line, (str, bytes)) else line
@@ -182,16 +183,14 @@ class ReviewQueue:
         return counts
 
     def _insert(self, rows: list[list[Any]]) -> int:
-        store = self.store
-
-        def write(conn) -> int:
-            before = int(store._execute(conn, "SELECT count(*) FROM zstagger_review_items").fetchone()[0])
+        def write(tx) -> int:
+            before = int(tx.execute("SELECT count(*) FROM zstagger_review_items").fetchone()[0])
             for row in rows:
-                store._execute(conn, "INSERT INTO zstagger_review_items (taxonomy, taxonomy_version, job_id, reference, label, "
+                tx.execute("INSERT INTO zstagger_review_items (taxonomy, taxonomy_version, job_id, reference, label, "
                                "score, verdict, tags, choices, result, stratum, probability, rank, created) VALUES "
                                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (taxonomy, job_id, reference) DO NOTHING",
                                row)
-            return int(store._execute(conn, "SELECT count(*) FROM zstagger_review_items").fetchone()[0]) - before
+            return int(tx.execute("SELECT count(*) FROM zstagger_review_items").fetchone()[0]) - before
 
         return self._run(write, write=True)
 
@@ -208,17 +207,15 @@ class ReviewQueue:
                f"SELECT id FROM zstagger_review_items WHERE status = 'pending' AND (claim_expires IS NULL OR claim_expires < ?) "
                f"{scope} ORDER BY skips, rank, id LIMIT 1{lock}) RETURNING {_ITEM_COLUMNS}")
 
-        def write(conn) -> ReviewItem | None:
-            row = store._execute(conn, sql, [reviewer, now + lease, now, *params]).fetchone()
+        def write(tx) -> ReviewItem | None:
+            row = tx.execute(sql, [reviewer, now + lease, now, *params]).fetchone()
             return ReviewItem.from_row(row) if row is not None else None
 
         return self._run(write, write=True)
 
     def item(self, item_id: int) -> ReviewItem:
-        store = self.store
-
-        def read(conn):
-            return store._execute(conn, f"SELECT {_ITEM_COLUMNS} FROM zstagger_review_items WHERE id = ?", [int(item_id)]).fetchone()
+        def read(tx):
+            return tx.execute(f"SELECT {_ITEM_COLUMNS} FROM zstagger_review_items WHERE id = ?", [int(item_id)]).fetchone()
 
         row = self._run(read)
         if row is None:
@@ -228,11 +225,10 @@ class ReviewQueue:
     def skip(self, item_id: int, reviewer: str) -> None:
         """Give a held item back (it goes behind the items not skipped yet)."""
         reviewer = _name(reviewer)
-        store = self.store
 
-        def write(conn) -> None:
-            self._held(conn, item_id, reviewer)
-            store._execute(conn, "UPDATE zstagger_review_items SET claimed_by = NULL, claim_expires = NULL, skips = skips + 1 "
+        def write(tx) -> None:
+            self._held(tx, item_id, reviewer)
+            tx.execute("UPDATE zstagger_review_items SET claimed_by = NULL, claim_expires = NULL, skips = skips + 1 "
                            "WHERE id = ?", [int(item_id)])
 
         self._run(write, write=True)
@@ -242,15 +238,14 @@ class ReviewQueue:
         reviewer = _name(reviewer)
         if action not in ACTIONS:
             raise ReviewError("invalid_decision", f"decision must be one of {', '.join(ACTIONS)}, not {str(action)[:40]!r}")
-        store = self.store
 
-        def write(conn) -> Decision:
-            item = self._held(conn, item_id, reviewer)
+        def write(tx) -> Decision:
+            item = self._held(tx, item_id, reviewer)
             truth = _truth(item, action, labels)
             now = time.time()
-            store._execute(conn, "UPDATE zstagger_review_items SET status = 'decided', claimed_by = NULL, claim_expires = NULL "
+            tx.execute("UPDATE zstagger_review_items SET status = 'decided', claimed_by = NULL, claim_expires = NULL "
                            "WHERE id = ?", [item.id])
-            row = store._execute(conn, "INSERT INTO zstagger_review_decisions (item_id, reviewer, action, labels, decided) "
+            row = tx.execute("INSERT INTO zstagger_review_decisions (item_id, reviewer, action, labels, decided) "
                                  "VALUES (?, ?, ?, ?, ?) RETURNING id", [item.id, reviewer, action, json.dumps(truth), now]).fetchone()
             return Decision(int(row[0]), item.id, reviewer, action, truth, now)
 
@@ -259,17 +254,16 @@ class ReviewQueue:
     def undo(self, reviewer: str, lease: float = DEFAULT_LEASE) -> tuple[Decision, ReviewItem]:
         """Take back ``reviewer``'s latest decision still standing; the item is pending again, held by them."""
         reviewer = _name(reviewer)
-        store = self.store
 
-        def write(conn) -> tuple[Decision, ReviewItem]:
-            row = store._execute(conn, "SELECT id, item_id, reviewer, action, labels, decided FROM zstagger_review_decisions "
+        def write(tx) -> tuple[Decision, ReviewItem]:
+            row = tx.execute("SELECT id, item_id, reviewer, action, labels, decided FROM zstagger_review_decisions "
                                  "WHERE reviewer = ? AND undone IS NULL ORDER BY decided DESC, id DESC LIMIT 1",
                                  [reviewer]).fetchone()
             if row is None:
                 raise ReviewError("nothing_to_undo", f"{reviewer} has no decision to undo")
             now = time.time()
-            store._execute(conn, "UPDATE zstagger_review_decisions SET undone = ? WHERE id = ?", [now, int(row[0])])
-            item_row = store._execute(conn, f"UPDATE zstagger_review_items SET status = 'pending', claimed_by = ?, "
+            tx.execute("UPDATE zstagger_review_decisions SET undone = ? WHERE id = ?", [now, int(row[0])])
+            item_row = tx.execute(f"UPDATE zstagger_review_items SET status = 'pending', claimed_by = ?, "
                                       f"claim_expires = ? WHERE id = ? RETURNING {_ITEM_COLUMNS}",
                                       [reviewer, now + lease, int(row[1])]).fetchone()
             decision = Decision(int(row[0]), int(row[1]), row[2], row[3], json.loads(row[4]), float(row[5]), now)
@@ -277,9 +271,9 @@ class ReviewQueue:
 
         return self._run(write, write=True)
 
-    def _held(self, conn, item_id: int, reviewer: str) -> ReviewItem:
+    def _held(self, tx, item_id: int, reviewer: str) -> ReviewItem:
         """The item, if it is pending and held by ``reviewer`` (their claim may have run out if nobody took it since)."""
-        row = self.store._execute(conn, f"SELECT {_ITEM_COLUMNS} FROM zstagger_review_items WHERE id = ?", [int(item_id)]).fetchone()
+        row = tx.execute(f"SELECT {_ITEM_COLUMNS} FROM zstagger_review_items WHERE id = ?", [int(item_id)]).fetchone()
         if row is None:
             raise ReviewError("not_found", f"no review item {item_id}")
         item = ReviewItem.from_row(row)
@@ -294,21 +288,20 @@ class ReviewQueue:
 
     def stats(self) -> dict[str, Any]:
         """Pending and decided items per stratum, agreement with the model, and each reviewer's decisions and pace."""
-        store = self.store
 
-        def read(conn) -> dict[str, Any]:
+        def read(tx) -> dict[str, Any]:
             now = time.time()
             strata = {}
-            for stratum, status, count in store._execute(
-                    conn, "SELECT stratum, status, count(*) FROM zstagger_review_items GROUP BY stratum, status").fetchall():
+            for stratum, status, count in tx.execute(
+                    "SELECT stratum, status, count(*) FROM zstagger_review_items GROUP BY stratum, status").fetchall():
                 strata.setdefault(stratum, {"pending": 0, "decided": 0})[status] = int(count)
-            claimed = int(store._execute(conn, "SELECT count(*) FROM zstagger_review_items WHERE status = 'pending' AND "
+            claimed = int(tx.execute("SELECT count(*) FROM zstagger_review_items WHERE status = 'pending' AND "
                                          "claim_expires >= ?", [now]).fetchone()[0])
-            actions = {a: int(n) for a, n in store._execute(
-                conn, "SELECT action, count(*) FROM zstagger_review_decisions WHERE undone IS NULL GROUP BY action").fetchall()}
+            actions = {a: int(n) for a, n in tx.execute(
+                "SELECT action, count(*) FROM zstagger_review_decisions WHERE undone IS NULL GROUP BY action").fetchall()}
             reviewers = {}
-            for name, count, first, last in store._execute(
-                    conn, "SELECT reviewer, count(*), min(decided), max(decided) FROM zstagger_review_decisions "
+            for name, count, first, last in tx.execute(
+                    "SELECT reviewer, count(*), min(decided), max(decided) FROM zstagger_review_decisions "
                     "WHERE undone IS NULL GROUP BY reviewer").fetchall():
                 span = float(last) - float(first)
                 reviewers[name] = {"decisions": int(count),
@@ -326,10 +319,9 @@ class ReviewQueue:
     def export(self) -> Iterator[dict[str, Any]]:
         """One manifest row per decided item (its standing decision): ``image``, ``labels``, ``weight`` =
         1 / inclusion probability, and where it came from (taxonomy, stratum, reviewer, decided)."""
-        store = self.store
 
-        def read(conn):
-            return store._execute(conn, "SELECT i.reference, d.labels, i.probability, i.taxonomy, i.taxonomy_version, i.stratum, "
+        def read(tx):
+            return tx.execute("SELECT i.reference, d.labels, i.probability, i.taxonomy, i.taxonomy_version, i.stratum, "
                                   "i.label, i.score, d.action, d.reviewer, d.decided FROM zstagger_review_items i JOIN "
                                   "zstagger_review_decisions d ON d.item_id = i.id WHERE d.undone IS NULL AND i.status = 'decided' "
                                   "ORDER BY i.id").fetchall()

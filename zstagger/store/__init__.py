@@ -21,10 +21,11 @@ import re
 
 from ..errors import ConfigurationError, MissingExtraError, StoreError, StoreUnavailableError
 from ..settings import redact_url
-from .base import EmbeddingStore, Erasure, StoredBatch, StoredImage, StoredModel, reference_from_store, stored_reference
+from .base import (EmbeddingStore, Erasure, StoredBatch, StoredImage, StoredModel, Transaction, reference_from_store,
+                   stored_reference)
 
 __all__ = ["EmbeddingStore", "Erasure", "StoreError", "StoreUnavailableError", "StoredBatch", "StoredImage", "StoredModel",
-           "open_store", "reference_from_store", "stored_reference"]
+           "Transaction", "open_store", "reference_from_store", "stored_reference"]
 
 
 _SCHEME_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")

@@ -118,6 +118,28 @@ def reference_from_store(text: str) -> str:
     return _ESCAPED.sub(lambda m: "\\" if m.group(1) == "\\" else chr(int(m.group(1)[1:], 16)), text)
 
 
+class Transaction:
+    """One transaction in the store's database, handed to :meth:`EmbeddingStore.transaction`'s call.
+
+    For neighbours that keep their own tables beside the store's (the review queue): SQL is
+    written with ``?`` placeholders on either backend; :attr:`dialect` says which one it is.
+    """
+
+    def __init__(self, store: EmbeddingStore, conn: Any):
+        self._store = store
+        self._conn = conn
+        self.dialect = store.dialect
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """Run ``sql`` (``?`` placeholders); returns a DB-API cursor (``fetchone``, ``fetchall``)."""
+        return self._store._execute(self._conn, sql, params)
+
+    def lock_schema(self) -> None:
+        """Keep two concurrent migrations apart until this transaction ends (PostgreSQL: an
+        advisory lock; SQLite: the write lock the transaction already holds)."""
+        self._store._lock_schema(self._conn)
+
+
 class EmbeddingStore:
     """The embedding store: image embeddings plus a record of every image seen.
 
@@ -399,6 +421,14 @@ class EmbeddingStore:
                     self._away_since = None
                     self._read_warned = False
             return result
+
+    # -- for neighbours with their own tables in this database (the review queue) -------------
+
+    def transaction(self, call: Callable[[Transaction], T], *, write: bool = False) -> T:
+        """``call(transaction)`` in one transaction (committed when it returns, with ``write``),
+        whatever the store's own schema version; a failure raises StoreError
+        (StoreUnavailableError when the database is away), after nothing was written."""
+        return self._run(lambda conn: call(Transaction(self, conn)), write=write, check_schema=False)
 
     # -- retention and erasure ----------------------------------------------------------------
 
