@@ -21,6 +21,7 @@ the first time (:mod:`zstagger.fewshot`).
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -32,12 +33,23 @@ from PIL import Image
 from .classifier import TaxonomyClassifier
 from .compiled_cache import CompiledCache
 from .embedder import NO_CACHE, WRITE_EVERY, CacheRoute, Embedder, EmbedStages, Figures, Prepared, open_image_cache
-from .embedding_cache import EmbeddingCache, ImageEmbeddingCache, default_image_cache
+from .embedding_cache import EmbeddingCache, EmbeddingKey, ImageEmbeddingCache, ImageSighting, default_image_cache
+from .embedding_cache.images import to_fp16
 from .errors import ConfigurationError, ImageLoadError, record_type
 from .fewshot import ImageSets, resolve_image_sets
 from .fewshot.sets import LoadPack
 from .images import ImageInput, ImagePolicy, describe, iter_inputs
-from .media import MediaOptions, MediaSource, tag_media
+from .media import (
+    MediaOptions,
+    MediaRecord,
+    MediaSource,
+    judge_range,
+    media_digest,
+    rejudge_media,
+    sampling_signature,
+    score_media,
+    tag_media,
+)
 from .pipeline import Pipeline, SetAside
 from .registry import resolve_taxonomy
 from .results import KnownImageMatch, LabelExplanation, LabelScore, Provenance, TagResult, format_results
@@ -247,18 +259,19 @@ class Tagger:
         self.classifier(spec)  # compile (text embeddings) before the first image is read
         for refs, embeds, errors in self.embed_batches(iter_inputs(images), batch_size, job_id=job_id,
                                                        interrupted=interrupted, media=True):
-            yield from self.results(spec, refs, embeds, errors, top_k, frames=frames)
+            yield from self.results(spec, refs, embeds, errors, top_k, frames=frames, job_id=job_id)
 
     # -- animations and videos (zstagger.media): the loader set them aside, judged here in input order --
 
     def _results_with_media(self, spec: Taxonomy, refs: Sequence[ImageInput], embeds: np.ndarray | None,
-                            found: Sequence[Any], top_k: int | None, frames: bool) -> list[TagResult]:
+                            found: Sequence[Any], top_k: int | None, frames: bool, job_id: str = "") -> list[TagResult]:
         # Media have no row in embeds: scored as errors first, then replaced by their own results.
         out = self.results(spec, refs, embeds, [ImageLoadError("media", "") if isinstance(e, SetAside) else e
                                                 for e in found], top_k)
         for i, aside in enumerate(found):
             if isinstance(aside, SetAside):
-                out[i] = self.tag_media(aside.value, describe(refs[i]), spec, top_k=top_k, frames=frames)
+                out[i] = self.tag_media(aside.value, describe(refs[i]), spec, top_k=top_k, frames=frames, job_id=job_id,
+                                        record=aside.keep)
         return out
 
     @property
@@ -274,10 +287,62 @@ class Tagger:
         self._media_options = options
 
     def tag_media(self, source: MediaSource, name: str, taxonomy: Taxonomy, *, top_k: int | None = None,
-                  frames: bool = False) -> TagResult:
-        """One animation or video's result (:func:`zstagger.media.tag_media` with this Tagger's model)."""
-        return tag_media(source, name, taxonomy, self.classifier(taxonomy), self.embed_frames, self.media_options,
-                         self.provenance(taxonomy), top_k, frames)
+                  frames: bool = False, job_id: str = "", record: Callable[[ImageSighting], None] | None = None) -> TagResult:
+        """One animation or video's result (:func:`zstagger.media.tag_media` with this Tagger's model).
+
+        With an embedding store: the frames judged are kept there (by the content's SHA-256), and
+        media whose frames it keeps, sampled with the same settings, are judged from them without
+        decoding (:func:`zstagger.media.rejudge_media`), as a stored image is not decoded again.
+        ``record``: where the stream being tagged takes what is to be recorded (in its order);
+        without it, the store is written at once."""
+        classifier, options, provenance = self.classifier(taxonomy), self.media_options, self.provenance(taxonomy)
+        store = self._route.recorder
+        if store is None or not hasattr(store, "get_media"):
+            return tag_media(source, name, taxonomy, classifier, self._frame_embedder(False), options, provenance, top_k,
+                             frames)
+        try:
+            key = EmbeddingKey(media_digest(source), self.fingerprint or self.encoder.fingerprint, self.preprocessing)
+        except ImageLoadError as exc:
+            return TagResult.failed(name, taxonomy.name, exc.kind, exc.message, exc.transient, provenance)
+        stored = store.get_media(key)
+        if stored is not None and stored.sampling == sampling_signature(options, stored.kind):
+            result = rejudge_media(stored, name, taxonomy, classifier, options, provenance, top_k, frames)
+            if result is not None:
+                self._figures.add(hits=1)
+                self._record_media(store, record, ImageSighting(key, name, job_id, None))
+                return result
+        kept: list[MediaRecord] = []
+        result = tag_media(source, name, taxonomy, classifier, self._frame_embedder(True), options, provenance, top_k, frames,
+                           keep=kept.append)
+        if kept:
+            self._figures.add(misses=1)
+            self._record_media(store, record, ImageSighting(key, name, job_id, None, kept[0]))
+        return result
+
+    def _record_media(self, store: Any, record: Callable[[ImageSighting], None] | None, sighting: ImageSighting) -> None:
+        if record is not None:
+            record(sighting)
+        else:
+            self._figures.add(unrecorded=store.record([sighting], self.model_name))
+
+    def media_scores(self, source: MediaSource, taxonomy: Taxonomy) -> Any:
+        """An animation's or video's aggregated scores over all its sampled frames (no early exit):
+        the classifier's scores of one row, as evaluation and calibration judge a media item
+        (:func:`zstagger.media.score_media`). Raises ImageLoadError for the file's problems."""
+        return score_media(source, taxonomy, self.classifier(taxonomy), self._frame_embedder(False), self.media_options)
+
+    def rejudge_media(self, record: MediaRecord, name: str, taxonomy: Taxonomy, *, top_k: int | None = None,
+                      frames: bool = False, source: str = "image", early_exit: bool = True) -> TagResult | None:
+        """The result of an animation or video from the frames an embedding store kept of it (None:
+        this taxonomy would judge frames past where the kept judgement stopped early).
+        ``early_exit=False``: every kept frame judged (a long video's ranges, joined)."""
+        return rejudge_media(record, name, taxonomy, self.classifier(taxonomy), self.media_options,
+                             self.provenance(taxonomy, source), top_k, frames, early_exit)
+
+    def judge_range(self, source: MediaSource, taxonomy: Taxonomy, start: float, end: float | None) -> MediaRecord | None:
+        """The frames of one time range of a long video, judged and kept (:func:`zstagger.media.judge_range`);
+        :func:`zstagger.media.merge_records` then :meth:`rejudge_media` make the whole video's result."""
+        return judge_range(source, self.classifier(taxonomy), self._frame_embedder(True), self.media_options, start, end)
 
     def embed_frames(self, pictures: Sequence[Image.Image]) -> np.ndarray:
         """Unit embeddings of decoded frames, one row each, through the loader threads and encoder
@@ -290,6 +355,13 @@ class Tagger:
             out.append(embeds)
         return np.concatenate(out)
 
+    def _frame_embedder(self, stored: bool) -> Callable[[Sequence[Image.Image]], np.ndarray]:
+        """:meth:`embed_frames`; ``stored``: rounded to fp16, the form the embedding store keeps, so
+        that a judgement made again from the store scores exactly what this one scores."""
+        if not stored:
+            return self.embed_frames
+        return lambda pictures: to_fp16(self.embed_frames(pictures)).astype(np.float32)
+
     def results(
         self,
         taxonomy: Taxonomy,
@@ -300,6 +372,7 @@ class Tagger:
         source: str = "image",
         *,
         frames: bool = False,
+        job_id: str = "",
     ) -> list[TagResult]:
         """Result records for one batch: ``embeds`` has a row for each ref whose error is None.
         An animation or video the loader set aside (a :class:`~zstagger.pipeline.SetAside` of its
@@ -311,7 +384,7 @@ class Tagger:
         is the same as JSON lines, for millions of rows.
         """
         if any(isinstance(e, SetAside) for e in errors):
-            return self._results_with_media(taxonomy, refs, embeds, errors, top_k, frames)
+            return self._results_with_media(taxonomy, refs, embeds, errors, top_k, frames, job_id)
         compiled = self.classifier(taxonomy)
         provenance = self.provenance(taxonomy, source)
         done = iter(compiled.classify(embeds, top_k, self.explain) if embeds is not None else [])
@@ -384,11 +457,16 @@ class Tagger:
                 yield from self._pipeline.run(images, stages, batch_size or self.batch_size)
                 return
             # The store records a stream's images in input order, whichever lane finishes first:
-            # each input carries its place, and a batch's images are released once it is yielded.
+            # each input carries its place, and a batch's images are released once it has been used.
+            # Media set aside are recorded by whoever judges them (before the next batch is asked
+            # for), through ``keep``, in their place.
             for numbered, embeds, errors in self._pipeline.run(enumerate(images), Numbered(stages),
                                                                batch_size or self.batch_size):
-                sightings.release(numbered[-1][0] + 1)
+                for aside in errors:
+                    if isinstance(aside, SetAside):
+                        aside.keep = functools.partial(_keep_in_order, sightings, aside.order)
                 yield [ref for _, ref in numbered], embeds, errors
+                sightings.release(numbered[-1][0] + 1)
         finally:
             if sightings is not None:
                 sightings.flush()
@@ -441,3 +519,6 @@ class Tagger:
     def __exit__(self, *exc) -> None:
         self.close()
 
+
+def _keep_in_order(sightings: Any, order: int | None, sighting: ImageSighting) -> None:
+    sightings.add([sighting], [order])

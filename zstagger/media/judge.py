@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..engine.vectors import normalize
 from ..taxonomy import ACTION_SEVERITY
 from .frames import Frame, distance
 from .streams import FrameStream
@@ -31,41 +32,52 @@ class FrameScores:
     """Every sampled frame's scores (rows in time order) and what judging them found."""
 
     times: list[float] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)  # per sampled frame: its number among the frames decoded
     batches: list[Any] = field(default_factory=list)  # the classifier's BatchScores, one per embedded batch
     rows: list[tuple[int, int]] = field(default_factory=list)  # per sampled frame: (batch, row) of the frame it reuses or is
+    vectors: list[np.ndarray] = field(default_factory=list)  # with ``keep_vectors``: per batch, its fp16 embeddings
     embedded: int = 0
     stopped_early: bool = False
+
+    def flat_rows(self) -> np.ndarray:
+        """Per sampled frame, the row of the embedding it has or reuses, counted over all batches."""
+        offsets = np.cumsum([0] + [len(b.scores) for b in self.batches])
+        return np.array([offsets[b] + r for b, r in self.rows], dtype=np.int64)
 
     def matrix(self) -> Any:
         """One BatchScores with a row per sampled frame (reused rows repeated)."""
         first = self.batches[0]
         take = {name: np.concatenate([getattr(b, name) for b in self.batches]) for name in
                 ("scores", "cosines", "matched", "match_rows", "match_cosines")}
-        offsets = np.cumsum([0] + [len(b.scores) for b in self.batches])
-        index = np.array([offsets[b] + r for b, r in self.rows], dtype=np.int64)
+        index = self.flat_rows()
         return replace(first, **{name: value[index] for name, value in take.items()})
 
 
 def judge_frames(stream: FrameStream, classifier: Any, embed: Embed, *, batch_size: int = 8, dedup: float = 0.0,
-                 early_exit: int = 0, depth: int | None = None) -> FrameScores:
+                 early_exit: int = 0, depth: int | None = None, keep_vectors: bool = False) -> FrameScores:
     """Score every sampled frame of ``stream``; see the module's docstring. ``early_exit``: stop
-    once a block label has fired on that many frames (0: never)."""
+    once a block label has fired on that many frames (0: never). ``embed``'s rows are scaled to
+    unit length before scoring; ``keep_vectors``: they are kept too (fp16), for the embedding store."""
     out = FrameScores()
     block = [i for i, s in enumerate(classifier.severity) if s == ACTION_SEVERITY["block"]]
     fired = np.zeros(len(classifier.names), dtype=np.int64)
     pending: list[Frame] = []
-    waiting: list[tuple[float, int]] = []  # sampled frames not scored yet: (time, index into pending)
+    waiting: list[tuple[float, int, int]] = []  # sampled frames not scored yet: (time, index into pending, frame number)
     last: np.ndarray | None = None
 
     def flush() -> bool:
         nonlocal fired
         if pending:
-            batch = classifier.score(np.asarray(embed([f.image for f in pending]), dtype=np.float32))
+            embedded = np.asarray(embed([f.image for f in pending]), dtype=np.float32)
+            if keep_vectors:
+                out.vectors.append(embedded.astype("<f2"))
+            batch = classifier.score(normalize(embedded))
             out.batches.append(batch)
             out.embedded += len(pending)
         b = len(out.batches) - 1
-        rows = [(b, r) for _, r in waiting]
-        out.times.extend(t for t, _ in waiting)
+        rows = [(b, r) for _, r, _ in waiting]
+        out.times.extend(t for t, _, _ in waiting)
+        out.indices.extend(i for _, _, i in waiting)
         out.rows.extend(rows)
         if rows and early_exit and block:
             scored = out.batches[b]
@@ -79,9 +91,10 @@ def judge_frames(stream: FrameStream, classifier: Any, embed: Embed, *, batch_si
     for frame in read_ahead(stream, depth or batch_size):
         if last is not None and dedup > 0 and distance(frame.thumb, last) < dedup:
             if pending:
-                waiting.append((frame.time, len(pending) - 1))
+                waiting.append((frame.time, len(pending) - 1, frame.index))
             else:  # repeats a frame of the batch already scored
                 out.times.append(frame.time)
+                out.indices.append(frame.index)
                 out.rows.append(out.rows[-1])
                 if early_exit and block:
                     b, r = out.rows[-1]
@@ -92,7 +105,7 @@ def judge_frames(stream: FrameStream, classifier: Any, embed: Embed, *, batch_si
             continue
         last = frame.thumb
         pending.append(frame)
-        waiting.append((frame.time, len(pending) - 1))
+        waiting.append((frame.time, len(pending) - 1, frame.index))
         if len(pending) >= batch_size and flush():
             out.stopped_early = True
             break
