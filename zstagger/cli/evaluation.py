@@ -149,6 +149,7 @@ def print_eval(report) -> None:
                f"{report.evaluated} images evaluated, {report.unreadable_count} unreadable left out")
     click.echo(f"model {report.model} ({report.preprocessing} preprocessing); image embeddings: {report.cache_hits} cached, "
                f"{report.cache_misses} computed; intervals: 95% bootstrap ({report.bootstrap_rounds} resamples)")
+    _media_line(report.media)
     for level in report.levels:
         click.echo(f"\nlevel {level.depth} ({level.images} images): top-1 {level.top1}  top-{level.top_k} {level.top5}  "
                    f"tag accuracy {level.accuracy}")
@@ -184,6 +185,12 @@ def print_eval(report) -> None:
                      for k, x in c.labels.items()], ["label", "status", "threshold", "held-out precision", "held-out recall"])
 
 
+def _media_line(media, what: str = "figures") -> None:
+    if media is not None:
+        kinds = ", ".join(f"{n} {kind}{'s' if n != 1 else ''}" for kind, n in media.kinds.items())
+        click.echo(f"media: {kinds}, each judged as one item: {what} are {media.unit}; score: {media.aggregation}")
+
+
 def _label_table(labels, threshold_free: bool = False) -> None:
     columns = ["label", "threshold", "support", "predicted", "precision", "recall", "f1"]
     if threshold_free:
@@ -196,6 +203,7 @@ def _label_table(labels, threshold_free: bool = False) -> None:
 def print_calibration(report) -> None:
     click.echo(f"{report.source_taxonomy} -> {report.taxonomy.name} v{report.taxonomy.version} on {report.dataset}: "
                f"{report.evaluated} images, {report.folds}-fold cross-validation (95% bootstrap intervals)")
+    _media_line(report.media, "thresholds")
     print_table([{"label": r.label, "target": r.target, "status": r.status, "positives": r.positives,
                   "threshold": f"{r.previous_threshold:.3f} -> {r.threshold:.4f}",
                   "held-out precision": str(r.held_out_precision), "held-out recall": str(r.held_out_recall)}

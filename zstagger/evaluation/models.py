@@ -105,6 +105,18 @@ class FewShotUse(_Model):
     labels: dict[str, dict[str, int]]  # label -> images per kind (examples, negative_examples, known_images)
 
 
+class MediaItems(_Model):
+    """Animations and videos among a dataset's items. Each is one item with one label set: its
+    score per label is its sampled frames' scores aggregated as its taxonomy's ``media`` policy
+    says (every frame judged, no early exit), the score its tags and verdict come from when it is
+    tagged. Every figure, and every threshold calibrate chooses, is per media item, not per frame."""
+
+    items: int
+    kinds: dict[str, int]  # animation | video -> items
+    aggregation: str  # how a label's frame scores become the item's score, in words
+    unit: str = "per media item (aggregated over its frames), not per frame"
+
+
 class EvalReport(_Model):
     taxonomy: str
     taxonomy_version: str
@@ -127,6 +139,7 @@ class EvalReport(_Model):
     verdicts: VerdictMetrics | None = None  # taxonomies with actions
     calibration: Calibration | None = None  # the taxonomy's own calibration record, shown again
     few_shot: FewShotUse | None = None  # labels that use example, counter-example or known images
+    media: MediaItems | None = None  # animations and videos among the items (None: stills only)
     warnings: list[str] = []  # labels that fire on nearly every image (see evaluation.api.ALWAYS_FIRES)
     report_dir: str | None = None
     seconds: float = 0.0
@@ -172,4 +185,5 @@ class CalibrationReport(_Model):
     labels: list[LabelCalibrationResult]
     warnings: list[str]
     examples: ExamplesComparison | None = None  # calibrate --examples K
+    media: MediaItems | None = None  # animations and videos among the items: thresholds chosen per item
     seconds: float = 0.0
