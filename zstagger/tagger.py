@@ -264,14 +264,15 @@ class Tagger:
     # -- animations and videos (zstagger.media): the loader set them aside, judged here in input order --
 
     def _results_with_media(self, spec: Taxonomy, refs: Sequence[ImageInput], embeds: np.ndarray | None,
-                            found: Sequence[Any], top_k: int | None, frames: bool, job_id: str = "") -> list[TagResult]:
+                            found: Sequence[Any], top_k: int | None, frames: bool, job_id: str = "",
+                            frame_gate: Callable[[int], Any] | None = None) -> list[TagResult]:
         # Media have no row in embeds: scored as errors first, then replaced by their own results.
         out = self.results(spec, refs, embeds, [ImageLoadError("media", "") if isinstance(e, SetAside) else e
                                                 for e in found], top_k)
         for i, aside in enumerate(found):
             if isinstance(aside, SetAside):
                 out[i] = self.tag_media(aside.value, describe(refs[i]), spec, top_k=top_k, frames=frames, job_id=job_id,
-                                        record=aside.keep)
+                                        record=aside.keep, frame_gate=frame_gate)
         return out
 
     @property
@@ -287,19 +288,21 @@ class Tagger:
         self._media_options = options
 
     def tag_media(self, source: MediaSource, name: str, taxonomy: Taxonomy, *, top_k: int | None = None,
-                  frames: bool = False, job_id: str = "", record: Callable[[ImageSighting], None] | None = None) -> TagResult:
+                  frames: bool = False, job_id: str = "", record: Callable[[ImageSighting], None] | None = None,
+                  frame_gate: Callable[[int], Any] | None = None) -> TagResult:
         """One animation or video's result (:func:`zstagger.media.tag_media` with this Tagger's model).
 
         With an embedding store: the frames judged are kept there (by the content's SHA-256), and
         media whose frames it keeps, sampled with the same settings, are judged from them without
         decoding (:func:`zstagger.media.rejudge_media`), as a stored image is not decoded again.
         ``record``: where the stream being tagged takes what is to be recorded (in its order);
-        without it, the store is written at once."""
+        without it, the store is written at once. ``frame_gate(n)``: a context held while ``n``
+        frames are embedded (the HTTP service counts them against its admission limit)."""
         classifier, options, provenance = self.classifier(taxonomy), self.media_options, self.provenance(taxonomy)
         store = self._route.recorder
         if store is None or not hasattr(store, "get_media"):
-            return tag_media(source, name, taxonomy, classifier, self._frame_embedder(False), options, provenance, top_k,
-                             frames)
+            return tag_media(source, name, taxonomy, classifier, self._frame_embedder(False, frame_gate), options,
+                             provenance, top_k, frames)
         try:
             key = EmbeddingKey(media_digest(source), self.fingerprint or self.encoder.fingerprint, self.preprocessing)
         except ImageLoadError as exc:
@@ -312,8 +315,8 @@ class Tagger:
                 self._record_media(store, record, ImageSighting(key, name, job_id, None))
                 return result
         kept: list[MediaRecord] = []
-        result = tag_media(source, name, taxonomy, classifier, self._frame_embedder(True), options, provenance, top_k, frames,
-                           keep=kept.append)
+        result = tag_media(source, name, taxonomy, classifier, self._frame_embedder(True, frame_gate), options, provenance,
+                           top_k, frames, keep=kept.append)
         if kept:
             self._figures.add(misses=1)
             self._record_media(store, record, ImageSighting(key, name, job_id, None, kept[0]))
@@ -355,12 +358,21 @@ class Tagger:
             out.append(embeds)
         return np.concatenate(out)
 
-    def _frame_embedder(self, stored: bool) -> Callable[[Sequence[Image.Image]], np.ndarray]:
+    def _frame_embedder(self, stored: bool, gate: Callable[[int], Any] | None = None
+                        ) -> Callable[[Sequence[Image.Image]], np.ndarray]:
         """:meth:`embed_frames`; ``stored``: rounded to fp16, the form the embedding store keeps, so
-        that a judgement made again from the store scores exactly what this one scores."""
-        if not stored:
-            return self.embed_frames
-        return lambda pictures: to_fp16(self.embed_frames(pictures)).astype(np.float32)
+        that a judgement made again from the store scores exactly what this one scores; ``gate``:
+        each batch embedded inside ``gate(len(batch))``."""
+
+        def embed(pictures: Sequence[Image.Image]) -> np.ndarray:
+            if gate is None:
+                vectors = self.embed_frames(pictures)
+            else:
+                with gate(len(pictures)):
+                    vectors = self.embed_frames(pictures)
+            return to_fp16(vectors).astype(np.float32) if stored else vectors
+
+        return embed
 
     def results(
         self,
@@ -373,6 +385,7 @@ class Tagger:
         *,
         frames: bool = False,
         job_id: str = "",
+        frame_gate: Callable[[int], Any] | None = None,
     ) -> list[TagResult]:
         """Result records for one batch: ``embeds`` has a row for each ref whose error is None.
         An animation or video the loader set aside (a :class:`~zstagger.pipeline.SetAside` of its
@@ -384,7 +397,7 @@ class Tagger:
         is the same as JSON lines, for millions of rows.
         """
         if any(isinstance(e, SetAside) for e in errors):
-            return self._results_with_media(taxonomy, refs, embeds, errors, top_k, frames, job_id)
+            return self._results_with_media(taxonomy, refs, embeds, errors, top_k, frames, job_id, frame_gate)
         compiled = self.classifier(taxonomy)
         provenance = self.provenance(taxonomy, source)
         done = iter(compiled.classify(embeds, top_k, self.explain) if embeds is not None else [])
