@@ -26,6 +26,7 @@ SCRIPTS = {
     "store_intake": ([*SMALL, "--backends", "sqlite", "--rounds", "1"], "throughput_vs_no_store"),
     "store_queue_overhead": ([*SMALL, "--store", "sqlite", "--rounds", "1"], "store_overhead_wall"),
     "store_retag": (["--rows", "200", "--backends", "sqlite", "--record-chunks", "4"], "retag_images_per_s"),
+    "media_retag": (["--videos", "20", "--frames", "5"], "retag_videos_per_s"),
     "eval_memory": (["--rows", "200", "--rounds", "10", "--per-label", "2", "--none", "2", "--json"], "distinct_images"),
 }
 # Scripts that take other arguments than --workdir: {model}, {images} (four small JPEGs) and
