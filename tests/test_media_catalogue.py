@@ -134,3 +134,23 @@ def test_media_stored_from_an_early_stop_are_judged_again_only_as_far_as_they_go
         assert patient[files[4]].ok and patient[files[2]].ok  # the clean video was judged to its end
         report = diff_policies(catalogue, specs["early"], specs["patient"])
         assert report.media_incomplete == 3 and report.images == 2
+
+
+def test_postgresql_keeps_media_too_and_forgetting_them_erases_their_frames(tmp_path, tiny_model_dir, specs, postgres):
+    import psycopg
+
+    with psycopg.connect(postgres.url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        conn.execute("CREATE DATABASE media_store")
+    url = postgres.url.rsplit("/", 1)[0] + "/media_store"
+    open_store(url).migrate()
+    files = make_media(tmp_path / "media")
+    settings = Settings(store=url, cache_dir=str(tmp_path / "cache"), precision="fp32")
+    with Tagger(str(tiny_model_dir), device="cpu", settings=settings) as tagger:
+        recorded = tagger.tag(files, specs["patient"])
+    store = open_store(url)
+    with Tagger(str(tiny_model_dir), device="cpu", settings=settings, image_cache=ReadOnly(store)) as reader:
+        again = list(retag(open_catalogue(store, reader), specs["patient"]))
+        assert [comparable(r) for r in again] == [comparable(r) for r in recorded]
+        erased = store.forget(references=[files[1]])
+        assert erased.images == 1 and erased.embeddings == 1  # the video's frames went with it
+        assert [r.image for r in retag(open_catalogue(store, reader), specs["patient"])] == [f for f in files if f != files[1]]
