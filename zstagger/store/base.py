@@ -630,8 +630,9 @@ class EmbeddingStore:
             images, jobs, first, last = self._execute(
                 conn, "SELECT count(*), count(DISTINCT nullif(job_id, '')), min(seen), max(seen) FROM zstagger_images").fetchone()
             embeddings = self._execute(conn, "SELECT count(*) FROM zstagger_embeddings").fetchone()[0]
-            return {"schema_version": version, "images": int(images), "embeddings": int(embeddings), "jobs": int(jobs),
-                    "first_seen": first, "last_seen": last}
+            media = self._execute(conn, "SELECT count(*) FROM zstagger_media").fetchone()[0] if version >= 2 else 0
+            return {"schema_version": version, "images": int(images), "embeddings": int(embeddings), "media": int(media),
+                    "jobs": int(jobs), "first_seen": first, "last_seen": last}
 
         out = {"store": self.where, "backend": self.dialect, **self._run(read, check_schema=False)}
         if out["schema_version"]:
