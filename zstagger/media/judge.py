@@ -54,10 +54,12 @@ class FrameScores:
 
 
 def judge_frames(stream: FrameStream, classifier: Any, embed: Embed, *, batch_size: int = 8, dedup: float = 0.0,
-                 early_exit: int = 0, depth: int | None = None, keep_vectors: bool = False) -> FrameScores:
+                 early_exit: int = 0, depth: int | None = None, keep_vectors: bool = False,
+                 read_ahead_thread: bool = True) -> FrameScores:
     """Score every sampled frame of ``stream``; see the module's docstring. ``early_exit``: stop
     once a block label has fired on that many frames (0: never). ``embed``'s rows are scaled to
-    unit length before scoring; ``keep_vectors``: they are kept too (fp16), for the embedding store."""
+    unit length before scoring; ``keep_vectors``: they are kept too (fp16), for the embedding store.
+    ``read_ahead_thread=False``: frames read in this thread (nothing to decode: a stored record)."""
     out = FrameScores()
     block = [i for i, s in enumerate(classifier.severity) if s == ACTION_SEVERITY["block"]]
     fired = np.zeros(len(classifier.names), dtype=np.int64)
@@ -88,7 +90,7 @@ def judge_frames(stream: FrameStream, classifier: Any, embed: Embed, *, batch_si
         waiting.clear()
         return bool(early_exit and block and (fired[block] >= early_exit).any())
 
-    for frame in read_ahead(stream, depth or batch_size):
+    for frame in (read_ahead(stream, depth or batch_size) if read_ahead_thread else _closing(stream)):
         if last is not None and dedup > 0 and distance(frame.thumb, last) < dedup:
             if pending:
                 waiting.append((frame.time, len(pending) - 1, frame.index))
@@ -112,6 +114,13 @@ def judge_frames(stream: FrameStream, classifier: Any, embed: Embed, *, batch_si
     else:
         flush()
     return out
+
+
+def _closing(stream: FrameStream) -> Iterator[Frame]:
+    try:
+        yield from stream
+    finally:
+        stream.close()
 
 
 def read_ahead(stream: FrameStream, depth: int) -> Iterator[Frame]:

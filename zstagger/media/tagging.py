@@ -91,7 +91,8 @@ def rejudge_media(
     policy = taxonomy.media or _DEFAULT_POLICY
     stream, vectors = replay(record, options.limits)
     judged = judge_frames(stream, classifier, lambda rows: vectors[list(rows)], batch_size=options.batch_size,
-                          dedup=REPLAY_DEDUP, early_exit=_early_exit(policy, options, record.kind) if early_exit else 0)
+                          dedup=REPLAY_DEDUP, early_exit=_early_exit(policy, options, record.kind) if early_exit else 0,
+                          read_ahead_thread=False)
     if not judged.stopped_early and not record.complete:
         return None
     last = len(judged.rows) == len(record.times)  # judged to where the recorded judgement ended
