@@ -26,7 +26,7 @@ import os
 import time
 from typing import Any
 
-from ..errors import ImageLoadError, ZstaggerError
+from ..errors import ImageLoadError, ZstaggerError, record_type
 from ..images import VIDEO_EXTENSIONS, describe, is_url
 from ..media import MediaSource, detect, merge_records, plan_ranges, record_bytes, record_from_bytes
 from ..media.video import declared_duration
@@ -105,6 +105,8 @@ def tag_range(self, *args: Any, **kwargs: Any) -> dict[str, int]:
         part = record_bytes(record) if record is not None else _EMPTY
     except ImageLoadError as exc:
         part = _ERROR + json.dumps({"type": exc.kind, "message": exc.message}).encode()
+    except ZstaggerError as exc:  # the taxonomy cannot be used here (its example images): the input says why
+        part = _ERROR + json.dumps({"type": record_type(exc), "message": str(exc)}).encode()
     expires_at = int(request.expires_at) if request.expires_at else int(time.time() + settings.result_ttl)
     done = _with_redis(lambda: store.save_range(job_id, index, request.part, part, expires_at), "storing a range", settings)
     if done < request.parts:
