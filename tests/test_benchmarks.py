@@ -27,6 +27,7 @@ SCRIPTS = {
     "store_queue_overhead": ([*SMALL, "--store", "sqlite", "--rounds", "1"], "store_overhead_wall"),
     "store_retag": (["--rows", "200", "--backends", "sqlite", "--record-chunks", "4"], "retag_images_per_s"),
     "multi_taxonomy": ([*SMALL, "--rounds", "1", "--json"], "two_taxonomies_vs_one"),
+    "media_retag": (["--videos", "20", "--frames", "5"], "retag_videos_per_s"),
     "eval_memory": (["--rows", "200", "--rounds", "10", "--per-label", "2", "--none", "2", "--json"], "distinct_images"),
     "deep_taxonomy": ([*SMALL, "--categories", "300", "--attributes", "3", "--rounds", "1", "--json"],
                       "deep_vs_flat20_throughput"),

@@ -21,6 +21,7 @@ from zstagger.embedding_cache import EmbeddingKey, ImageSighting, SQLiteImageCac
 from zstagger.engine.locate import model_fingerprint
 from zstagger.settings import Settings
 from zstagger.store import open_store, reference_from_store, stored_reference
+from zstagger.store.schema import SCHEMA_VERSION
 from zstagger.testing import sample_image
 
 
@@ -45,7 +46,7 @@ def pg_url(postgres):
         conn.execute(f"CREATE DATABASE {name}")
     url = postgres.url.rsplit("/", 1)[0] + "/" + name
     done = zstagger("store", "init", env={"ZSTAGGER_STORE": url})
-    assert done.returncode == 0 and "schema version 1 (created)" in done.stdout, done.stderr
+    assert done.returncode == 0 and f"schema version {SCHEMA_VERSION} (created)" in done.stdout, done.stderr
     return url
 
 
@@ -515,13 +516,13 @@ def test_postgres_schema_is_created_by_init_and_checked_by_everyone(postgres, tm
     with Tagger(str(tiny_model_dir), settings=Settings(store=url, cache_dir=str(tmp_path / "cache"), precision="fp32")) as tagger:
         assert all(r.ok for r in tagger.tag(paths, labels=["a", "b"])) and tagger.unrecorded == 2
     assert "run `zstagger store init`" in caplog.text
-    assert "schema version 1 (created)" in zstagger("store", "init", env={"ZSTAGGER_STORE": url}).stdout
-    assert "schema version 1 (up to date)" in zstagger("store", "init", env={"ZSTAGGER_STORE": url}).stdout
+    assert f"schema version {SCHEMA_VERSION} (created)" in zstagger("store", "init", env={"ZSTAGGER_STORE": url}).stdout
+    assert f"schema version {SCHEMA_VERSION} (up to date)" in zstagger("store", "init", env={"ZSTAGGER_STORE": url}).stdout
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("INSERT INTO zstagger_schema VALUES (99, 0)")
     for command in ("stats", "init"):
         refused = zstagger("store", command, env={"ZSTAGGER_STORE": url})
-        assert refused.returncode == 2 and "schema version 99, newer than this zstagger knows (1): upgrade zstagger" in refused.stderr
+        assert refused.returncode == 2 and f"schema version 99, newer than this zstagger knows ({SCHEMA_VERSION}): upgrade zstagger" in refused.stderr
 
 
 def test_store_urls_are_checked_and_their_passwords_never_shown(tmp_path, tiny_model_dir):

@@ -219,7 +219,7 @@ class SightingBuffer:
             if full or self._timer is None:
                 if self._timer is not None:
                     self._timer.cancel()
-                self._timer = threading.Timer(0.0 if full else self.seconds, self.flush)
+                self._timer = threading.Timer(0.0 if full else self.seconds, self.flush, kwargs={"held": False})
                 self._timer.daemon = True
                 self._timer.start()
 
@@ -232,10 +232,12 @@ class SightingBuffer:
                 ready.append(heapq.heappop(self._held)[2])
         self.add(ready)
 
-    def flush(self) -> int:
-        """Write what is waiting (held images too, in order), in one call; returns how many
-        images the store could not take."""
-        self.release()
+    def flush(self, held: bool = True) -> int:
+        """Write what is waiting (``held``: images waiting for earlier inputs too, in order), in
+        one call; returns how many images the store could not take. Timed and full writes leave
+        held images waiting (their release keeps the stream's order)."""
+        if held:
+            self.release()
         with self._writing:
             with self._lock:
                 sightings, self._pending = self._pending, []

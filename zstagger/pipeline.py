@@ -48,12 +48,16 @@ Item_contra = TypeVar("Item_contra", contravariant=True)
 class SetAside:
     """What ``prepare`` returns for an input the stages leave to the caller instead of
     embedding it (an animation or video, judged over its frames): it takes the input's place
-    among the batch's errors, with no vector. ``value``: what the caller needs to judge it."""
+    among the batch's errors, with no vector. ``value``: what the caller needs to judge it;
+    ``order``: the input's place in its stream (when numbered); ``keep``: where the caller hands
+    what it wants recorded of it, in the stream's order (set by the stream that records)."""
 
-    __slots__ = ("value",)
+    __slots__ = ("keep", "order", "value")
 
-    def __init__(self, value: Any):
+    def __init__(self, value: Any, order: int | None = None):
         self.value = value
+        self.order = order
+        self.keep: Any = None
 
 
 #: One batch: its inputs, a vector for each input whose error is None (None when none could

@@ -289,6 +289,12 @@ class Settings(BaseSettings):
         "which lets sparse sampling seek from keyframe to keyframe).",
         json_schema_extra=read_by(CLI, WORKER, API_SERVER),
     )
+    video_split_seconds: float = Field(
+        300.0, ge=0, description="A queued video (a local path or an upload) whose header declares more than this many "
+        "seconds is cut into time ranges of about this length, judged by several workers side by side and joined into "
+        "one result (0: never split; URLs are judged whole).",
+        json_schema_extra=read_by(WORKER),
+    )
     # queue
     redis_url: SecretUrl = Field(
         "redis://localhost:6379/0", repr=False, description="Broker and job store (redis:// or rediss://, password in the URL).",

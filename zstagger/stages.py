@@ -97,7 +97,7 @@ class Numbered:
     def prepare(self, item: tuple[int, ImageInput]) -> Any:
         place, ref = item
         prepared = self._stages.prepare(ref)
-        if isinstance(prepared, Prepared):
+        if isinstance(prepared, (Prepared, SetAside)):
             prepared.order = place
         return prepared
 

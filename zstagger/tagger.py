@@ -21,6 +21,7 @@ the first time (:mod:`zstagger.fewshot`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
@@ -36,12 +37,23 @@ from .compiled_cache import CompiledCache
 from .engine.scoring import InputTexts
 from .engine.vectors import normalize
 from .embedder import NO_CACHE, WRITE_EVERY, CacheRoute, Embedder, EmbedStages, Figures, Prepared, open_image_cache
-from .embedding_cache import EmbeddingCache, ImageEmbeddingCache, default_image_cache
+from .embedding_cache import EmbeddingCache, EmbeddingKey, ImageEmbeddingCache, ImageSighting, default_image_cache
+from .embedding_cache.images import to_fp16
 from .errors import ConfigurationError, ImageLoadError, record_type
 from .fewshot import ImageSets, resolve_image_sets
 from .fewshot.sets import LoadPack
 from .images import ImageInput, ImagePolicy, ImageWithText, describe, iter_inputs
-from .media import MediaOptions, MediaSource, tag_media_each
+from .media import (
+    MediaOptions,
+    MediaRecord,
+    MediaSource,
+    judge_range,
+    media_digest,
+    rejudge_media,
+    sampling_signature,
+    score_media,
+    tag_media_each,
+)
 from .pipeline import Pipeline, SetAside
 from .registry import resolve_each, resolve_taxonomy
 from .results import KnownImageMatch, LabelExplanation, LabelScore, MultiTagResult, Provenance, TagResult, format_results
@@ -269,24 +281,25 @@ class Tagger:
                 self.classifier(spec)  # compile (text embeddings) before the first image is read
             for refs, embeds, errors in self.embed_batches(iter_inputs(images), batch_size, job_id=job_id,
                                                            interrupted=interrupted, media=True):
-                yield from self.results_each(specs, refs, embeds, errors, top_k, frames=frames)
+                yield from self.results_each(specs, refs, embeds, errors, top_k, frames=frames, job_id=job_id)
             return
         spec = self.resolve(taxonomy, labels, template)
         self.classifier(spec)  # compile (text embeddings) before the first image is read
         for refs, embeds, errors in self.embed_batches(iter_inputs(images), batch_size, job_id=job_id,
                                                        interrupted=interrupted, media=True):
-            yield from self.results(spec, refs, embeds, errors, top_k, frames=frames)
+            yield from self.results(spec, refs, embeds, errors, top_k, frames=frames, job_id=job_id)
 
     # -- animations and videos (zstagger.media): the loader set them aside, judged here in input order --
 
     def _results_with_media(self, spec: Taxonomy, refs: Sequence[ImageInput], embeds: np.ndarray | None,
-                            found: Sequence[Any], top_k: int | None, frames: bool) -> list[TagResult]:
+                            found: Sequence[Any], top_k: int | None, frames: bool, job_id: str = "",
+                            frame_gate: Callable[[int], Any] | None = None) -> list[TagResult]:
         # Media have no row in embeds: scored as errors first, then replaced by their own results.
         out = self.results(spec, refs, embeds, _stills(found), top_k)
         for i, aside in enumerate(found):
             if isinstance(aside, SetAside):
-                out[i] = self.tag_media(aside.value, describe(refs[i]), spec, top_k=top_k, frames=frames,
-                                        text=_text_of(refs[i]))
+                out[i] = self.tag_media(aside.value, describe(refs[i]), spec, top_k=top_k, frames=frames, job_id=job_id,
+                                        record=aside.keep, frame_gate=frame_gate, text=_text_of(refs[i]))
         return out
 
     @property
@@ -302,17 +315,78 @@ class Tagger:
         self._media_options = options
 
     def tag_media(self, source: MediaSource, name: str, taxonomy: Taxonomy, *, top_k: int | None = None,
-                  frames: bool = False, text: str | None = None) -> TagResult:
-        """One animation or video's result (:func:`zstagger.media.tag_media` with this Tagger's model);
-        ``text``: what it came with (a product title), fused with its frames as the taxonomy says."""
-        return self.tag_media_each(source, name, [taxonomy], top_k=top_k, frames=frames, text=text)[0]
+                  frames: bool = False, text: str | None = None, job_id: str = "",
+                  record: Callable[[ImageSighting], None] | None = None,
+                  frame_gate: Callable[[int], Any] | None = None) -> TagResult:
+        """One animation or video's result (:func:`zstagger.media.tag_media` with this Tagger's model).
+
+        ``text``: what it came with (a product title), fused with its frames as the taxonomy says.
+        With an embedding store: the frames judged are kept there (by the content's SHA-256), and
+        media whose frames it keeps, sampled with the same settings, are judged from them without
+        decoding (:func:`zstagger.media.rejudge_media`), as a stored image is not decoded again.
+        ``record``: where the stream being tagged takes what is to be recorded (in its order);
+        without it, the store is written at once. ``frame_gate(n)``: a context held while ``n``
+        frames are embedded (the HTTP service counts them against its admission limit)."""
+        return self.tag_media_each(source, name, [taxonomy], top_k=top_k, frames=frames, text=text, job_id=job_id,
+                                   record=record, frame_gate=frame_gate)[0]
 
     def tag_media_each(self, source: MediaSource, name: str, taxonomies: Sequence[Taxonomy], *, top_k: int | None = None,
-                       frames: bool = False, text: str | None = None) -> list[TagResult]:
+                       frames: bool = False, text: str | None = None, job_id: str = "",
+                       record: Callable[[ImageSighting], None] | None = None,
+                       frame_gate: Callable[[int], Any] | None = None) -> list[TagResult]:
         """:meth:`tag_media` for several taxonomies: decoded and embedded once, one result each."""
         judged_by = [(taxonomy, self.classifier(taxonomy), self.provenance(taxonomy)) for taxonomy in taxonomies]
         vector = self.text_embeddings([text])[0] if text is not None else None
-        return tag_media_each(source, name, judged_by, self.embed_frames, self.media_options, top_k, frames, vector)
+        options = self.media_options
+        store = self._route.recorder
+        if store is None or not hasattr(store, "get_media"):
+            return tag_media_each(source, name, judged_by, self._frame_embedder(False, frame_gate), options, top_k, frames,
+                                  vector)
+        try:
+            key = EmbeddingKey(media_digest(source), self.fingerprint or self.encoder.fingerprint, self.preprocessing)
+        except ImageLoadError as exc:
+            return [TagResult.failed(name, taxonomy.name, exc.kind, exc.message, exc.transient, provenance)
+                    for taxonomy, _, provenance in judged_by]
+        stored = store.get_media(key)
+        if stored is not None and vector is None and stored.sampling == sampling_signature(options, stored.kind):
+            again = [rejudge_media(stored, name, taxonomy, classifier, options, provenance, top_k, frames)
+                     for taxonomy, classifier, provenance in judged_by]
+            if all(result is not None for result in again):
+                self._figures.add(hits=1)
+                self._record_media(store, record, ImageSighting(key, name, job_id, None))
+                return again  # type: ignore[return-value]
+        kept: list[MediaRecord] = []
+        results = tag_media_each(source, name, judged_by, self._frame_embedder(True, frame_gate), options, top_k, frames,
+                                 vector, keep=kept.append)
+        if kept:
+            self._figures.add(misses=1)
+            self._record_media(store, record, ImageSighting(key, name, job_id, None, kept[0]))
+        return results
+
+    def _record_media(self, store: Any, record: Callable[[ImageSighting], None] | None, sighting: ImageSighting) -> None:
+        if record is not None:
+            record(sighting)
+        else:
+            self._figures.add(unrecorded=store.record([sighting], self.model_name))
+
+    def media_scores(self, source: MediaSource, taxonomy: Taxonomy) -> Any:
+        """An animation's or video's aggregated scores over all its sampled frames (no early exit):
+        the classifier's scores of one row, as evaluation and calibration judge a media item
+        (:func:`zstagger.media.score_media`). Raises ImageLoadError for the file's problems."""
+        return score_media(source, taxonomy, self.classifier(taxonomy), self._frame_embedder(False), self.media_options)
+
+    def rejudge_media(self, record: MediaRecord, name: str, taxonomy: Taxonomy, *, top_k: int | None = None,
+                      frames: bool = False, source: str = "image", early_exit: bool = True) -> TagResult | None:
+        """The result of an animation or video from the frames an embedding store kept of it (None:
+        this taxonomy would judge frames past where the kept judgement stopped early).
+        ``early_exit=False``: every kept frame judged (a long video's ranges, joined)."""
+        return rejudge_media(record, name, taxonomy, self.classifier(taxonomy), self.media_options,
+                             self.provenance(taxonomy, source), top_k, frames, early_exit)
+
+    def judge_range(self, source: MediaSource, taxonomy: Taxonomy, start: float, end: float | None) -> MediaRecord | None:
+        """The frames of one time range of a long video, judged and kept (:func:`zstagger.media.judge_range`);
+        :func:`zstagger.media.merge_records` then :meth:`rejudge_media` make the whole video's result."""
+        return judge_range(source, self.classifier(taxonomy), self._frame_embedder(True), self.media_options, start, end)
 
     def embed_frames(self, pictures: Sequence[Image.Image]) -> np.ndarray:
         """Unit embeddings of decoded frames, one row each, through the loader threads and encoder
@@ -325,6 +399,22 @@ class Tagger:
             out.append(embeds)
         return np.concatenate(out)
 
+    def _frame_embedder(self, stored: bool, gate: Callable[[int], Any] | None = None
+                        ) -> Callable[[Sequence[Image.Image]], np.ndarray]:
+        """:meth:`embed_frames`; ``stored``: rounded to fp16, the form the embedding store keeps, so
+        that a judgement made again from the store scores exactly what this one scores; ``gate``:
+        each batch embedded inside ``gate(len(batch))``."""
+
+        def embed(pictures: Sequence[Image.Image]) -> np.ndarray:
+            if gate is None:
+                vectors = self.embed_frames(pictures)
+            else:
+                with gate(len(pictures)):
+                    vectors = self.embed_frames(pictures)
+            return to_fp16(vectors).astype(np.float32) if stored else vectors
+
+        return embed
+
     def results(
         self,
         taxonomy: Taxonomy,
@@ -335,6 +425,8 @@ class Tagger:
         source: str = "image",
         *,
         frames: bool = False,
+        job_id: str = "",
+        frame_gate: Callable[[int], Any] | None = None,
     ) -> list[TagResult]:
         """Result records for one batch: ``embeds`` has a row for each ref whose error is None.
         An animation or video the loader set aside (a :class:`~zstagger.pipeline.SetAside` of its
@@ -346,7 +438,7 @@ class Tagger:
         is the same as JSON lines, for millions of rows.
         """
         if any(isinstance(e, SetAside) for e in errors):
-            return self._results_with_media(taxonomy, refs, embeds, errors, top_k, frames)
+            return self._results_with_media(taxonomy, refs, embeds, errors, top_k, frames, job_id, frame_gate)
         compiled = self.classifier(taxonomy)
         provenance = self.provenance(taxonomy, source)
         texts = self.input_texts(refs, errors)
@@ -379,6 +471,7 @@ class Tagger:
     def results_each(
         self, taxonomies: Sequence[Taxonomy], refs: Sequence[ImageInput], embeds: np.ndarray | None,
         errors: Sequence[ImageLoadError | None], top_k: int | None = None, source: str = "image", *, frames: bool = False,
+        job_id: str = "", frame_gate: Callable[[int], Any] | None = None,
     ) -> list[MultiTagResult]:
         """:meth:`results` for several taxonomies: the same embeddings scored against each (animations
         and videos decoded and embedded once), one :class:`MultiTagResult` per image."""
@@ -388,7 +481,7 @@ class Tagger:
         for i, aside in enumerate(errors):
             if isinstance(aside, SetAside):
                 media = self.tag_media_each(aside.value, describe(refs[i]), taxonomies, top_k=top_k, frames=frames,
-                                            text=_text_of(refs[i]))
+                                            text=_text_of(refs[i]), job_id=job_id, record=aside.keep, frame_gate=frame_gate)
                 out[i] = MultiTagResult(image=out[i].image, taxonomies={spec.name: r for spec, r in zip(taxonomies, media)})
         return out
 
@@ -472,11 +565,16 @@ class Tagger:
                 yield from self._pipeline.run(images, stages, batch_size or self.batch_size)
                 return
             # The store records a stream's images in input order, whichever lane finishes first:
-            # each input carries its place, and a batch's images are released once it is yielded.
+            # each input carries its place, and a batch's images are released once it has been used.
+            # Media set aside are recorded by whoever judges them (before the next batch is asked
+            # for), through ``keep``, in their place.
             for numbered, embeds, errors in self._pipeline.run(enumerate(images), Numbered(stages),
                                                                batch_size or self.batch_size):
-                sightings.release(numbered[-1][0] + 1)
+                for aside in errors:
+                    if isinstance(aside, SetAside):
+                        aside.keep = functools.partial(_keep_in_order, sightings, aside.order)
                 yield [ref for _, ref in numbered], embeds, errors
+                sightings.release(numbered[-1][0] + 1)
         finally:
             if sightings is not None:
                 sightings.flush()
@@ -538,3 +636,7 @@ def _stills(errors: Sequence[Any]) -> list[Any]:
 
 def _text_of(ref: ImageInput) -> str | None:
     return ref.text if isinstance(ref, ImageWithText) else None
+
+
+def _keep_in_order(sightings: Any, order: int | None, sighting: ImageSighting) -> None:
+    sightings.add([sighting], [order])

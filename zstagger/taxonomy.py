@@ -150,7 +150,8 @@ class MediaPolicy(BaseModel):
     def _knobs_match_the_method(self) -> MediaPolicy:
         if self.aggregation == "mean_top_k" and self.min_frames != 1:
             raise ValueError("min_frames applies to aggregation 'max'; mean_top_k averages the top_k best frame scores")
-        if self.aggregation == "max" and "top_k" in self.model_fields_set:
+        # A written-out policy carries every field: the default top_k is no choice of method.
+        if self.aggregation == "max" and self.top_k != type(self).model_fields["top_k"].default:
             raise ValueError("top_k applies to aggregation 'mean_top_k'")
         return self
 

@@ -6,6 +6,10 @@ only one taxonomy has counts as never firing in the other), verdicts compared by
 severity. The result is a :class:`PolicyDiff`: how many images change tags or verdict,
 the verdict transition matrix, per label how many images it newly tags or no longer
 tags, and the first few images of each change (for the report's thumbnails).
+
+Animations and videos are judged again from the frames the store kept of them (their
+aggregated tags and verdict, as ``zstagger tag`` gives them); one that either taxonomy
+cannot judge without decoding (see :mod:`.media`) is left out and counted in ``media_incomplete``.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ class PolicyDiff(BaseModel):
     images: int
     changed_tags: int  # images whose set of tags differs
     changed_verdict: int
+    media_incomplete: int = 0  # animations and videos left out: one taxonomy would judge frames the store does not keep
     verdict_actions: list[str] | None = None  # rows and columns of verdict_table (None: a taxonomy without actions)
     verdict_table: list[list[int]] | None = None  # [old verdict][new verdict] image counts
     transitions: list[Transition] = []  # the off-diagonal cells, most images first
@@ -80,7 +85,7 @@ def diff_policies(catalogue: Catalogue, old: Taxonomy, new: Taxonomy, samples: i
     new_columns = ([i for i in after.reported], [position[after.names[i]] for i in after.reported])
     verdicts = before.has_actions and after.has_actions
 
-    images = changed_tags = changed_verdict = 0
+    images = changed_tags = changed_verdict = media_incomplete = 0
     old_tagged = np.zeros(len(union), dtype=np.int64)
     new_tagged = np.zeros(len(union), dtype=np.int64)
     newly = np.zeros(len(union), dtype=np.int64)
@@ -95,24 +100,39 @@ def diff_policies(catalogue: Catalogue, old: Taxonomy, new: Taxonomy, samples: i
         new_raw = after.tag_mask(new_scored.scores, new_scored.matched)
         old_mask = np.zeros((rows, len(union)), dtype=bool)
         new_mask = np.zeros((rows, len(union)), dtype=bool)
+        undecided = np.zeros(rows, dtype=bool)
+        for n, record in batch.media.items():  # judged again from the frames the store kept
+            for taxonomy, compiled, raw in ((old, before, old_raw), (new, after, new_raw)):
+                judged = tagger.rejudge_media(record, batch.references[n], taxonomy)
+                if judged is None:
+                    undecided[n] = True
+                else:
+                    raw[n] = [name in judged.tags for name in compiled.names]
         old_mask[:, old_columns[1]] = old_raw[:, old_columns[0]]
         new_mask[:, new_columns[1]] = new_raw[:, new_columns[0]]
         old_sev = before.severities(old_raw) if verdicts else np.zeros(rows, dtype=np.int64)
         new_sev = after.severities(new_raw) if verdicts else np.zeros(rows, dtype=np.int64)
+        if undecided.any():  # a medium one of the two cannot judge without decoding: counted apart
+            media_incomplete += int(undecided.sum())
+            keep = ~undecided
+            rows, old_mask, new_mask, old_sev, new_sev = int(keep.sum()), old_mask[keep], new_mask[keep], old_sev[keep], new_sev[keep]
+            references = [r for r, k in zip(batch.references, keep) if k]
+        else:
+            references = batch.references
 
         images += rows
         changed_tags += int((old_mask != new_mask).any(axis=1).sum())
         changed_verdict += int((old_sev != new_sev).sum())
         np.add.at(table, (old_sev, new_sev), 1)
         if progress is not None:
-            progress(rows)
+            progress(rows + int(undecided.sum()))
         old_tagged += old_mask.sum(axis=0)
         new_tagged += new_mask.sum(axis=0)
         newly += (new_mask & ~old_mask).sum(axis=0)
         gone += (old_mask & ~new_mask).sum(axis=0)
 
         if samples:
-            page_samples = _PageSamples(kept, samples, batch.references, union, old_mask, new_mask,
+            page_samples = _PageSamples(kept, samples, references, union, old_mask, new_mask,
                                         old_sev if verdicts else None, new_sev if verdicts else None)
             if verdicts:
                 for a in range(len(ACTIONS)):
@@ -133,7 +153,7 @@ def diff_policies(catalogue: Catalogue, old: Taxonomy, new: Taxonomy, samples: i
     return PolicyDiff(
         old=f"{old.name}@{old.version}", new=f"{new.name}@{new.version}", model=tagger.model_name,
         model_fingerprint=catalogue.model.fingerprint, preprocessing=catalogue.model.mode, store=catalogue.store.where,
-        images=images, changed_tags=changed_tags, changed_verdict=changed_verdict,
+        images=images, changed_tags=changed_tags, changed_verdict=changed_verdict, media_incomplete=media_incomplete,
         verdict_actions=ACTIONS if verdicts else None, verdict_table=table.tolist() if verdicts else None,
         transitions=transitions, labels=labels, samples=kept, seconds=round(time.perf_counter() - started, 3),
     )

@@ -4,7 +4,8 @@ No image is read and no vision model runs: each page of stored embeddings goes t
 the Tagger's own scoring (:meth:`~zstagger.Tagger.result_lines`, the same code as
 ``zstagger tag``), so a line of ``zstagger retag`` is the line ``zstagger tag`` wrote for
 that image with the same model, preprocessing and embedding store, but for its
-provenance's ``"source": "store"``. The model is not loaded either when the taxonomy's text embeddings
+provenance's ``"source": "store"``. Animations and videos are judged again from the frames the
+store kept of them (:mod:`.media`): nothing is decoded. The model is not loaded either when the taxonomy's text embeddings
 and the model's scalars are in ``ZSTAGGER_CACHE_DIR`` (as for ``zstagger eval``).
 
 Most of the time goes into writing the JSON (each score printed as ``json.dumps`` prints a
@@ -27,6 +28,7 @@ from collections.abc import Iterator
 
 from ..results import TagResult
 from ..taxonomy import Taxonomy
+from .media import page_lines, page_results
 from .selection import Catalogue
 
 SOURCE = "store"
@@ -39,7 +41,7 @@ _forked: dict[str, tuple[Catalogue, Taxonomy, int | None, int]] = {}  # what for
 def retag_lines(catalogue: Catalogue, taxonomy: Taxonomy, top_k: int | None = None, page: int = PAGE) -> Iterator[list[str]]:
     """JSON lines (the schema of ``zstagger tag``), one list per page of stored images, in the order they were recorded."""
     for batch, embeds in catalogue.pages(page):
-        yield catalogue.tagger.result_lines(taxonomy, batch.references, embeds, top_k, source=SOURCE)
+        yield page_lines(catalogue.tagger, taxonomy, batch.references, embeds, batch.media, top_k, SOURCE)
 
 
 def retag_text(catalogue: Catalogue, taxonomy: Taxonomy, top_k: int | None = None, page: int = PAGE,
@@ -75,12 +77,11 @@ def _retag_range(bounds: tuple[int, int]) -> tuple[int, str]:
     catalogue, taxonomy, top_k, page = _forked["work"]
     lines: list[str] = []
     for batch, embeds in catalogue.pages(page, after=bounds[0], upto=bounds[1]):
-        lines += catalogue.tagger.result_lines(taxonomy, batch.references, embeds, top_k, source=SOURCE)
+        lines += page_lines(catalogue.tagger, taxonomy, batch.references, embeds, batch.media, top_k, SOURCE)
     return len(lines), "".join(line + "\n" for line in lines)
 
 
 def retag(catalogue: Catalogue, taxonomy: Taxonomy, top_k: int | None = None, page: int = PAGE) -> Iterator[TagResult]:
     """The same as :class:`~zstagger.TagResult` objects (for Python callers)."""
     for batch, embeds in catalogue.pages(page):
-        yield from catalogue.tagger.results(taxonomy, batch.references, embeds, [None] * len(batch.references), top_k,
-                                            source=SOURCE)
+        yield from page_results(catalogue.tagger, taxonomy, batch.references, embeds, batch.media, top_k, SOURCE)

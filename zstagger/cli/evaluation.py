@@ -153,6 +153,7 @@ def print_eval(report) -> None:
                f"{report.evaluated} images evaluated, {report.unreadable_count} unreadable left out")
     click.echo(f"model {report.model} ({report.preprocessing} preprocessing); image embeddings: {report.cache_hits} cached, "
                f"{report.cache_misses} computed; intervals: 95% bootstrap ({report.bootstrap_rounds} resamples)")
+    _media_line(report.media)
     for level in report.levels:
         click.echo(f"\nlevel {level.depth} ({level.images} images): top-1 {level.top1}  top-{level.top_k} {level.top5}  "
                    f"tag accuracy {level.accuracy}")
@@ -207,6 +208,12 @@ def _facet_table(facets) -> None:
                 ["facet", "threshold", "judged", "applies", "accuracy", "precision", "recall", "coverage"])
 
 
+def _media_line(media, what: str = "figures") -> None:
+    if media is not None:
+        kinds = ", ".join(f"{n} {kind}{'s' if n != 1 else ''}" for kind, n in media.kinds.items())
+        click.echo(f"media: {kinds}, each judged as one item: {what} are {media.unit}; score: {media.aggregation}")
+
+
 def _label_table(labels, threshold_free: bool = False) -> None:
     columns = ["label", "threshold", "support", "predicted", "precision", "recall", "f1"]
     if threshold_free:
@@ -220,6 +227,7 @@ def print_calibration(report) -> None:
     click.echo(f"{report.source_taxonomy} -> {report.taxonomy.name} v{report.taxonomy.version} on {report.dataset}: "
                f"{report.evaluated} images, {report.folds}-fold cross-validation (95% bootstrap intervals)")
     fitted = any(r.estimated_precision is not None for r in report.labels)
+    _media_line(report.media, "thresholds")
     print_table([{"label": r.label, "target": r.target, "status": r.status, "positives": r.positives,
                   "threshold": f"{r.previous_threshold:.3f} -> {r.threshold:.4f}",
                   **({"fitted precision": _num(r.estimated_precision)} if fitted else {}),

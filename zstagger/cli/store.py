@@ -107,7 +107,8 @@ def store_stats(store_url, as_json):
         return
     size = f", {stats['bytes'] / 2**20:.1f} MiB" if stats.get("bytes") is not None else ""
     click.echo(f"{stats['store']} ({stats['backend']}, schema {stats['schema_version']}{size}): {stats['images']} images, "
-               f"{stats['embeddings']} distinct embeddings, {stats['jobs']} jobs; seen {_when(stats['first_seen'])} to "
+               f"{stats['embeddings']} distinct embeddings, {stats.get('media', 0)} animations and videos with their frames, "
+               f"{stats['jobs']} jobs; seen {_when(stats['first_seen'])} to "
                f"{_when(stats['last_seen'])}")
     if stats["models"]:
         print_table([{**m, "fingerprint": m["fingerprint"]} for m in stats["models"]],

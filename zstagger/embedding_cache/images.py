@@ -28,9 +28,12 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..media import MediaRecord
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,7 @@ class ImageSighting(NamedTuple):
     reference: str  # as results name it (path, URL, upload name, bytes:sha256:...)
     job_id: str  # "" when not tagged in a queued job
     vector: np.ndarray | None  # the embedding just computed, or None when it came from the store
+    media: MediaRecord | None = None  # an animation or video: the frames judged (None: kept already)
 
 
 @runtime_checkable

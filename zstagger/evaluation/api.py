@@ -2,7 +2,9 @@
 
 Both check the optional extra and the dataset (labels against the taxonomy) before any
 image is read or any model loaded, score the dataset once (image embeddings from the
-cache when present), and return the pydantic reports of :mod:`.models`.
+cache when present), and return the pydantic reports of :mod:`.models`. Animations and
+videos are items like images, each judged as a whole (:mod:`.scored`); the reports say how
+many there were and how their frames were aggregated (:class:`.models.MediaItems`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 
 from ..classifier import TaxonomyClassifier
 from ..errors import ConfigurationError, DatasetError
+from ..media import describe_aggregation
 from ..registry import resolve_taxonomy
 from ..settings import Settings
 from ..tagger import Tagger
@@ -25,7 +28,7 @@ from .datasets import LabelledDataset, load_dataset
 from .extra import check_installed, import_in_background
 from .facets import calibrate_facet, facet_figures
 from .metrics import Bootstrap, multi_label_figures, single_label_figures, verdict_figures
-from .models import CalibrationReport, EvalReport, FewShotUse, LabelMetrics, LevelMetrics, SignalRow
+from .models import CalibrationReport, EvalReport, FewShotUse, LabelMetrics, LevelMetrics, MediaItems, SignalRow
 from .scored import UNREADABLE_SHOWN, ScoredDataset, rescore, score_dataset, with_text
 
 Progress = Callable[[int], None]
@@ -99,7 +102,7 @@ def build_eval_report(scored: ScoredDataset, dataset: LabelledDataset, tagger: T
         dataset_fingerprint=dataset.fingerprint, images=len(dataset.items), evaluated=len(scored.items),
         unreadable_count=len(scored.unreadable), unreadable=scored.unreadable[:UNREADABLE_SHOWN],
         cache_hits=scored.cache_hits, cache_misses=scored.cache_misses, bootstrap_rounds=rounds,
-        calibration=spec.calibration, **fields,
+        calibration=spec.calibration, media=media_items(scored), **fields,
     )
 
 
@@ -122,6 +125,14 @@ def _check_texts(dataset: LabelledDataset, max_chars: int) -> None:
     if long:
         raise DatasetError(f"{dataset.source}: {len(long)} rows have a text over {max_chars:,} characters "
                            f"(ZSTAGGER_MAX_TEXT_CHARS; first: {long[0]}): shorten them, or raise the limit")
+
+
+def media_items(scored: ScoredDataset) -> MediaItems | None:
+    """What a report says of the animations and videos it judged (None: none)."""
+    if not scored.media:
+        return None
+    return MediaItems(items=sum(scored.media.values()), kinds=dict(sorted(scored.media.items())),
+                      aggregation=describe_aggregation(scored.taxonomy.media))
 
 
 def always_firing(labels: list[LabelMetrics], levels: list[LevelMetrics], images: int) -> list[str]:
@@ -212,7 +223,7 @@ def calibrate(
         taxonomy=calibrated, source_taxonomy=f"{spec.name}@{spec.version}", model=active.model_name, dataset=dataset.source,
         images=len(dataset.items), evaluated=len(scored.items), unreadable_count=len(scored.unreadable),
         unreadable=scored.unreadable[:UNREADABLE_SHOWN], folds=folds, labels=results, warnings=warnings,
-        examples=comparison, facets=facet_results, seconds=round(time.perf_counter() - started, 3),
+        examples=comparison, facets=facet_results, media=media_items(scored), seconds=round(time.perf_counter() - started, 3),
     )
 
 

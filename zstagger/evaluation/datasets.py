@@ -2,6 +2,9 @@
 
 Formats:
 
+Items may be animations and videos as well as images (each judged as one item, see
+:mod:`.scored`): folders list video files (``VIDEO_EXTENSIONS``) beside images.
+
 - folders: ``DATA/<label>/*.jpg``; a label name with ``/`` (a hierarchy) is a nested folder
   (``DATA/apparel/shoes/``), and ``DATA/_none/`` holds images that no label applies to;
 - manifest: one row per image, ``image`` (a path relative to the manifest, an absolute
@@ -29,10 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DatasetError
-from ..images import IMAGE_EXTENSIONS, is_url
+from ..images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, is_url
 from ..taxonomy import Taxonomy
 
 NONE_FOLDER = "_none"
+_ITEMS = IMAGE_EXTENSIONS | VIDEO_EXTENSIONS  # animations (GIF, APNG, WebP) have image extensions
 _SHOWN = 5  # problems listed in one error line
 
 
@@ -95,7 +99,7 @@ def _from_folders(root: Path) -> list[LabelledImage]:
     loose: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        images = sorted(f for f in filenames if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+        images = sorted(f for f in filenames if not f.startswith(".") and Path(f).suffix.lower() in _ITEMS)
         rel = Path(dirpath).relative_to(root).as_posix()
         if rel == ".":
             loose = images

@@ -41,12 +41,27 @@ class ScoredFacet:
         return np.where(self.facet.fired(self.outcomes, threshold), self.outcomes.best, NULL)
 
 
-def facet_outcomes(compiled: TaxonomyClassifier, embeds: np.ndarray, tagged: list[list[int]]) -> list[FacetOutcomes]:
-    """Each facet's outcomes for a batch of images and their tags."""
-    mask = np.zeros((len(tagged), len(compiled.names)), dtype=bool)
-    for row, tags in enumerate(tagged):
-        mask[row, tags] = True
-    return [facet.outcomes(embeds, mask) for facet in compiled.facets]
+def facet_outcomes(compiled: TaxonomyClassifier, embeds: np.ndarray | None, tagged: list[list[int]],
+                   stills: list[bool] | None = None) -> list[FacetOutcomes]:
+    """Each facet's outcomes for a batch of images and their tags. ``stills``: which rows are
+    stills (``embeds`` holds theirs alone, in order); an animation's or video's row has no
+    facets (as when it is tagged): the facet does not apply there."""
+    if stills is None or all(stills):
+        mask = np.zeros((len(tagged), len(compiled.names)), dtype=bool)
+        for row, tags in enumerate(tagged):
+            mask[row, tags] = True
+        return [facet.outcomes(embeds, mask) for facet in compiled.facets]
+    rows = np.flatnonzero(np.asarray(stills, dtype=bool))
+    found = facet_outcomes(compiled, embeds, [tagged[r] for r in rows]) if len(rows) else None
+    out = []
+    for f in range(len(compiled.facets)):
+        whole = FacetOutcomes(np.zeros(len(tagged), bool), np.zeros(len(tagged), np.int64), np.zeros(len(tagged)),
+                              np.zeros(len(tagged), bool))
+        if found is not None:
+            for key in ("applies", "best", "score", "wins"):
+                getattr(whole, key)[rows] = getattr(found[f], key)
+        out.append(whole)
+    return out
 
 
 def joined(parts: list[list[FacetOutcomes]], facets: int) -> list[FacetOutcomes]:

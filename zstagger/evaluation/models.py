@@ -143,6 +143,18 @@ class FacetCalibrationResult(_Model):
     figures: FacetMetrics  # in-sample, at the threshold written
 
 
+class MediaItems(_Model):
+    """Animations and videos among a dataset's items. Each is one item with one label set: its
+    score per label is its sampled frames' scores aggregated as its taxonomy's ``media`` policy
+    says (every frame judged, no early exit), the score its tags and verdict come from when it is
+    tagged. Every figure, and every threshold calibrate chooses, is per media item, not per frame."""
+
+    items: int
+    kinds: dict[str, int]  # animation | video -> items
+    aggregation: str  # how a label's frame scores become the item's score, in words
+    unit: str = "per media item (aggregated over its frames), not per frame"
+
+
 class EvalReport(_Model):
     taxonomy: str
     taxonomy_version: str
@@ -166,6 +178,7 @@ class EvalReport(_Model):
     calibration: Calibration | None = None  # the taxonomy's own calibration record, shown again
     few_shot: FewShotUse | None = None  # labels that use example, counter-example or known images
     facets: list[FacetMetrics] = []  # taxonomies with facets, on images whose rows give them
+    media: MediaItems | None = None  # animations and videos among the items (None: stills only)
     warnings: list[str] = []  # labels that fire on nearly every image (see evaluation.api.ALWAYS_FIRES)
     report_dir: str | None = None
     seconds: float = 0.0
@@ -219,4 +232,5 @@ class CalibrationReport(_Model):
     warnings: list[str]
     examples: ExamplesComparison | None = None  # calibrate --examples K
     facets: list[FacetCalibrationResult] = []  # taxonomies with facets: each facet's threshold
+    media: MediaItems | None = None  # animations and videos among the items: thresholds chosen per item
     seconds: float = 0.0

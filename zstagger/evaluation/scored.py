@@ -3,6 +3,11 @@
 Eval and calibrate both start here. Image embeddings come from the image-embedding cache
 when the tagger has one, so scoring a dataset a second time reads no pixels and runs
 no model. Unreadable images are kept aside with their error records, never dropped silently.
+
+An animation or video is one item, one row: its sampled frames (every one: no early exit)
+aggregated per label by the taxonomy's ``media`` policy, exactly the scores its tags and
+verdict come from when it is tagged. Figures and thresholds are therefore per media item, not
+per frame: a threshold chosen for a target precision holds per video.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from itertools import chain
 import numpy as np
 
 from ..classifier import TaxonomyClassifier
+from ..errors import DatasetError, ImageLoadError
+from ..pipeline import SetAside
 from ..tagger import Tagger
 from ..taxonomy import Taxonomy
 from .datasets import LabelledDataset, LabelledImage
@@ -38,6 +45,7 @@ class ScoredDataset:
     embeddings: np.ndarray | None = None  # (N, D) unit image embeddings (for choosing few-shot examples)
     matched: np.ndarray | None = None  # (N, L) bool: known-image matches
     facets: list = field(default_factory=list)  # one ScoredFacet (:mod:`.facets`) per facet of the taxonomy
+    media: dict[str, int] = field(default_factory=dict)  # animations and videos among the items, by kind (one row each)
 
     @property
     def names(self) -> list[str]:
@@ -81,24 +89,46 @@ def score_dataset(
     matched = np.zeros((len(dataset.items), count), dtype=bool)
     tagged: list[list[int]] = []
     vectors, unreadable, facet_parts = [], [], []
+    media: dict[str, int] = {}
     position = 0
-    for refs, embeds, errors in tagger.embed_batches(item.ref for item in dataset.items):
+    for refs, embeds, errors in tagger.embed_batches((item.ref for item in dataset.items), media=True):
+        images = compiled.score(embeds) if embeds is not None else None
+        batch_scores, batch_matched, next_image = [], [], 0
+        stills: list[bool] = []  # per scored row of the batch: a still (not an animation or video)
         for offset, error in enumerate(errors):
-            if error is None:
-                rows.append(position + offset)
+            item = dataset.items[position + offset]
+            if isinstance(error, SetAside):  # an animation or video: one row, its frames aggregated
+                if keep_embeddings:
+                    raise DatasetError(f"{dataset.source}: {item.ref} is an animation or video; example images are "
+                                       "picked from stills: calibrate this dataset without --examples")
+                try:
+                    one = tagger.media_scores(error.value, taxonomy)
+                except ImageLoadError as exc:
+                    unreadable.append(UnreadableImage(image=item.ref, type=exc.kind, message=exc.message))
+                    continue
+                media[error.value.kind] = media.get(error.value.kind, 0) + 1
+                batch_scores.append(one.scores[0])
+                batch_matched.append(one.matched[0])
+                stills.append(False)
+            elif error is None:
+                batch_scores.append(images.scores[next_image])  # type: ignore[union-attr]
+                batch_matched.append(images.matched[next_image])  # type: ignore[union-attr]
+                next_image += 1
+                stills.append(True)
             else:
-                unreadable.append(UnreadableImage(image=dataset.items[position + offset].ref, type=error.kind,
-                                                  message=error.message))
-        if embeds is not None:
-            batch = compiled.score(embeds)
+                unreadable.append(UnreadableImage(image=item.ref, type=error.kind, message=error.message))
+                continue
+            rows.append(position + offset)
+        if batch_scores:
             done = len(tagged)
-            scores[done:done + len(batch.scores)], matched[done:done + len(batch.scores)] = batch.scores, batch.matched
-            batch_tags = compiled.tag_rows(batch.scores, batch.matched)
+            block, hits = np.asarray(batch_scores), np.asarray(batch_matched, dtype=bool)
+            scores[done:done + len(block)], matched[done:done + len(block)] = block, hits
+            batch_tags = compiled.tag_rows(block, hits)
             tagged += batch_tags
             if compiled.facets:
-                facet_parts.append(facet_outcomes(compiled, embeds, batch_tags))
-            if keep_embeddings:
-                vectors.append(np.asarray(embeds, dtype=np.float32))
+                facet_parts.append(facet_outcomes(compiled, embeds, batch_tags, stills))
+        if keep_embeddings and embeds is not None:
+            vectors.append(np.asarray(embeds, dtype=np.float32))
         position += len(refs)
         if progress is not None:
             progress(len(refs))
@@ -110,7 +140,7 @@ def score_dataset(
         taxonomy=taxonomy, classifier=compiled, items=items, truth=truth_matrix(items, taxonomy), scores=scores,
         tagged=tagged, verdicts=[compiled.verdict(t) for t in tagged], unreadable=unreadable,
         cache_hits=after["hits"] - before["hits"], cache_misses=after["misses"] - before["misses"],
-        embeddings=np.concatenate(vectors) if vectors else None, matched=matched,
+        embeddings=np.concatenate(vectors) if vectors else None, matched=matched, media=media,
         facets=scored_facets(compiled, joined(facet_parts, len(compiled.facets)), items),
     )
 

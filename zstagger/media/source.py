@@ -9,6 +9,7 @@ given as bytes or URLs obey the same byte limit as images (``ZSTAGGER_MAX_IMAGE_
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from dataclasses import dataclass
@@ -84,3 +85,18 @@ def _read(path: str, policy: ImagePolicy) -> bytes:
         return read_regular_file(path, policy.max_bytes, "ZSTAGGER_MAX_IMAGE_BYTES")
     except FileReadError as exc:
         raise ImageLoadError(exc.kind, exc.message) from None
+
+
+def media_digest(source: MediaSource) -> str:
+    """The SHA-256 of the media's bytes (a local video file is read through in 1 MiB pieces):
+    what keys the frames the embedding store keeps of it."""
+    if source.data is not None:
+        return hashlib.sha256(source.data).hexdigest()
+    digest = hashlib.sha256()
+    try:
+        with open(source.path, "rb") as f:  # type: ignore[arg-type]
+            while piece := f.read(1 << 20):
+                digest.update(piece)
+    except OSError as exc:
+        raise ImageLoadError("unreadable", f"could not read {source.path}: {exc.strerror or exc}") from None
+    return digest.hexdigest()

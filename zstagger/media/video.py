@@ -41,10 +41,16 @@ def _av():
 
 
 def open_video(source: bytes | str, limits: MediaLimits, rate: float, scene_threshold: float,
-               frame_side: int | None = None) -> FrameStream:
+               frame_side: int | None = None, start: float = 0.0, end: float | None = None) -> FrameStream:
     """The stream of a video's sampled frames; ``source`` is the encoded bytes or a local file's path.
     ``frame_side``: sampled frames whose shorter side is longer are scaled down to it (area
-    averaging) as they are converted to RGB, which is cheaper than converting them whole."""
+    averaging) as they are converted to RGB, which is cheaper than converting them whole.
+
+    ``start``/``end``: only the frames from ``start`` up to (not including) ``end`` seconds (a
+    time range of a long video, :mod:`zstagger.media.ranges`): decoding seeks to the keyframe
+    before ``start`` and reads on from there, so the frames sampled are those a whole decode
+    samples in the range when ``start`` is a multiple of the sampling interval. The video's last
+    frame is sampled by the range that reaches the end (``end`` None)."""
     av = _av()
     try:
         container = av.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source, mode="r",
@@ -66,8 +72,22 @@ def open_video(source: bytes | str, limits: MediaLimits, rate: float, scene_thre
         container.close()
         raise
     out = FrameStream("video", DecodeMeter(limits), duration=declared)
-    out._frames = metered(out, _sampled(container, stream, out, 1.0 / rate, scene_threshold, frame_side))
+    out._frames = metered(out, _sampled(container, stream, out, 1.0 / rate, scene_threshold, frame_side, start, end))
     return out
+
+
+def declared_duration(source: bytes | str) -> float | None:
+    """The length a video's header declares, in seconds (None: it declares none, or it cannot
+    be read: decoding it says why). Reads the header only."""
+    av = _av()
+    try:
+        with av.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source, mode="r",
+                     metadata_errors="ignore") as container:
+            if not container.streams.video:
+                return None
+            return _declared_duration(container, container.streams.video[0])
+    except av.FFmpegError:
+        return None
 
 
 def _declared_duration(container, stream) -> float | None:
@@ -118,11 +138,11 @@ def _picture(frame, side: int | None):
 
 
 def _sampled(container, stream, out: FrameStream, interval: float, scene_threshold: float,
-             side: int | None) -> Iterator[Frame]:
+             side: int | None, from_time: float = 0.0, until: float | None = None) -> Iterator[Frame]:
     av = _av()
     meter = out.meter
     start: float | None = None
-    next_at = 0.0
+    next_at = from_time
     previous: np.ndarray | None = None
     last = None  # (frame, thumb, time, index) of the last decoded frame, if it was not sampled
     keyframes: list[float] = []
@@ -131,6 +151,10 @@ def _sampled(container, stream, out: FrameStream, interval: float, scene_thresho
     index = -1
     with container:
         frames = container.decode(stream)
+        if from_time > 0:  # a range: times count from the video's first frame, wherever decoding resumes
+            start = _first_time(frames, stream, out)
+            container.seek(_pts(start + from_time, stream), stream=stream, backward=True, any_frame=False)
+            frames = container.decode(stream)
         while True:
             try:
                 frame = next(frames)
@@ -146,6 +170,8 @@ def _sampled(container, stream, out: FrameStream, interval: float, scene_thresho
             if start is None:
                 start = when
             at = max(0.0, when - start)
+            if until is not None and at >= until - 1e-6:
+                break  # the next range's
             meter.frame(frame.width, frame.height, at)
             end = max(end, at)
             if frame.key_frame:
@@ -153,7 +179,9 @@ def _sampled(container, stream, out: FrameStream, interval: float, scene_thresho
             thumb = _thumb(frame)
             cut = scene_threshold > 0 and previous is not None and distance(thumb, previous) > scene_threshold
             previous = thumb
-            if index == 0 or at >= next_at - 1e-6 or cut:
+            if at < from_time - 1e-6:
+                continue  # before the range: decoded for the scene-cut comparison only
+            if (index == 0 and not from_time) or at >= next_at - 1e-6 or cut:
                 last = None
                 yield Frame(at, _picture(frame, side), thumb, index)
                 next_at = (math.floor(at / interval + 1e-6) + 1) * interval
@@ -163,14 +191,29 @@ def _sampled(container, stream, out: FrameStream, interval: float, scene_thresho
                     previous = None
             else:
                 last = (frame, thumb, at, index)
-        if last is not None:
+        if last is not None and until is None:
             frame, thumb, at, index = last
             yield Frame(at, _picture(frame, side), thumb, index)
     declared = out.duration
+    if until is not None:  # a range before the last: the video goes on after it
+        return
     # Ended well before the length its header declares: cut short (what there was, was judged).
     if declared is not None and not out.truncated and end < declared - max(1.0, 2 * interval):
         out.truncated = True
     out.duration = end if out.truncated or declared is None else max(declared, end)
+
+
+def _first_time(frames, stream, out: FrameStream) -> float:
+    """The time of the video's first frame (what every time is counted from)."""
+    av = _av()
+    try:
+        first = next(frames)
+    except StopIteration:
+        raise ImageLoadError("invalid_media", "the video has no frame to decode") from None
+    except av.FFmpegError as exc:
+        raise ImageLoadError("invalid_media", f"could not decode the video: {_reason(exc)}") from None
+    out.meter.frame(first.width, first.height, 0.0)
+    return _time(first, stream, 0)
 
 
 def _time(frame, stream, decoded: int) -> float:

@@ -164,6 +164,29 @@ class JobStore:
             pipe.hlen(results_key)
             return int(pipe.execute()[-1])
 
+    # -- a long video judged in time ranges by several workers ----------------------------------
+
+    def range_key(self, job_id: str, index: int) -> str:
+        return f"{self.keys(job_id)[0]}:ranges:{int(index)}"
+
+    def save_range(self, job_id: str, index: int, part: int, data: bytes, expires_at: int) -> int:
+        """Keep what one range of input ``index`` gave (HSET: a redelivered range overwrites its own
+        part); returns how many of its ranges are in."""
+        key = self.range_key(job_id, index)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, str(int(part)), data)
+            pipe.expireat(key, expires_at)
+            pipe.hlen(key)
+            return int(pipe.execute()[-1])
+
+    def ranges(self, job_id: str, index: int) -> dict[int, bytes]:
+        """The ranges of input ``index`` that are in, by number."""
+        raw = self.redis.hgetall(self.range_key(job_id, index))
+        return {int(k): v for k, v in raw.items() if k.isdigit()}
+
+    def drop_ranges(self, job_id: str, index: int) -> None:
+        self.redis.delete(self.range_key(job_id, index))
+
     def meta(self, job_id: str) -> dict[str, str]:
         """The job's record (total, queue, taxonomy, callback settings, ...); empty if there is no such job."""
         raw = self.redis.hgetall(self.keys(job_id)[0])

@@ -19,6 +19,10 @@ from ..images import ImageInput, ImageWithText, NamedBytes, check_text, is_url
 from .jobstore import check_job_id
 
 
+#: Most time ranges one video is cut into (a bound on what one message can make a worker do).
+MAX_RANGES = 1000
+
+
 def check_ref_string(ref: str) -> str:
     """The rule for a path or URL reference, on the producer and in the worker alike."""
     if not ref.strip() or any(c in ref for c in "\0\n\r"):
@@ -168,6 +172,39 @@ class ChunkRequest(BaseModel):
     def specs(self) -> list[dict[str, Any]]:
         """The taxonomy specs: one, or several for one pass."""
         return self.taxonomy if isinstance(self.taxonomy, list) else [self.taxonomy]
+
+
+class RangeRequest(BaseModel):
+    """``tag_range(job_id, index, ref, taxonomy, start=, end=, part=, parts=, top_k=, expires_at=)``,
+    checked: one time range of a long video, input ``index`` of the job (see :mod:`.tasks`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job_id: Annotated[_Str, AfterValidator(check_job_id)]
+    index: Annotated[_Int, Field(ge=0)]
+    ref: Annotated[_Str, AfterValidator(_reference)] | _EncodedBytes
+    taxonomy: dict[str, Any]
+    start: Annotated[float, Strict(), Field(ge=0)]
+    end: Annotated[float, Strict(), Field(gt=0)] | None = None
+    part: Annotated[_Int, Field(ge=0)]
+    parts: Annotated[_Int, Field(ge=1, le=MAX_RANGES)]
+    top_k: Annotated[_Int, Field(ge=1)] | None = None
+    expires_at: Annotated[float, Strict(), Field(ge=0)] = 0
+
+    @classmethod
+    def from_message(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> RangeRequest:
+        if len(args) != 4:
+            raise MalformedChunkError(f"expected 4 arguments (job id, index, reference, taxonomy), got {len(args)}")
+        try:
+            request = cls(job_id=args[0], index=args[1], ref=args[2], taxonomy=args[3], **kwargs)
+        except (ValidationError, ZstaggerError, TypeError) as exc:
+            raise MalformedChunkError(_one_line(exc)) from None
+        if request.part >= request.parts or (request.end is not None and request.end <= request.start):
+            raise MalformedChunkError(f"range {request.part} of {request.parts} ({request.start}-{request.end} s) is not a range")
+        return request
+
+    def wire_ref(self) -> str | dict[str, Any]:
+        return self.ref if isinstance(self.ref, str) else self.ref.model_dump(exclude_none=True)
 
 
 def _one_line(exc: Exception) -> str:

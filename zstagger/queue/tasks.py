@@ -2,7 +2,8 @@
 
 Thin by design: the Tagger does the work, :mod:`.worker` owns the process's model and
 connections, :mod:`.jobstore` owns the job's keys, :mod:`.messages` checks the arguments.
-Here: what to tag, and the retry policy.
+Here: what to tag; what every task does alike (the retry policy, riding out Redis) is
+:mod:`.taskrules`'s; long videos go off in time ranges (:mod:`.ranges`).
 """
 
 from __future__ import annotations
@@ -10,13 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
-from functools import lru_cache
-from typing import Any, TypeVar
+from typing import Any
 
-import redis
 from celery.exceptions import Reject
-from kombu.exceptions import OperationalError
 
 from ..errors import ExamplesError, TaxonomyError, ZstaggerError, record_type
 from ..registry import resolve_each
@@ -27,51 +24,11 @@ from .celery_app import TASK_NAME, app
 from ..images import describe
 from .messages import ChunkRequest, decode_item, decode_ref
 from .notify import job_finished
-from .jobstore import ENQUEUE_STALL, ENQUEUING, describe_failure
+from .jobstore import ENQUEUE_STALL, ENQUEUING
+from .taskrules import _refuse, _taxonomy, _with_redis, redis_patience, retry_delay  # noqa: F401 (retry_delay: here before)
 from .worker import metrics, shutting_down, worker_job_store, worker_settings, worker_tagger
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-@lru_cache(maxsize=64)
-def _taxonomy(spec_json: str) -> Taxonomy:
-    return Taxonomy.parse(json.loads(spec_json))
-
-
-def retry_delay(attempt: int, visibility_timeout: float | None = None) -> float:
-    """Backoff before retry number ``attempt`` (1-based): 2, 4, 8, ... seconds, at most 60,
-    and at most a third of the visibility timeout.
-
-    A retry is sent with a countdown; the worker that receives it holds it unacknowledged
-    until it is due, so a countdown near the visibility timeout would have it redelivered
-    to a second worker and run twice.
-    """
-    delay = float(min(60, 2**attempt))
-    return min(delay, visibility_timeout / 3) if visibility_timeout else delay
-
-
-def redis_patience(settings: Settings) -> float:
-    """How long a task waits out a Redis failure (unreachable, refusing writes) before it
-    gives the chunk back: well inside the visibility timeout, so it is not redelivered meanwhile."""
-    return min(30.0, settings.visibility_timeout / 3)
-
-
-def _with_redis(call: Callable[[], T], doing: str, settings: Settings) -> T:
-    """``call()``, retried with backoff while Redis fails; then the chunk is requeued, never dropped."""
-    deadline = time.monotonic() + redis_patience(settings)
-    delay = 0.5
-    while True:
-        try:
-            return call()
-        except (redis.RedisError, OperationalError) as exc:
-            cause = exc.__cause__ if isinstance(exc, OperationalError) and exc.__cause__ is not None else exc
-            what = describe_failure(cause)
-            if time.monotonic() + delay > deadline:
-                raise Reject(f"{what} while {doing}; the chunk is left for redelivery", requeue=True) from exc
-            log.warning("zstagger: %s while %s; retrying in %.1fs", what, doing, delay)
-            time.sleep(delay)
-            delay = min(2 * delay, 8.0)
 
 
 def _wait_until_enqueued(store, job_id: str, meta: dict[str, str], settings: Settings) -> dict[str, str] | None:
@@ -108,12 +65,6 @@ def _gave_up(result: Any, attempts: int) -> TagResult | MultiTagResult:
                                                              for name, one in result.taxonomies.items()})
     return TagResult.failed(result.image, result.taxonomy, result.error.type,
                             f"{result.error.message} (gave up after {attempts} attempts)", provenance=result.provenance)
-
-
-def _refuse(task_id: str | None, problem: Exception) -> dict[str, int]:
-    reason = " ".join(str(problem).split())[:500]  # one line, bounded: the content comes from whoever wrote to Redis
-    log.error("zstagger: refused a malformed chunk (task %s): %s", task_id, reason)
-    return {"refused": 1}
 
 
 @app.task(bind=True, name=TASK_NAME, typing=False)
@@ -183,6 +134,15 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
         tagger = worker_tagger()
     except Exception as exc:  # no model in this process: give the chunk back, untouched
         raise Reject(f"model not loaded: {exc}", requeue=True) from exc
+    queue = (self.request.delivery_info or {}).get("routing_key") or None
+    from .ranges import fan_out  # (imports this module's helpers)
+
+    # Long videos go off in time ranges, for several workers; their results come from the ranges.
+    # (With several taxonomies, or a text to fuse, a video is judged whole by this worker.)
+    fanned = set() if several else fan_out(tagger, settings, job_id, [item[:2] for item in pending
+                                                                       if len(item) < 3 or item[2] is None],
+                                           chunk.taxonomy, chunk.top_k, chunk.expires_at, queue)
+    pending = [item for item in pending if item[0] not in fanned]
     # Split the chunk so that every encoder lane gets a share of it.
     share = max(1, -(-len(pending) // tagger.lanes))
     started = time.perf_counter()
@@ -230,7 +190,6 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
         final.append((index, result))
     expires_at = int(chunk.expires_at) if chunk.expires_at else int(time.time() + settings.result_ttl)
     finished = _with_redis(lambda: store.save(job_id, final, expires_at, counts), "storing results", settings)
-    queue = (self.request.delivery_info or {}).get("routing_key") or None
     if handed_back:  # as it came, for another worker now (not after the visibility timeout)
         _with_redis(lambda: tag_chunk.apply_async(
             args=(job_id, handed_back, chunk.taxonomy),
@@ -251,5 +210,7 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
     metrics().chunk_done(",".join(one.name for one in specs), [result for _, result in final], seconds, len(again))
     if counts is not None:
         metrics().store_done(hits, misses, tagger.unrecorded - unrecorded)
-    outcome = {"tagged": len(final), "retrying": len(again), "skipped": len(items) - len(pending)}
+    outcome = {"tagged": len(final), "retrying": len(again), "skipped": len(items) - len(pending) - len(fanned)}
+    if fanned:
+        outcome["split"] = len(fanned)
     return {**outcome, "handed_back": len(handed_back)} if handed_back else outcome

@@ -34,7 +34,7 @@ from .celery_app import app
 from .notify import WEBHOOK_TASK, event_id
 from .signing import signed_headers
 from .jobstore import JobStore, check_job_id
-from .tasks import retry_delay
+from .taskrules import retry_delay
 from .worker import worker_settings, worker_job_store
 
 log = logging.getLogger(__name__)

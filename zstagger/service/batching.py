@@ -12,17 +12,21 @@ one image each cost about one 32-image batch, and a lone request waits only ``ma
 
 Backpressure: at most ``max_pending`` images are admitted at once (decoding, waiting or
 encoding); a request that would pass that is refused (the caller answers 503 with
-``Retry-After``), so memory stays bounded under any load.
+``Retry-After``), so memory stays bounded under any load. An animation or video is admitted
+as one input, then each batch of its frames as as many images while it is embedded
+(:meth:`MicroBatcher.frames`, waiting for room rather than refusing), so a long video costs
+the service its sampled frames, a batch at a time, and cannot crowd images out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -73,10 +77,12 @@ class MicroBatcher:
         lanes: int,
         loader_threads: int,
         observe: Callable[[int, float], None] = lambda size, wait: None,
+        on_frames: Callable[[int], None] | None = None,
     ):
         self.stages = stages
         self.batch_size, self.max_wait, self.max_pending = batch_size, max_wait, max_pending
         self.observe = observe
+        self.on_frames = on_frames  # told how many media frames each admitted batch holds
         self._decoders = ThreadPoolExecutor(loader_threads, thread_name_prefix="zstagger-http-load")
         self._queue: deque[_Item] = deque()
         self._ready = threading.Condition()
@@ -104,6 +110,31 @@ class MicroBatcher:
     def release(self, count: int) -> None:
         with self._admit_lock:
             self._admitted -= count
+
+    @contextlib.contextmanager
+    def frames(self, count: int, patience: float) -> Iterator[None]:
+        """Room for ``count`` frames of an animation or video while they are embedded: each batch
+        of frames counts against ``max_pending`` like as many images, so a long video takes its
+        share of the service, one batch at a time, and never holds more. Waits up to ``patience``
+        seconds for room, then the medium's result is a transient ``overloaded`` error record."""
+        count = min(count, self.max_pending)  # a batch larger than the whole limit still fits an idle server
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                self.admit(count)
+                break
+            except Overloaded:
+                if time.monotonic() >= deadline:
+                    raise ImageLoadError("overloaded", f"the server stayed busy for {patience:g} s while judging this "
+                                         "medium's frames (ZSTAGGER_MAX_PENDING_IMAGES); retry shortly",
+                                         transient=True) from None
+                time.sleep(0.02)
+        if self.on_frames is not None:
+            self.on_frames(count)
+        try:
+            yield
+        finally:
+            self.release(count)
 
     # -- embedding ----------------------------------------------------------------------
 

@@ -34,6 +34,8 @@ class ServiceMetrics:
                                     "Time a preprocessed image waited for a model batch", buckets=self.LATENCY_BUCKETS, **kw)
         self.images = Counter("zstagger_http_images", "Images tagged through the HTTP API", ["outcome"], **kw)
         self.refused = Counter("zstagger_http_overloaded", "Requests refused with 503 because too many images were in flight", **kw)
+        self.media_frames = Counter("zstagger_http_media_frames", "Frames of animations and videos embedded, each admitted "
+                                    "against ZSTAGGER_MAX_PENDING_IMAGES like an image", **kw)
 
     def observe_batch(self, size: int, wait: float) -> None:
         self.batch_size.observe(size)

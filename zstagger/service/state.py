@@ -4,6 +4,7 @@ the micro-batcher and the metrics."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -21,6 +22,8 @@ from .errors import ApiError
 from .metrics import ServiceMetrics
 
 log = logging.getLogger("zstagger.service")
+#: Seconds a medium being judged waits for room for its next batch of frames before it gives up (an error record).
+MEDIA_PATIENCE = 30.0
 
 
 class ServiceState:
@@ -57,6 +60,7 @@ class ServiceState:
                 lanes=tagger.lanes,
                 loader_threads=tagger.loader_threads,
                 observe=self.metrics.observe_batch,
+                on_frames=self.metrics.media_frames.inc,
             )
             self.tagger = tagger
             self.load_seconds = time.monotonic() - started
@@ -77,7 +81,9 @@ class ServiceState:
     async def tag(self, refs: Sequence[ImageInput], taxonomy: Taxonomy | list[Taxonomy], top_k: int | None, *,
                   frames: bool = False) -> list[TagResult] | list[MultiTagResult]:
         """Tag one request's images through the shared micro-batches; results in input order.
-        Animations and videos are judged over their frames (``frames``: with each one's scores).
+        Animations and videos are judged over their frames (``frames``: with each one's scores):
+        a medium is admitted as one input, then each batch of its frames as as many images while
+        it is embedded (:meth:`MicroBatcher.frames`), so media cannot take the service over.
         A list of taxonomies: each image embedded once, one :class:`MultiTagResult` per image."""
         tagger = self.ready_tagger()
         batcher = self.batcher
@@ -102,14 +108,17 @@ class ServiceState:
             self.metrics.images.labels("error" if result.error else "tagged").inc()  # a MultiTagResult: its input's own error
         return results
 
-    @staticmethod
-    def _results(tagger, taxonomy, refs, rows, errors, top_k, frames=False) -> list[TagResult]:
+    def _results(self, tagger, taxonomy, refs, rows, errors, top_k, frames=False) -> list[TagResult]:
         import numpy as np
 
         kept = [row for row in rows if row is not None]
+        # An animation's or video's frames count against the admission limit a batch at a time, as they are embedded.
+        gate = functools.partial(self.batcher.frames, patience=MEDIA_PATIENCE)  # type: ignore[union-attr]
         if isinstance(taxonomy, list):
-            return tagger.results_each(taxonomy, refs, np.stack(kept) if kept else None, errors, top_k, frames=frames)
-        return tagger.results(taxonomy, refs, np.stack(kept) if kept else None, errors, top_k, frames=frames)
+            return tagger.results_each(taxonomy, refs, np.stack(kept) if kept else None, errors, top_k, frames=frames,
+                                       frame_gate=gate)
+        return tagger.results(taxonomy, refs, np.stack(kept) if kept else None, errors, top_k, frames=frames,
+                              frame_gate=gate)
 
     def close(self) -> None:
         self.bodies.close()

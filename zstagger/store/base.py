@@ -37,6 +37,7 @@ import numpy as np
 from ..embedding_cache import EmbeddingKey, ImageSighting
 from ..embedding_cache.images import to_fp16
 from ..errors import StoreError, StoreUnavailableError
+from ..media import MediaRecord
 from ..settings import redact_url
 from .schema import SCHEMA_VERSION, VERSION_TABLE, migrations
 
@@ -62,11 +63,15 @@ class StoredModel:
 
 @dataclass
 class StoredBatch:
-    """A page of stored images in id order: their references and fp16 embeddings (one row each)."""
+    """A page of stored images in id order: their references and fp16 embeddings (one row each).
+
+    An animation or video has no embedding of its own: its row of ``vectors`` is zeros and
+    ``media`` holds, by row, the frames judged (:class:`~zstagger.media.MediaRecord`)."""
 
     ids: np.ndarray
     references: list[str]
     vectors: np.ndarray  # (n, dim) float16
+    media: dict[int, MediaRecord] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,7 @@ class _Records:
 
     fresh: dict[bytes, bytes] = field(default_factory=dict)
     seen: dict[tuple[str, str], bytes] = field(default_factory=dict)
+    media: dict[bytes, MediaRecord] = field(default_factory=dict)  # animations and videos: the frames judged
     dim: int = 0
 
 
@@ -255,6 +261,9 @@ class EmbeddingStore:
             if s.vector is not None:
                 group.fresh[digest] = to_fp16(s.vector).tobytes()
                 group.dim = int(s.vector.shape[-1])
+            if s.media is not None:
+                group.media[digest] = s.media
+                group.dim = int(s.media.vectors.shape[-1])
             if images:
                 group.seen[(s.job_id, stored_reference(s.reference))] = digest  # the last one wins, as an upsert would
         now = time.time()
@@ -264,6 +273,8 @@ class EmbeddingStore:
                 model_id = self._model_id(conn, fingerprint, mode, name=model_name, dim=group.dim or None)
                 if model_id is None:  # only hits, of a model this store does not know (purged meanwhile)
                     continue
+                for digest, record in group.media.items():
+                    self._write_media(conn, model_id, digest, record, now)
                 self._write(conn, model_id, list(group.fresh.items()),
                             [(digest, reference, job) for (job, reference), digest in group.seen.items()], now)
 
@@ -276,6 +287,40 @@ class EmbeddingStore:
             self._unrecorded(sightings, str(exc))
             return len(sightings) if images else 0
         return 0
+
+    # -- animations and videos: the frames judged --------------------------------------------------
+
+    def get_media(self, key: EmbeddingKey) -> MediaRecord | None:
+        """The frames kept of the animation or video whose bytes hash to ``key.sha256`` (judged with
+        ``key``'s model), or None: not kept, or the store is away (then it is decoded again).
+        :meth:`record` keeps them: a sighting with ``media`` (a record replaces a stored one when
+        it is ``complete`` or sampled otherwise, never with less of the same judgement)."""
+        if not self._may_try():
+            return None
+
+        def read(conn) -> MediaRecord | None:
+            model_id = self._model_id(conn, key.model, key.mode)
+            if model_id is None:
+                return None
+            row = self._execute(conn, f"SELECT {_MEDIA_COLUMNS} FROM zstagger_media m WHERE m.model_id = ? AND m.sha256 = ?",
+                                [model_id, bytes.fromhex(key.sha256)]).fetchone()
+            return _media_record(row) if row is not None else None
+
+        try:
+            return self._run(read)
+        except StoreError as exc:
+            if not self._read_warned:
+                self._read_warned = True
+                log.warning("zstagger: %s; tagging goes on without it (media are decoded)", exc)
+            return None
+
+    def _write_media(self, conn: Any, model_id: int, digest: bytes, record: MediaRecord, now: float) -> None:
+        self._execute(conn, _UPSERT_MEDIA, [
+            model_id, digest, record.kind, record.sampling, record.times.astype("<f8").tobytes(),
+            record.indices.astype("<i8").tobytes(), record.rows.astype("<i4").tobytes(),
+            np.ascontiguousarray(record.vectors, dtype="<f2").tobytes(), int(record.vectors.shape[1]), record.duration,
+            int(record.frames_decoded),
+            int(record.truncated), int(record.complete), now])
 
     def _unrecorded(self, sightings: Sequence[ImageSighting], why: str) -> None:
         jobs = sorted({s.job_id for s in sightings if s.job_id})
@@ -439,14 +484,18 @@ class EmbeddingStore:
         def apply(conn) -> tuple[int, int]:
             if dry_run:
                 images = self._execute(conn, "SELECT count(*) FROM zstagger_images WHERE seen < ?", [before]).fetchone()[0]
-                embeds = self._execute(conn, "SELECT count(*) FROM zstagger_embeddings e WHERE created < ? AND NOT EXISTS "
-                                             "(SELECT 1 FROM zstagger_images i WHERE i.model_id = e.model_id AND "
-                                             "i.sha256 = e.sha256 AND i.seen >= ?)", [before, before]).fetchone()[0]
+                embeds = sum(self._execute(conn, f"SELECT count(*) FROM {table} e WHERE created < ? AND NOT EXISTS "
+                                                 "(SELECT 1 FROM zstagger_images i WHERE i.model_id = e.model_id AND "
+                                                 "i.sha256 = e.sha256 AND i.seen >= ?)", [before, before]).fetchone()[0]
+                             for table in ("zstagger_embeddings", "zstagger_media"))
                 return int(images), int(embeds)
             images = self._execute(conn, "DELETE FROM zstagger_images WHERE seen < ?", [before]).rowcount
             embeds = self._execute(conn, "DELETE FROM zstagger_embeddings WHERE created < ? AND NOT EXISTS (SELECT 1 FROM "
                                          "zstagger_images i WHERE i.model_id = zstagger_embeddings.model_id AND "
                                          "i.sha256 = zstagger_embeddings.sha256)", [before]).rowcount
+            embeds += self._execute(conn, "DELETE FROM zstagger_media WHERE created < ? AND NOT EXISTS (SELECT 1 FROM "
+                                          "zstagger_images i WHERE i.model_id = zstagger_media.model_id AND "
+                                          "i.sha256 = zstagger_media.sha256)", [before]).rowcount
             return int(images), int(embeds)
 
         counts = self._run(apply, write=True)
@@ -479,7 +528,7 @@ class EmbeddingStore:
                 images += self._execute(conn, f"DELETE FROM zstagger_images WHERE {where}", params).rowcount
             for start in range(0, len(hashes), _IN_CHUNK):
                 where, params = self._any("sha256", hashes[start : start + _IN_CHUNK])
-                for table in ("zstagger_images", "zstagger_embeddings"):  # an embedding may outlive its images
+                for table in ("zstagger_images", "zstagger_embeddings", "zstagger_media"):  # an embedding may outlive its images
                     found_hashes.update(bytes(r[0]) for r in self._execute(
                         conn, f"SELECT DISTINCT sha256 FROM {table} WHERE {where}", params))
                 images += self._execute(conn, f"DELETE FROM zstagger_images WHERE {where}", params).rowcount
@@ -494,6 +543,7 @@ class EmbeddingStore:
             for start in range(0, len(erased), _IN_CHUNK):
                 where, params = self._any("sha256", erased[start : start + _IN_CHUNK])
                 embeddings += self._execute(conn, f"DELETE FROM zstagger_embeddings WHERE {where}", params).rowcount
+                embeddings += self._execute(conn, f"DELETE FROM zstagger_media WHERE {where}", params).rowcount
             unmatched = [given for given, stored in zip(references, refs) if stored not in found_refs]
             unmatched += [h.hex() for h in hashes if h not in found_hashes]
             return Erasure(images, embeddings, [h.hex() for h in erased], sorted(h.hex() for h in still_used), unmatched)
@@ -518,8 +568,9 @@ class EmbeddingStore:
     def count_images(self, model_id: int, *, since: float | None = None, job_id: str | None = None,
                      upto: int | None = None) -> int:
         where, params = self._filters(model_id, since, job_id, upto)
-        sql = (f"SELECT count(*) FROM zstagger_images i JOIN zstagger_embeddings e ON e.model_id = i.model_id "
-               f"AND e.sha256 = i.sha256 WHERE {where}")
+        sql = (f"SELECT count(*) FROM zstagger_images i LEFT JOIN zstagger_embeddings e ON e.model_id = i.model_id "
+               f"AND e.sha256 = i.sha256 LEFT JOIN zstagger_media m ON m.model_id = i.model_id AND m.sha256 = i.sha256 "
+               f"WHERE {where} AND (e.sha256 IS NOT NULL OR m.sha256 IS NOT NULL)")
         return int(self._run(lambda conn: self._execute(conn, sql, params).fetchone()[0]))
 
     def page_bounds(self, model_id: int, *, since: float | None = None, job_id: str | None = None, upto: int | None = None,
@@ -534,18 +585,33 @@ class EmbeddingStore:
     def iter_images(self, model_id: int, *, since: float | None = None, job_id: str | None = None, upto: int | None = None,
                     page: int = 10_000, after: int = 0) -> Iterator[StoredBatch]:
         """Stored images of one model with their embeddings, in id order (the order they were first
-        recorded), ids after ``after`` up to ``upto``, a page per query so that writers are never held up."""
+        recorded), ids after ``after`` up to ``upto``, a page per query so that writers are never held up.
+        Animations and videos come in their place with the frames kept of them (``StoredBatch.media``)."""
         where, params = self._filters(model_id, since, job_id, upto)
-        sql = (f"SELECT i.id, i.reference, e.vector FROM zstagger_images i JOIN zstagger_embeddings e "
-               f"ON e.model_id = i.model_id AND e.sha256 = i.sha256 WHERE {where} AND i.id > ? ORDER BY i.id LIMIT ?")
+        sql = (f"SELECT i.id, i.reference, e.vector, m.model_id FROM zstagger_images i LEFT JOIN zstagger_embeddings e "
+               f"ON e.model_id = i.model_id AND e.sha256 = i.sha256 LEFT JOIN zstagger_media m ON m.model_id = i.model_id "
+               f"AND m.sha256 = i.sha256 WHERE {where} AND i.id > ? AND (e.sha256 IS NOT NULL OR m.sha256 IS NOT NULL) "
+               f"ORDER BY i.id LIMIT ?")
+        media_sql = (f"SELECT i.id, {_MEDIA_COLUMNS} FROM zstagger_images i JOIN zstagger_media m ON m.model_id = i.model_id "
+                     f"AND m.sha256 = i.sha256 WHERE {where} AND i.id > ? AND i.id <= ?")
         while True:
             rows = self._run(lambda conn, after=after: self._execute(conn, sql, [*params, after, page]).fetchall())
             if not rows:
                 return
-            ids, refs, blobs = zip(*rows)
-            dim = len(blobs[0]) // 2
-            vectors = np.frombuffer(b"".join(blobs), dtype="<f2").reshape(len(rows), dim)
-            yield StoredBatch(np.asarray(ids, dtype=np.int64), [reference_from_store(r) for r in refs], vectors)
+            ids, refs, blobs, media = zip(*rows)
+            dim = next((len(b) // 2 for b in blobs if b is not None), None)
+            records: dict[int, MediaRecord] = {}
+            if any(m is not None for m in media):
+                found = self._run(lambda conn, after=after: self._execute(
+                    conn, media_sql, [*params, after, int(ids[-1])]).fetchall())
+                by_id = {int(row[0]): _media_record(row[1:]) for row in found}
+                position = {int(i): n for n, i in enumerate(ids)}
+                records = {position[i]: record for i, record in by_id.items() if i in position}
+                if dim is None:
+                    dim = next(iter(records.values())).vectors.shape[1]
+            empty = bytes(2 * dim)  # type: ignore[operator]
+            vectors = np.frombuffer(b"".join(b if b is not None else empty for b in blobs), dtype="<f2").reshape(len(rows), dim)
+            yield StoredBatch(np.asarray(ids, dtype=np.int64), [reference_from_store(r) for r in refs], vectors, records)
             after = int(ids[-1])
             if len(rows) < page:
                 return
@@ -594,8 +660,9 @@ class EmbeddingStore:
             images, jobs, first, last = self._execute(
                 conn, "SELECT count(*), count(DISTINCT nullif(job_id, '')), min(seen), max(seen) FROM zstagger_images").fetchone()
             embeddings = self._execute(conn, "SELECT count(*) FROM zstagger_embeddings").fetchone()[0]
-            return {"schema_version": version, "images": int(images), "embeddings": int(embeddings), "jobs": int(jobs),
-                    "first_seen": first, "last_seen": last}
+            media = self._execute(conn, "SELECT count(*) FROM zstagger_media").fetchone()[0] if version >= 2 else 0
+            return {"schema_version": version, "images": int(images), "embeddings": int(embeddings), "media": int(media),
+                    "jobs": int(jobs), "first_seen": first, "last_seen": last}
 
         out = {"store": self.where, "backend": self.dialect, **self._run(read, check_schema=False)}
         if out["schema_version"]:
@@ -607,3 +674,26 @@ class EmbeddingStore:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+_MEDIA_COLUMNS = ("m.kind, m.sampling, m.times, m.frame_numbers, m.frame_rows, m.vectors, m.dim, m.duration, "
+                  "m.frames_decoded, m.truncated, m.complete")
+_UPSERT_MEDIA = (
+    "INSERT INTO zstagger_media (model_id, sha256, kind, sampling, times, frame_numbers, frame_rows, vectors, dim, duration, "
+    "frames_decoded, truncated, complete, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (model_id, sha256) DO UPDATE SET kind = excluded.kind, sampling = excluded.sampling, times = excluded.times, "
+    "frame_numbers = excluded.frame_numbers, frame_rows = excluded.frame_rows, vectors = excluded.vectors, dim = excluded.dim, "
+    "duration = excluded.duration, frames_decoded = excluded.frames_decoded, truncated = excluded.truncated, "
+    "complete = excluded.complete, created = excluded.created "
+    # never replace what was judged with less of it
+    "WHERE excluded.complete = 1 OR zstagger_media.complete = 0 OR excluded.sampling <> zstagger_media.sampling"
+)
+
+
+def _media_record(row: Sequence[Any]) -> MediaRecord:
+    kind, sampling, times, numbers, rows, vectors, dim, duration, decoded, truncated, complete = row
+    times = np.frombuffer(bytes(times), dtype="<f8")
+    vectors = np.frombuffer(bytes(vectors), dtype="<f2")
+    return MediaRecord(kind, sampling, times, np.frombuffer(bytes(numbers), dtype="<i8"),
+                       np.frombuffer(bytes(rows), dtype="<i4").astype(np.int64), vectors.reshape(-1, int(dim)),
+                       None if duration is None else float(duration), int(decoded), bool(truncated), bool(complete))

@@ -8,6 +8,10 @@
 - ``zstagger_images``: one row per image seen: its reference (as results name it), content
   hash, job id (``''`` outside a queued job) and when it was last seen. Unique per (model,
   job, reference), so recording a chunk again (a redelivery) rewrites the same rows.
+- ``zstagger_media`` (version 2): per (model, SHA-256 of an animation's or video's bytes),
+  the frames judged (:class:`~zstagger.media.MediaRecord`): their times, frame numbers and
+  embedding rows, the distinct fp16 embeddings, what decoding found, whether every frame was
+  judged, and the sampling settings. Its images are rows of ``zstagger_images`` like any other.
 
 Times are Unix seconds (``double precision``) in both backends, so every query is the same.
 Each version is a list of statements; a new version appends a list, never edits an old one.
@@ -15,7 +19,7 @@ Each version is a list of statements; a new version appends a list, never edits 
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SQLITE = [
     [
@@ -29,6 +33,12 @@ _SQLITE = [
         "CREATE INDEX zstagger_images_seen ON zstagger_images (seen)",
         "CREATE INDEX zstagger_images_sha256 ON zstagger_images (sha256)",
         "CREATE INDEX zstagger_images_reference ON zstagger_images (reference)",
+    ],
+    [
+        ("CREATE TABLE zstagger_media (model_id INTEGER NOT NULL, sha256 BLOB NOT NULL, kind TEXT NOT NULL,"
+         " sampling TEXT NOT NULL, times BLOB NOT NULL, frame_numbers BLOB NOT NULL, frame_rows BLOB NOT NULL,"
+         " vectors BLOB NOT NULL, dim INTEGER NOT NULL, duration REAL, frames_decoded INTEGER NOT NULL, truncated INTEGER NOT NULL,"
+         " complete INTEGER NOT NULL, created REAL NOT NULL, PRIMARY KEY (model_id, sha256))"),
     ],
 ]
 
@@ -47,6 +57,13 @@ _POSTGRES = [
         "CREATE INDEX zstagger_images_sha256 ON zstagger_images (sha256)",
         "CREATE INDEX zstagger_images_reference ON zstagger_images (reference)",
     ],
+    [
+        ("CREATE TABLE zstagger_media (model_id integer NOT NULL, sha256 bytea NOT NULL, kind text NOT NULL,"
+         " sampling text NOT NULL, times bytea NOT NULL, frame_numbers bytea NOT NULL, frame_rows bytea NOT NULL,"
+         " vectors bytea NOT NULL, dim integer NOT NULL, duration double precision, frames_decoded integer NOT NULL, truncated integer NOT NULL,"
+         " complete integer NOT NULL, created double precision NOT NULL, PRIMARY KEY (model_id, sha256))"),
+        "ALTER TABLE zstagger_media ALTER COLUMN vectors SET STORAGE EXTERNAL",
+    ],
 ]
 
 VERSION_TABLE = {
@@ -54,7 +71,7 @@ VERSION_TABLE = {
     "postgresql": "CREATE TABLE IF NOT EXISTS zstagger_schema (version integer PRIMARY KEY, applied double precision NOT NULL)",
 }
 
-TABLES = ("zstagger_images", "zstagger_embeddings", "zstagger_models", "zstagger_schema")
+TABLES = ("zstagger_images", "zstagger_embeddings", "zstagger_media", "zstagger_models", "zstagger_schema")
 
 
 def migrations(dialect: str) -> list[list[str]]:

@@ -1,0 +1,72 @@
+"""What every task does alike: the retry policy, riding out Redis failures, reading a job's
+taxonomy spec, and refusing a malformed message. Shared by :mod:`.tasks` and :mod:`.ranges`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from functools import lru_cache
+from typing import TypeVar
+
+import redis
+from celery.exceptions import Reject
+from kombu.exceptions import OperationalError
+
+from ..settings import Settings
+from ..taxonomy import Taxonomy
+from .jobstore import describe_failure
+
+log = logging.getLogger("zstagger.queue.tasks")
+T = TypeVar("T")
+
+
+@lru_cache(maxsize=64)
+def _taxonomy(spec_json: str) -> Taxonomy:
+    return Taxonomy.parse(json.loads(spec_json))
+
+
+def retry_delay(attempt: int, visibility_timeout: float | None = None) -> float:
+    """Backoff before retry number ``attempt`` (1-based): 2, 4, 8, ... seconds, at most 60,
+    and at most a third of the visibility timeout.
+
+    A retry is sent with a countdown; the worker that receives it holds it unacknowledged
+    until it is due, so a countdown near the visibility timeout would have it redelivered
+    to a second worker and run twice.
+    """
+    delay = float(min(60, 2**attempt))
+    return min(delay, visibility_timeout / 3) if visibility_timeout else delay
+
+
+def redis_patience(settings: Settings) -> float:
+    """How long a task waits out a Redis failure (unreachable, refusing writes) before it
+    gives the chunk back: well inside the visibility timeout, so it is not redelivered meanwhile."""
+    return min(30.0, settings.visibility_timeout / 3)
+
+
+def _with_redis(call: Callable[[], T], doing: str, settings: Settings) -> T:
+    """``call()``, retried with backoff while Redis fails; then the chunk is requeued, never dropped."""
+    deadline = time.monotonic() + redis_patience(settings)
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except (redis.RedisError, OperationalError) as exc:
+            cause = exc.__cause__ if isinstance(exc, OperationalError) and exc.__cause__ is not None else exc
+            what = describe_failure(cause)
+            if time.monotonic() + delay > deadline:
+                raise Reject(f"{what} while {doing}; the chunk is left for redelivery", requeue=True) from exc
+            log.warning("zstagger: %s while %s; retrying in %.1fs", what, doing, delay)
+            time.sleep(delay)
+            delay = min(2 * delay, 8.0)
+
+
+def _refuse(task_id: str | None, problem: Exception) -> dict[str, int]:
+    reason = " ".join(str(problem).split())[:500]  # one line, bounded: the content comes from whoever wrote to Redis
+    log.error("zstagger: refused a malformed chunk (task %s): %s", task_id, reason)
+    return {"refused": 1}
+
+
+__all__ = ["_refuse", "_taxonomy", "_with_redis", "redis_patience", "retry_delay"]
