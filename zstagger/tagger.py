@@ -44,6 +44,7 @@ from .results import KnownImageMatch, LabelExplanation, LabelScore, Provenance, 
 from .runtimes import load_encoder
 from .runtimes.qualification import RuntimeGate
 from .settings import Settings
+from .sources import expand_prefixes
 from .stages import INTERRUPTED, MediaAside, Numbered, StopReading
 from .taxonomy import Taxonomy
 
@@ -245,7 +246,8 @@ class Tagger:
         if top_k is not None and top_k < 1:
             raise ConfigurationError(f"top_k must be at least 1, got {top_k}")
         self.classifier(spec)  # compile (text embeddings) before the first image is read
-        for refs, embeds, errors in self.embed_batches(iter_inputs(images), batch_size, job_id=job_id,
+        inputs = expand_prefixes(iter_inputs(images), self.image_policy, page_size=self.settings.source_page_size)
+        for refs, embeds, errors in self.embed_batches(inputs, batch_size, job_id=job_id,
                                                        interrupted=interrupted, media=True):
             yield from self.results(spec, refs, embeds, errors, top_k, frames=frames)
 
