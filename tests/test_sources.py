@@ -247,3 +247,40 @@ def test_manifests_may_name_object_urls(s3_server, photos, tmp_path):
     manifest.write_text("".join(json.dumps({"image": f"s3://{BUCKET}/{key}", "labels": ["cat"]}) + "\n" for key in photos[:3]))
     dataset = load_dataset(str(manifest), Taxonomy.from_labels(["cat", "dog"]))
     assert [item.ref for item in dataset.items] == [f"s3://{BUCKET}/{key}" for key in photos[:3]]
+
+
+# -- over HTTP: source URLs only where the server's allow-list says ------------------------------
+
+
+def test_the_http_api_reads_object_urls_only_inside_its_allow_list(s3_server, photos, tiny_model_dir, tmp_path):
+    import httpx
+
+    from harness import ApiServer
+    from zstagger.service.auth import hash_key
+
+    key = "zst_sources-test-key"
+    env = {**s3_server.env, "ZSTAGGER_MODEL": str(tiny_model_dir), "ZSTAGGER_PRECISION": "fp32",
+           "ZSTAGGER_API_KEYS": hash_key(key), "ZSTAGGER_SOURCE_ALLOW": f"s3://{BUCKET}/in/"}
+    headers = {"Authorization": f"Bearer {key}"}
+    server = ApiServer(env, tmp_path).wait_ready()
+    try:
+        ok = httpx.post(server.url + "/v1/tag", headers=headers, timeout=60,
+                        json={"images": [f"s3://{BUCKET}/in/001.jpg"], "labels": ["cat", "dog"]})
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["results"][0]["image"] == f"s3://{BUCKET}/in/001.jpg" and ok.json()["results"][0]["error"] is None
+        for url, said in [(f"s3://{BUCKET}/big/huge.jpg", "outside the locations that may be read"),
+                          (f"s3://KEY:SECRET@{BUCKET}/in/001.jpg", "credentials in a URL are refused"),
+                          ("nope://x/y.jpg", "outside the locations")]:
+            refused = httpx.post(server.url + "/v1/tag", headers=headers, timeout=60, json={"images": [url], "labels": ["a"]})
+            assert refused.status_code == 400 and said in refused.json()["error"]["message"], refused.text
+            assert "SECRET" not in refused.text
+    finally:
+        server.stop()
+    # the same server without an allow-list reads no object store at all
+    server = ApiServer({k: v for k, v in env.items() if k != "ZSTAGGER_SOURCE_ALLOW"}, tmp_path).wait_ready()
+    try:
+        refused = httpx.post(server.url + "/v1/tag", headers=headers, timeout=60,
+                             json={"images": [f"s3://{BUCKET}/in/001.jpg"], "labels": ["a"]})
+        assert refused.status_code == 400 and "refused over HTTP unless ZSTAGGER_SOURCE_ALLOW" in refused.text
+    finally:
+        server.stop()
