@@ -27,6 +27,8 @@ SCRIPTS = {
     "store_queue_overhead": ([*SMALL, "--store", "sqlite", "--rounds", "1"], "store_overhead_wall"),
     "store_retag": (["--rows", "200", "--backends", "sqlite", "--record-chunks", "4"], "retag_images_per_s"),
     "eval_memory": (["--rows", "200", "--rounds", "10", "--per-label", "2", "--none", "2", "--json"], "distinct_images"),
+    "source_throughput": ([*SMALL, "--rounds", "1", "--json"], "s3_vs_disk"),
+    "source_queue": (["--objects", "40", "--page", "8", "--json"], '"ok": true'),
 }
 # Scripts that take other arguments than --workdir: {model}, {images} (four small JPEGs) and
 # {workdir} are filled in.
