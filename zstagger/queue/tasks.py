@@ -105,13 +105,13 @@ def _list_page(page: ListingPage, settings: Settings) -> tuple[list[list[Any]], 
     while (the store unreachable) gives the chunk back."""
     from ..errors import ImageLoadError
     from ..images import ImagePolicy
-    from ..sources import list_prefix
+    from ..sources import ObjectRef, list_prefix
 
     policy = ImagePolicy.from_settings(settings)
     urls: list[str] = []
     try:
         for objects in list_prefix(page.prefix, policy, page_size=min(1000, page.count + 16), start_after=page.after):
-            urls += [item.url for item in objects if item.url <= page.last]
+            urls += [ObjectRef.of(item) for item in objects if item.url <= page.last]  # size and version known: no HEAD
             if len(urls) >= page.count or objects[-1].url >= page.last:
                 break
     except ImageLoadError as exc:

@@ -29,6 +29,7 @@ class ReadRequest:
     deadline: float
     timeout: float
     policy: ImagePolicy | None = None  # every limit of the read, for sources that hand it to zstagger's readers
+    size: int | None = None  # the object's size as its listing said (a source may skip asking again)
 
     def left(self) -> float:
         """Seconds left before the deadline (at least a millisecond, so a client timeout is never 0)."""
@@ -47,6 +48,24 @@ class ObjectInfo:
     url: str
     size: int | None = None
     version: str | None = None
+
+
+class ObjectRef(str):
+    """An object's URL as a listing found it: a plain ``str`` everywhere (results, queue
+    messages), carrying the size and version the listing gave, so reading it needs no
+    second request to learn them (and the image cache can skip it on its version alone)."""
+
+    size: int | None
+    version: str | None
+
+    def __new__(cls, url: str, size: int | None = None, version: str | None = None) -> ObjectRef:
+        ref = super().__new__(cls, url)
+        ref.size, ref.version = size, version
+        return ref
+
+    @classmethod
+    def of(cls, info: ObjectInfo) -> ObjectRef:
+        return cls(info.url, info.size, info.version)
 
 
 #: What ``open`` may return: the bytes, or a binary file object read here under the cap

@@ -102,8 +102,8 @@ class ObjectStoreSource:
         return info
 
     def open(self, url: str, request: ReadRequest) -> bytes:
-        info = self._info(url, request)
-        size = info.get("size")
+        # The size a listing gave is as good as a HEAD's (both read before the body): one request, not two.
+        size = request.size if request.size is not None else self._info(url, request).get("size")
         if isinstance(size, int) and size > request.max_bytes:
             raise ImageLoadError("too_large", f"{url} is {size:,} bytes, over the {request.max_bytes:,}-byte limit "
                                  "(ZSTAGGER_MAX_IMAGE_BYTES)")
@@ -114,7 +114,7 @@ class ObjectStoreSource:
 
     def version(self, url: str, request: ReadRequest) -> str | None:
         info = self._info(url, request)
-        tag = info.get("VersionId") or info.get("ETag") or info.get("generation") or info.get("etag")
+        tag = info.get("ETag") or info.get("generation") or info.get("etag")  # as a listing gives it
         return f"{tag}:{info.get('size')}" if tag else None
 
 

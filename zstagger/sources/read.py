@@ -27,7 +27,7 @@ from ..images.load import read_image_bytes
 from ..images.inputs import ImageInput
 from ..images.policy import DEFAULT_POLICY, ImagePolicy
 from .access import OWN_RULES, check_reference, scheme_of
-from .base import ObjectInfo, ReadRequest
+from .base import ObjectInfo, ObjectRef, ReadRequest
 from .registry import is_listable, source_for
 
 T = TypeVar("T")
@@ -39,10 +39,10 @@ _hanging: dict[str, int] = {}
 _hanging_lock = threading.Lock()
 
 
-def request_for(policy: ImagePolicy) -> ReadRequest:
-    """A read's cap and deadline from the image policy (starting now)."""
+def request_for(policy: ImagePolicy, ref: object = None) -> ReadRequest:
+    """A read's cap and deadline from the image policy (starting now), and the size a listing gave ``ref``."""
     return ReadRequest(max_bytes=policy.max_bytes, deadline=time.monotonic() + policy.url_timeout,
-                       timeout=policy.url_timeout, policy=policy)
+                       timeout=policy.url_timeout, policy=policy, size=getattr(ref, "size", None))
 
 
 def read_bytes(ref: ImageInput, policy: ImagePolicy = DEFAULT_POLICY, *, trusted: bool = True) -> bytes:
@@ -52,7 +52,7 @@ def read_bytes(ref: ImageInput, policy: ImagePolicy = DEFAULT_POLICY, *, trusted
     url = os.fspath(ref)
     scheme = scheme_of(url)
     source = _source(url, scheme, policy, trusted)
-    request = request_for(policy)
+    request = request_for(policy, ref)
     return _bounded(source, scheme, url, request, lambda: _capped(source.open(url, request), url, request))
 
 
@@ -63,6 +63,8 @@ def object_version(url: str, policy: ImagePolicy = DEFAULT_POLICY) -> str | None
     scheme = scheme_of(url)
     if scheme in OWN_RULES:
         return None
+    if getattr(url, "version", None):  # as the listing gave it: no request
+        return url.version  # type: ignore[attr-defined]
     try:
         source = _source(url, scheme, policy, True)
         version = getattr(source, "version", None)
@@ -225,6 +227,6 @@ def expand_prefixes(refs: Iterator[ImageInput] | list[ImageInput], policy: Image
         if is_prefix(ref):
             for page in list_prefix(ref, policy, page_size=page_size, trusted=trusted):  # type: ignore[arg-type]
                 for item in page:
-                    yield item.url
+                    yield ObjectRef.of(item)
         else:
             yield ref
