@@ -69,7 +69,7 @@ def test_a_prefix_job_survives_a_killed_worker_every_result_once_a_sink_file_per
         victim.kill9()
         assert job.status()["state"] == "running"
         start("rescuer-a").wait_ready(), start("rescuer-b").wait_ready()
-        results = job.results(wait=True, timeout=120)
+        results = job.results(wait=True, timeout=240)
     assert [r.image for r in results] == keys and all(r.error is None for r in results)
     assert job.status() | {"job_id": ""} == {"job_id": "", "state": "done", "total": count, "done": count, "failed": 0,
                                               "pending": 0}
