@@ -83,12 +83,18 @@ def test_a_prefix_job_survives_a_killed_worker_every_result_once_a_sink_file_per
 
 def test_objects_listed_at_enqueue_and_gone_since_are_error_records(s3_server, bucket, queue_env, settings, tmp_path):
     s3_server.put_many(BUCKET, {f"gone/{i:03d}.jpg": jpeg(i) for i in range(6)})
+    s3_server.put_many(BUCKET, {f"private/{i:03d}.jpg": jpeg(i) for i in range(4)})
     job = enqueue([f"s3://{BUCKET}/gone/"], labels=["cat", "dog"], chunk_size=3, settings=settings)
+    private = enqueue([f"s3://{BUCKET}/private/"], labels=["cat", "dog"], chunk_size=3, settings=settings)
     s3_server.client().delete_object(Bucket=BUCKET, Key="gone/005.jpg")
-    with worker_starter(queue_env, tmp_path) as start:
+    # the worker's own allow-list decides what it reads, whatever the producer was allowed
+    with worker_starter({**queue_env, "ZSTAGGER_SOURCE_ALLOW": f"s3://{BUCKET}/gone/"}, tmp_path) as start:
         start("w").wait_ready()
         results = job.results(wait=True, timeout=60)
+        refused = private.results(wait=True, timeout=60)
     assert [r.error.type if r.error else None for r in results] == [None] * 5 + ["not_found"]
+    assert [r.error.type for r in refused] == ["source_refused"] * 4 and private.status()["state"] == "done"
+    assert "outside the locations that may be read" in refused[0].error.message
 
 
 def test_enqueue_refuses_bad_sinks_and_sources_before_writing_anything(s3_server, bucket, settings, monkeypatch):

@@ -241,11 +241,12 @@ class Settings(BaseSettings):
         "in memory at once, and, for enqueue, the size of each chunk a listing is split into.",
         json_schema_extra=read_by(CLI, PRODUCER),
     )
-    source_options: str = Field(
-        "", repr=False,
+    source_options: SecretStr = Field(
+        SecretStr(""), repr=False,
         description="JSON object of options per object-store scheme, passed to its fsspec filesystem, e.g. "
         '{"s3": {"endpoint_url": "http://minio:9000"}}. Credentials belong in the process\'s own environment or '
-        "the cloud's config files (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*), never in a request.",
+        "the cloud's config files (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*), never in a request; "
+        "this setting is shown redacted all the same, in case it holds one.",
         json_schema_extra=read_by(CLI, WORKER, API_SERVER),
     )
     sink_allow: Annotated[list[str], NoDecode] = Field(

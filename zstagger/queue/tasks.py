@@ -193,8 +193,10 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
         if isinstance(listed, str):  # the listing is refused: every input of the page says why
             refs_gone = [(index, TagResult.failed(f"{chunk.listing.prefix}#{index}", str(chunk.taxonomy.get("name", "?"))[:100],
                                                   "source_refused", listed)) for index in chunk.listing.indices]
-            _with_redis(lambda: store.save(job_id, refs_gone, int(chunk.expires_at) or int(time.time() + settings.result_ttl)),
-                        "storing results", settings)
+            finished = _with_redis(lambda: store.save(job_id, refs_gone, int(chunk.expires_at) or int(time.time() + settings.result_ttl)),
+                                   "storing results", settings)
+            if finished >= total:
+                _with_redis(lambda: job_finished(store, app, job_id, "done"), "sending the job's notifications", settings)
             return {"tagged": 0, "refused": len(refs_gone)}
         items, gone = listed
     else:

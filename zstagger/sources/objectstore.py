@@ -37,7 +37,7 @@ _lock = threading.Lock()
 
 def source_options(protocol: str) -> dict[str, Any]:
     """ZSTAGGER_SOURCE_OPTIONS for one filesystem (a JSON object keyed by scheme)."""
-    text = Settings().source_options.strip()
+    text = Settings().source_options.get_secret_value().strip()
     if not text:
         return {}
     try:
@@ -51,7 +51,7 @@ def source_options(protocol: str) -> dict[str, Any]:
 
 def filesystem(protocol: str, timeout: float) -> Any:
     """The process's fsspec filesystem for ``protocol`` (one per timeout; a forked worker makes its own)."""
-    key = (protocol, timeout, Settings().source_options)
+    key = (protocol, timeout, Settings().source_options.get_secret_value())
     with _lock:
         if key not in _filesystems:
             try:
