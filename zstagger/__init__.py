@@ -42,7 +42,7 @@ _LAZY = {
     "evaluate": "zstagger.evaluation",
     "calibrate": "zstagger.evaluation",
     "Job": "zstagger.queue.client",
-    "verify_webhook": "zstagger.queue.signing",
+    "verify_webhook": "zstagger.net.signing",
     "MediaOptions": "zstagger.media",
 }
 
