@@ -50,7 +50,7 @@ def make_card(directory, name, count):
 
 
 def test_a_card_is_tagged_image_by_image_through_the_source(tmp_path, monkeypatch, tiny_tagger, zstagger_plugin):
-    monkeypatch.setenv("ZSTAGGER_WILDLIFE_CARDS", str(tmp_path))
+    monkeypatch.setenv("WILDLIFE_CARDS", str(tmp_path))
     make_card(tmp_path, "site-07", 3)
     from contextlib import nullcontext
 
@@ -71,7 +71,7 @@ def test_a_member_over_the_size_cap_is_refused_before_it_is_read(tmp_path, monke
     import pytest
     from zstagger import ImageLoadError
 
-    monkeypatch.setenv("ZSTAGGER_WILDLIFE_CARDS", str(tmp_path))
+    monkeypatch.setenv("WILDLIFE_CARDS", str(tmp_path))
     make_card(tmp_path, "big", 1)
     with pytest.raises(ImageLoadError) as caught:
         zstagger_wildlife.CardSource().open("camtrap://big/DCIM/IMG_0000.JPG", ReadRequest(max_bytes=10, deadline=0, timeout=1))
@@ -81,7 +81,7 @@ def test_a_member_over_the_size_cap_is_refused_before_it_is_read(tmp_path, monke
 def test_the_sightings_log_keeps_a_redelivered_chunk_once(tmp_path, monkeypatch):
     import sqlite3
 
-    monkeypatch.setenv("ZSTAGGER_WILDLIFE_SIGHTINGS", str(tmp_path))
+    monkeypatch.setenv("WILDLIFE_SIGHTINGS", str(tmp_path))
     line = json.dumps({"job_id": "j", "index": 0, "image": "camtrap://a/1.jpg", "scores": [{"label": "red_fox", "score": 0.7}]})
     sink = zstagger_wildlife.SightingsSink()
     for _ in range(2):

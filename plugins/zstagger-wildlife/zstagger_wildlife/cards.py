@@ -1,7 +1,7 @@
 """Camera-trap memory cards as an image source: ``camtrap://CARD/PATH``.
 
 Field teams copy each card to a zip archive (``<card>.zip``) in one directory,
-``ZSTAGGER_WILDLIFE_CARDS``. ``camtrap://site-07-2024-05/DCIM/IMG_0001.JPG`` is one image
+``WILDLIFE_CARDS``. ``camtrap://site-07-2024-05/DCIM/IMG_0001.JPG`` is one image
 on one card; ``camtrap://site-07-2024-05/`` every image on it (listed in name order, a page
 at a time). Members over the size cap are refused before they are decompressed.
 """
@@ -24,7 +24,7 @@ class CardSource:
         card, _, member = url[len("camtrap://"):].partition("/")
         if not card or card in (".", "..") or "/" in card or "\\" in card:
             raise ImageLoadError("invalid_url", f"{url}: no card name")
-        root = os.environ.get("ZSTAGGER_WILDLIFE_CARDS", ".")
+        root = os.environ.get("WILDLIFE_CARDS", ".")
         return os.path.join(root, f"{card}.zip"), card, member
 
     def open(self, url: str, request) -> bytes:
@@ -39,7 +39,7 @@ class CardSource:
                                          f"{request.max_bytes:,}-byte limit")
                 return archive.read(info)
         except FileNotFoundError:
-            raise ImageLoadError("not_found", f"no card archive for {url} in ZSTAGGER_WILDLIFE_CARDS") from None
+            raise ImageLoadError("not_found", f"no card archive for {url} in WILDLIFE_CARDS") from None
         except KeyError:
             raise ImageLoadError("not_found", f"no such image on the card: {url}") from None
 

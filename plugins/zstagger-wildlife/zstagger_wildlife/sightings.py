@@ -1,6 +1,6 @@
 """A sightings log as a result sink: ``--sink sightings://NAME``.
 
-Each finished chunk's results become rows of ``NAME.sqlite`` in ``ZSTAGGER_WILDLIFE_SIGHTINGS``:
+Each finished chunk's results become rows of ``NAME.sqlite`` in ``WILDLIFE_SIGHTINGS``:
 one per image (job, index, image, species, score), keyed by job and index, so a chunk the
 queue delivers again replaces its rows instead of adding them twice.
 """
@@ -21,7 +21,7 @@ class SightingsSink:
         name = url[len("sightings://"):].strip("/")
         if not name or "/" in name or name in (".", ".."):
             raise ValueError(f"{url}: give a log name, sightings://NAME")
-        return os.path.join(os.environ.get("ZSTAGGER_WILDLIFE_SIGHTINGS", "."), f"{name}.sqlite")
+        return os.path.join(os.environ.get("WILDLIFE_SIGHTINGS", "."), f"{name}.sqlite")
 
     def write(self, url: str, job_id: str, chunk: str, lines) -> None:
         rows = []
