@@ -81,3 +81,21 @@ def postgres():
     server = PostgresServer().start()
     yield server
     server.remove()
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory, monkeypatch_module):
+    """moto's S3 server on loopback; this process (and what it starts with ``s3.env``) reaches it."""
+    from harness import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("s3"))
+    for key, value in server.env.items():
+        monkeypatch_module.setenv(key, value)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch

@@ -381,3 +381,54 @@ class WebhookReceiver:
 
     def close(self) -> None:
         self.httpd.shutdown()
+
+
+class S3Server:
+    """moto's S3-compatible server (``moto_server``) on a free loopback port, its own process,
+    and ``env``: what a process needs to reach it with its own credentials (AWS_* variables)."""
+
+    def __init__(self, directory: Path):
+        exe = shutil.which("moto_server")
+        if exe is None:
+            raise RuntimeError("moto_server is not installed (pip install 'moto[server]'); the source tests need it")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(directory / "moto.log", "w")
+        self.proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(self.port)], stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                    "AWS_ENDPOINT_URL": self.url, "AWS_EC2_METADATA_DISABLED": "true"}
+        wait_for(self._up, 30, "moto_server to accept connections")
+
+    def _up(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.url, aws_access_key_id="testing", aws_secret_access_key="testing",
+                            region_name="us-east-1")
+
+    def bucket(self, name: str) -> str:
+        self.client().create_bucket(Bucket=name)
+        return name
+
+    def put_many(self, bucket: str, items: dict[str, bytes], threads: int = 8) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        client = self.client()
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda kv: client.put_object(Bucket=bucket, Key=kv[0], Body=kv[1]), items.items()))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()

@@ -185,8 +185,8 @@ def test_unchanged_files_are_not_read_again_and_edited_ones_are(tiny_model_dir, 
     paths = write_jpegs(tmp_path / "img", 6)
     cache = SQLiteImageCache(tmp_path / "c.sqlite3")
     reads = []
-    original = tagger_module.read_image_bytes
-    monkeypatch.setattr(tagger_module, "read_image_bytes", lambda ref, policy: reads.append(ref) or original(ref, policy))
+    original = tagger_module.read_bytes  # (through the image sources since they came: zstagger.sources.read_bytes)
+    monkeypatch.setattr(tagger_module, "read_bytes", lambda ref, policy: reads.append(ref) or original(ref, policy))
     make = lambda: Tagger(str(tiny_model_dir), device="cpu", precision="fp32", image_cache=cache,
                           settings=Settings(cache_dir=str(tmp_path / "cache")))
     first = make().tag(paths, labels=["a", "b"])

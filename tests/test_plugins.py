@@ -87,7 +87,7 @@ def test_misspelled_hook_fails_loudly():
     with pytest.raises(PluginError, match="register_taxonomy") as info:
         plugins.register(Typo(), name="typo-plugin")
     assert "Did you mean 'register_taxonomies'?" in str(info.value)
-    assert "Known hooks: register_commands, register_taxonomies" in str(info.value)
+    assert "Known hooks: register_commands, register_image_sources, register_result_sinks, register_taxonomies" in str(info.value)
     assert plugins.pm.get_plugin("typo-plugin") is None  # and is not left half-registered
 
 
@@ -329,3 +329,50 @@ def test_every_hook_is_documented_in_the_plugin_guide():
     for hook in hooks:
         assert re.search(rf"^### `?{hook}\(", guide, re.M), f"hook {hook} is not documented in docs/plugins.md"
         assert getattr(hookspecs, hook).__doc__, f"hook {hook} has no docstring"
+
+
+def test_the_plugin_guides_source_and_sink_run_as_written(tmp_path, tiny_model_dir):
+    """The guide's zip source tags a whole archive prefix through `zstagger tag`, refuses a member
+    over the size cap for itself, and its SQLite sink keeps a chunk delivered twice once."""
+    import importlib.util
+    import sqlite3
+    import zipfile
+
+    from zstagger.sinks import deliver_chunk
+    from zstagger.testing import registered_plugin, sample_image
+
+    files = guide_files(GUIDE.read_text())
+    plugin_dir = tmp_path / "my-plugins"
+    plugin_dir.mkdir()
+    for name in ("zipsource.py", "sqlitesink.py"):
+        (plugin_dir / name).write_text(files[f"my-plugins/{name}"])
+    archives = tmp_path / "archives"
+    archives.mkdir()
+    with zipfile.ZipFile(archives / "shop.zip", "w") as archive:
+        for i in range(5):
+            path = tmp_path / f"{i}.png"
+            sample_image(i, (40 + i * 30, 40)).save(path)
+            archive.write(path, f"items/{i}.png")
+    env = {"ZSTAGGER_PLUGINS_DIR": str(plugin_dir), "ZIP_SOURCE_DIR": str(archives), "ZSTAGGER_MODEL": str(tiny_model_dir),
+           "ZSTAGGER_PRECISION": "fp32", "ZSTAGGER_SOURCE_PAGE_SIZE": "2"}
+    sizes = sorted((info.file_size for info in zipfile.ZipFile(archives / "shop.zip").infolist()))
+    done = run_cli("tag", "zip://shop/", "zip://shop/items/9.png", "--labels", "box,bottle", "--format", "jsonl",
+                   env={**env, "ZSTAGGER_MAX_IMAGE_BYTES": str(sizes[-1] - 1)})
+    assert done.returncode == 1, done.stderr  # some inputs failed, each for itself
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [row["image"] for row in rows] == [f"zip://shop/items/{i}.png" for i in range(5)] + ["zip://shop/items/9.png"]
+    assert [row["error"]["type"] if row["error"] else None for row in rows] == [None] * 4 + ["too_large", "not_found"]
+
+    spec = importlib.util.spec_from_file_location("guide_sqlitesink", plugin_dir / "sqlitesink.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    os.environ["RESULTS_DB_DIR"] = str(tmp_path)
+    try:
+        with registered_plugin(module, name="guide-sqlitesink"):
+            for _ in range(2):  # a chunk delivered again
+                deliver_chunk("results-db://shop", "job1", "00000000-00000001", [(0, '{"image":"a"}'), (1, '{"image":"b"}')])
+    finally:
+        del os.environ["RESULTS_DB_DIR"]
+    with sqlite3.connect(tmp_path / "shop.sqlite") as db:
+        assert db.execute("SELECT line FROM results ORDER BY line").fetchall() == [
+            ('{"job_id":"job1","index":0,"image":"a"}',), ('{"job_id":"job1","index":1,"image":"b"}',)]

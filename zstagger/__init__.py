@@ -44,7 +44,7 @@ _LAZY = {
     "evaluate": "zstagger.evaluation",
     "calibrate": "zstagger.evaluation",
     "Job": "zstagger.queue.client",
-    "verify_webhook": "zstagger.queue.signing",
+    "verify_webhook": "zstagger.net.signing",
     "MediaOptions": "zstagger.media",
 }
 
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from .plugins import load_plugins
     from .registry import get_taxonomy, invalid_taxonomies, registered_taxonomies, resolve_taxonomy
     from .queue.client import Job, enqueue
-    from .queue.signing import verify_webhook
+    from .net.signing import verify_webhook
     from .settings import Settings
     from .tagger import Tagger
 

@@ -48,9 +48,10 @@ from .embedding_cache import (
 from .embedding_cache.images import to_fp16
 from .engine.vectors import normalize
 from .errors import ImageLoadError, ZstaggerError
-from .images import ImageInput, ImagePolicy, describe, is_url, open_image, read_image_bytes
+from .images import ImageInput, ImagePolicy, describe, is_url, open_image
 from .runtimes import load_encoder, model_fingerprint
 from .settings import Settings
+from .sources import is_source_url, object_version, read_bytes
 
 #: Images an embedding store is told about per write when tagging a stream (at least a
 #: whole queue chunk, ZSTAGGER_CHUNK_SIZE <= 1024, so a chunk is one write).
@@ -152,7 +153,8 @@ class Prepared:
     key: EmbeddingKey | None
     vector: np.ndarray | None = None
     pixels: np.ndarray | None = None
-    hashed: tuple[str, os.stat_result, str] | None = None  # a local file read and hashed: for the digest index
+    # A local file (its stat) or an object (its version) read and hashed: for the digest index.
+    hashed: tuple[str, os.stat_result | str, str] | None = None
     name: str | None = None  # the reference as results name it, when the route records images
     order: int | None = None  # the input's place in its stream, for recording a stream's images in input order
 
@@ -328,10 +330,12 @@ class Embedder:
 
     # -- the two stages -------------------------------------------------------------------
 
-    def prepare(self, ref: ImageInput, route: CacheRoute) -> Prepared | ImageLoadError:
+    def prepare(self, ref: ImageInput, route: CacheRoute, version: str | None = None) -> Prepared | ImageLoadError:
         """In a loader thread: the cached embedding, or model-ready pixels, or the error
-        (never raises for one image's problem; see :meth:`embed`)."""
-        prepared = self._prepare(ref, route.cache)
+        (never raises for one image's problem; see :meth:`embed`). ``version``: the version
+        of the object whose bytes ``ref`` (named bytes) holds, read before them (see
+        :meth:`version_hit`), for the digest index."""
+        prepared = self._prepare(ref, route.cache, version)
         if route.records and isinstance(prepared, Prepared):
             prepared.name = describe(ref)
         return prepared
@@ -400,19 +404,45 @@ class Embedder:
 
     # -- reading, looking up, preprocessing -------------------------------------------------
 
-    def _prepare(self, ref: ImageInput, cache: ImageEmbeddingCache | None) -> Prepared | ImageLoadError:
+    def version_hit(self, url: str, route: CacheRoute) -> tuple[str | None, Prepared | None]:
+        """For an object-store URL: its version (ETag or generation, and size: one HEAD, only
+        with a digest index in the route's cache) and, if the cache hashed that version before,
+        its embedding, without reading the object."""
+        index = getattr(route.cache, "file_digest", None)
+        if index is None or not is_source_url(url):
+            return None, None
+        version = object_version(url, self.image_policy)
+        if version is None:
+            return None, None
+        digest = index(url, version)
+        if digest is None:
+            return version, None
+        key = self._key(digest)
+        cached = route.cache.get_many([key]).get(key)  # type: ignore[union-attr]
+        return version, (Prepared(key, vector=normalize(cached)) if cached is not None else None)
+
+    def _prepare(self, ref: ImageInput, cache: ImageEmbeddingCache | None,
+                 version: str | None = None) -> Prepared | ImageLoadError:
         if cache is None or isinstance(ref, Image.Image):
             pixels = or_error(self._pixels, ref)
             return pixels if isinstance(pixels, ImageLoadError) else Prepared(None, pixels=pixels)
-        path = os.fspath(ref) if isinstance(ref, (str, os.PathLike)) and not is_url(ref) else None
+        local = isinstance(ref, (str, os.PathLike)) and not is_url(ref) and not is_source_url(ref)
+        path = os.fspath(ref) if local else None
         st, hit = self._unchanged_file_hit(path, cache) if path is not None else (None, None)
+        if isinstance(ref, str) and not local and version is None:
+            version, hit = self.version_hit(ref, CacheRoute(cache))
         if hit is not None:
             return hit
-        data = or_error(read_image_bytes, ref, self.image_policy)
+        data = or_error(read_bytes, ref, self.image_policy)
         if isinstance(data, ImageLoadError):
             return data
         key = self._key(hashlib.sha256(data).hexdigest())
-        hashed = (path, st, key.sha256) if st is not None else None
+        if st is not None:
+            hashed = (path, st, key.sha256)
+        elif version is not None:  # an object read at this version: next time its version alone finds it
+            hashed = (describe(ref), version, key.sha256)
+        else:
+            hashed = None
         cached = cache.get_many([key]).get(key)
         if cached is not None:
             return Prepared(key, vector=normalize(cached), hashed=hashed)
@@ -442,6 +472,8 @@ class Embedder:
 
     def _pixels(self, ref: ImageInput) -> np.ndarray:
         encoder = self.encoder  # loads the model at the first miss; its errors are not this image's
+        if isinstance(ref, (str, os.PathLike)):  # read through its source (files, URLs, object stores, plugins)
+            ref = read_bytes(ref, self.image_policy)
         # The picture's memory is reserved (ZSTAGGER_MAX_DECODE_BYTES) until it is model input.
         with open_image(ref, self.image_policy, self.decode_size) as picture:
             return encoder.preprocess(picture, self.exact)

@@ -126,6 +126,19 @@ class InputTextError(ImageLoadError):
     type = "invalid_text"
 
 
+class SourceRefusedError(ZstaggerError, ValueError):
+    """A source URL that may not be read: credentials in it, a location outside the allow-list
+    (ZSTAGGER_SOURCE_ALLOW), a scheme no source serves, or a sink outside ZSTAGGER_SINK_ALLOW."""
+
+    type = "source_refused"
+
+
+class SinkError(ZstaggerError):
+    """A result sink could not take a chunk's results (the chunk is retried, its results kept in Redis)."""
+
+    type = "sink_failed"
+
+
 class DatasetError(ZstaggerError, ValueError):
     """A labelled dataset (folders or manifest) cannot be used as given."""
 
@@ -242,6 +255,8 @@ ERRORS: dict[str, Reporting] = {
     "fetch_failed": _REQUEST,  # records: its kind (fetch_failed, fetch_timeout, url_blocked, too_large, invalid_url)
     "image_unreadable": _REQUEST,  # records: its kind (not_found, invalid_image, too_many_pixels, ...)
     "invalid_text": _REQUEST,  # records: its kind (text_too_long, invalid_text)
+    "source_refused": _REQUEST._replace(record_type="source_refused"),
+    "sink_failed": _REQUEST._replace(record_type="sink_failed"),
     "invalid_dataset": _REQUEST._replace(record_type="invalid_dataset"),
     "store_error": _REQUEST._replace(record_type="store_error"),
     "store_unavailable": _REQUEST._replace(record_type="store_unavailable"),

@@ -21,6 +21,7 @@ from .embedder import NO_CACHE
 from .engine.heatmap import cell_heat, overlay, window_boxes, window_cells
 from .errors import ConfigurationError
 from .images import ImageInput, describe, open_image
+from .sources import is_source_url, read_bytes
 from .tagger import Prepared, Tagger
 from .taxonomy import Taxonomy
 
@@ -62,6 +63,8 @@ def explain_image(tagger: Tagger, image: ImageInput, taxonomy: Taxonomy, label: 
         raise ConfigurationError(f"taxonomy {taxonomy.name!r} has no label {label!r}")
     compiled = tagger.classifier(taxonomy)
     side = _input_side(tagger)
+    if isinstance(image, str) and is_source_url(image):  # an object store or a plugin's scheme: read through it
+        image = read_bytes(image, tagger.image_policy)
     with open_image(image, tagger.image_policy) as picture:
         working = _shrunk(picture, grid * side)
     windows = window_cells(grid, sparse=sparse)

@@ -29,9 +29,14 @@ PROVIDERS: dict[str, tuple[str, str]] = {
     "openvino": ("openvino", "openvino"),
     "tokenizers": ("openvino", "tokenizers"),
     "nncf": ("openvino-build", "nncf"),
+    "s3fs": ("s3", "s3fs"),
+    "gcsfs": ("gcs", "gcsfs"),
+    "adlfs": ("azure", "adlfs"),
+    "fsspec": ("s3", "fsspec"),
 }
 _PURPOSE = {"model": "tagging images", "serve": "the HTTP service", "eval": "evaluation", "video": "video files",
-            "openvino": "a built OpenVINO runtime", "openvino-build": "building a runtime"}
+            "openvino": "a built OpenVINO runtime", "openvino-build": "building a runtime",
+            "s3": "s3:// sources and sinks", "gcs": "gs:// sources and sinks", "azure": "az:// sources and sinks"}
 # Packages of the core install (pyproject's dependencies, and what kombu's Redis transport
 # imports without declaring it) whose import name is not their pip name.
 CORE_PACKAGES: dict[str, str] = {

@@ -34,6 +34,10 @@ BUILTIN_PLUGINS = (
     "zstagger.builtin.ecommerce",
     "zstagger.builtin.medical",
     "zstagger.builtin.taxonomy_files",
+    "zstagger.sources.builtin",
+    "zstagger.sources.objectstore",
+    "zstagger.sinks.jsonl",
+    "zstagger.sinks.webhook",
 )
 ENTRY_POINT_GROUP = "zstagger"
 

@@ -232,6 +232,35 @@ class Settings(BaseSettings):
         "callbacks (workers deliver webhooks: a loopback callback needs it on them too).",
         json_schema_extra=read_by(CLI, WORKER, API_SERVER, PRODUCER),
     )
+    # image sources and result sinks (zstagger.sources, zstagger.sinks)
+    source_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Object-store locations images may be read from, comma-separated URL prefixes (s3://bucket/, "
+        "gs://bucket/photos/, az://container/); also for the schemes of plugin sources. Empty: any location the "
+        "process's own credentials can read, for the CLI, the Python API and workers, and none for requests arriving "
+        "over HTTP. Set on the API server and on workers alike.",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER, PRODUCER),
+    )
+    source_page_size: int = Field(
+        256, ge=1, le=1000,
+        description="Objects listed per page from an object-store prefix (s3://bucket/prefix/): what a listing holds "
+        "in memory at once, and, for enqueue, the size of each chunk a listing is split into.",
+        json_schema_extra=read_by(CLI, PRODUCER),
+    )
+    source_options: SecretStr = Field(
+        SecretStr(""), repr=False,
+        description="JSON object of options per object-store scheme, passed to its fsspec filesystem, e.g. "
+        '{"s3": {"endpoint_url": "http://minio:9000"}}. Credentials belong in the process\'s own environment or '
+        "the cloud's config files (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, AZURE_STORAGE_*), never in a request; "
+        "this setting is shown redacted all the same, in case it holds one.",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
+    )
+    sink_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Where result sinks may write, comma-separated URL prefixes (s3://bucket/results/). Empty: anywhere "
+        "the worker's own credentials can write, for jobs from the CLI and Python; no sink for jobs arriving over HTTP.",
+        json_schema_extra=read_by(WORKER, API_SERVER, PRODUCER),
+    )
     # animations and video (zstagger.media)
     media_max_duration: float = Field(
         600.0, gt=0, description="Longest animation or video judged, in seconds: by its header, and by the frames actually "
@@ -430,7 +459,7 @@ class Settings(BaseSettings):
         json_schema_extra=read_by(WORKER, PRODUCER, default_text="$TMPDIR/zstagger-heartbeats"),
     )
 
-    @field_validator("block_plugins", "load_plugins", "queues", "api_keys", mode="before")
+    @field_validator("block_plugins", "load_plugins", "queues", "api_keys", "source_allow", "sink_allow", mode="before")
     @classmethod
     def _split_commas(cls, value):
         if isinstance(value, str):

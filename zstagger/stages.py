@@ -15,9 +15,10 @@ import numpy as np
 
 from .embedder import EmbedStages, Prepared, or_error
 from .errors import ImageLoadError
-from .images import ImageInput, ImageWithText, check_text, describe
+from .images import ImageInput, ImageWithText, NamedBytes, check_text, describe
 from .media import MediaSource, detect
 from .pipeline import SetAside
+from .sources import is_source_url, read_bytes
 
 #: The error kind of an image not read because the caller said stop (``interrupted``).
 INTERRUPTED = "interrupted"
@@ -48,6 +49,8 @@ class MediaAside:
         self._stages = stages
 
     def prepare(self, ref: ImageInput) -> Prepared | ImageLoadError | SetAside:
+        if is_source_url(ref):
+            return self._prepare_object(ref)  # type: ignore[arg-type]
         found = or_error(detect, ref, self._stages.embedder.image_policy)
         if isinstance(found, ImageLoadError):
             return found
@@ -57,6 +60,29 @@ class MediaAside:
         prepared = self._stages.prepare(ref if found is None else found)
         if found is not None and isinstance(prepared, Prepared) and self._stages.route.records:
             prepared.name = describe(ref)
+        return prepared
+
+    def _prepare_object(self, url: str) -> Prepared | ImageLoadError | SetAside:
+        """An object in a store: its cached embedding if its version was hashed before (not
+        read at all), else its bytes, read once, sniffed, and embedded or set aside."""
+        embedder, route = self._stages.embedder, self._stages.route
+        version, hit = embedder.version_hit(url, route)
+        if hit is not None:
+            if route.records:
+                hit.name = url
+            return hit
+        data = or_error(read_bytes, url, embedder.image_policy)
+        if isinstance(data, ImageLoadError):
+            return data
+        named = NamedBytes(url, data)
+        found = or_error(detect, named, embedder.image_policy)
+        if isinstance(found, ImageLoadError):
+            return found
+        if isinstance(found, MediaSource):
+            return SetAside(found)
+        prepared = embedder.prepare(named, route, version)
+        if isinstance(prepared, Prepared) and route.records:
+            prepared.name = url
         return prepared
 
     def embed(self, ready: Sequence[Prepared]) -> np.ndarray:

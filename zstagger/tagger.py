@@ -60,6 +60,7 @@ from .results import KnownImageMatch, LabelExplanation, LabelScore, MultiTagResu
 from .runtimes import load_encoder
 from .runtimes.qualification import RuntimeGate
 from .settings import Settings
+from .sources import expand_prefixes
 from .stages import INTERRUPTED, MediaAside, Numbered, StopReading, TextAside
 from .taxonomy import Taxonomy
 
@@ -279,13 +280,15 @@ class Tagger:
             specs = self.resolve_each(taxonomies)
             for spec in specs:
                 self.classifier(spec)  # compile (text embeddings) before the first image is read
-            for refs, embeds, errors in self.embed_batches(iter_inputs(images), batch_size, job_id=job_id,
+            listed = expand_prefixes(iter_inputs(images), self.image_policy, page_size=self.settings.source_page_size)
+            for refs, embeds, errors in self.embed_batches(listed, batch_size, job_id=job_id,
                                                            interrupted=interrupted, media=True):
                 yield from self.results_each(specs, refs, embeds, errors, top_k, frames=frames, job_id=job_id)
             return
         spec = self.resolve(taxonomy, labels, template)
         self.classifier(spec)  # compile (text embeddings) before the first image is read
-        for refs, embeds, errors in self.embed_batches(iter_inputs(images), batch_size, job_id=job_id,
+        inputs = expand_prefixes(iter_inputs(images), self.image_policy, page_size=self.settings.source_page_size)
+        for refs, embeds, errors in self.embed_batches(inputs, batch_size, job_id=job_id,
                                                        interrupted=interrupted, media=True):
             yield from self.results(spec, refs, embeds, errors, top_k, frames=frames, job_id=job_id)
 

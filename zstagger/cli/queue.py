@@ -70,12 +70,16 @@ def worker(concurrency, queues, model, precision, device, hostname, loglevel, po
 @click.option("--callback-url", help="POST a signed event here when the job is done or cancelled (ZSTAGGER_WEBHOOK_SECRET).")
 @click.option("--jsonl", "stdin_items", is_flag=True,
               help='With -: stdin is a JSON Lines item list ({"image": ..., "text": ...} a line), not references.')
+@click.option("--sink", help="Also write each finished chunk's results here: s3://bucket/results/ (JSON Lines, one "
+              "file per chunk), a directory, or an https URL (a signed event per chunk).")
 @reports_errors
-def enqueue(inputs, taxonomies, labels, template, chunk_size, queue, top_k, upload, callback_url, stdin_items):
+def enqueue(inputs, taxonomies, labels, template, chunk_size, queue, top_k, upload, callback_url, stdin_items, sink):
     """Enqueue images for the workers; prints the job id.
 
     Paths are sent as absolute paths and read by the workers: they must see the same
-    files at the same paths (shared storage). Otherwise use --upload, or URLs.
+    files at the same paths (shared storage). Otherwise use --upload, URLs, or object-store
+    URLs (s3://bucket/key.jpg; s3://bucket/prefix/ for everything under a prefix, listed a
+    page per chunk), read with the workers' own credentials.
     Several -t and item lists (*.jsonl, with text) work as for `tag`.
     """
     from ..images import expand_inputs
@@ -88,8 +92,8 @@ def enqueue(inputs, taxonomies, labels, template, chunk_size, queue, top_k, uplo
     if upload:
         refs = list(load_refs_for_upload(refs, settings.max_upload_bytes))
     job = enqueue_images(refs, taxonomy, labels=labels.split(",") if labels else None, template=template,
-                         top_k=top_k, chunk_size=chunk_size, queue=queue, callback_url=callback_url, settings=settings,
-                         taxonomies=several)
+                         top_k=top_k, chunk_size=chunk_size, queue=queue, callback_url=callback_url, sink=sink,
+                         settings=settings, taxonomies=several)
     click.echo(job.id)
 
 

@@ -49,6 +49,7 @@ def tag(inputs, taxonomies, labels, template, model, batch_size, device, precisi
     find /data -iname '*.jpg' | zstagger tag - -t ecommerce --format jsonl
     """
     from ..images import expand_inputs
+    from ..sources import is_prefix
     from ..tagger import Tagger
 
     taxonomy, several = one_or_several(taxonomies, labels, template)
@@ -58,18 +59,24 @@ def tag(inputs, taxonomies, labels, template, model, batch_size, device, precisi
     refs = list(expand_inputs(read_references(inputs, jsonl=stdin_items)))
     if not refs:
         raise click.UsageError("no images found in the given inputs")
-    require_some_input_exists(refs)
+    listed = any(is_prefix(ref) for ref in refs)  # s3://bucket/prefix/: listed as it is tagged, count unknown
+    if listed:
+        check_prefixes(refs)
+    else:
+        require_some_input_exists(refs)
     announce_model_load(model)
     tagger = Tagger(model, device=device, precision=precision, batch_size=batch_size)
-    failed = 0
+    failed = seen = 0
     show = progress if progress is not None else sys.stderr.isatty()
     # Ctrl-C and SIGTERM unwind through the tagger: it writes the embedding store's records
     # of every image printed before the command exits (130 or 143).
-    with unwinds_on_sigterm(), reader_may_leave(), tagger, progress_bar(len(refs), "tagging", show) as bar:
+    with unwinds_on_sigterm(), reader_may_leave(), tagger, \
+            progress_bar(None if listed else len(refs), "tagging", show) as bar:
         results = (tagger.tag_iter(refs, taxonomies=spec, top_k=top_k, frames=per_frame) if several else
                    tagger.tag_iter(refs, spec, top_k=top_k, frames=per_frame))
         for result in results:
             failed += result.error is not None
+            seen += 1
             bar.update(1)
             line = result.to_json() if fmt == "jsonl" else format_row(result)
             if show:
@@ -77,7 +84,7 @@ def tag(inputs, taxonomies, labels, template, model, batch_size, device, precisi
             else:
                 click.echo(line)
     if failed:
-        click.echo(f"{failed} of {len(refs)} inputs could not be tagged (see their error fields)", err=True)
+        click.echo(f"{failed} of {seen} inputs could not be tagged (see their error fields)", err=True)
     sys.exit(EXIT_FAILED_INPUTS if failed else EXIT_OK)
 
 
@@ -128,3 +135,18 @@ def bench(model, taxonomy, labels, template, images, batch_size, repeats, as_jso
     )
     click.echo(dump(report) if as_json else format_table(report))
 
+
+def check_prefixes(refs: list) -> None:
+    """Exit 2 before any model loads when a prefix to list is refused (allow-list, credentials
+    in the URL) or its store cannot be reached: its first page is listed here, and again when tagged."""
+    from ..errors import ImageLoadError, ZstaggerError
+    from ..images import ImagePolicy
+    from ..sources import is_prefix, list_prefix
+
+    policy = ImagePolicy.from_settings(Settings())
+    for ref in refs:
+        if is_prefix(ref):
+            try:
+                next(iter(list_prefix(ref, policy, page_size=1)), None)
+            except (ImageLoadError, ZstaggerError) as exc:
+                raise click.UsageError(f"cannot list a prefix: {exc}") from None

@@ -139,7 +139,7 @@ class SQLiteImageCache:
 
     # -- the digest index of local files -----------------------------------------------------
 
-    def file_digest(self, path: str, st: os.stat_result) -> str | None:
+    def file_digest(self, path: str, st: os.stat_result | str) -> str | None:
         """The SHA-256 recorded for ``path`` if the file is unchanged since (see the module docstring)."""
         with self._lock:
             conn = self._connection()
@@ -152,8 +152,9 @@ class SQLiteImageCache:
                 return None
         return row[1] if row and row[0] == _stat_key(st) else None
 
-    def remember_digests(self, entries: Sequence[tuple[str, os.stat_result, str]]) -> None:
-        """Record (path, stat taken before reading, SHA-256 of what was read) for local files."""
+    def remember_digests(self, entries: Sequence[tuple[str, os.stat_result | str, str]]) -> None:
+        """Record (path, stat taken before reading, SHA-256 of what was read) for local files,
+        and (URL, version read before the bytes, SHA-256) for objects in a store."""
         rows = [(path, _stat_key(st), digest) for path, st, digest in entries]
         self._write("INSERT OR REPLACE INTO file_digests (path, stat, sha256) VALUES (?, ?, ?)", rows)
 
@@ -253,8 +254,11 @@ class SQLiteImageCache:
             log.warning("zstagger: image-embedding cache %s: could not %s it (%s); going on without it", self.path, what, exc)
 
 
-def _stat_key(st: os.stat_result) -> str:
-    # A stat taken before reading: if the file changes after, the next stat differs.
+def _stat_key(st: os.stat_result | str) -> str:
+    # A stat taken before reading: if the file changes after, the next stat differs. An object
+    # in a store has a version instead (its ETag or generation, and its size).
+    if isinstance(st, str):
+        return f"version:{st}"
     return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from ..errors import DatasetError
 from ..images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, is_url
+from ..sources import is_source_url
 from ..taxonomy import Taxonomy
 
 NONE_FOLDER = "_none"
@@ -174,7 +175,7 @@ def _from_manifest(path: Path, rows: Iterable[tuple[int, object]]) -> list[Label
                 broken.append(f"line {number}: {problem}")
                 continue
             ref = row["image"].strip()  # type: ignore[index]
-            if not is_url(ref) and not os.path.isabs(ref):
+            if not is_url(ref) and not is_source_url(ref) and not os.path.isabs(ref):
                 ref = str(base / ref)
             text = row.get("text") or None  # type: ignore[union-attr]  (CSV: an empty cell is no text)
             items.append(LabelledImage(ref, labels_of(tuple(dict.fromkeys(row["labels"]))),  # type: ignore[index]
@@ -199,8 +200,8 @@ def _row_problem(row: object) -> str | None:
         return "no image (a path or URL)"
     if "\x00" in image:  # no file name or URL can hold one (and os.stat would raise)
         return f"image {image!r} contains a NUL byte, which no path or URL can"
-    if "://" in image[:16] and not is_url(image):
-        return f"unsupported URL {image!r} (only http:// and https://)"
+    if "://" in image[:16] and not is_url(image) and not is_source_url(image):
+        return f"unsupported URL {image!r} (only http://, https:// and the schemes of image sources: s3://, gs://, ...)"
     if labels is None:
         return "no labels field (use [] when no label applies)"
     if not isinstance(labels, list) or not all(isinstance(label, str) and label.strip() for label in labels):
@@ -268,7 +269,7 @@ def _fingerprint(items: list[LabelledImage]) -> str:
         h.update(json.dumps([item.ref, sorted(item.labels)] + ([item.weight] if item.weight != 1.0 else [])
                             + ([item.text] if item.text is not None else [])
                             + ([list(item.facets)] if item.facets else [])).encode())
-        if not is_url(item.ref):
+        if not is_url(item.ref) and not is_source_url(item.ref):  # an object's version is checked when it is read
             try:
                 st = os.stat(item.ref)
                 h.update(f":{st.st_size}:{st.st_mtime_ns}".encode())

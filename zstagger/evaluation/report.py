@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..images import load_image
+from ..sources import is_source_url, read_bytes
 from .calibrate import calibration_scores
 from .extra import require
 from .metrics import curve_area, precision_recall_curve, ranking_inputs
@@ -182,7 +183,7 @@ def _worst_misses(scored: ScoredDataset, scores: np.ndarray, directory: Path) ->
         item = scored.items[r]
         thumb = None
         try:
-            image = load_image(item.ref)
+            image = load_image(read_bytes(item.ref) if is_source_url(item.ref) else item.ref)
             image.thumbnail((THUMB, THUMB))
             thumbs.mkdir(exist_ok=True)
             thumb = thumbs / f"{n:02d}.jpg"

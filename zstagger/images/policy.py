@@ -25,7 +25,9 @@ class ImagePolicy:
     decoding work) refuse decompression and scan bombs before any pixel is decoded;
     ``max_decode_bytes`` is the process-wide memory budget for images being decoded at once.
     URL fetches have a deadline (seconds, for the whole exchange) and may not reach private,
-    loopback or link-local addresses unless ``allow_private_urls``.
+    loopback or link-local addresses unless ``allow_private_urls``. Object stores and plugin
+    sources (:mod:`zstagger.sources`) obey the same byte cap and deadline, and read only the
+    locations ``source_allow`` names, when it names any.
     """
 
     url_timeout: float = 10.0
@@ -35,6 +37,7 @@ class ImagePolicy:
     max_jpeg_scan_pixels: int = 1_000_000_000
     max_decode_bytes: int = 1024 * 1024 * 1024
     allow_private_urls: bool = False
+    source_allow: tuple[str, ...] = ()  # object-store prefixes that may be read (ZSTAGGER_SOURCE_ALLOW; empty: any)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ImagePolicy:
@@ -46,6 +49,7 @@ class ImagePolicy:
             max_jpeg_scan_pixels=settings.max_jpeg_scan_pixels,
             max_decode_bytes=settings.max_decode_bytes,
             allow_private_urls=settings.allow_private_urls,
+            source_allow=tuple(settings.source_allow),
         )
 
     @property

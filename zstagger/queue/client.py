@@ -10,13 +10,15 @@ from typing import Any
 
 import redis
 
-from ..errors import ConfigurationError, FileReadError, JobTimeout
+from ..errors import ConfigurationError, FileReadError, ImageLoadError, JobTimeout, SourceRefusedError
 from ..extras import missing_from
 from ..files import read_regular_file
 from ..images import ImageInput, NamedBytes, iter_inputs
 from ..registry import resolve_each, resolve_taxonomy
 from ..results import MultiTagResult, TagResult, read_result
 from ..settings import Settings
+from ..sinks import check_sink
+from ..sources import check_reference, is_prefix, is_source_url, list_prefix
 from ..taxonomy import Taxonomy
 from .celery_app import REDIS_TRANSPORT, TASK_NAME, app_for
 from .messages import encode_item
@@ -193,9 +195,11 @@ def enqueue(
     on_done: str | None = None,
     on_done_queue: str | None = None,
     results_url: str | None = None,
+    sink: str | None = None,
     job_id: str | None = None,
     settings: Settings | None = None,
     taxonomies: Sequence[str | Taxonomy] | None = None,
+    trusted: bool = True,
 ) -> Job:
     """Validate, split into chunks and enqueue images for the workers; returns the :class:`Job`.
 
@@ -220,6 +224,12 @@ def enqueue(
     is read and encoded once by a worker, and its result holds each taxonomy's under its name
     (:class:`~zstagger.results.MultiTagResult`). Inputs may bring text
     (:class:`~zstagger.images.ImageWithText`), checked here against ``ZSTAGGER_MAX_TEXT_CHARS``.
+    A listable prefix (``s3://bucket/photos/``) is listed here a page at a time and becomes
+    one chunk per page, each carrying only the page's bounds (:class:`.messages.ListingPage`):
+    neither this process nor Redis ever holds the prefix's keys; the worker lists its page
+    again. ``sink``: where each finished chunk's results are also written
+    (:mod:`zstagger.sinks`: ``s3://bucket/results/``, a directory, an https webhook).
+    ``trusted`` False (the HTTP service): object-store locations must be in the allow-lists.
     """
     settings = settings or Settings()
     if taxonomies is not None:
@@ -246,9 +256,26 @@ def enqueue(
             notify["on_done_queue"] = on_done_queue
     if results_url is not None:
         notify["results_url"] = results_url
-    encoded = [encode_item(i, ref, settings.max_upload_bytes, settings.max_text_chars)
-               for i, ref in enumerate(iter_inputs(images))]
-    if not encoded:
+    if sink is not None:
+        if sink[:8].lower().startswith(("http://", "https://")):
+            check_callback_url(sink, settings)  # a webhook sink: signed, and the address policy
+        try:
+            notify["sink"] = check_sink(sink, settings.sink_allow, trusted=trusted)
+        except SourceRefusedError as exc:
+            raise ConfigurationError(f"sink refused: {exc}") from None
+    encoded: list[Any] = []
+    prefixes: list[str] = []
+    for ref in iter_inputs(images):
+        if is_prefix(ref):
+            prefixes.append(ref)  # type: ignore[arg-type]
+        else:
+            encoded.append(encode_item(len(encoded), ref, settings.max_upload_bytes, settings.max_text_chars))
+    for item in encoded:
+        if isinstance(item[1], str) and is_source_url(item[1]):
+            _check_source(item[1], settings, trusted)
+    pages = _listing_pages(prefixes, len(encoded), chunk_size, settings, trusted)
+    total = len(encoded) + sum(page["count"] for page in pages)
+    if not total:
         raise ConfigurationError("nothing to enqueue: no images in the inputs")
     packs = [read_packs(spec) for spec in specs]  # embedded image vectors: read (and checked to be there) before anything is written
     check_transport()
@@ -256,14 +283,15 @@ def enqueue(
     store = open_job_store(settings)
     job_id = check_job_id(job_id) if job_id is not None else new_job_id()
     expires_at = int(time.time() + settings.result_ttl)
-    chunks = [encoded[start : start + chunk_size] for start in range(0, len(encoded), chunk_size)]
+    chunks: list[Any] = [encoded[start : start + chunk_size] for start in range(0, len(encoded), chunk_size)]
+    chunks += pages
     each_json = [_reachable(settings, lambda: spec_for_workers(spec, pack, store.redis, expires_at))
                  for spec, pack in zip(specs, packs)]
     spec_json = each_json if taxonomies is not None else each_json[0]  # one spec travels as it always has
     # Marked as being enqueued until every chunk is out: no worker tags a chunk of it before
     # then, so a failure part way (the job is deleted) leaves nothing of it tagged.
     _reachable(settings, lambda: store.create(
-        job_id, len(encoded), expires_at, chunks=len(chunks), queue=queue, taxonomy=",".join(s.name for s in specs),
+        job_id, total, expires_at, chunks=len(chunks), queue=queue, taxonomy=",".join(s.name for s in specs),
         fingerprint=",".join(s.fingerprint for s in specs), **{ENQUEUING: time.time()}, **notify,
     ))
     app = app_for(settings)
@@ -271,10 +299,11 @@ def enqueue(
         with app.producer_or_acquire() as producer:
             beat = time.monotonic()
             for items in chunks:
+                listing = items if isinstance(items, dict) else None
                 app.send_task(
                     TASK_NAME,
-                    args=(job_id, items, spec_json),
-                    kwargs={"top_k": top_k, "expires_at": expires_at},
+                    args=(job_id, [] if listing else items, spec_json),
+                    kwargs={"top_k": top_k, "expires_at": expires_at, **({"listing": listing} if listing else {})},
                     queue=queue,
                     producer=producer,
                 )
@@ -295,6 +324,35 @@ def enqueue(
             outcome = f"while enqueueing job {job_id}, and it could not be rolled back (it will never finish)"
         raise redis_failure(settings.redis_url, cause, outcome) from exc
     return Job(job_id, settings, store)
+
+
+def _check_source(ref: str, settings: Settings, trusted: bool) -> None:
+    try:
+        check_reference(ref, settings.source_allow, trusted=trusted)
+    except SourceRefusedError as exc:
+        raise ConfigurationError(f"cannot enqueue: {exc}") from None
+
+
+def _listing_pages(prefixes: list[str], first: int, page_size: int, settings: Settings,
+                   trusted: bool) -> list[dict[str, Any]]:
+    """Each prefix listed a page at a time into the bounds of its pages (what each chunk
+    carries), numbered from input ``first``. Holds one page of keys at a time."""
+    from ..images import ImagePolicy
+
+    policy = ImagePolicy.from_settings(settings)
+    pages: list[dict[str, Any]] = []
+    for prefix in prefixes:
+        _check_source(prefix, settings, trusted)
+        after: str | None = None
+        try:
+            for page in list_prefix(prefix, policy, page_size=page_size, trusted=trusted):
+                pages.append({"prefix": prefix, "first": first, "count": len(page), "after": after,
+                              "last": page[-1].url})
+                first += len(page)
+                after = page[-1].url
+        except ImageLoadError as exc:
+            raise ConfigurationError(f"cannot list a prefix: {exc}") from None
+    return pages
 
 
 def load_refs_for_upload(refs: Iterable[ImageInput], max_bytes: int) -> Iterator[ImageInput]:

@@ -12,10 +12,12 @@ import binascii
 import os
 from typing import Annotated, Any, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 
 from ..errors import ConfigurationError, ImageLoadError, MalformedChunkError, ZstaggerError
 from ..images import ImageInput, ImageWithText, NamedBytes, check_text, is_url
+from ..sources import check_reference, is_source_url, source_for
+from ..sources.access import scheme_of
 from .jobstore import check_job_id
 
 
@@ -28,7 +30,14 @@ def check_ref_string(ref: str) -> str:
     if not ref.strip() or any(c in ref for c in "\0\n\r"):
         raise ConfigurationError(f"malformed image reference {ref!r}")
     if "://" in ref[:16] and not is_url(ref):
-        raise ConfigurationError(f"unsupported URL scheme in {ref!r}: only http:// and https:// can be fetched")
+        if not is_source_url(ref):  # file:// and the like
+            raise ConfigurationError(f"unsupported URL scheme in {ref!r}: give a path, or a URL some source reads")
+        try:
+            check_reference(ref, ())  # no credentials, no chaining; the allow-list is the reader's
+            source_for(scheme_of(ref))
+        except ZstaggerError as exc:
+            raise ConfigurationError(f"unsupported URL scheme in {ref!r}: {exc}") from None
+        return ref
     if is_url(ref):
         from urllib.parse import urlsplit
 
@@ -82,7 +91,7 @@ def encode_ref(ref: ImageInput, max_bytes: int) -> str | dict[str, Any]:
     if not isinstance(ref, str):
         raise ConfigurationError(f"cannot enqueue {type(ref).__name__}: give paths, URLs or bytes")
     check_ref_string(ref)
-    return ref if is_url(ref) else os.path.abspath(ref)
+    return ref if is_url(ref) or is_source_url(ref) else os.path.abspath(ref)
 
 
 def decode_ref(value: str | dict[str, Any]) -> ImageInput:
@@ -127,6 +136,31 @@ _Ref = Union[Annotated[_Str, AfterValidator(_reference)], _EncodedBytes]
 MAX_WIRE_TEXT = 1_000_000
 
 
+class ListingPage(BaseModel):
+    """A chunk that is one page of a listing: the worker lists it again (``count`` objects
+    under ``prefix`` after ``after``, up to ``last``) and tags them as inputs ``first`` on.
+    What travels is the page's bounds, never its keys: a huge prefix never sits in Redis."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prefix: Annotated[_Str, AfterValidator(_reference)]
+    first: Annotated[_Int, Field(ge=0)]
+    count: Annotated[_Int, Field(ge=1, le=1024)]
+    after: Annotated[_Str, AfterValidator(_reference)] | None = None
+    last: Annotated[_Str, AfterValidator(_reference)]
+
+    @model_validator(mode="after")
+    def _bounds_under_prefix(self) -> ListingPage:
+        for bound in (self.after, self.last):
+            if bound is not None and not bound.startswith(self.prefix):
+                raise ValueError(f"{bound!r} is not under the listing's prefix {self.prefix!r}")
+        return self
+
+    @property
+    def indices(self) -> range:
+        return range(self.first, self.first + self.count)
+
+
 class ChunkRequest(BaseModel):
     """``tag_chunk(job_id, items, taxonomy, top_k=, expires_at=, attempt=)``, checked.
 
@@ -139,13 +173,19 @@ class ChunkRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     job_id: Annotated[_Str, AfterValidator(check_job_id)]
-    items: list[Union[tuple[_Index, _Ref], tuple[_Index, _Ref, Annotated[_Str, Field(max_length=MAX_WIRE_TEXT)]]]] = Field(
-        min_length=1
-    )
+    items: list[Union[tuple[_Index, _Ref], tuple[_Index, _Ref, Annotated[_Str, Field(max_length=MAX_WIRE_TEXT)]]]] = []
+    listing: ListingPage | None = None
     taxonomy: Union[dict[str, Any], Annotated[list[dict[str, Any]], Field(min_length=1, max_length=64)]]
     top_k: Annotated[_Int, Field(ge=1)] | None = None
     expires_at: Annotated[float, Strict(), Field(ge=0)] = 0
     attempt: Annotated[_Int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _items_or_listing(self) -> ChunkRequest:
+        if bool(self.items) == (self.listing is not None):
+            raise ValueError("a chunk has either items or a listing page" if self.items
+                             else "items: List should have at least 1 item after validation, not 0")
+        return self
 
     @classmethod
     def from_message(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> ChunkRequest:
@@ -156,8 +196,13 @@ class ChunkRequest(BaseModel):
         except (ValidationError, ZstaggerError, TypeError) as exc:
             raise MalformedChunkError(_one_line(exc)) from None
 
+    @property
+    def size(self) -> int:
+        """How many inputs the chunk holds (a listing page's count)."""
+        return self.listing.count if self.listing is not None else len(self.items)
+
     def check_indices(self, total: int) -> None:
-        indices = [item[0] for item in self.items]
+        indices = list(self.listing.indices) if self.listing is not None else [item[0] for item in self.items]
         if max(indices) >= total:
             raise MalformedChunkError(f"index {max(indices)} is not an input of job {self.job_id} (it has {total})")
         if len(set(indices)) != len(indices):

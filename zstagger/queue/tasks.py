@@ -8,11 +8,13 @@ Here: what to tag; what every task does alike (the retry policy, riding out Redi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 from typing import Any
 
+import redis
 from celery.exceptions import Reject
 
 from ..errors import ExamplesError, TaxonomyError, ZstaggerError, record_type
@@ -22,7 +24,7 @@ from ..settings import Settings
 from ..taxonomy import Taxonomy
 from .celery_app import TASK_NAME, app
 from ..images import describe
-from .messages import ChunkRequest, decode_item, decode_ref
+from .messages import ChunkRequest, ListingPage, decode_item, decode_ref
 from .notify import job_finished
 from .jobstore import ENQUEUE_STALL, ENQUEUING
 from .taskrules import _refuse, _taxonomy, _with_redis, redis_patience, retry_delay  # noqa: F401 (retry_delay: here before)
@@ -67,6 +69,48 @@ def _gave_up(result: Any, attempts: int) -> TagResult | MultiTagResult:
                             f"{result.error.message} (gave up after {attempts} attempts)", provenance=result.provenance)
 
 
+def _list_page(page: ListingPage, settings: Settings) -> tuple[list[list[Any]], list[int]] | str:
+    """The page's objects listed again, as ``[index, url]`` items, and the indices of objects
+    listed at enqueue that are gone; or why the listing is refused. A listing that fails for a
+    while (the store unreachable) gives the chunk back."""
+    from ..errors import ImageLoadError
+    from ..images import ImagePolicy
+    from ..sources import ObjectRef, list_prefix
+
+    policy = ImagePolicy.from_settings(settings)
+    urls: list[str] = []
+    try:
+        for objects in list_prefix(page.prefix, policy, page_size=min(1000, page.count + 16), start_after=page.after):
+            urls += [ObjectRef.of(item) for item in objects if item.url <= page.last]  # size and version known: no HEAD
+            if len(urls) >= page.count or objects[-1].url >= page.last:
+                break
+    except ImageLoadError as exc:
+        if exc.transient:
+            raise Reject(f"listing {page.prefix} failed: {exc}; the chunk is left for redelivery", requeue=True) from exc
+        return str(exc)
+    items = [[index, url] for index, url in zip(page.indices, urls)]
+    return items, list(page.indices)[len(items):]
+
+
+def _to_sink(store, url: str, job_id: str, indices: list[int], settings: Settings) -> None:
+    """The chunk's stored results (all of them, also on a delivery that found them done) to the job's sink."""
+    from ..errors import SinkError
+    from ..sinks import chunk_name, deliver_chunk
+
+    if not indices:
+        return
+    wanted = set(indices)
+    lines = [(index, line) for index, line in _with_redis(
+        lambda: list(store.iter_results(job_id, max(wanted) + 1, start=min(wanted))), "reading results for the sink", settings)
+        if index in wanted and line is not None]
+    try:
+        deliver_chunk(url, job_id, chunk_name(indices), lines)
+    except SinkError as exc:
+        log.error("zstagger: %s", exc)
+        with contextlib.suppress(redis.RedisError):
+            store.update(job_id, sink_last_error=str(exc)[:500])
+
+
 @app.task(bind=True, name=TASK_NAME, typing=False)
 def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
     """``tag_chunk(job_id, items, taxonomy, top_k=None, expires_at=0, attempt=0)``: tag
@@ -103,22 +147,36 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
         meta = _wait_until_enqueued(store, job_id, meta, settings)
         if meta is None:
             log.warning("zstagger: job %s was abandoned part way through its enqueue (its producer stopped); "
-                        "dropping a chunk of %d", job_id, len(chunk.items))
-            return {"tagged": 0, "skipped": len(chunk.items)}
+                        "dropping a chunk of %d", job_id, chunk.size)
+            return {"tagged": 0, "skipped": chunk.size}
     total = int(meta["total"]) if meta.get("total", "").isdigit() else None
     if chunk.expires_at and time.time() > chunk.expires_at or total is None:
-        log.warning("zstagger: job %s has expired or was deleted; dropping a chunk of %d", job_id, len(chunk.items))
-        return {"tagged": 0, "skipped": len(chunk.items)}
+        log.warning("zstagger: job %s has expired or was deleted; dropping a chunk of %d", job_id, chunk.size)
+        return {"tagged": 0, "skipped": chunk.size}
     if "cancelled" in meta:
-        log.info("zstagger: job %s was cancelled; skipping a chunk of %d", job_id, len(chunk.items))
-        return {"tagged": 0, "skipped": len(chunk.items)}
+        log.info("zstagger: job %s was cancelled; skipping a chunk of %d", job_id, chunk.size)
+        return {"tagged": 0, "skipped": chunk.size}
     try:
         chunk.check_indices(total)
     except ZstaggerError as exc:
         return _refuse(self.request.id, exc)
-    items = chunk.wire_items()
+    gone: list[int] = []
+    if chunk.listing is not None:
+        listed = _list_page(chunk.listing, settings)
+        if isinstance(listed, str):  # the listing is refused: every input of the page says why
+            names = [str(one.get("name", "?"))[:100] for one in chunk.specs]
+            refs_gone = [(index, _failed(f"{chunk.listing.prefix}#{index}", names, several, "source_refused", listed))
+                         for index in chunk.listing.indices]
+            finished = _with_redis(lambda: store.save(job_id, refs_gone, int(chunk.expires_at) or int(time.time() + settings.result_ttl)),
+                                   "storing results", settings)
+            if finished >= total:
+                _with_redis(lambda: job_finished(store, app, job_id, "done"), "sending the job's notifications", settings)
+            return {"tagged": 0, "refused": len(refs_gone)}
+        items, gone = listed
+    else:
+        items = chunk.wire_items()
     _with_redis(lambda: store.mark_started(job_id), "marking the job started", settings)
-    todo = set(_with_redis(lambda: store.missing(job_id, [item[0] for item in items]), "reading the job's results", settings))
+    todo = set(_with_redis(lambda: store.missing(job_id, [item[0] for item in items] + gone), "reading the job's results", settings))
 
     pending = [item for item in items if item[0] in todo]
     if specs is None:
@@ -188,8 +246,17 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
                 continue
             result = _gave_up(result, chunk.attempt + 1)
         final.append((index, result))
+    for index in gone:  # listed when the job was made, not there now
+        if index in todo:
+            final.append((index, _failed(f"{chunk.listing.prefix}#{index}", [one.name for one in specs], several,  # type: ignore[union-attr]
+                                         "not_found", "an object listed when the job was enqueued is no longer there")))
     expires_at = int(chunk.expires_at) if chunk.expires_at else int(time.time() + settings.result_ttl)
     finished = _with_redis(lambda: store.save(job_id, final, expires_at, counts), "storing results", settings)
+    if meta.get("sink"):
+        not_yet = {item[0] for item in again} | {item[0] for item in handed_back}
+        indices = [item[0] for item in items if item[0] not in not_yet] + gone
+        _to_sink(store, meta["sink"], job_id, indices, settings)
+    queue = (self.request.delivery_info or {}).get("routing_key") or None
     if handed_back:  # as it came, for another worker now (not after the visibility timeout)
         _with_redis(lambda: tag_chunk.apply_async(
             args=(job_id, handed_back, chunk.taxonomy),

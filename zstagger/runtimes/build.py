@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigurationError, ImageLoadError, ModelLoadError
-from ..images import ImageInput, ImagePolicy, describe, open_image, read_image_bytes
+from ..images import ImageInput, ImagePolicy, describe, open_image
+from ..sources import read_bytes
 from .manifest import (
     BUILD_PRECISIONS, FORMAT_VERSION, MANIFEST_NAME, CalibrationSet, PreprocessingConfig, RuntimeManifest, SourceModel,
     TextConfig, is_runtime_dir, sha256_file, write_manifest,
@@ -49,7 +50,7 @@ def calibration_pixels(
     pixels, digests = [], []
     for ref in refs:
         try:
-            data = read_image_bytes(ref, policy)
+            data = read_bytes(ref, policy)
             with open_image(data, policy, 2 * preprocessor.min_decode_size) as picture:
                 pixels.append(preprocessor(picture, True))
         except ImageLoadError as exc:

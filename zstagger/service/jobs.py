@@ -26,6 +26,9 @@ class JobRequest(TagRequest):
     chunk_size: int | None = Field(None, ge=1, le=1024, description="Images per task (default ZSTAGGER_CHUNK_SIZE).")
     callback_url: Annotated[str, StringConstraints(max_length=2048)] | None = Field(
         None, description="Receives a signed POST when the job is done or cancelled (see the README's webhook section).")
+    sink: Annotated[str, StringConstraints(max_length=2048)] | None = Field(
+        None, description="Also write each finished chunk's results here: an object-store prefix inside the server's "
+        "ZSTAGGER_SINK_ALLOW (JSON Lines, a file per chunk), or an https URL (a signed event per chunk).")
 
 
 jobs = APIRouter(prefix="/v1/jobs", dependencies=[Depends(needs("jobs"))], tags=["jobs"],
@@ -67,8 +70,9 @@ async def submit_job(request: Request) -> JSONResponse:
     job_id = new_job_id()
     chosen = {"taxonomies": spec} if isinstance(spec, list) else {"taxonomy": spec}
     job = await run_in_threadpool(_queue_call, enqueue, refs, **chosen, top_k=body.top_k, chunk_size=body.chunk_size,
-                                  queue=body.queue, callback_url=body.callback_url,
-                                  results_url=_links(request, job_id)["results_url"], job_id=job_id, settings=settings)
+                                  queue=body.queue, callback_url=body.callback_url, sink=body.sink,
+                                  results_url=_links(request, job_id)["results_url"], job_id=job_id, settings=settings,
+                                  trusted=False)
     return JSONResponse({"job_id": job.id, **_links(request, job.id)}, status_code=202)
 
 

@@ -15,9 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
 
-from ..errors import ZstaggerError
+from ..errors import SourceRefusedError, ZstaggerError
 from ..images import ImageInput, ImageWithText, NamedBytes, is_url
 from ..registry import resolve_each, resolve_taxonomy
+from ..sources import check_reference, is_source_url, source_for
+from ..sources.access import scheme_of
 from ..settings import Settings
 from ..taxonomy import Taxonomy
 from .bodies import BodyParser
@@ -91,9 +93,16 @@ def image_from_json(value: str | ImageObject, index: int, settings: Settings) ->
     if url[:5].lower() == "data:":
         data = decode_data_url(url, settings.max_image_bytes)
         return NamedBytes(value.name, data) if value.name else data
-    if not is_url(url):
+    if is_source_url(url):  # s3://, gs://, a plugin's scheme: only where the server's allow-list says
+        try:
+            check_reference(url, settings.source_allow, trusted=False)
+            source_for(scheme_of(url))
+        except SourceRefusedError as exc:
+            raise ApiError(400, "invalid_request", f"images[{index}]: {exc}") from None
+    elif not is_url(url):
         raise ApiError(400, "invalid_request",
-                       f"images[{index}]: {url[:80]!r} is not an http(s) or data: URL (the server reads no local paths)")
+                       f"images[{index}]: {url[:80]!r} is not an http(s), data: or allowed object-store URL "
+                       "(the server reads no local paths)")
     if len(url) > MAX_URL_LENGTH:
         raise ApiError(400, "invalid_request", f"images[{index}]: URL longer than {MAX_URL_LENGTH} characters")
     return url

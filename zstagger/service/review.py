@@ -165,11 +165,12 @@ async def item_heatmap(request: Request, item_id: int, who: Reviewer) -> JSONRes
 def _image_bytes(reference: str, settings) -> tuple[bytes, str]:
     from PIL import Image
 
-    from ..images import ImagePolicy, open_image, read_image_bytes
+    from ..images import ImagePolicy, open_image
+    from ..sources import read_bytes
 
     policy = ImagePolicy.from_settings(settings)
     try:
-        data = read_image_bytes(reference, policy)
+        data = read_bytes(reference, policy)
         with Image.open(io.BytesIO(data)) as probe:
             kind = probe.format
         if kind in _SERVED:

@@ -1,6 +1,14 @@
-"""Camera-trap species for wildlife monitoring: a complete zstagger plugin in one module."""
+"""Camera-trap species for wildlife monitoring: a complete zstagger plugin.
+
+A taxonomy (below), an image source for camera-trap cards (:mod:`.cards`, ``camtrap://``)
+and a result sink for a sightings log (:mod:`.sightings`, ``sightings://``): the hooks are
+this module's names, so the one entry point brings all three.
+"""
 
 from zstagger import Label, Taxonomy, hookimpl
+
+from .cards import CardSource, register_image_sources  # noqa: F401
+from .sightings import SightingsSink, register_result_sinks  # noqa: F401
 
 SPECIES = {
     # name: (text, synonyms, look-alikes)

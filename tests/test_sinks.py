@@ -1,0 +1,161 @@
+"""Jobs over object-store prefixes and their result sinks, end to end: a real redis-server, real
+`zstagger worker` processes, moto's S3 server on loopback, a worker killed mid-job."""
+
+from __future__ import annotations
+
+import io
+import json
+import pytest
+import redis
+
+from harness import WebhookReceiver, wait_for, worker_starter
+from zstagger.errors import ConfigurationError
+from zstagger.queue import enqueue
+from zstagger.settings import Settings
+from zstagger.sinks import deliver_chunk
+from zstagger.testing import registered_plugin, sample_image
+
+BUCKET = "jobs"
+
+
+def jpeg(seed: int) -> bytes:
+    buf = io.BytesIO()
+    sample_image(seed, (40, 32)).save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bucket(s3_server):
+    s3_server.bucket(BUCKET)
+    return BUCKET
+
+
+@pytest.fixture
+def queue_env(redis_server, tiny_model_dir, s3_server):
+    return {**s3_server.env, "ZSTAGGER_REDIS_URL": redis_server.url, "ZSTAGGER_MODEL": str(tiny_model_dir),
+            "ZSTAGGER_PRECISION": "fp32", "ZSTAGGER_VISIBILITY_TIMEOUT": "8", "ZSTAGGER_URL_TIMEOUT": "5"}
+
+
+@pytest.fixture
+def settings(queue_env, monkeypatch):
+    for key, value in queue_env.items():
+        monkeypatch.setenv(key, value)
+    return Settings()
+
+
+def sink_lines(s3_server, prefix: str) -> dict[str, list[dict]]:
+    client = s3_server.client()
+    files = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        for item in page.get("Contents", []):
+            body = client.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read().decode()
+            files[item["Key"]] = [json.loads(line) for line in body.splitlines()]
+    return files
+
+
+def test_a_prefix_job_survives_a_killed_worker_every_result_once_a_sink_file_per_chunk(
+        s3_server, bucket, queue_env, settings, tmp_path):
+    count, page = 240, 16
+    s3_server.put_many(BUCKET, {f"in/{i:05d}.jpg": jpeg(i) for i in range(count)})
+    keys = [f"s3://{BUCKET}/in/{i:05d}.jpg" for i in range(count)]
+    with worker_starter(queue_env, tmp_path) as start:
+        victim = start("victim", {"ZSTAGGER_LOADER_THREADS": "1"}).wait_ready()
+        job = enqueue([f"s3://{BUCKET}/in/"], labels=["cat", "dog"], chunk_size=page, sink=f"s3://{BUCKET}/results/",
+                      settings=settings)
+        # Chunks carry a page's bounds, never its keys: nothing of the listing sits in Redis.
+        queued = b"".join(redis.Redis.from_url(settings.redis_url).lrange("bulk", 0, -1))
+        assert b"in/00005.jpg" not in queued and b"in/00015.jpg" in queued  # a page's last key is its bound
+        wait_for(lambda: 0 < job.status()["done"], 60, "the victim to store a chunk")
+        victim.kill9()
+        assert job.status()["state"] == "running"
+        start("rescuer-a").wait_ready(), start("rescuer-b").wait_ready()
+        results = job.results(wait=True, timeout=240)
+    assert [r.image for r in results] == keys and all(r.error is None for r in results)
+    assert job.status() | {"job_id": ""} == {"job_id": "", "state": "done", "total": count, "done": count, "failed": 0,
+                                              "pending": 0}
+    files = sink_lines(s3_server, f"results/{job.id}/")
+    assert len(files) == count // page  # one file per listed page, a redelivered one written again, not twice
+    indices = [line["index"] for lines in files.values() for line in lines]
+    assert sorted(indices) == list(range(count))  # every result exactly once across the sink's files
+    first = files[f"results/{job.id}/00000000-00000015.jsonl"]
+    assert [line["image"] for line in first] == keys[:16] and {line["job_id"] for line in first} == {job.id}
+
+
+def test_objects_listed_at_enqueue_and_gone_since_are_error_records(s3_server, bucket, queue_env, settings, tmp_path):
+    s3_server.put_many(BUCKET, {f"gone/{i:03d}.jpg": jpeg(i) for i in range(6)})
+    s3_server.put_many(BUCKET, {f"private/{i:03d}.jpg": jpeg(i) for i in range(4)})
+    job = enqueue([f"s3://{BUCKET}/gone/"], labels=["cat", "dog"], chunk_size=3, settings=settings)
+    private = enqueue([f"s3://{BUCKET}/private/"], labels=["cat", "dog"], chunk_size=3, settings=settings)
+    s3_server.client().delete_object(Bucket=BUCKET, Key="gone/005.jpg")
+    # the worker's own allow-list decides what it reads, whatever the producer was allowed
+    with worker_starter({**queue_env, "ZSTAGGER_SOURCE_ALLOW": f"s3://{BUCKET}/gone/"}, tmp_path) as start:
+        start("w").wait_ready()
+        results = job.results(wait=True, timeout=60)
+        refused = private.results(wait=True, timeout=60)
+    assert [r.error.type if r.error else None for r in results] == [None] * 5 + ["not_found"]
+    assert [r.error.type for r in refused] == ["source_refused"] * 4 and private.status()["state"] == "done"
+    assert "outside the locations that may be read" in refused[0].error.message
+
+
+def test_enqueue_refuses_bad_sinks_and_sources_before_writing_anything(s3_server, bucket, settings, monkeypatch):
+    client = redis.Redis.from_url(settings.redis_url)
+    for kwargs, said in [({"sink": f"s3://KEY:SECRET@{BUCKET}/r/"}, "credentials in a URL are refused"),
+                         ({"sink": "ftp://example.com/r/"}, "no result sink writes to ftp://"),
+                         ({"images": ["s3://KEY:SECRET@jobs/in/"]}, "credentials in a URL are refused")]:
+        with pytest.raises(ConfigurationError, match=said) as caught:
+            enqueue(kwargs.pop("images", [jpeg(1)]), labels=["a"], settings=settings, **kwargs)
+        assert "SECRET" not in str(caught.value)
+    monkeypatch.setenv("ZSTAGGER_SINK_ALLOW", f"s3://{BUCKET}/allowed/")
+    with pytest.raises(ConfigurationError, match="outside the locations that may be write"):
+        enqueue([jpeg(1)], labels=["a"], sink=f"s3://{BUCKET}/elsewhere/", settings=Settings())
+    with pytest.raises(ConfigurationError, match="refused over HTTP unless ZSTAGGER_SOURCE_ALLOW"):
+        enqueue([f"s3://{BUCKET}/in/00001.jpg"], labels=["a"], settings=Settings(), trusted=False)
+    assert client.dbsize() == 0
+
+
+def test_the_webhook_sink_posts_each_chunk_signed_with_a_stable_id(monkeypatch):
+    monkeypatch.setenv("ZSTAGGER_WEBHOOK_SECRET", "s3cret")
+    monkeypatch.setenv("ZSTAGGER_ALLOW_PRIVATE_URLS", "1")
+    receiver = WebhookReceiver("s3cret")
+    try:
+        lines = [(0, '{"image":"a"}'), (1, '{"image":"b"}')]
+        assert deliver_chunk(receiver.url, "job1", "00000000-00000001", lines) == 2
+        assert deliver_chunk(receiver.url, "job1", "00000000-00000001", lines) == 2  # delivered again
+        assert [d["event_id"] for d in receiver.deliveries] == ["evt_job1_chunk_00000000-00000001"] * 2
+        assert all(d["valid"] for d in receiver.deliveries)  # signed as the job webhooks are
+        body = receiver.events["evt_job1_chunk_00000000-00000001"]  # one event, de-duplicated on its id
+        assert body["type"] == "job.chunk" and body["job_id"] == "job1"
+        assert body["results"] == [{"job_id": "job1", "index": 0, "image": "a"}, {"job_id": "job1", "index": 1, "image": "b"}]
+    finally:
+        receiver.close()
+
+
+class ListSink:
+    """A plugin sink keeping what it is given, by chunk (overwriting, as sinks must)."""
+
+    schemes = ("memory",)
+
+    def __init__(self):
+        self.chunks: dict[str, list[str]] = {}
+
+    def write(self, url, job_id, chunk, lines):
+        self.chunks[f"{job_id}/{chunk}"] = list(lines)
+
+
+def test_a_plugin_sink_and_a_local_directory_sink(tmp_path):
+    from zstagger import hookimpl
+
+    sink = ListSink()
+
+    class Plugin:
+        @hookimpl
+        def register_result_sinks(self, register):
+            register(sink)
+
+    with registered_plugin(Plugin(), name="memory-sink"):
+        deliver_chunk("memory://x", "j", "00000003-00000004", [(4, '{"image":"b"}'), (3, '{"image":"a"}')])
+    assert sink.chunks == {"j/00000003-00000004": ['{"job_id":"j","index":3,"image":"a"}', '{"job_id":"j","index":4,"image":"b"}']}
+    deliver_chunk(str(tmp_path / "out"), "j", "00000000-00000000", [(0, '{"image":"a"}')])
+    deliver_chunk(str(tmp_path / "out"), "j", "00000000-00000000", [(0, '{"image":"a"}')])
+    assert (tmp_path / "out" / "j" / "00000000-00000000.jsonl").read_text() == '{"job_id":"j","index":0,"image":"a"}\n'
+    assert [p.name for p in (tmp_path / "out" / "j").iterdir()] == ["00000000-00000000.jsonl"]  # no temporary left
