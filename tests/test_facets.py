@@ -228,6 +228,38 @@ def test_entered_descent_scores_only_the_branches_it_enters_and_agrees_with_full
     assert expected < len(images) * len(full.labels) / 3  # 10 of 48 labels per image
 
 
+@pytest.mark.parametrize("method", ["logit_mean", "prob_mean"])
+def test_entered_descent_fuses_text_as_scoring_every_label_does(data, tagger, method):
+    from zstagger.engine.scoring import InputTexts
+
+    fusion = {"method": method, "weight": 0.6}
+    full, entered = Taxonomy.parse({**tree().spec_dict(), "text_fusion": fusion}), \
+        Taxonomy.parse({**tree(scoring="entered").spec_dict(), "text_fusion": fusion})
+    images = [image for name in CLASSES for image in held_out(data, name)][:12]
+    vectors = embed(tagger, images)
+    titles = [f"kind c{i % 4} {i % 3} {(i // 3) % 3}" for i in range(len(images))]
+    rows = np.arange(0, len(images), 2)  # every other image comes with a title
+    texts = InputTexts(rows, tagger.text_embeddings([titles[r] for r in rows]))
+    everything, lazy = tagger.classifier(full), tagger.classifier(entered)
+    a, b = everything.classify(vectors, texts=texts), lazy.classify(vectors, texts=texts)
+    alone = lazy.classify(vectors)
+    moved = 0
+    for row, (x, y, z) in enumerate(zip(a, b, alone)):
+        assert x.tags == y.tags
+        full_scores = {label: score for label, score, _ in x.scores}
+        lazy_scores = {label: score for label, score, _ in y.scores}
+        path = [n for n in full_scores if n.count("/") == 0]
+        for parent in y.tags[:-1]:
+            path += [n for n in full_scores if n.rsplit("/", 1)[0] == parent and n != parent]
+        assert [lazy_scores[n] for n in path] == pytest.approx([full_scores[n] for n in path], rel=1e-5)
+        if row in rows:
+            moved += any(abs(s - t) > 1e-4 for (_, s, _), (_, t, _) in zip(y.scores, z.scores))
+        else:
+            # no title: the image alone, as before (up to the rounding of a batch of another makeup)
+            assert [s for _, s, _ in y.scores] == pytest.approx([s for _, s, _ in z.scores], abs=1e-6)
+    assert moved  # the titles changed the scores
+
+
 def test_the_confidence_stop_ends_descent_at_the_deepest_level_it_is_sure_of(data, tagger):
     images = [image for name in CLASSES for image in held_out(data, name)]
     vectors = embed(tagger, images)

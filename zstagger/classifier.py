@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .engine.fewshot import NEUTRAL, ImageEvidence, best_matches, blend_prototypes
-from .engine.scoring import InputTexts, ScoringPlan, ensemble, sigmoid, softmax
+from .engine.scoring import InputTexts, ScoringPlan, ensemble, fuse, sigmoid, softmax
 from .errors import ExamplesError
 from .fewshot import ImageSets
 from .taxonomy import ACTION_SEVERITY, FACET_NONE, Descent, Facet, FewShot, Taxonomy
@@ -315,7 +315,7 @@ class TaxonomyClassifier:
         scores = np.zeros((batch, count), dtype=np.float64)
         cosines = np.zeros((batch, count), dtype=np.float64)
         if self.plan is not None and self.descent.scoring == "entered":
-            self._score_entered(images, scores, cosines)
+            self._score_entered(images, scores, cosines, texts if self.fusion is not None else None)
         elif self.plan is not None:
             plan_scores, plan_cosines = self.plan.score(images)
             if texts is not None and len(texts.rows) and self.fusion is not None:
@@ -338,17 +338,28 @@ class TaxonomyClassifier:
             cosines[:, labels[only]] = best[:, only]
         return BatchScores(scores, cosines, matched, rows, best)
 
-    def _score_entered(self, images: np.ndarray, scores: np.ndarray, cosines: np.ndarray) -> None:
+    def _score_entered(self, images: np.ndarray, scores: np.ndarray, cosines: np.ndarray,
+                       texts: InputTexts | None = None) -> None:
         """Descent scoring "entered": level by level, each image scored only against the children
         of the label it chose (softmax among them times the parent's score, or the model's sigmoid);
         labels of branches it did not enter keep 0. Every label is scored (no known-image-only
-        labels: the spec refuses them here), so plan columns are label indices."""
+        labels: the spec refuses them here), so plan columns are label indices. ``texts``: rows
+        with a text have it fused at each level as the taxonomy's ``text_fusion`` says, exactly
+        as scoring every label would (``logit_mean``: the softmax of the mixed logits times the
+        parent's score; ``prob_mean``: each side's path probability, mixed)."""
         plan = self.plan
         assert plan is not None
         rows = len(images)
         current = np.full(rows, -1, dtype=np.int64)
         active = np.ones(rows, dtype=bool)
         parent_score = np.ones(rows, dtype=np.float64)
+        text_of = np.full(rows, -1, dtype=np.int64)  # the row's text among texts.embeds (-1: none)
+        if texts is not None and len(texts.rows):
+            text_of[np.asarray(texts.rows, dtype=np.int64)] = np.arange(len(texts.rows))
+        fusion = self.fusion
+        weight = fusion.weight if fusion is not None else 0.0
+        image_parent = np.ones(rows, dtype=np.float64)  # prob_mean: each side's own path probability
+        text_parent = np.ones(rows, dtype=np.float64)
         while active.any():
             for node in np.unique(current[active]).tolist():
                 members = np.flatnonzero(active & (current == node))
@@ -359,10 +370,22 @@ class TaxonomyClassifier:
                 kids_arr = np.asarray(kids, dtype=np.int64)
                 cos = images[members] @ plan.label_embeds[kids_arr].T
                 logits = plan.logit_scale * cos
-                if plan.rule == "sigmoid":
-                    level = sigmoid(logits + (plan.logit_bias or 0.0)).astype(np.float64)
-                else:
-                    level = softmax(logits.astype(np.float64), axis=1) * parent_score[members, None]
+                level = self._level(logits, parent_score[members])
+                with_text = np.flatnonzero(text_of[members] >= 0)
+                if with_text.size and fusion is not None:
+                    assert texts is not None
+                    text_logits = plan.logit_scale * (texts.embeds[text_of[members[with_text]]] @ plan.label_embeds[kids_arr].T)
+                    if fusion.method == "logit_mean":
+                        mixed = fuse(logits[with_text], text_logits, weight)
+                        level[with_text] = self._level(mixed, parent_score[members[with_text]])
+                    else:
+                        image_side = self._level(logits[with_text], image_parent[members[with_text]])
+                        text_side = self._level(text_logits, text_parent[members[with_text]])
+                        level[with_text] = (1.0 - weight) * image_side + weight * text_side
+                        picked = level[with_text].argmax(axis=1)
+                        at = np.arange(len(with_text))
+                        image_parent[members[with_text]] = image_side[at, picked]
+                        text_parent[members[with_text]] = text_side[at, picked]
                 scores[members[:, None], kids_arr[None, :]] = level
                 cosines[members[:, None], kids_arr[None, :]] = cos
                 self.labels_scored += members.size * kids_arr.size
@@ -370,6 +393,15 @@ class TaxonomyClassifier:
                 current[members[ok]] = best[ok]
                 parent_score[members[ok]] = level[ok].max(axis=1)
                 active[members[~ok]] = False
+
+    def _level(self, logits: np.ndarray, parent: np.ndarray) -> np.ndarray:
+        """One level's scores from its logits: the model's sigmoid, or the softmax among the
+        siblings times the parent's score."""
+        plan = self.plan
+        assert plan is not None
+        if plan.rule == "sigmoid":
+            return sigmoid(logits + (plan.logit_bias or 0.0)).astype(np.float64)
+        return softmax(logits.astype(np.float64), axis=1) * parent[:, None]
 
     def _step(self, level: np.ndarray, siblings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """For rows of sibling scores: the best sibling of each, and whether descent goes on to

@@ -460,9 +460,6 @@ class Taxonomy(BaseModel):
                 yield "descent scoring 'entered' needs few_shot method 'blend' (centroid and cache score every label)"
             elif any(label.known_images for label in self.labels):
                 yield "descent scoring 'entered' cannot be combined with known_images"
-            elif self.text_fusion is not None:
-                yield ("descent scoring 'entered' does not fuse an input's text yet: remove text_fusion, "
-                       "or use descent scoring 'all'")
         for name in _cycle_members(by_name):
             yield f"label {name!r}: parent chain loops back to itself"
         if self.labels and all(label.background for label in self.labels):
