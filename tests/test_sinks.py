@@ -133,7 +133,7 @@ def test_the_webhook_sink_posts_each_chunk_signed_with_a_stable_id(monkeypatch):
 class ListSink:
     """A plugin sink keeping what it is given, by chunk (overwriting, as sinks must)."""
 
-    schemes = ("memory",)
+    schemes = ("listsink",)
 
     def __init__(self):
         self.chunks: dict[str, list[str]] = {}
@@ -152,8 +152,8 @@ def test_a_plugin_sink_and_a_local_directory_sink(tmp_path):
         def register_result_sinks(self, register):
             register(sink)
 
-    with registered_plugin(Plugin(), name="memory-sink"):
-        deliver_chunk("memory://x", "j", "00000003-00000004", [(4, '{"image":"b"}'), (3, '{"image":"a"}')])
+    with registered_plugin(Plugin(), name="list-sink"):
+        deliver_chunk("listsink://x", "j", "00000003-00000004", [(4, '{"image":"b"}'), (3, '{"image":"a"}')])
     assert sink.chunks == {"j/00000003-00000004": ['{"job_id":"j","index":3,"image":"a"}', '{"job_id":"j","index":4,"image":"b"}']}
     deliver_chunk(str(tmp_path / "out"), "j", "00000000-00000000", [(0, '{"image":"a"}')])
     deliver_chunk(str(tmp_path / "out"), "j", "00000000-00000000", [(0, '{"image":"a"}')])
