@@ -72,7 +72,7 @@ def test_a_long_video_is_split_across_workers_and_a_killed_worker_loses_nothing(
     client = redis.Redis.from_url(redis_server.url)
     with worker_starter(env, tmp_path) as workers:
         victim = workers("victim").wait_ready()
-        job = run_cli("enqueue", str(path), "-t", "split-all", env=env)
+        job = run_cli("enqueue", str(path), "-t", "split-all", "--sink", str(tmp_path / "sink"), env=env)
         assert job.returncode == 0, job.stderr
         job_id = job.stdout.strip()
         ranges = f"zstagger:job:{job_id}:ranges:0"
@@ -86,6 +86,9 @@ def test_a_long_video_is_split_across_workers_and_a_killed_worker_loses_nothing(
         assert "zstagger.tag_range" in rescuer.output() and "zstagger.tag_range" in victim.output()
     result = json.loads(got.stdout)
     assert client.hlen(f"zstagger:job:{job_id}:results") == 1 and not client.exists(ranges)
+    # The joined result goes to the job's sink too, under the chunk the video came in.
+    sunk = [json.loads(line) for line in (tmp_path / "sink" / job_id / "00000000-00000000.jsonl").read_text().splitlines()]
+    assert [(line.pop("job_id"), line.pop("index")) for line in sunk] == [(job_id, 0)] and sunk == [result]
     # One result, as the whole decode gives it: every sampled frame once, segments joined across ranges.
     assert result["media"]["frames_scored"] == want["media"]["frames_scored"]
     assert result["verdict"] == want["verdict"] == "block" and result["tags"] == want["tags"]

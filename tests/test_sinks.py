@@ -72,7 +72,7 @@ def test_a_prefix_job_survives_a_killed_worker_every_result_once_a_sink_file_per
         results = job.results(wait=True, timeout=240)
     assert [r.image for r in results] == keys and all(r.error is None for r in results)
     assert job.status() | {"job_id": ""} == {"job_id": "", "state": "done", "total": count, "done": count, "failed": 0,
-                                              "pending": 0}
+                                              "pending": 0, "sink": {"undelivered_chunks": 0, "last_error": None}}
     files = sink_lines(s3_server, f"results/{job.id}/")
     assert len(files) == count // page  # one file per listed page, a redelivered one written again, not twice
     indices = [line["index"] for lines in files.values() for line in lines]
@@ -159,3 +159,38 @@ def test_a_plugin_sink_and_a_local_directory_sink(tmp_path):
     deliver_chunk(str(tmp_path / "out"), "j", "00000000-00000000", [(0, '{"image":"a"}')])
     assert (tmp_path / "out" / "j" / "00000000-00000000.jsonl").read_text() == '{"job_id":"j","index":0,"image":"a"}\n'
     assert [p.name for p in (tmp_path / "out" / "j").iterdir()] == ["00000000-00000000.jsonl"]  # no temporary left
+
+
+def local_sink(directory) -> dict[str, list[dict]]:
+    return {p.name: [json.loads(line) for line in p.read_text().splitlines()] for p in sorted(directory.glob("*.jsonl"))}
+
+
+def test_an_input_retried_apart_rewrites_its_chunks_file_and_a_failing_sink_is_delivered_later(
+        slow_server, queue_env, settings, tmp_path):
+    # Input 0 fails transiently (HTTP 503) at every try: it is sent round again alone, then given
+    # up. Its chunk is still one file, each input once, whichever delivery wrote it last.
+    refs = [f"{slow_server.url}/status/503/a.png"] + [f"{slow_server.url}/p/{i}.png" for i in range(1, 6)]
+    out, blocked = tmp_path / "out", tmp_path / "blocked"
+    blocked.write_text("a file where the sink's directory should be")
+    env = {**queue_env, "ZSTAGGER_ALLOW_PRIVATE_URLS": "1", "ZSTAGGER_MAX_RETRIES": "1"}
+    with worker_starter(env, tmp_path) as start:
+        worker = start("w").wait_ready()
+        job = enqueue(refs, labels=["cat", "dog"], chunk_size=3, sink=str(out), settings=settings)
+        failing = enqueue(refs[1:], labels=["cat", "dog"], chunk_size=5, sink=str(blocked), settings=settings)
+        results = job.results(wait=True, timeout=120)
+        failing.results(wait=True, timeout=120)
+        wait_for(lambda: failing.status()["sink"]["undelivered_chunks"] == 1, 30, "the failed sink write to be recorded")
+        assert "failed for chunk 00000000-00000004" in failing.status()["sink"]["last_error"]
+        assert not (blocked.is_dir() and list(blocked.iterdir()))
+        blocked.unlink()  # the sink is back: the chunk is delivered by a later attempt, nothing tagged again
+        wait_for(lambda: failing.status()["sink"]["undelivered_chunks"] == 0, 90, "the chunk to be delivered again",
+                 interval=0.5)
+        assert "zstagger.deliver_sink" in worker.output()
+    assert results[0].error.type == "fetch_failed" and "gave up after 2 attempts" in results[0].error.message
+    assert job.status()["sink"] == {"undelivered_chunks": 0, "last_error": None}
+    files = local_sink(out / job.id)
+    assert list(files) == ["00000000-00000002.jsonl", "00000003-00000005.jsonl"]
+    assert [line["index"] for line in files["00000000-00000002.jsonl"]] == [0, 1, 2]
+    assert files["00000000-00000002.jsonl"][0]["error"]["type"] == "fetch_failed"
+    delivered = local_sink(blocked / failing.id)
+    assert list(delivered) == ["00000000-00000004.jsonl"] and [line["index"] for line in delivered["00000000-00000004.jsonl"]] == [0, 1, 2, 3, 4]

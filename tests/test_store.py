@@ -2,6 +2,7 @@
 de-duplication, retag against `zstagger tag`, policy diff against two tag runs, similar,
 retention and erasure, schema management, bad URLs and an unreachable store."""
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -10,6 +11,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,46 @@ def zstagger(*args, env=None, timeout=300, stdin=None):
     full_env = clean_environ()
     full_env.update(env or {})
     return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, input=stdin, check=False)
+
+
+def zstagger_or_diagnose(*args, env, timeout=120):
+    """:func:`zstagger`, for a run that once (1 of some 20 CI runs, under heavy load) wrote its
+    results and then never returned from Tagger.close, with two native threads spinning. Not
+    reproduced since (15 of 15 under 12 busy loops): if it happens, what every thread was doing
+    is kept (py-spy, else /proc) and shown as a warning, and the run is tried once more, so the
+    test still checks what it is for; a second hang fails it with both dumps."""
+    seen = []
+    for _ in range(2):
+        exe = shutil.which("zstagger")
+        cmd = [exe, *args] if exe else [sys.executable, "-m", "zstagger.cli", *args]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**clean_environ(), **env})
+        try:
+            out, err = proc.communicate(timeout=timeout)
+            if seen:
+                warnings.warn(f"zstagger {args[0]} hung once and passed when run again; threads then:\n{seen[0]}")
+            return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+        except subprocess.TimeoutExpired:
+            seen.append(_threads_of(proc.pid))
+            proc.kill()
+            proc.communicate()
+    pytest.fail("zstagger %s hung twice; threads:\n%s" % (args[0], "\n----\n".join(seen)))
+
+
+def _threads_of(pid: int) -> str:
+    spy = shutil.which("py-spy")
+    if spy:
+        dump = subprocess.run([spy, "dump", "--native", "--pid", str(pid)], capture_output=True, text=True, timeout=60,
+                              check=False)
+        if dump.returncode == 0:
+            return dump.stdout[-20000:]
+    rows = []
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
+        with contextlib.suppress(OSError):
+            stat = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            rows.append(f"{task.name} {(task / 'comm').read_text().strip()} state={stat[0]} utime={stat[11]} "
+                        f"wchan={(task / 'wchan').read_text().strip()}")
+    return "\n".join(rows)
 
 
 _databases = itertools.count()
@@ -236,9 +278,6 @@ def test_retag_writes_what_tag_wrote_and_matches_plain_tagging_within_fp16(env, 
     assert sum(x["tags"] == y["tags"] for x, y in zip(plain, stored)) >= len(paths) - 1
 
 
-@pytest.mark.skip(reason="once, under load ~25, `zstagger tag` with a store, 3 encoder lanes and 3 loader threads "
-                  "wrote its results and never returned from Tagger.close (two native threads spinning); it passes on a "
-                  "quiet machine (4 of 4): skipped until the spin is understood, see the closing note")
 def test_retag_order_is_first_recorded_and_a_run_records_in_input_order(env, tmp_path):
     """A run's images are recorded in input order, whether their embeddings are computed or
     found in the store and whichever encoder lane finishes first: retag prints them so."""
@@ -253,8 +292,8 @@ def test_retag_order_is_first_recorded_and_a_run_records_in_input_order(env, tmp
         else:
             shutil.copyfile(first[i // 2], path)
         second.append(str(path))
-    run = zstagger("tag", *second, "-t", "moderation", "--batch-size", "3",
-                   env={**env, "ZSTAGGER_INFERENCE_LANES": "3", "ZSTAGGER_LOADER_THREADS": "3"})
+    run = zstagger_or_diagnose("tag", *second, "-t", "moderation", "--batch-size", "3",
+                               env={**env, "ZSTAGGER_INFERENCE_LANES": "3", "ZSTAGGER_LOADER_THREADS": "3"})
     assert run.returncode == 0, run.stderr
     retagged = lines(zstagger("retag", "-t", "moderation", "--format", "jsonl", env=env))
     assert [r["image"] for r in retagged] == first + second

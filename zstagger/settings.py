@@ -261,6 +261,11 @@ class Settings(BaseSettings):
         "the worker's own credentials can write, for jobs from the CLI and Python; no sink for jobs arriving over HTTP.",
         json_schema_extra=read_by(WORKER, API_SERVER, PRODUCER),
     )
+    sink_max_attempts: int = Field(
+        8, ge=1, le=100, description="Deliveries of one chunk to a failing result sink (each of three quick attempts, "
+        "then again later with backoff) before it is given up; its results stay in Redis.",
+        json_schema_extra=read_by(WORKER),
+    )
     # animations and video (zstagger.media)
     media_max_duration: float = Field(
         600.0, gt=0, description="Longest animation or video judged, in seconds: by its header, and by the frames actually "

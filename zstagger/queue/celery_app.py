@@ -20,13 +20,15 @@ QUEUE_NAMES = ("interactive", "bulk")
 DEFAULT_QUEUE = "bulk"
 TASK_NAME = "zstagger.tag_chunk"
 RANGE_TASK_NAME = "zstagger.tag_range"  # one time range of a long video (see zstagger.queue.ranges)
+SINK_TASK = "zstagger.deliver_sink"  # a chunk written to its job's sink again (see zstagger.queue.sinking)
 # kombu's Redis transport, hardened against malformed queue items and a full Redis.
 REDIS_TRANSPORT = "zstagger.queue.transport:Transport"
 
 
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings()
-    app = Celery("zstagger", include=["zstagger.queue.tasks", "zstagger.queue.ranges", "zstagger.queue.webhooks"])
+    app = Celery("zstagger", include=["zstagger.queue.tasks", "zstagger.queue.ranges", "zstagger.queue.webhooks",
+                                     "zstagger.queue.sinking"])
     vt = settings.visibility_timeout
     app.conf.update(
         broker_url=settings.redis_url,

@@ -122,7 +122,7 @@ class JobStore:
 
     def delete(self, job_id: str) -> None:
         """Forget a job (DEL works even when Redis refuses writes for lack of memory)."""
-        self.redis.delete(*self.keys(job_id))
+        self.redis.delete(*self.keys(job_id), self.sink_key(job_id))
 
     def mark_started(self, job_id: str) -> None:
         self.redis.hsetnx(self.keys(job_id)[0], "started", time.time())
@@ -187,6 +187,25 @@ class JobStore:
     def drop_ranges(self, job_id: str, index: int) -> None:
         self.redis.delete(self.range_key(job_id, index))
 
+    # -- chunks not yet delivered to the job's result sink (zstagger.queue.sinking) -------------
+
+    def sink_key(self, job_id: str) -> str:
+        return self.keys(job_id)[0] + ":sink_failed"
+
+    def sink_failed(self, job_id: str, chunk: str, error: str) -> None:
+        """Chunk ``chunk`` could not be written to the sink (``error``: why), for now."""
+        job, key = self.keys(job_id)[0], self.sink_key(job_id)
+        expires = self.redis.hget(job, "expires_at")
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, chunk, error)
+            if expires is not None:
+                pipe.expireat(key, int(float(expires)))
+            pipe.execute()
+        self.update(job_id, sink_last_error=error)
+
+    def sink_delivered(self, job_id: str, chunk: str) -> None:
+        self.redis.hdel(self.sink_key(job_id), chunk)
+
     def meta(self, job_id: str) -> dict[str, str]:
         """The job's record (total, queue, taxonomy, callback settings, ...); empty if there is no such job."""
         raw = self.redis.hgetall(self.keys(job_id)[0])
@@ -215,7 +234,8 @@ class JobStore:
             pipe.hgetall(job)
             pipe.hlen(results_key)
             pipe.scard(failed_key)
-            meta, finished, failed = pipe.execute()
+            pipe.hlen(self.sink_key(job_id))
+            meta, finished, failed, undelivered = pipe.execute()
         if not meta:
             raise UnknownJobError(f"no job {job_id!r} in Redis: it never existed or its results expired (ZSTAGGER_RESULT_TTL)")
         meta = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in meta.items()}
@@ -239,6 +259,8 @@ class JobStore:
         }
         if "cache_hits" in meta:  # workers with an embedding store or image cache: images neither decoded nor encoded
             status["cache_hits"] = int(meta["cache_hits"])
+        if "sink" in meta:  # chunks whose sink write failed and is to be retried (or was given up)
+            status["sink"] = {"undelivered_chunks": int(undelivered), "last_error": meta.get("sink_last_error") or None}
         if "callback_url" in meta:
             status["webhook"] = {
                 "attempts": int(meta.get("webhook_attempts", 0)),

@@ -179,12 +179,18 @@ class ChunkRequest(BaseModel):
     top_k: Annotated[_Int, Field(ge=1)] | None = None
     expires_at: Annotated[float, Strict(), Field(ge=0)] = 0
     attempt: Annotated[_Int, Field(ge=0)] = 0
+    #: The first and last input of the chunk this one came from (a retry, a hand-back): what
+    #: the job's result sink files it under. None: the chunk as enqueued (its own inputs).
+    origin: tuple[_Index, _Index] | None = None
 
     @model_validator(mode="after")
     def _items_or_listing(self) -> ChunkRequest:
         if bool(self.items) == (self.listing is not None):
             raise ValueError("a chunk has either items or a listing page" if self.items
                              else "items: List should have at least 1 item after validation, not 0")
+        _check_origin(self.origin)
+        if self.origin is not None and not all(self.origin[0] <= i <= self.origin[1] for i in self.indices):
+            raise ValueError(f"origin {list(self.origin)} does not hold the chunk's inputs")
         return self
 
     @classmethod
@@ -202,11 +208,20 @@ class ChunkRequest(BaseModel):
         return self.listing.count if self.listing is not None else len(self.items)
 
     def check_indices(self, total: int) -> None:
-        indices = list(self.listing.indices) if self.listing is not None else [item[0] for item in self.items]
-        if max(indices) >= total:
+        indices = self.indices
+        if max(indices) >= total or (self.origin is not None and self.origin[1] >= total):
             raise MalformedChunkError(f"index {max(indices)} is not an input of job {self.job_id} (it has {total})")
         if len(set(indices)) != len(indices):
             raise MalformedChunkError("an index appears twice in one chunk")
+
+    @property
+    def indices(self) -> list[int]:
+        return list(self.listing.indices) if self.listing is not None else [item[0] for item in self.items]
+
+    @property
+    def sink_origin(self) -> tuple[int, int]:
+        """The chunk its results are filed under in the job's sink (see :mod:`.sinking`)."""
+        return self.origin if self.origin is not None else (min(self.indices), max(self.indices))
 
     def wire_items(self) -> list[list[Any]]:
         """The items as they travel (for sending some of them round again)."""
@@ -235,6 +250,7 @@ class RangeRequest(BaseModel):
     parts: Annotated[_Int, Field(ge=1, le=MAX_RANGES)]
     top_k: Annotated[_Int, Field(ge=1)] | None = None
     expires_at: Annotated[float, Strict(), Field(ge=0)] = 0
+    origin: tuple[_Index, _Index] | None = None  # the chunk the video came in (ChunkRequest.origin)
 
     @classmethod
     def from_message(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> RangeRequest:
@@ -246,10 +262,24 @@ class RangeRequest(BaseModel):
             raise MalformedChunkError(_one_line(exc)) from None
         if request.part >= request.parts or (request.end is not None and request.end <= request.start):
             raise MalformedChunkError(f"range {request.part} of {request.parts} ({request.start}-{request.end} s) is not a range")
+        try:
+            _check_origin(request.origin, request.index)
+        except ValueError as exc:
+            raise MalformedChunkError(str(exc)) from None
         return request
+
+    @property
+    def sink_origin(self) -> tuple[int, int]:
+        return self.origin if self.origin is not None else (self.index, self.index)
 
     def wire_ref(self) -> str | dict[str, Any]:
         return self.ref if isinstance(self.ref, str) else self.ref.model_dump(exclude_none=True)
+
+
+def _check_origin(origin: tuple[int, int] | None, index: int | None = None) -> None:
+    if origin is not None and (origin[1] < origin[0] or (index is not None and not origin[0] <= index <= origin[1])):
+        raise ValueError(f"origin {list(origin)} is not a chunk's first and last input"
+                         + (f" around input {index}" if index is not None else ""))
 
 
 def _one_line(exc: Exception) -> str:

@@ -35,6 +35,7 @@ from ..settings import Settings
 from .celery_app import RANGE_TASK_NAME, app
 from .messages import RangeRequest, decode_ref
 from .notify import job_finished
+from .sinking import sink_chunk
 from .taskrules import _refuse, _taxonomy, _with_redis
 from .worker import worker_job_store, worker_settings, worker_tagger
 
@@ -45,7 +46,7 @@ _ERROR = b"error:"  # a range that could not be read: its error record follows, 
 
 
 def fan_out(tagger: Any, settings: Settings, job_id: str, pending: list[tuple[int, Any]], taxonomy: dict[str, Any],
-            top_k: int | None, expires_at: float, queue: str | None) -> set[int]:
+            top_k: int | None, expires_at: float, queue: str | None, origin: tuple[int, int] | None = None) -> set[int]:
     """Send the long videos among ``pending`` (index, wire reference) off in time ranges; returns their indices."""
     split = settings.video_split_seconds
     if not split:
@@ -68,7 +69,7 @@ def fan_out(tagger: Any, settings: Settings, job_id: str, pending: list[tuple[in
             _with_redis(lambda part=part, start=start, end=end: tag_range.apply_async(
                 args=(job_id, index, wire, taxonomy),
                 kwargs={"start": start, "end": end, "part": part, "parts": len(ranges), "top_k": top_k,
-                        "expires_at": expires_at},
+                        "expires_at": expires_at, **({"origin": list(origin)} if origin else {})},
                 queue=queue,
             ), "sending a long video's ranges", settings)
         sent.add(index)
@@ -117,6 +118,7 @@ def tag_range(self, *args: Any, **kwargs: Any) -> dict[str, int]:
     result = join(tagger, spec, describe(ref), [parts[i] for i in range(request.parts)], request.top_k)
     finished = _with_redis(lambda: store.save(job_id, [(index, result)], expires_at), "storing results", settings)
     _with_redis(lambda: store.drop_ranges(job_id, index), "dropping the joined ranges", settings)
+    sink_chunk(self, store, meta, job_id, request.sink_origin, settings)
     if finished >= total:
         _with_redis(lambda: job_finished(store, app, job_id, "done"), "sending the job's notifications", settings)
     return {"range": request.part, "joined": request.parts}

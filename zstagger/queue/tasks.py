@@ -8,13 +8,11 @@ Here: what to tag; what every task does alike (the retry policy, riding out Redi
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
 from typing import Any
 
-import redis
 from celery.exceptions import Reject
 
 from ..errors import ExamplesError, TaxonomyError, ZstaggerError, record_type
@@ -26,6 +24,7 @@ from .celery_app import TASK_NAME, app
 from ..images import describe
 from .messages import ChunkRequest, ListingPage, decode_item, decode_ref
 from .notify import job_finished
+from .sinking import sink_chunk
 from .jobstore import ENQUEUE_STALL, ENQUEUING
 from .taskrules import _refuse, _taxonomy, _with_redis, redis_patience, retry_delay  # noqa: F401 (retry_delay: here before)
 from .worker import metrics, shutting_down, worker_job_store, worker_settings, worker_tagger
@@ -92,25 +91,6 @@ def _list_page(page: ListingPage, settings: Settings) -> tuple[list[list[Any]], 
     return items, list(page.indices)[len(items):]
 
 
-def _to_sink(store, url: str, job_id: str, indices: list[int], settings: Settings) -> None:
-    """The chunk's stored results (all of them, also on a delivery that found them done) to the job's sink."""
-    from ..errors import SinkError
-    from ..sinks import chunk_name, deliver_chunk
-
-    if not indices:
-        return
-    wanted = set(indices)
-    lines = [(index, line) for index, line in _with_redis(
-        lambda: list(store.iter_results(job_id, max(wanted) + 1, start=min(wanted))), "reading results for the sink", settings)
-        if index in wanted and line is not None]
-    try:
-        deliver_chunk(url, job_id, chunk_name(indices), lines)
-    except SinkError as exc:
-        log.error("zstagger: %s", exc)
-        with contextlib.suppress(redis.RedisError):
-            store.update(job_id, sink_last_error=str(exc)[:500])
-
-
 @app.task(bind=True, name=TASK_NAME, typing=False)
 def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
     """``tag_chunk(job_id, items, taxonomy, top_k=None, expires_at=0, attempt=0)``: tag
@@ -169,6 +149,7 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
                          for index in chunk.listing.indices]
             finished = _with_redis(lambda: store.save(job_id, refs_gone, int(chunk.expires_at) or int(time.time() + settings.result_ttl)),
                                    "storing results", settings)
+            sink_chunk(self, store, meta, job_id, chunk.sink_origin, settings)
             if finished >= total:
                 _with_redis(lambda: job_finished(store, app, job_id, "done"), "sending the job's notifications", settings)
             return {"tagged": 0, "refused": len(refs_gone)}
@@ -185,6 +166,7 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
                                      f"the job's taxonomy spec is invalid: {spec_problem}")) for item in pending]
         finished = _with_redis(lambda: store.save(job_id, refused, int(chunk.expires_at) or int(time.time() + settings.result_ttl)),
                                "storing results", settings)
+        sink_chunk(self, store, meta, job_id, chunk.sink_origin, settings)
         if finished >= total:
             _with_redis(lambda: job_finished(store, app, job_id, "done"), "sending the job's notifications", settings)
         return {"tagged": 0, "refused": len(refused)}
@@ -199,7 +181,7 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
     # (With several taxonomies, or a text to fuse, a video is judged whole by this worker.)
     fanned = set() if several else fan_out(tagger, settings, job_id, [item[:2] for item in pending
                                                                        if len(item) < 3 or item[2] is None],
-                                           chunk.taxonomy, chunk.top_k, chunk.expires_at, queue)
+                                           chunk.taxonomy, chunk.top_k, chunk.expires_at, queue, chunk.sink_origin)
     pending = [item for item in pending if item[0] not in fanned]
     # Split the chunk so that every encoder lane gets a share of it.
     share = max(1, -(-len(pending) // tagger.lanes))
@@ -252,15 +234,14 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
                                          "not_found", "an object listed when the job was enqueued is no longer there")))
     expires_at = int(chunk.expires_at) if chunk.expires_at else int(time.time() + settings.result_ttl)
     finished = _with_redis(lambda: store.save(job_id, final, expires_at, counts), "storing results", settings)
-    if meta.get("sink"):
-        not_yet = {item[0] for item in again} | {item[0] for item in handed_back}
-        indices = [item[0] for item in items if item[0] not in not_yet] + gone
-        _to_sink(store, meta["sink"], job_id, indices, settings)
-    queue = (self.request.delivery_info or {}).get("routing_key") or None
+    # Every stored result of the chunk's inputs, under the chunk as enqueued (its retries and
+    # hand-backs write the same file again once theirs are stored).
+    sink_chunk(self, store, meta, job_id, chunk.sink_origin, settings)
     if handed_back:  # as it came, for another worker now (not after the visibility timeout)
         _with_redis(lambda: tag_chunk.apply_async(
             args=(job_id, handed_back, chunk.taxonomy),
-            kwargs={"top_k": chunk.top_k, "expires_at": chunk.expires_at, "attempt": chunk.attempt},
+            kwargs={"top_k": chunk.top_k, "expires_at": chunk.expires_at, "attempt": chunk.attempt,
+                    "origin": list(chunk.sink_origin)},
             queue=queue,
         ), "handing the rest of the chunk back", settings)
         log.warning("zstagger: shutting down: stored %d result(s) of job %s, handed %d image(s) back to the queue",
@@ -268,7 +249,8 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
     if again:
         _with_redis(lambda: tag_chunk.apply_async(
             args=(job_id, again, chunk.taxonomy),
-            kwargs={"top_k": chunk.top_k, "expires_at": chunk.expires_at, "attempt": chunk.attempt + 1},
+            kwargs={"top_k": chunk.top_k, "expires_at": chunk.expires_at, "attempt": chunk.attempt + 1,
+                    "origin": list(chunk.sink_origin)},
             countdown=retry_delay(chunk.attempt + 1, settings.visibility_timeout),
             queue=queue,
         ), "queueing a retry", settings)
