@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, PlainSerializer, SecretStr, field_validator
@@ -321,6 +321,13 @@ class Settings(BaseSettings):
         0.12, ge=0, le=1, description="A decoded frame whose 32x32 colour thumbnail differs from the previous frame's by "
         "more than this (mean absolute difference, 0-1) is a scene cut and is sampled too (0: no scene-cut sampling, "
         "which lets sparse sampling seek from keyframe to keyframe).",
+        json_schema_extra=read_by(CLI, WORKER, API_SERVER),
+    )
+    video_decode: Literal["reference", "all"] = Field(
+        "reference", description="reference: decode only the video frames other frames refer to, skipping disposable "
+        "B-frames (about half of a typical H.264 clip's frames and a third of its decoding time), so samples and scene "
+        "cuts land on the nearest decoded frame; all: decode every frame. A stream whose reference frames are further "
+        "apart than the sampling interval is decoded whole.",
         json_schema_extra=read_by(CLI, WORKER, API_SERVER),
     )
     video_split_seconds: float = Field(

@@ -24,9 +24,12 @@ class MediaOptions:
     #: Video frames whose shorter side is longer are scaled down to it as they are converted to
     #: RGB (the model's preprocessing shrinks them anyway; None: full size, for exact preprocessing).
     frame_side: int | None = None
+    #: Decode only a video's reference frames (see :func:`~.video.open_video`); False: every frame.
+    reference_only: bool = True
 
     @classmethod
     def from_settings(cls, settings: Settings, frame_side: int | None = None) -> MediaOptions:
         return cls(MediaLimits.from_settings(settings), settings.media_animation_frames, settings.video_sample_rate,
                    settings.video_scene_threshold, settings.media_dedup_distance, settings.media_batch_size,
-                   settings.media_early_exit_animation, settings.video_early_exit, frame_side)
+                   settings.media_early_exit_animation, settings.video_early_exit, frame_side,
+                   settings.video_decode == "reference")

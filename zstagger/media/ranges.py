@@ -42,7 +42,7 @@ def judge_range(source: MediaSource, classifier: Any, embed: Embed, options: Med
     """The record of the frames a video samples in ``[start, end)`` (None: it has none there).
     Raises :class:`~zstagger.errors.ImageLoadError` for the file's problems."""
     stream = open_video(source.source, options.limits, options.video_rate, options.scene_threshold, options.frame_side,
-                        start=start, end=end)
+                        start=start, end=end, reference_only=options.reference_only)
     try:
         judged = judge_frames(stream, classifier, embed, batch_size=options.batch_size, dedup=options.dedup,
                               keep_vectors=True)

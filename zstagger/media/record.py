@@ -58,6 +58,8 @@ def sampling_signature(options: MediaOptions, kind: str) -> str:
         chosen = f"animation;frames={options.animation_frames}"
     else:
         chosen = f"video;rate={options.video_rate:g};scene={options.scene_threshold:g};side={options.frame_side or 0}"
+        if options.reference_only:
+            chosen += ";decode=reference"
     return f"{chosen};dedup={options.dedup:g}"
 
 

@@ -39,7 +39,8 @@ def open_stream(source: MediaSource, options: MediaOptions) -> FrameStream:
     if source.kind == "animation":
         assert source.data is not None  # animations are read into memory by detect()
         return open_animation(source.data, options.limits, options.animation_frames)
-    return open_video(source.source, options.limits, options.video_rate, options.scene_threshold, options.frame_side)
+    return open_video(source.source, options.limits, options.video_rate, options.scene_threshold, options.frame_side,
+                      reference_only=options.reference_only)
 
 
 def _early_exit(policy: MediaPolicy, options: MediaOptions, kind: str) -> int:

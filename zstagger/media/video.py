@@ -41,7 +41,8 @@ def _av():
 
 
 def open_video(source: bytes | str, limits: MediaLimits, rate: float, scene_threshold: float,
-               frame_side: int | None = None, start: float = 0.0, end: float | None = None) -> FrameStream:
+               frame_side: int | None = None, start: float = 0.0, end: float | None = None,
+               reference_only: bool = False) -> FrameStream:
     """The stream of a video's sampled frames; ``source`` is the encoded bytes or a local file's path.
     ``frame_side``: sampled frames whose shorter side is longer are scaled down to it (area
     averaging) as they are converted to RGB, which is cheaper than converting them whole.
@@ -50,7 +51,13 @@ def open_video(source: bytes | str, limits: MediaLimits, rate: float, scene_thre
     time range of a long video, :mod:`zstagger.media.ranges`): decoding seeks to the keyframe
     before ``start`` and reads on from there, so the frames sampled are those a whole decode
     samples in the range when ``start`` is a multiple of the sampling interval. The video's last
-    frame is sampled by the range that reaches the end (``end`` None)."""
+    frame is sampled by the range that reaches the end (``end`` None).
+
+    ``reference_only``: the decoder skips the frames no other frame refers to (H.264/HEVC's
+    disposable B-frames; FFmpeg's ``skip_frame=NONREF``), which are most of the decoding work
+    of a typical clip: samples and scene cuts land on the nearest decoded frame instead. A
+    stream whose decoded frames come further apart than the sampling interval is decoded
+    whole from there on."""
     av = _av()
     try:
         container = av.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source, mode="r",
@@ -63,6 +70,8 @@ def open_video(source: bytes | str, limits: MediaLimits, rate: float, scene_thre
             raise ImageLoadError("no_video_stream", f"the file has no video stream (streams: {', '.join(kinds)})")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        if reference_only:
+            stream.codec_context.skip_frame = "NONREF"
         declared = _declared_duration(container, stream)
         limits.check_duration(declared)
         codec = stream.codec_context
@@ -149,6 +158,7 @@ def _sampled(container, stream, out: FrameStream, interval: float, scene_thresho
     end = 0.0
     seek = scene_threshold <= 0
     index = -1
+    before = None  # the time of the frame decoded before this one
     with container:
         frames = container.decode(stream)
         if from_time > 0:  # a range: times count from the video's first frame, wherever decoding resumes
@@ -173,6 +183,9 @@ def _sampled(container, stream, out: FrameStream, interval: float, scene_thresho
             if until is not None and at >= until - 1e-6:
                 break  # the next range's
             meter.frame(frame.width, frame.height, at)
+            if before is not None and at - before > interval and stream.codec_context.skip_frame != "DEFAULT":
+                stream.codec_context.skip_frame = "DEFAULT"  # frames too far apart when skipping: decode them all
+            before = at
             end = max(end, at)
             if frame.key_frame:
                 keyframes.append(at)
