@@ -660,3 +660,35 @@ def test_a_worker_that_cannot_reach_redis_says_where_it_looks_and_keeps_trying(t
     finally:
         worker.terminate(timeout=20)
         server.stop()
+
+
+def test_a_large_taxonomy_spec_travels_once_by_hash_not_in_every_chunk(redis_server, queue_env, settings, tmp_path):
+    from zstagger import Tagger
+    from zstagger.taxonomy import Taxonomy
+
+    def big(version):  # 2,000 labels: some 100 KB of JSON, over what a task message carries inline
+        return Taxonomy.parse({"name": "big", "version": version, "labels": [{"name": f"category {i}"} for i in range(2000)]})
+
+    images = write_images(tmp_path / "images", 6)
+    client = redis_server.client()
+    job = enqueue(images, taxonomy=big("1"), chunk_size=2, top_k=3, settings=settings)
+    queued = client.lrange("bulk", 0, -1)
+    stored = client.keys("zstagger:spec:*")
+    assert len(queued) == 3 and len(stored) == 1 and 0 < client.ttl(stored[0])
+    assert all(len(message) < 8000 and b"category 1999" not in message for message in queued)
+    assert client.strlen(stored[0]) > 64 * 1024
+    # A job whose stored spec is gone (expired early): its inputs say so, one record each.
+    gone = enqueue(images[:2], taxonomy=big("2"), settings=settings)
+    client.delete(*(set(client.keys("zstagger:spec:*")) - set(stored)))
+    with worker_starter(queue_env, tmp_path) as start:
+        start("w").wait_ready()
+        results = job.results(wait=True, timeout=120)
+        lost = gone.results(wait=True, timeout=120)
+    assert all(r.error.type == "invalid_taxonomy" and "no longer in Redis" in r.error.message for r in lost), lost
+    with Tagger(str(queue_env["ZSTAGGER_MODEL"]), precision="fp32", image_cache=False) as tagger:
+        direct = tagger.tag(images, big("1"), top_k=3)
+    assert all(r.error is None for r in results)
+    assert [r.tags for r in results] == [r.tags for r in direct]
+    for got, want in zip(results, direct):  # (batches of another size: float rounding apart)
+        assert [s.label for s in got.scores] == [s.label for s in want.scores]
+        assert [s.score for s in got.scores] == pytest.approx([s.score for s in want.scores], rel=1e-5)

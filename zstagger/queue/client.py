@@ -26,7 +26,7 @@ from .notify import FINAL_STATES, job_finished
 from .jobstore import (
     ENQUEUE_BEAT, ENQUEUING, JobStore, QueueUnavailableError, check_job_id, connect, new_job_id, redis_failure,
 )
-from .vectors import read_packs, spec_for_workers
+from .vectors import read_packs, spec_for_workers, spec_message
 
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _TASK_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -285,7 +285,8 @@ def enqueue(
     expires_at = int(time.time() + settings.result_ttl)
     chunks: list[Any] = [encoded[start : start + chunk_size] for start in range(0, len(encoded), chunk_size)]
     chunks += pages
-    each_json = [_reachable(settings, lambda: spec_for_workers(spec, pack, store.redis, expires_at))
+    each_json = [_reachable(settings, lambda: spec_message(spec_for_workers(spec, pack, store.redis, expires_at),
+                                                            store.redis, expires_at))
                  for spec, pack in zip(specs, packs)]
     spec_json = each_json if taxonomies is not None else each_json[0]  # one spec travels as it always has
     # Marked as being enqueued until every chunk is out: no worker tags a chunk of it before

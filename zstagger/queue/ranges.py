@@ -36,7 +36,7 @@ from .celery_app import RANGE_TASK_NAME, app
 from .messages import RangeRequest, decode_ref
 from .notify import job_finished
 from .sinking import sink_chunk
-from .taskrules import _refuse, _taxonomy, _with_redis
+from .taskrules import _refuse, _with_redis, task_taxonomy
 from .worker import worker_job_store, worker_settings, worker_tagger
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def tag_range(self, *args: Any, **kwargs: Any) -> dict[str, int]:
     store = worker_job_store()
     try:
         request = RangeRequest.from_message(args, kwargs)
-        spec = _taxonomy(json.dumps(request.taxonomy, sort_keys=True))
+        spec = task_taxonomy(request.taxonomy, store.redis, settings)
     except (ZstaggerError, ValueError, TypeError) as exc:
         return _refuse(self.request.id, exc)
     job_id, index = request.job_id, request.index

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from functools import lru_cache
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import redis
 from celery.exceptions import Reject
@@ -26,6 +28,31 @@ T = TypeVar("T")
 @lru_cache(maxsize=64)
 def _taxonomy(spec_json: str) -> Taxonomy:
     return Taxonomy.parse(json.loads(spec_json))
+
+
+_STORED: OrderedDict[str, Taxonomy] = OrderedDict()  # sha256 -> the spec stored in Redis, parsed (a few, latest used)
+_STORED_LOCK = threading.Lock()
+
+
+def task_taxonomy(one: Any, client: Any, settings: Settings) -> Taxonomy:
+    """The taxonomy a task names: its spec, or a spec stored in Redis by hash (large ones, see
+    :mod:`.vectors`), read and parsed once per process. Raises TaxonomyError (or ValueError)
+    for a spec no worker can use."""
+    from .vectors import STORED_SPEC, is_stored_spec, stored_spec
+
+    if not is_stored_spec(one):
+        return _taxonomy(json.dumps(one, sort_keys=True))
+    sha256 = one[STORED_SPEC]
+    with _STORED_LOCK:
+        if sha256 in _STORED:
+            _STORED.move_to_end(sha256)
+            return _STORED[sha256]
+    taxonomy = Taxonomy.parse(_with_redis(lambda: stored_spec(client, sha256), "reading the job's taxonomy spec", settings))
+    with _STORED_LOCK:
+        _STORED[sha256] = taxonomy
+        while len(_STORED) > 8:
+            _STORED.popitem(last=False)
+    return taxonomy
 
 
 def retry_delay(attempt: int, visibility_timeout: float | None = None) -> float:

@@ -8,7 +8,6 @@ Here: what to tag; what every task does alike (the retry policy, riding out Redi
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
@@ -26,7 +25,7 @@ from .messages import ChunkRequest, ListingPage, decode_item, decode_ref
 from .notify import job_finished
 from .sinking import sink_chunk
 from .jobstore import ENQUEUE_STALL, ENQUEUING
-from .taskrules import _refuse, _taxonomy, _with_redis, redis_patience, retry_delay  # noqa: F401 (retry_delay: here before)
+from .taskrules import _refuse, _with_redis, task_taxonomy, redis_patience, retry_delay  # noqa: F401 (retry_delay: here before)
 from .worker import metrics, shutting_down, worker_job_store, worker_settings, worker_tagger
 
 log = logging.getLogger(__name__)
@@ -111,7 +110,7 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
         return _refuse(self.request.id, exc)
     several = isinstance(chunk.taxonomy, list)  # several taxonomies in one pass: one MultiTagResult per input
     try:
-        specs: list[Taxonomy] | None = [_taxonomy(json.dumps(one, sort_keys=True)) for one in chunk.specs]
+        specs: list[Taxonomy] | None = [task_taxonomy(one, store.redis, settings) for one in chunk.specs]
         if several:
             resolve_each(specs)  # type: ignore[arg-type]  (each name once)
         spec_problem = ""

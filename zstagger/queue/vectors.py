@@ -14,22 +14,33 @@ read the producer's files:
 
 On the worker, :class:`RedisPackLoader` reads a pack by that hash (the tagger checks the
 hash, and compiles each taxonomy once per process, so a pack is read once).
+
+The spec itself goes the same way when it is large (a taxonomy of 10,000 product categories
+with their facets is megabytes of JSON): :func:`spec_message` stores a spec whose JSON is over
+:data:`SPEC_INLINE_LIMIT` once in Redis under ``zstagger:spec:<sha256>`` and every task of the
+job carries ``{"stored_spec": <sha256>}``; :func:`stored_spec` reads it back on the worker
+(checking the hash), once per process.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import time
 from typing import Any
 
 import redis
 
-from ..errors import ConfigurationError, ExamplesError
+from ..errors import ConfigurationError, ExamplesError, TaxonomyError
 from ..fewshot.sets import pack_bytes
 from ..taxonomy import Taxonomy
 
 PACK_PREFIX = "zstagger:vectors:"
 INLINE_LIMIT = 64 * 1024  # bytes of pack per task message; a few examples per label fit
+SPEC_PREFIX = "zstagger:spec:"
+SPEC_INLINE_LIMIT = 64 * 1024  # bytes of spec JSON per task message; hundreds of labels fit
+STORED_SPEC = "stored_spec"  # the one key of a task's spec that is stored in Redis
 
 
 def read_packs(spec: Taxonomy) -> dict[str, bytes]:
@@ -58,9 +69,42 @@ def spec_for_workers(spec: Taxonomy, packs: dict[str, bytes], client: redis.Redi
     return data
 
 
-def store_pack(client: redis.Redis, sha256: str, pack: bytes, expires_at: int) -> None:
+def spec_message(data: dict[str, Any], client: redis.Redis, expires_at: int) -> dict[str, Any]:
+    """What every task of a job carries for the spec ``data`` (:func:`spec_for_workers`'s): the
+    spec itself, or, when its JSON is over :data:`SPEC_INLINE_LIMIT`, its hash, with the JSON
+    stored once in Redis until the job expires."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+    if len(text) <= SPEC_INLINE_LIMIT:
+        return data
+    sha256 = hashlib.sha256(text).hexdigest()
+    store_pack(client, sha256, text, expires_at, prefix=SPEC_PREFIX)
+    return {STORED_SPEC: sha256}
+
+
+def is_stored_spec(data: Any) -> bool:
+    return isinstance(data, dict) and set(data) == {STORED_SPEC}
+
+
+def stored_spec(client: redis.Redis, sha256: Any) -> dict[str, Any]:
+    """The spec a task names by hash, read from Redis; a :class:`TaxonomyError` (the
+    spec is not there: it expired with its job, or it is damaged) otherwise."""
+    if not isinstance(sha256, str) or len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise TaxonomyError("a stored taxonomy spec is named by its sha256 (64 lowercase hex digits)")
+    text = client.get(SPEC_PREFIX + sha256)
+    if text is None:
+        raise TaxonomyError(f"the job's taxonomy spec (sha256 {sha256[:12]}...) is no longer in Redis: "
+                                 "it expired with its job, or was never stored; enqueue the job again")
+    if hashlib.sha256(text).hexdigest() != sha256:
+        raise TaxonomyError(f"the taxonomy spec stored in Redis under sha256 {sha256[:12]}... does not match its hash")
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise TaxonomyError("a stored taxonomy spec is not a JSON object")
+    return data
+
+
+def store_pack(client: redis.Redis, sha256: str, pack: bytes, expires_at: int, prefix: str = PACK_PREFIX) -> None:
     """Keep ``pack`` in Redis until at least ``expires_at`` (sent only when not there yet)."""
-    key = PACK_PREFIX + sha256
+    key = prefix + sha256
     if not client.set(key, pack, nx=True, exat=expires_at):
         ttl = client.ttl(key)  # there already (another job): make it last as long as this one
         if ttl >= 0 and time.time() + ttl < expires_at:
