@@ -336,3 +336,43 @@ def test_eval_reports_image_only_and_image_plus_text_rows(tiny_model_dir, tagger
     assert "image only against image+text" in done.stdout
     table = done.stdout.split("image only against image+text", 1)[1].splitlines()
     assert table[1].split()[:2] == ["SIGNAL", "WITH"] and table[2].startswith("image ") and table[3].startswith("image+text")
+
+
+def test_calibrate_chooses_thresholds_on_the_scores_with_text_fused(tiny_model_dir, tagger, tmp_path):
+    from zstagger.evaluation import calibrate
+    from zstagger.evaluation.calibrate import Target, choose_threshold
+    from zstagger.synthetic import labelled_image
+
+    names = ["dress", "knife", "headphones"]
+    rows = []
+    (tmp_path / "images").mkdir()
+    for i in range(24):
+        truth = [names[i % 3]] + ([names[(i + 1) % 3]] if i % 5 == 0 else [])
+        labelled_image([names.index(n) for n in truth], seed=700 + i, size=(64, 48)).save(tmp_path / "images" / f"{i}.png")
+        row = {"image": f"images/{i}.png", "labels": truth}
+        if i % 4:  # some rows bring no text: scored from the image alone
+            row["text"] = f"{['summer', 'sharp', 'noise cancelling'][i % 3]} {truth[0]} {i}"
+        rows.append(row)
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    fused = spec("multi", {"method": "logit_mean", "weight": 0.6})
+    target = Target("recall", 0.8)  # reachable whatever a random model scores
+    report = calibrate(manifest, fused, target_recall=0.8, folds=3, min_positives=3, tagger=tagger, bootstrap_rounds=20)
+    assert report.text.images_with_text == 18 and report.text.text_fusion == "logit_mean, weight 0.6"
+    assert report.taxonomy.text_fusion == fused.text_fusion  # tagging with it fuses as calibrated
+
+    # Each threshold is chosen among the scores tagging gives these inputs, text fused, independently.
+    paths = [str(tmp_path / row["image"]) for row in rows]
+    results = tagger.tag([ImageWithText(p, row["text"]) if "text" in row else p for p, row in zip(paths, rows)], fused)
+    image_only = calibrate(manifest, spec("multi"), target_recall=0.8, folds=3, min_positives=3, tagger=tagger,
+                           bootstrap_rounds=20)
+    assert image_only.text is not None  # (the default fusion: a manifest's text is always used)
+    differs = 0
+    for chosen in report.labels:
+        assert chosen.status == "calibrated", chosen
+        score = np.array([next(s.score for s in r.scores if s.label == chosen.label) for r in results])
+        truth = np.array([chosen.label in row["labels"] for row in rows])
+        assert chosen.threshold == pytest.approx(choose_threshold(score, truth, target), abs=1e-5)
+        other = next(r for r in image_only.labels if r.label == chosen.label)
+        differs += abs(other.threshold - chosen.threshold) > 1e-4
+    assert differs  # the weight moved at least one threshold

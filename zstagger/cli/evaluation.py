@@ -228,6 +228,9 @@ def print_calibration(report) -> None:
                f"{report.evaluated} images, {report.folds}-fold cross-validation (95% bootstrap intervals)")
     fitted = any(r.estimated_precision is not None for r in report.labels)
     _media_line(report.media, "thresholds")
+    if report.text is not None:
+        click.echo(f"text: {report.text.images_with_text} inputs have a text; thresholds are chosen on their scores "
+                   f"with it fused ({report.text.text_fusion}), as tagging them gives them")
     print_table([{"label": r.label, "target": r.target, "status": r.status, "positives": r.positives,
                   "threshold": f"{r.previous_threshold:.3f} -> {r.threshold:.4f}",
                   **({"fitted precision": _num(r.estimated_precision)} if fitted else {}),

@@ -28,7 +28,8 @@ from .datasets import LabelledDataset, load_dataset
 from .extra import check_installed, import_in_background
 from .facets import calibrate_facet, facet_figures
 from .metrics import Bootstrap, multi_label_figures, single_label_figures, verdict_figures
-from .models import CalibrationReport, EvalReport, FewShotUse, LabelMetrics, LevelMetrics, MediaItems, SignalRow
+from .models import (CalibrationReport, EvalReport, FewShotUse, LabelMetrics, LevelMetrics, MediaItems, SignalRow,
+                     TextUse)
 from .scored import UNREADABLE_SHOWN, ScoredDataset, rescore, score_dataset, with_text
 
 Progress = Callable[[int], None]
@@ -69,8 +70,7 @@ def evaluate(
         if has_text:  # the same images again, their text fused: both rows in the report
             fused, count = with_text(scored, spec.with_text_fusion(), active)
             text_report = build_eval_report(fused, dataset, active, bootstrap_rounds)
-            fusion = fused.taxonomy.text_fusion
-            described = f"{fusion.method}, weight {fusion.weight:g}" if fusion is not None else None
+            described = describe_fusion(fused.taxonomy.text_fusion)
             report = report.model_copy(update={"with_text": text_report, "signals": [
                 signal_row(report, "image", 0), signal_row(text_report, "image+text", count, described)]})
     if report_dir is not None:
@@ -104,6 +104,11 @@ def build_eval_report(scored: ScoredDataset, dataset: LabelledDataset, tagger: T
         cache_hits=scored.cache_hits, cache_misses=scored.cache_misses, bootstrap_rounds=rounds,
         calibration=spec.calibration, media=media_items(scored), **fields,
     )
+
+
+def describe_fusion(fusion) -> str | None:
+    """How an input's text is fused, in a few words: ``logit_mean, weight 0.3``."""
+    return f"{fusion.method}, weight {fusion.weight:g}" if fusion is not None else None
 
 
 def signal_row(report: EvalReport, signal: str, with_text: int, fusion: str | None = None) -> SignalRow:
@@ -198,8 +203,14 @@ def calibrate(
     spec = resolve_taxonomy(taxonomy)
     dataset = load_dataset(data, spec)
     import_in_background("sklearn.model_selection")
+    has_text = any(item.text is not None for item in dataset.items)
     with _tagger(tagger, model, cache, settings) as active:
-        scored = _score(dataset, spec, active, progress, keep_embeddings=examples > 0)
+        if has_text:
+            _check_texts(dataset, active.settings.max_text_chars)
+        scored = _score(dataset, spec, active, progress, keep_embeddings=examples > 0 or has_text)
+        texts = 0
+        if has_text:  # thresholds for the scores tagging gives these inputs: their text fused
+            scored, texts = with_text(scored, spec.with_text_fusion(), active)
         if len(scored.items) < 2 * folds:
             raise DatasetError(f"{dataset.source}: {len(scored.items)} readable images are too few for {folds}-fold cross-validation")
         boot = Bootstrap(len(scored.items), bootstrap_rounds)
@@ -208,7 +219,7 @@ def calibrate(
         comparison, final = None, scored
         if examples:
             comparison, final, results, warnings = _with_examples(
-                scored, spec, active, examples, target, per_action, folds, min_positives, boot, results, estimator)
+                scored, scored.taxonomy, active, examples, target, per_action, folds, min_positives, boot, results, estimator)
         calibrated = calibrated_taxonomy(
             final, results, target=target, per_action=per_action, folds=folds, model=active.model_name,
             model_fingerprint=active.fingerprint, preprocessing=active.preprocessing, dataset=dataset.source,
@@ -223,7 +234,9 @@ def calibrate(
         taxonomy=calibrated, source_taxonomy=f"{spec.name}@{spec.version}", model=active.model_name, dataset=dataset.source,
         images=len(dataset.items), evaluated=len(scored.items), unreadable_count=len(scored.unreadable),
         unreadable=scored.unreadable[:UNREADABLE_SHOWN], folds=folds, labels=results, warnings=warnings,
-        examples=comparison, facets=facet_results, media=media_items(scored), seconds=round(time.perf_counter() - started, 3),
+        examples=comparison, facets=facet_results, media=media_items(scored),
+        text=TextUse(images_with_text=texts, text_fusion=describe_fusion(scored.taxonomy.text_fusion)) if texts else None,
+        seconds=round(time.perf_counter() - started, 3),
     )
 
 

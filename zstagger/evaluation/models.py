@@ -218,6 +218,14 @@ class ExamplesComparison(_Model):
     labels_without_examples: list[LabelCalibrationResult]  # the calibration the taxonomy gets without examples
 
 
+class TextUse(_Model):
+    """Calibrated on inputs with text: thresholds chosen on the scores with each text fused, as
+    tagging those inputs gives them (the calibrated taxonomy keeps the fusion it was chosen with)."""
+
+    images_with_text: int
+    text_fusion: str | None = None  # "logit_mean, weight 0.3"
+
+
 class CalibrationReport(_Model):
     taxonomy: Taxonomy  # the calibrated taxonomy, ready to write
     source_taxonomy: str
@@ -233,4 +241,5 @@ class CalibrationReport(_Model):
     examples: ExamplesComparison | None = None  # calibrate --examples K
     facets: list[FacetCalibrationResult] = []  # taxonomies with facets: each facet's threshold
     media: MediaItems | None = None  # animations and videos among the items: thresholds chosen per item
+    text: TextUse | None = None  # inputs with text (a manifest's "text"): thresholds chosen on the fused scores
     seconds: float = 0.0

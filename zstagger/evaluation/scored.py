@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from itertools import chain
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +47,7 @@ class ScoredDataset:
     matched: np.ndarray | None = None  # (N, L) bool: known-image matches
     facets: list = field(default_factory=list)  # one ScoredFacet (:mod:`.facets`) per facet of the taxonomy
     media: dict[str, int] = field(default_factory=dict)  # animations and videos among the items, by kind (one row each)
+    texts: Any = None  # the items' text embeddings (InputTexts) once fused (:func:`with_text`), for rescoring
 
     @property
     def names(self) -> list[str]:
@@ -151,7 +153,8 @@ def rescore(scored: ScoredDataset, compiled: TaxonomyClassifier) -> ScoredDatase
     if scored.embeddings is None:
         scores, matched = np.zeros((0, count)), np.zeros((0, count), dtype=bool)
     else:
-        batch = compiled.score(scored.embeddings)
+        # (fused with the items' text as they were, when the taxonomy fuses text)
+        batch = compiled.score(scored.embeddings, scored.texts if compiled.taxonomy.text_fusion is not None else None)
         scores, matched = batch.scores, batch.matched
     tagged = compiled.tag_rows(scores, matched) if len(scores) else []
     facets = scored.facets
@@ -176,4 +179,4 @@ def with_text(scored: ScoredDataset, taxonomy: Taxonomy, tagger: Tagger) -> tupl
     batch = compiled.score(scored.embeddings, texts)
     tagged = compiled.tag_rows(batch.scores, batch.matched)
     return replace(scored, taxonomy=taxonomy, classifier=compiled, scores=batch.scores, matched=batch.matched, tagged=tagged,
-                   verdicts=[compiled.verdict(t) for t in tagged]), len(rows)
+                   verdicts=[compiled.verdict(t) for t in tagged], texts=texts), len(rows)
