@@ -35,9 +35,21 @@ _filesystems: dict[tuple[str, float, str], Any] = {}
 _lock = threading.Lock()
 
 
+_options_text: dict[str | None, str] = {}
+
+
+def _source_options_text() -> str:
+    """ZSTAGGER_SOURCE_OPTIONS as the settings read it, once per value of the variable: every
+    read of an object asks, and reading the whole settings costs more than a small object's GET."""
+    raw = os.environ.get("ZSTAGGER_SOURCE_OPTIONS")
+    if raw not in _options_text:
+        _options_text[raw] = Settings().source_options.get_secret_value()
+    return _options_text[raw]
+
+
 def source_options(protocol: str) -> dict[str, Any]:
     """ZSTAGGER_SOURCE_OPTIONS for one filesystem (a JSON object keyed by scheme)."""
-    text = Settings().source_options.get_secret_value().strip()
+    text = _source_options_text().strip()
     if not text:
         return {}
     try:
@@ -51,7 +63,7 @@ def source_options(protocol: str) -> dict[str, Any]:
 
 def filesystem(protocol: str, timeout: float) -> Any:
     """The process's fsspec filesystem for ``protocol`` (one per timeout; a forked worker makes its own)."""
-    key = (protocol, timeout, Settings().source_options.get_secret_value())
+    key = (protocol, timeout, _source_options_text())
     with _lock:
         if key not in _filesystems:
             try:
