@@ -282,6 +282,25 @@ def test_http_images_may_bring_text(tiny_model_dir, images, taxonomy_dir, tagger
         shop = Taxonomy.parse(yaml.safe_load((taxonomy_dir / "shop.yaml").read_text()))
         want = tagger.tag([ImageWithText(images[0], TITLES[0])], shop)[0]
         assert [s["score"] for s in first["scores"]] == pytest.approx([s.score for s in want.scores], abs=1e-5)
+
+        # Multipart: a text field is the text of the file just before it.
+        def part(i, name):
+            return ("images", (name, open(images[i], "rb").read(), "image/png"))
+
+        headers = {"Authorization": "Bearer zst_text-key"}
+        form = [part(0, "one.png"), ("text", (None, TITLES[0])), part(1, "plain.png"), part(2, "three.png"),
+                ("text", (None, TITLES[2])), ("taxonomy", (None, "shop"))]
+        response = httpx.post(api.url + "/v1/tag", files=form, headers=headers, timeout=60)
+        assert response.status_code == 200, response.text
+        got = response.json()["results"]
+        assert [r.get("text_used") for r in got] == [True, None, True], got
+        wants = tagger.tag([ImageWithText(images[0], TITLES[0]), images[1], ImageWithText(images[2], TITLES[2])], shop)
+        for one, want in zip(got, wants):
+            assert [s["score"] for s in one["scores"]] == pytest.approx([s.score for s in want.scores], abs=1e-5)
+        for bad, said in [([("text", (None, "a title")), part(0, "one.png")], "comes after the file"),
+                          ([part(0, "one.png"), ("text", (None, "a")), ("text", (None, "b"))], "two text fields")]:
+            refused = httpx.post(api.url + "/v1/tag", files=bad + [("taxonomy", (None, "shop"))], headers=headers, timeout=60)
+            assert refused.status_code == 400 and said in refused.json()["error"]["message"], refused.text
     finally:
         assert api.stop() in (0, -15)
     assert "Traceback" not in api.log_path.read_text()

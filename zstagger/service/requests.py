@@ -180,7 +180,9 @@ def parse_json(model: type[M], body: bytes) -> M:
 
 async def _read_multipart(request: Request, settings: Settings) -> tuple[list[ImageInput], Taxonomy | list[Taxonomy], int | None, bool]:
     try:
-        form = await request.form(max_files=settings.max_request_images, max_fields=64, max_part_size=64 * 1024)
+        # (a text field per image at most, beside the few others)
+        form = await request.form(max_files=settings.max_request_images, max_fields=64 + settings.max_request_images,
+                                  max_part_size=64 * 1024)
     except (ApiError, ClientDisconnect):
         raise
     except Exception as exc:  # python-multipart / Starlette: malformed, or over max_files
@@ -188,8 +190,9 @@ async def _read_multipart(request: Request, settings: Settings) -> tuple[list[Im
     try:
         uploads = [value for key, value in form.multi_items() if isinstance(value, UploadFile)]
         fields: dict[str, list[str]] = {}
+        texts = _texts_of_uploads(form.multi_items())
         for key, value in form.multi_items():
-            if isinstance(value, str):
+            if isinstance(value, str) and key != "text":
                 fields.setdefault(key, []).append(value)
         unknown = set(fields) - {"taxonomy", "taxonomies", "labels", "template", "top_k", "frames"}
         if unknown:
@@ -207,10 +210,29 @@ async def _read_multipart(request: Request, settings: Settings) -> tuple[list[Im
             if len(data) > settings.max_image_bytes:
                 raise ApiError(413, "payload_too_large", f"upload {upload.filename or i!r} is over the "
                                f"{settings.max_image_bytes:,}-byte limit (ZSTAGGER_MAX_IMAGE_BYTES)")
-            refs.append(NamedBytes(upload.filename or f"upload-{i}", data))
+            image = NamedBytes(upload.filename or f"upload-{i}", data)
+            # (a text over ZSTAGGER_MAX_TEXT_CHARS becomes that image's error record when it is tagged)
+            refs.append(ImageWithText(image, texts[i]) if texts.get(i) is not None else image)
         return refs, spec, top_k, frames
     finally:
         await form.close()
+
+
+def _texts_of_uploads(items: list[tuple[str, Any]]) -> dict[int, str]:
+    """A ``text`` field is the text of the file sent just before it (a product title, say):
+    upload number -> text. A text before any file, or a second one after the same file, is refused."""
+    texts: dict[int, str] = {}
+    uploads = -1
+    for key, value in items:
+        if isinstance(value, UploadFile):
+            uploads += 1
+        elif key == "text":
+            if uploads < 0:
+                raise ApiError(400, "invalid_request", "a text field comes after the file it describes; this one comes first")
+            if uploads in texts:
+                raise ApiError(400, "invalid_request", f"file {uploads} has two text fields; send one after each file")
+            texts[uploads] = value
+    return texts
 
 
 def _one(values: list[str] | None, name: str) -> str | None:

@@ -19,6 +19,8 @@ MULTIPART_TAG = {
     "type": "object",
     "properties": {
         "images": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "Image files."},
+        "text": {"type": "string", "description": "The text of the file sent just before this field (a product title, "
+                 "say), fused with its image as the taxonomy's text_fusion says; at most one after each file."},
         "taxonomy": {"type": "string"},
         "taxonomies": {"type": "string", "description": "Comma-separated taxonomies, for several in one pass."},
         "labels": {"type": "string", "description": "Comma-separated ad-hoc labels."},
