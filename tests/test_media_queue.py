@@ -29,6 +29,7 @@ def spec_root(tmp_path_factory):
         for i in range(6):
             make(i).save(root / "ex" / kind / f"{i}.png")
     write_spec(root, "split-all", media={"early_exit_frames": 0})
+    write_spec(root, "split-early")  # the default early exit: 2 firing frames
     return root
 
 
@@ -96,5 +97,34 @@ def test_a_long_video_is_split_across_workers_and_a_killed_worker_loses_nothing(
         [(s["label"], s["start"], s["end"]) for s in want["segments"]]
     assert [s for s in result["segments"] if s["label"] == "banned"][0]["start"] < 6.0 < \
         [s for s in result["segments"] if s["label"] == "banned"][0]["end"]  # across the 6 s boundary
+    for a, b in zip(result["scores"], want["scores"]):
+        assert a["label"] == b["label"] and a["score"] == pytest.approx(b["score"], abs=5e-3)  # fp16 frame embeddings
+
+
+def test_a_split_video_decided_early_skips_the_later_ranges_and_equals_one_decode(tmp_path, tiny_model_dir, spec_root,
+                                                                                  redis_server):
+    path = video(tmp_path / "late.mp4", seconds=24, fps=25, flagged=[(2.0, 24.0)], size=(320, 240))
+    env = {"ZSTAGGER_MODEL": str(tiny_model_dir), "ZSTAGGER_PRECISION": "fp32", "ZSTAGGER_TAXONOMY_PATH": str(spec_root),
+           "ZSTAGGER_CACHE_DIR": str(tmp_path / "cache"), "ZSTAGGER_METRICS_PORT": "0",
+           "ZSTAGGER_REDIS_URL": redis_server.url, "ZSTAGGER_VISIBILITY_TIMEOUT": "8",
+           "ZSTAGGER_VIDEO_SPLIT_SECONDS": "3", "ZSTAGGER_VIDEO_SAMPLE_RATE": "8", "ZSTAGGER_MEDIA_BATCH_SIZE": "1"}
+    direct = run_cli("tag", str(path), "-t", "split-early", "--format", "jsonl", env=env)
+    assert direct.returncode == 0, direct.stderr
+    want = json.loads(direct.stdout)
+    assert want["media"]["stopped_early"] and want["verdict"] == "block"
+    with worker_starter(env, tmp_path) as workers:
+        worker = workers("one").wait_ready()
+        job = run_cli("enqueue", str(path), "-t", "split-early", env=env)
+        assert job.returncode == 0, job.stderr
+        got = run_cli("results", job.stdout.strip(), "--wait", "--timeout", "90", env=env)
+        assert got.returncode == 0, got.stderr + worker.output()[-3000:]
+        log = worker.output()
+    result = json.loads(got.stdout)
+    # One worker takes the ranges in order: the first decides the video, the other seven are not decoded.
+    assert log.count("not decoded: the video was decided") == 7, log[-3000:]
+    assert result["media"]["stopped_early"] and result["verdict"] == want["verdict"] and result["tags"] == want["tags"]
+    assert result["media"]["frames_scored"] == want["media"]["frames_scored"]
+    assert [(s["label"], s["start"], s["end"]) for s in result["segments"]] == \
+        [(s["label"], s["start"], s["end"]) for s in want["segments"]]
     for a, b in zip(result["scores"], want["scores"]):
         assert a["label"] == b["label"] and a["score"] == pytest.approx(b["score"], abs=5e-3)  # fp16 frame embeddings

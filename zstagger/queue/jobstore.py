@@ -185,7 +185,21 @@ class JobStore:
         return {int(k): v for k, v in raw.items() if k.isdigit()}
 
     def drop_ranges(self, job_id: str, index: int) -> None:
-        self.redis.delete(self.range_key(job_id, index))
+        self.redis.delete(self.range_key(job_id, index), self.range_key(job_id, index) + ":decided")
+
+    # The earliest time a range found the video decided (its taxonomy's early exit): ranges that
+    # start later are skipped. Kept as the smallest time any range reported.
+    _DECIDE = ("local v = redis.call('GET', KEYS[1]) "
+               "if (not v) or tonumber(ARGV[1]) < tonumber(v) then redis.call('SET', KEYS[1], ARGV[1], 'EXAT', ARGV[2]) end "
+               "return redis.call('GET', KEYS[1])")
+
+    def decide_ranges(self, job_id: str, index: int, at: float, expires_at: int) -> None:
+        """Input ``index``'s video is decided by the frame at ``at`` seconds (the earliest one wins)."""
+        self.redis.eval(self._DECIDE, 1, self.range_key(job_id, index) + ":decided", repr(float(at)), int(expires_at))
+
+    def ranges_decided(self, job_id: str, index: int) -> float | None:
+        value = self.redis.get(self.range_key(job_id, index) + ":decided")
+        return float(value) if value is not None else None
 
     # -- chunks not yet delivered to the job's result sink (zstagger.queue.sinking) -------------
 

@@ -16,6 +16,12 @@ video had been read in one go) and stores the input's result like any other: one
 by index, so two tasks finishing at once store the same result once. A range task killed
 mid-range is redelivered (acks late) and done again. A range that cannot be read makes the
 input's result that error record.
+
+Early exit: a range whose own frames make the taxonomy stop (a block label fired on enough
+frames) records the time of that frame for its video (the earliest any range found); a range
+that starts after it is not decoded and keeps a ``skipped`` mark instead. The join judges the
+frames with the taxonomy's early exit, so the result is what one decode with early exit gives:
+it stops at the same frame and says it stopped early.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from .worker import worker_job_store, worker_settings, worker_tagger
 log = logging.getLogger(__name__)
 
 _EMPTY = b"empty"  # a range with no frame in it (the header said longer than the video is)
+_SKIPPED = b"skipped"  # a range after the point where an earlier range decided the video (early exit)
 _ERROR = b"error:"  # a range that could not be read: its error record follows, as JSON
 
 
@@ -101,14 +108,26 @@ def tag_range(self, *args: Any, **kwargs: Any) -> dict[str, int]:
     ref = decode_ref(request.wire_ref())
     source = MediaSource("video", path=ref) if isinstance(ref, str) else MediaSource("video", data=bytes(getattr(ref, "data", ref)))
     tagger = worker_tagger()
+    expires_at = int(request.expires_at) if request.expires_at else int(time.time() + settings.result_ttl)
+    decided = _with_redis(lambda: store.ranges_decided(job_id, index), "reading the ranges", settings)
     try:
-        record = tagger.judge_range(source, spec, request.start, request.end)
-        part = record_bytes(record) if record is not None else _EMPTY
+        # (past a batch of sampled frames beyond it: where the whole video's judging stops can
+        # be up to a batch later than where the range's own did)
+        options = tagger.media_options
+        if decided is not None and request.start > decided + options.batch_size / options.video_rate:
+            part = _SKIPPED  # an earlier range found the video decided (early exit): not decoded
+            log.info("zstagger: job %s input %d: range %d of %d not decoded: the video was decided at %.2f s",
+                     job_id, index, request.part, request.parts, decided)
+        else:
+            record = tagger.judge_range(source, spec, request.start, request.end)
+            part = record_bytes(record) if record is not None else _EMPTY
+            stop = _decided_at(tagger, spec, record)
+            if stop is not None:
+                _with_redis(lambda: store.decide_ranges(job_id, index, stop, expires_at), "storing a range", settings)
     except ImageLoadError as exc:
         part = _ERROR + json.dumps({"type": exc.kind, "message": exc.message}).encode()
     except ZstaggerError as exc:  # the taxonomy cannot be used here (its example images): the input says why
         part = _ERROR + json.dumps({"type": record_type(exc), "message": str(exc)}).encode()
-    expires_at = int(request.expires_at) if request.expires_at else int(time.time() + settings.result_ttl)
     done = _with_redis(lambda: store.save_range(job_id, index, request.part, part, expires_at), "storing a range", settings)
     if done < request.parts:
         return {"range": request.part}
@@ -124,11 +143,26 @@ def tag_range(self, *args: Any, **kwargs: Any) -> dict[str, int]:
     return {"range": request.part, "joined": request.parts}
 
 
+def _decided_at(tagger: Any, spec: Any, record: Any) -> float | None:
+    """The time of the frame at which the taxonomy's early exit stops judging this range's frames
+    (None: it does not stop in the range, or the taxonomy never stops early)."""
+    if record is None:
+        return None
+    alone = tagger.rejudge_media(record, "", spec, early_exit=True)
+    if alone is None or alone.media is None or not alone.media.stopped_early:
+        return None
+    return float(record.times[alone.media.frames_scored - 1])
+
+
 def join(tagger: Any, spec: Any, name: str, parts: list[bytes], top_k: int | None) -> TagResult:
-    """One result from a video's ranges, in order: the first range's error, if any; else every frame judged."""
+    """One result from a video's ranges, in order: the first range's error, if any; else the
+    frames judged as one decode judges them, early exit included (ranges skipped because an
+    earlier one decided the video all lie past where judging stops)."""
     provenance = tagger.provenance(spec)
     records = []
     for data in parts:
+        if data == _SKIPPED:
+            continue
         if data.startswith(_ERROR):
             error = json.loads(data[len(_ERROR):])
             return TagResult.failed(name, spec.name, str(error["type"]), str(error["message"]), provenance=provenance)
@@ -141,7 +175,11 @@ def join(tagger: Any, spec: Any, name: str, parts: list[bytes], top_k: int | Non
     if not records:
         return TagResult.failed(name, spec.name, "invalid_media", "no frame of the media could be decoded",
                                 provenance=provenance)
-    return tagger.rejudge_media(merge_records(records), name, spec, top_k=top_k, early_exit=False)
+    merged = merge_records(records)
+    result = tagger.rejudge_media(merged, name, spec, top_k=top_k, early_exit=True)
+    # (None: the taxonomy would judge past a skipped range, which cannot happen as ranges are
+    # skipped only past a stop; then every frame that is there is judged)
+    return result if result is not None else tagger.rejudge_media(merged, name, spec, top_k=top_k, early_exit=False)
 
 
 __all__ = ["fan_out", "join", "tag_range"]
