@@ -395,3 +395,30 @@ def test_calibrate_chooses_thresholds_on_the_scores_with_text_fused(tiny_model_d
         other = next(r for r in image_only.labels if r.label == chosen.label)
         differs += abs(other.threshold - chosen.threshold) > 1e-4
     assert differs  # the weight moved at least one threshold
+
+
+def test_eval_and_calibrate_with_text_take_animations_too_judged_from_their_frames_alone(tagger, tmp_path):
+    from zstagger.evaluation import calibrate, evaluate
+    from zstagger.synthetic import labelled_image
+
+    names = ["dress", "knife", "headphones"]
+    rows = []
+    (tmp_path / "images").mkdir()
+    for i in range(18):
+        label = names[i % 3]
+        if i % 6 == 5:  # an animation of its class, with a text (its frames are judged without it)
+            frames = [labelled_image([i % 3], seed=900 + i * 10 + k, size=(64, 48)) for k in range(3)]
+            frames[0].save(tmp_path / "images" / f"{i}.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+            rows.append({"image": f"images/{i}.gif", "labels": [label], "text": f"animated {label}"})
+            continue
+        labelled_image([i % 3], seed=800 + i, size=(64, 48)).save(tmp_path / "images" / f"{i}.png")
+        rows.append({"image": f"images/{i}.png", "labels": [label], **({"text": f"a {label}"} if i % 2 else {})})
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    fused = spec("multi", {"method": "logit_mean", "weight": 0.6})
+    report = evaluate(manifest, fused, tagger=tagger, bootstrap_rounds=10)
+    stills_with_text = sum(1 for r in rows if "text" in r and r["image"].endswith(".png"))
+    assert report.media.items == 3 and report.signals[1].images_with_text == stills_with_text
+    calibrated = calibrate(manifest, fused, target_recall=0.8, folds=3, min_positives=3, tagger=tagger, bootstrap_rounds=10)
+    assert calibrated.media.items == 3 and calibrated.text.images_with_text == stills_with_text
+    assert all(r.status == "calibrated" for r in calibrated.labels)

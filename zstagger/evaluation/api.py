@@ -65,7 +65,7 @@ def evaluate(
     if has_text:
         _check_texts(dataset, (tagger.settings if tagger is not None else settings or Settings()).max_text_chars)
     with _tagger(tagger, model, cache, settings) as active:
-        scored = _score(dataset, spec, active, progress, keep_embeddings=has_text)
+        scored = _score(dataset, spec, active, progress, for_text=has_text)
         report = build_eval_report(scored, dataset, active, bootstrap_rounds)
         if has_text:  # the same images again, their text fused: both rows in the report
             fused, count = with_text(scored, spec.with_text_fusion(), active)
@@ -207,7 +207,7 @@ def calibrate(
     with _tagger(tagger, model, cache, settings) as active:
         if has_text:
             _check_texts(dataset, active.settings.max_text_chars)
-        scored = _score(dataset, spec, active, progress, keep_embeddings=examples > 0 or has_text)
+        scored = _score(dataset, spec, active, progress, keep_embeddings=examples > 0, for_text=has_text)
         texts = 0
         if has_text:  # thresholds for the scores tagging gives these inputs: their text fused
             scored, texts = with_text(scored, spec.with_text_fusion(), active)
@@ -323,9 +323,9 @@ def check_per_action(per_action: dict[str, float]) -> dict[str, float]:
 
 
 def _score(dataset: LabelledDataset, spec: Taxonomy, tagger: Tagger, progress,
-           keep_embeddings: bool = False) -> ScoredDataset:
+           keep_embeddings: bool = False, for_text: bool = False) -> ScoredDataset:
     scored = score_dataset(dataset, spec, tagger, progress(dataset) if progress else None,
-                           keep_embeddings=keep_embeddings)
+                           keep_embeddings=keep_embeddings, for_text=for_text)
     if not scored.items:
         first = "; ".join(f"{u.image}: {u.message}" for u in scored.unreadable[:3])
         raise DatasetError(f"{dataset.source}: none of the {len(dataset.items)} images could be read ({first})")

@@ -48,6 +48,7 @@ class ScoredDataset:
     facets: list = field(default_factory=list)  # one ScoredFacet (:mod:`.facets`) per facet of the taxonomy
     media: dict[str, int] = field(default_factory=dict)  # animations and videos among the items, by kind (one row each)
     texts: Any = None  # the items' text embeddings (InputTexts) once fused (:func:`with_text`), for rescoring
+    stills: np.ndarray | None = None  # (N,) bool with embeddings kept: rows that are stills (media: zeros)
 
     @property
     def names(self) -> list[str]:
@@ -76,13 +77,15 @@ def truth_matrix(items: list[LabelledImage], taxonomy: Taxonomy) -> np.ndarray:
 
 def score_dataset(
     dataset: LabelledDataset, taxonomy: Taxonomy, tagger: Tagger, progress: Callable[[int], None] | None = None,
-    keep_embeddings: bool = False,
+    keep_embeddings: bool = False, for_text: bool = False,
 ) -> ScoredDataset:
     """Embed (or fetch from the cache) and score every image of ``dataset`` against ``taxonomy``.
 
     Each batch is scored as it comes, so memory holds the scores, not the embeddings (a
     million 512-d embeddings are 2 GB); ``keep_embeddings`` keeps them too (few-shot examples
-    are picked from them)."""
+    are picked from them: stills only). ``for_text``: kept to fuse the items' text afterwards
+    (:func:`with_text`); an animation or video gets a row of zeros there, and ``stills`` says
+    which rows are real (media keep their image-only scores)."""
     compiled = tagger.classifier(taxonomy)
     before = tagger.cache_stats()
     count = len(taxonomy.labels)
@@ -100,7 +103,7 @@ def score_dataset(
         for offset, error in enumerate(errors):
             item = dataset.items[position + offset]
             if isinstance(error, SetAside):  # an animation or video: one row, its frames aggregated
-                if keep_embeddings:
+                if keep_embeddings:  # (few-shot examples)
                     raise DatasetError(f"{dataset.source}: {item.ref} is an animation or video; example images are "
                                        "picked from stills: calibrate this dataset without --examples")
                 try:
@@ -129,8 +132,8 @@ def score_dataset(
             tagged += batch_tags
             if compiled.facets:
                 facet_parts.append(facet_outcomes(compiled, embeds, batch_tags, stills))
-        if keep_embeddings and embeds is not None:
-            vectors.append(np.asarray(embeds, dtype=np.float32))
+        if (keep_embeddings or for_text) and batch_scores:
+            vectors.append((np.asarray(embeds, dtype=np.float32) if embeds is not None else None, stills))
         position += len(refs)
         if progress is not None:
             progress(len(refs))
@@ -138,13 +141,39 @@ def score_dataset(
     items = [dataset.items[row] for row in rows]
     if len(items) < len(scores):
         scores, matched = scores[:len(items)].copy(), matched[:len(items)].copy()
+    embeddings, still_rows = _aligned(vectors)
     return ScoredDataset(
         taxonomy=taxonomy, classifier=compiled, items=items, truth=truth_matrix(items, taxonomy), scores=scores,
         tagged=tagged, verdicts=[compiled.verdict(t) for t in tagged], unreadable=unreadable,
         cache_hits=after["hits"] - before["hits"], cache_misses=after["misses"] - before["misses"],
-        embeddings=np.concatenate(vectors) if vectors else None, matched=matched, media=media,
+        embeddings=embeddings, stills=still_rows, matched=matched, media=media,
         facets=scored_facets(compiled, joined(facet_parts, len(compiled.facets)), items),
     )
+
+
+def _aligned(parts: list[tuple[np.ndarray | None, list[bool]]]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Each batch's still embeddings with a row of zeros where an animation or video sits, and
+    which rows are stills; (None, None) when nothing was kept or no still was embedded."""
+    dim = next((e.shape[1] for e, _ in parts if e is not None), None)
+    if dim is None:
+        return None, None
+    blocks = []
+    for embeds, stills in parts:
+        block = np.zeros((len(stills), dim), dtype=np.float32)
+        if embeds is not None:
+            block[np.asarray(stills, dtype=bool)] = embeds
+        blocks.append(block)
+    return np.concatenate(blocks), np.concatenate([np.asarray(st, dtype=bool) for _, st in parts])
+
+
+def _keep_media_rows(scored: ScoredDataset, scores: np.ndarray, matched: np.ndarray) -> None:
+    """Animations and videos keep their own (aggregated, image-only) scores where rows were
+    scored again from embeddings (theirs is a row of zeros)."""
+    if scored.stills is not None and not scored.stills.all():
+        media = ~scored.stills
+        scores[media] = scored.scores[media]
+        if scored.matched is not None:
+            matched[media] = scored.matched[media]
 
 
 def rescore(scored: ScoredDataset, compiled: TaxonomyClassifier) -> ScoredDataset:
@@ -156,6 +185,7 @@ def rescore(scored: ScoredDataset, compiled: TaxonomyClassifier) -> ScoredDatase
         # (fused with the items' text as they were, when the taxonomy fuses text)
         batch = compiled.score(scored.embeddings, scored.texts if compiled.taxonomy.text_fusion is not None else None)
         scores, matched = batch.scores, batch.matched
+        _keep_media_rows(scored, scores, matched)
     tagged = compiled.tag_rows(scores, matched) if len(scores) else []
     facets = scored.facets
     if compiled.facets and scored.embeddings is not None:
@@ -171,12 +201,19 @@ def with_text(scored: ScoredDataset, taxonomy: Taxonomy, tagger: Tagger) -> tupl
     from ..engine.scoring import InputTexts
 
     compiled = tagger.classifier(taxonomy)
-    rows = [i for i, item in enumerate(scored.items) if item.text is not None]
+    rows = [i for i, item in enumerate(scored.items)
+            if item.text is not None and (scored.stills is None or scored.stills[i])]  # (media: image only)
     texts = InputTexts(np.asarray(rows, dtype=np.int64), tagger.text_embeddings([scored.items[i].text for i in rows])) \
         if rows else None
     if scored.embeddings is None:
         return replace(scored, taxonomy=taxonomy, classifier=compiled), 0
     batch = compiled.score(scored.embeddings, texts)
+    _keep_media_rows(scored, batch.scores, batch.matched)
     tagged = compiled.tag_rows(batch.scores, batch.matched)
+    facets = scored.facets
+    if compiled.facets:  # facets apply under the categories tagged: those with the text fused
+        stills = scored.stills if scored.stills is not None else np.ones(len(tagged), dtype=bool)
+        outcomes = facet_outcomes(compiled, scored.embeddings[stills], tagged, stills.tolist())
+        facets = scored_facets(compiled, outcomes, scored.items)
     return replace(scored, taxonomy=taxonomy, classifier=compiled, scores=batch.scores, matched=batch.matched, tagged=tagged,
-                   verdicts=[compiled.verdict(t) for t in tagged], texts=texts), len(rows)
+                   verdicts=[compiled.verdict(t) for t in tagged], texts=texts, facets=facets), len(rows)

@@ -56,8 +56,8 @@ def open_video(source: bytes | str, limits: MediaLimits, rate: float, scene_thre
     ``reference_only``: the decoder skips the frames no other frame refers to (H.264/HEVC's
     disposable B-frames; FFmpeg's ``skip_frame=NONREF``), which are most of the decoding work
     of a typical clip: samples and scene cuts land on the nearest decoded frame instead. A
-    stream whose decoded frames come further apart than the sampling interval is decoded
-    whole from there on."""
+    stream with a packet more than the sampling interval past the last decoded frame is
+    decoded whole from that packet on (:func:`_decode`)."""
     av = _av()
     try:
         container = av.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source, mode="r",
@@ -158,13 +158,12 @@ def _sampled(container, stream, out: FrameStream, interval: float, scene_thresho
     end = 0.0
     seek = scene_threshold <= 0
     index = -1
-    before = None  # the time of the frame decoded before this one
     with container:
-        frames = container.decode(stream)
+        frames = _decode(container, stream, interval)
         if from_time > 0:  # a range: times count from the video's first frame, wherever decoding resumes
             start = _first_time(frames, stream, out)
             container.seek(_pts(start + from_time, stream), stream=stream, backward=True, any_frame=False)
-            frames = container.decode(stream)
+            frames = _decode(container, stream, interval)
         while True:
             try:
                 frame = next(frames)
@@ -183,9 +182,6 @@ def _sampled(container, stream, out: FrameStream, interval: float, scene_thresho
             if until is not None and at >= until - 1e-6:
                 break  # the next range's
             meter.frame(frame.width, frame.height, at)
-            if before is not None and at - before > interval and stream.codec_context.skip_frame != "DEFAULT":
-                stream.codec_context.skip_frame = "DEFAULT"  # frames too far apart when skipping: decode them all
-            before = at
             end = max(end, at)
             if frame.key_frame:
                 keyframes.append(at)
@@ -200,7 +196,7 @@ def _sampled(container, stream, out: FrameStream, interval: float, scene_thresho
                 next_at = (math.floor(at / interval + 1e-6) + 1) * interval
                 if seek and _keyframes_closer_than(keyframes, interval) and next_at - at > 1.5 * _gop(keyframes):
                     container.seek(_pts(start + next_at, stream), stream=stream, backward=True, any_frame=False)
-                    frames = container.decode(stream)
+                    frames = _decode(container, stream, interval)
                     previous = None
             else:
                 last = (frame, thumb, at, index)
@@ -214,6 +210,25 @@ def _sampled(container, stream, out: FrameStream, interval: float, scene_thresho
     if declared is not None and not out.truncated and end < declared - max(1.0, 2 * interval):
         out.truncated = True
     out.duration = end if out.truncated or declared is None else max(declared, end)
+
+
+def _decode(container, stream, interval: float) -> Iterator:
+    """``container.decode(stream)``, packet by packet: while the decoder skips disposable frames
+    (``skip_frame`` NONREF), a packet more than ``interval`` past the last decoded frame (a
+    stream whose frames mostly refer to none, so skipping would leave gaps) turns skipping off
+    for the rest of the stream, before that packet is decoded."""
+    codec = stream.codec_context
+    last: float | None = None
+    for packet in container.demux(stream):
+        if codec.skip_frame != "DEFAULT" and last is not None and packet.pts is not None and packet.time_base is not None \
+                and float(packet.pts * packet.time_base) - last > interval:
+            codec.skip_frame = "DEFAULT"
+        if packet.is_keyframe and packet.pts is not None and packet.time_base is not None:
+            last = float(packet.pts * packet.time_base)  # decoded whatever is skipped (its frame may come out later)
+        for frame in packet.decode():
+            if frame.pts is not None and frame.time_base is not None:
+                last = float(frame.pts * frame.time_base)
+            yield frame
 
 
 def _first_time(frames, stream, out: FrameStream) -> float:
