@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import pytest
 import redis
 
@@ -194,3 +195,51 @@ def test_an_input_retried_apart_rewrites_its_chunks_file_and_a_failing_sink_is_d
     assert files["00000000-00000002.jsonl"][0]["error"]["type"] == "fetch_failed"
     delivered = local_sink(blocked / failing.id)
     assert list(delivered) == ["00000000-00000004.jsonl"] and [line["index"] for line in delivered["00000000-00000004.jsonl"]] == [0, 1, 2, 3, 4]
+
+
+def test_a_write_under_way_never_lands_over_a_newer_one(redis_server, tmp_path):
+    """Writer A is writing a chunk's file with what was stored then; meanwhile another input of
+    the chunk is stored and its writer B comes: B leaves the chunk to A, which writes again,
+    so the file ends with every result (a stale write of A landing after B's would lose one)."""
+    import threading
+
+    from zstagger import hookimpl
+    from zstagger.queue.jobstore import JobStore
+    from zstagger.queue.sinking import write_chunk
+    from zstagger.results import TagResult
+
+    entered, go = threading.Event(), threading.Event()
+
+    class SlowSink(ListSink):
+        schemes = ("slowsink",)
+        writes = 0
+
+        def write(self, url, job_id, chunk, lines):
+            SlowSink.writes += 1
+            if SlowSink.writes == 1:  # the first write waits while the other result is stored
+                entered.set()
+                assert go.wait(30)
+            super().write(url, job_id, chunk, lines)
+
+    sink = SlowSink()
+
+    class Plugin:
+        @hookimpl
+        def register_result_sinks(self, register):
+            register(sink)
+
+    store = JobStore(redis_server.client())
+    job = "a" * 32
+    store.create(job, 3, int(time.time()) + 600, sink="slowsink://x")
+    settings = Settings()
+    store.save(job, [(0, TagResult.failed("a.jpg", "t", "invalid_image", "x"))], int(time.time()) + 600)
+    with registered_plugin(Plugin(), name="slow-sink"):
+        first = threading.Thread(target=write_chunk, args=(store, "slowsink://x", job, (0, 2), settings))
+        first.start()
+        assert entered.wait(30)
+        store.save(job, [(1, TagResult.failed("b.jpg", "t", "invalid_image", "x"))], int(time.time()) + 600)
+        assert write_chunk(store, "slowsink://x", job, (0, 2), settings) == 0  # left to the writer under way
+        go.set()
+        first.join(30)
+    assert [json.loads(line)["index"] for line in sink.chunks[f"{job}/00000000-00000002"]] == [0, 1]
+    assert SlowSink.writes == 2

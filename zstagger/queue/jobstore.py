@@ -210,10 +210,11 @@ class JobStore:
         """Chunk ``chunk`` could not be written to the sink (``error``: why), for now."""
         job, key = self.keys(job_id)[0], self.sink_key(job_id)
         expires = self.redis.hget(job, "expires_at")
+        if expires is None:
+            return  # no such job (deleted, expired): nothing to keep a record on
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, chunk, error)
-            if expires is not None:
-                pipe.expireat(key, int(float(expires)))
+            pipe.expireat(key, int(float(expires)))
             pipe.execute()
         self.update(job_id, sink_last_error=error)
 

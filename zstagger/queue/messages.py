@@ -276,7 +276,13 @@ class RangeRequest(BaseModel):
         return self.ref if isinstance(self.ref, str) else self.ref.model_dump(exclude_none=True)
 
 
+#: The most inputs one chunk's origin may span (a forged one must not make a sink read a whole job).
+MAX_ORIGIN_SPAN = 100_000
+
+
 def _check_origin(origin: tuple[int, int] | None, index: int | None = None) -> None:
+    if origin is not None and origin[1] - origin[0] >= MAX_ORIGIN_SPAN:
+        raise ValueError(f"origin {list(origin)} spans more than {MAX_ORIGIN_SPAN:,} inputs")
     if origin is not None and (origin[1] < origin[0] or (index is not None and not origin[0] <= index <= origin[1])):
         raise ValueError(f"origin {list(origin)} is not a chunk's first and last input"
                          + (f" around input {index}" if index is not None else ""))

@@ -101,10 +101,13 @@ def tag_range(self, *args: Any, **kwargs: Any) -> dict[str, int]:
     total = int(meta["total"]) if meta.get("total", "").isdigit() else None
     if total is None or "cancelled" in meta or (request.expires_at and time.time() > request.expires_at):
         return {"skipped": 1}
-    if index >= total:
-        return _refuse(self.request.id, ValueError(f"index {index} is not an input of job {job_id} (it has {total})"))
+    if index >= total or request.sink_origin[1] >= total:
+        return _refuse(self.request.id, ValueError(f"index {index} or its chunk {list(request.sink_origin)} is not "
+                                                   f"among the inputs of job {job_id} (it has {total})"))
     if not _with_redis(lambda: store.missing(job_id, [index]), "reading the job's results", settings):
-        return {"skipped": 1}  # joined already (this range was sent again)
+        # joined already (this range was sent again, maybe after its worker died before the sink had it)
+        sink_chunk(self, store, meta, job_id, request.sink_origin, settings)
+        return {"skipped": 1}
     ref = decode_ref(request.wire_ref())
     source = MediaSource("video", path=ref) if isinstance(ref, str) else MediaSource("video", data=bytes(getattr(ref, "data", ref)))
     tagger = worker_tagger()

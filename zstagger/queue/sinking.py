@@ -2,9 +2,10 @@
 
 A chunk is named by the first and last input it was enqueued with (its *origin*), which its
 retries, hand-backs and a long video's time ranges carry along. Whoever stores results of a
-chunk's inputs writes the chunk's file again with all of them that are stored, so a chunk is
-one file whatever happened to its inputs, and the last write holds everything: each writer
-reads after its own results are stored, and writes again if more came in meanwhile.
+chunk's inputs has the chunk's file written again with all of them that are stored, so a
+chunk is one file whatever happened to its inputs; one writer at a time per chunk, which
+writes again while others mark new results (:func:`write_chunk`), so the last write holds
+everything and a stale one never lands after a newer one.
 
 A write that still fails after :func:`~zstagger.sinks.deliver_chunk`'s quick attempts is
 recorded on the job (``status`` shows the chunks not delivered and the last error) and sent
@@ -14,7 +15,9 @@ acknowledged late like every task (a worker killed mid-delivery leaves it to ano
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,13 +28,15 @@ from ..settings import Settings
 from ..sinks import chunk_name, deliver_chunk
 from .celery_app import SINK_TASK, app
 from .jobstore import JobStore, check_job_id
+from .messages import MAX_ORIGIN_SPAN
 from .taskrules import _with_redis, retry_delay
 from .worker import worker_job_store, worker_settings
 
 log = logging.getLogger(__name__)
 
-#: Writes of one chunk in one delivery when results keep arriving while it writes.
-REWRITES = 3
+LOCK_MS = 300_000  # how long a chunk's sink lock outlives a writer that died holding it
+DIRTY_SECONDS = 7 * 86400  # a chunk's "results stored, not yet written" mark
+_RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
 def origin_of(indices: Iterable[int]) -> tuple[int, int]:
@@ -42,19 +47,39 @@ def origin_of(indices: Iterable[int]) -> tuple[int, int]:
 
 def write_chunk(store: JobStore, url: str, job_id: str, origin: tuple[int, int], settings: Settings) -> int:
     """Write every stored result of the chunk's inputs to the sink; returns the lines written
-    (0: none stored yet, nothing written). Raises :class:`SinkError`."""
+    (0: none stored yet, or the chunk's writer of the moment writes them). Raises :class:`SinkError`.
+
+    One writer per chunk at a time: each caller marks the chunk dirty (its results are stored by
+    now) and takes the chunk's lock if it is free; the lock holder writes until no mark is left,
+    so results stored while a write was under way are written again by whoever holds the lock,
+    and a stale write never lands after a newer one. A holder that dies leaves the lock to
+    expire (its task is redelivered and writes again)."""
     first, last = origin
-    written = -1
-    for _ in range(REWRITES):
-        lines = [(index, line) for index, line in _with_redis(
-            lambda: list(store.iter_results(job_id, last + 1, start=first)), "reading results for the sink", settings)
-            if line is not None]
-        if len(lines) == written:
-            break  # nothing came in while it wrote
-        if not lines:
-            return 0
-        written = deliver_chunk(url, job_id, chunk_name(origin), lines)
-    return max(written, 0)
+    base = store.keys(job_id)[0] + ":sink_"
+    name = chunk_name(origin)
+    lock, dirty, client = f"{base}lock:{name}", f"{base}dirty:{name}", store.redis
+    _with_redis(lambda: client.set(dirty, 1, ex=DIRTY_SECONDS), "marking the chunk for its sink", settings)
+    written = 0
+    while True:
+        token = uuid.uuid4().hex
+        if not _with_redis(lambda: client.set(lock, token, nx=True, px=LOCK_MS), "locking the chunk's sink file", settings):
+            return written  # the holder writes this caller's results too (they are stored, the chunk is marked)
+        try:
+            while _with_redis(lambda: client.delete(dirty), "reading the chunk's mark", settings):
+                lines = _with_redis(lambda: [(index, line) for index, line in store.iter_results(job_id, last + 1, start=first)
+                                             if line is not None], "reading results for the sink", settings)
+                if lines:
+                    written = deliver_chunk(url, job_id, name, lines)
+        except BaseException:
+            with contextlib.suppress(redis.RedisError):
+                client.set(dirty, 1, ex=DIRTY_SECONDS)  # not written: the next writer (a later delivery) must
+            raise
+        finally:
+            with contextlib.suppress(redis.RedisError):
+                client.eval(_RELEASE, 1, lock, token)
+        # marked between the last write and the release, by a caller that found the lock taken
+        if not _with_redis(lambda: client.exists(dirty), "reading the chunk's mark", settings):
+            return written
 
 
 def to_sink(store: JobStore, url: str, job_id: str, origin: tuple[int, int], settings: Settings,
@@ -64,10 +89,12 @@ def to_sink(store: JobStore, url: str, job_id: str, origin: tuple[int, int], set
     try:
         write_chunk(store, url, job_id, origin, settings)
     except SinkError as exc:
-        log.error("zstagger: %s; delivering it again later", exc)
+        again = settings.sink_max_attempts > 1
+        log.error("zstagger: %s%s", exc, "; delivering it again later" if again else "")
         error = str(exc)[:500]
         _with_redis(lambda: store.sink_failed(job_id, name, error), "recording a sink failure", settings)
-        _later(job_id, origin, 1, settings, queue)
+        if again:
+            _later(job_id, origin, 1, settings, queue)
         return
     _with_redis(lambda: store.sink_delivered(job_id, name), "recording a sink delivery", settings)
 
@@ -94,7 +121,7 @@ def deliver_sink(self, job_id: Any, first: Any, last: Any, attempt: Any = 1) -> 
     store = worker_job_store()
     try:
         job_id = check_job_id(job_id)
-        if not all(type(n) is int and n >= 0 for n in (first, last, attempt)) or last < first:
+        if not all(type(n) is int and n >= 0 for n in (first, last, attempt)) or not 0 <= last - first < MAX_ORIGIN_SPAN:
             raise ValueError("malformed sink delivery arguments")
     except Exception as exc:  # noqa: BLE001  anyone who can write to Redis can send this task
         log.error("zstagger: refused a malformed sink task: %s", " ".join(str(exc).split())[:300])

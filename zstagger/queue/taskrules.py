@@ -17,6 +17,7 @@ import redis
 from celery.exceptions import Reject
 from kombu.exceptions import OperationalError
 
+from ..errors import TaxonomyError
 from ..settings import Settings
 from ..taxonomy import Taxonomy
 from .jobstore import describe_failure
@@ -47,7 +48,11 @@ def task_taxonomy(one: Any, client: Any, settings: Settings) -> Taxonomy:
         if sha256 in _STORED:
             _STORED.move_to_end(sha256)
             return _STORED[sha256]
-    taxonomy = Taxonomy.parse(_with_redis(lambda: stored_spec(client, sha256), "reading the job's taxonomy spec", settings))
+    data = _with_redis(lambda: stored_spec(client, sha256), "reading the job's taxonomy spec", settings)
+    try:
+        taxonomy = Taxonomy.parse(data)
+    except RecursionError:
+        raise TaxonomyError("the job's stored taxonomy spec is nested too deeply to read") from None
     with _STORED_LOCK:
         _STORED[sha256] = taxonomy
         while len(_STORED) > 8:

@@ -40,7 +40,8 @@ PACK_PREFIX = "zstagger:vectors:"
 INLINE_LIMIT = 64 * 1024  # bytes of pack per task message; a few examples per label fit
 SPEC_PREFIX = "zstagger:spec:"
 SPEC_INLINE_LIMIT = 64 * 1024  # bytes of spec JSON per task message; hundreds of labels fit
-STORED_SPEC = "stored_spec"  # the one key of a task's spec that is stored in Redis
+STORED_SPEC = "stored_spec"  # the key of a task's spec that is stored in Redis (beside its name)
+MAX_STORED_SPEC = 128 * 1024 * 1024  # bytes of stored spec JSON a worker reads
 
 
 def read_packs(spec: Taxonomy) -> dict[str, bytes]:
@@ -78,11 +79,11 @@ def spec_message(data: dict[str, Any], client: redis.Redis, expires_at: int) -> 
         return data
     sha256 = hashlib.sha256(text).hexdigest()
     store_pack(client, sha256, text, expires_at, prefix=SPEC_PREFIX)
-    return {STORED_SPEC: sha256}
+    return {STORED_SPEC: sha256, "name": data.get("name")}  # (the name: error records say which taxonomy)
 
 
 def is_stored_spec(data: Any) -> bool:
-    return isinstance(data, dict) and set(data) == {STORED_SPEC}
+    return isinstance(data, dict) and STORED_SPEC in data and set(data) <= {STORED_SPEC, "name"}
 
 
 def stored_spec(client: redis.Redis, sha256: Any) -> dict[str, Any]:
@@ -90,13 +91,20 @@ def stored_spec(client: redis.Redis, sha256: Any) -> dict[str, Any]:
     spec is not there: it expired with its job, or it is damaged) otherwise."""
     if not isinstance(sha256, str) or len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
         raise TaxonomyError("a stored taxonomy spec is named by its sha256 (64 lowercase hex digits)")
+    size = client.strlen(SPEC_PREFIX + sha256)
+    if size > MAX_STORED_SPEC:
+        raise TaxonomyError(f"the taxonomy spec stored in Redis under sha256 {sha256[:12]}... is {size:,} bytes, over "
+                            f"the {MAX_STORED_SPEC:,} a worker reads")
     text = client.get(SPEC_PREFIX + sha256)
     if text is None:
         raise TaxonomyError(f"the job's taxonomy spec (sha256 {sha256[:12]}...) is no longer in Redis: "
                                  "it expired with its job, or was never stored; enqueue the job again")
     if hashlib.sha256(text).hexdigest() != sha256:
         raise TaxonomyError(f"the taxonomy spec stored in Redis under sha256 {sha256[:12]}... does not match its hash")
-    data = json.loads(text)
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        raise TaxonomyError(f"the taxonomy spec stored in Redis under sha256 {sha256[:12]}... is not readable JSON") from None
     if not isinstance(data, dict):
         raise TaxonomyError("a stored taxonomy spec is not a JSON object")
     return data

@@ -35,13 +35,13 @@ _filesystems: dict[tuple[str, float, str], Any] = {}
 _lock = threading.Lock()
 
 
-_options_text: dict[str | None, str] = {}
+_options_text: dict[tuple[str, ...], str] = {}
 
 
 def _source_options_text() -> str:
     """ZSTAGGER_SOURCE_OPTIONS as the settings read it, once per value of the variable: every
     read of an object asks, and reading the whole settings costs more than a small object's GET."""
-    raw = os.environ.get("ZSTAGGER_SOURCE_OPTIONS")
+    raw = tuple(value for name, value in os.environ.items() if name.upper() == "ZSTAGGER_SOURCE_OPTIONS")  # (any case)
     if raw not in _options_text:
         _options_text[raw] = Settings().source_options.get_secret_value()
     return _options_text[raw]
