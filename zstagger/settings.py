@@ -262,8 +262,9 @@ class Settings(BaseSettings):
         json_schema_extra=read_by(WORKER, API_SERVER, PRODUCER),
     )
     sink_max_attempts: int = Field(
-        8, ge=1, le=100, description="Deliveries of one chunk to a failing result sink (each of three quick attempts, "
-        "then again later with backoff) before it is given up; its results stay in Redis.",
+        30, ge=1, le=1000, description="Deliveries of one chunk to a failing result sink (each of three quick attempts, "
+        "then again later with backoff: 2, 4, 8 ... s, at most 60 s and a third of the visibility timeout, so 30 "
+        "ride out some 25 minutes) before it is given up; its results stay in Redis.",
         json_schema_extra=read_by(WORKER),
     )
     # animations and video (zstagger.media)

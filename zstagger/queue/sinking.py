@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 LOCK_MS = 300_000  # how long a chunk's sink lock outlives a writer that died holding it
 DIRTY_SECONDS = 7 * 86400  # a chunk's "results stored, not yet written" mark
+PENDING_SECONDS = 86400  # a chunk's "a later delivery is queued" mark (outlives any backoff chain)
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
@@ -93,7 +94,9 @@ def to_sink(store: JobStore, url: str, job_id: str, origin: tuple[int, int], set
         log.error("zstagger: %s%s", exc, "; delivering it again later" if again else "")
         error = str(exc)[:500]
         _with_redis(lambda: store.sink_failed(job_id, name, error), "recording a sink failure", settings)
-        if again:
+        # One chain of later deliveries per chunk, however many writers met the failure.
+        if again and _with_redis(lambda: store.redis.set(_pending(store, job_id, name), 1, nx=True, ex=PENDING_SECONDS),
+                                 "recording a sink failure", settings):
             _later(job_id, origin, 1, settings, queue)
         return
     _with_redis(lambda: store.sink_delivered(job_id, name), "recording a sink delivery", settings)
@@ -104,6 +107,10 @@ def sink_chunk(task: Any, store: JobStore, meta: dict[str, str], job_id: str, or
     """After a task stored results of the chunk ``origin``: the chunk to the job's sink, if it has one."""
     if meta.get("sink"):
         to_sink(store, meta["sink"], job_id, origin, settings, (task.request.delivery_info or {}).get("routing_key") or None)
+
+
+def _pending(store: JobStore, job_id: str, name: str) -> str:
+    return f"{store.keys(job_id)[0]}:sink_pending:{name}"
 
 
 def _later(job_id: str, origin: tuple[int, int], attempt: int, settings: Settings, queue: str | None) -> None:
@@ -142,12 +149,15 @@ def deliver_sink(self, job_id: Any, first: Any, last: Any, attempt: Any = 1) -> 
         _with_redis(lambda: store.sink_failed(job_id, name, message[:500]), "recording a sink failure", settings)
         if final:
             log.error("zstagger: %s", message)
+            with contextlib.suppress(redis.RedisError):
+                store.redis.delete(_pending(store, job_id, name))  # a later failure may start a chain again
             return {"delivered": 0, "gave_up": 1}
         log.warning("zstagger: %s; delivery %d of at most %d follows", exc, attempt + 2, settings.sink_max_attempts)
         _later(job_id, (first, last), attempt + 1, settings, (self.request.delivery_info or {}).get("routing_key"))
         return {"delivered": 0}
     try:
         store.sink_delivered(job_id, name)
+        store.redis.delete(_pending(store, job_id, name))
     except redis.RedisError as exc:
         log.warning("zstagger: could not record the sink delivery of job %s: %s", job_id, exc)
     log.info("zstagger: delivered chunk %s of job %s to its sink on delivery %d", name, job_id, attempt + 1)
