@@ -99,3 +99,16 @@ def s3_server(tmp_path_factory, monkeypatch_module):
 def monkeypatch_module():
     with pytest.MonkeyPatch.context() as patch:
         yield patch
+
+
+@pytest.fixture(autouse=True)
+def _ordinary_scheduling():
+    """No test may leave this process with real-time scheduling: a library that sets it (SVT-AV1's
+    encoder does, for root) passes it to every thread and process started afterwards, and two
+    real-time threads spinning on a 2-core machine starve everything else (a `zstagger tag` that
+    never returned, with postgres and workers beside it, was this)."""
+    yield
+    if hasattr(os, "sched_getscheduler") and os.sched_getscheduler(0) != os.SCHED_OTHER:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        pytest.fail("this test left the test process with real-time scheduling (reset now); start what sets it in a "
+                    "child process")

@@ -105,7 +105,21 @@ def still_bytes(image, fmt):
 
 def video(path, seconds=10, fps=10, flagged=(), codec="libx264", fmt=None, size=SIZE, audio=False):
     """A clip whose frames show the pattern during the ``flagged`` (start, end) seconds and
-    clutter elsewhere (a new clutter scene every half second)."""
+    clutter elsewhere (a new clutter scene every half second).
+
+    AV1 is encoded in a child process: SVT-AV1, run as root, gives the thread that opens it
+    real-time scheduling (SCHED_FIFO 99), which every thread and process started from it later
+    inherits; two such threads spinning on a 2-core machine starve everything else for good."""
+    if codec == "libsvtav1":
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+            return child.submit(_encode, path, seconds, fps, tuple(flagged), codec, fmt, size).result(timeout=300)
+    return _encode(path, seconds, fps, flagged, codec, fmt, size)
+
+
+def _encode(path, seconds, fps, flagged, codec, fmt, size):
     with av.open(str(path), "w", format=fmt) as out:
         stream = out.add_stream(codec, rate=fps)
         stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
