@@ -432,3 +432,12 @@ class S3Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         self.log.close()
+
+
+def ctrl_c_reaches() -> None:
+    """In the child before exec: SIGINT as a terminal gives it. A test runner started in the
+    background by a shell (`cmd &`, nohup) ignores SIGINT, and an ignored signal stays ignored
+    across exec, so Python would never see the Ctrl-C these tests send."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

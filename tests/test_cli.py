@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from harness import clean_environ
+from harness import clean_environ, ctrl_c_reaches
 
 from zstagger.testing import sample_image
 
@@ -320,7 +320,7 @@ def test_ctrl_c_exits_130_not_1(tiny_model_dir):
         refs = "\n".join(f"{server.url}/slow/0.3/i{i}.png" for i in range(400))
         proc = subprocess.Popen(command("tag", "-", "--labels", "a,b", "--model", str(tiny_model_dir), "--format", "jsonl"),
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=clean_environ({"ZSTAGGER_ALLOW_PRIVATE_URLS": "1"}))
+                                env=clean_environ({"ZSTAGGER_ALLOW_PRIVATE_URLS": "1"}), preexec_fn=ctrl_c_reaches)
         proc.stdin.write(refs)
         proc.stdin.close()
         assert proc.stdout.readline()  # tagging is under way (the first image came back)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from harness import clean_environ
+from harness import clean_environ, ctrl_c_reaches
 
 from zstagger import Tagger, get_taxonomy
 from zstagger.embedding_cache import EmbeddingKey, ImageSighting, SQLiteImageCache
@@ -195,7 +195,7 @@ def test_a_stopped_tag_run_leaves_every_printed_image_recorded(tiny_model_dir, t
     env.update(ZSTAGGER_STORE=store_url, ZSTAGGER_ALLOW_PRIVATE_URLS="1", ZSTAGGER_CACHE_DIR=str(tmp_path / "cache"))
     proc = subprocess.Popen([*cmd, "tag", "-", "--labels", "a,b", "--model", str(tiny_model_dir), "--batch-size", "2",
                              "--format", "jsonl"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+                            text=True, env=env, preexec_fn=ctrl_c_reaches)
     try:
         proc.stdin.write("\n".join(f"{server.url}/slow/0.2/i{i}.png" for i in range(300)))
         proc.stdin.close()
