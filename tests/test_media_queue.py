@@ -60,13 +60,18 @@ def test_ranges_joined_give_the_whole_video_frame_for_frame(tmp_path, tiny_model
     assert joined.media.frames_scored == whole.media.frames_scored and joined.media.duration == whole.media.duration
 
 
+def split_env(tmp_path, tiny_model_dir, spec_root, redis_server):
+    """Settings that split a 24 s clip into 8 ranges of 3 s, 8 frames a second, one frame a batch."""
+    return {"ZSTAGGER_MODEL": str(tiny_model_dir), "ZSTAGGER_PRECISION": "fp32", "ZSTAGGER_TAXONOMY_PATH": str(spec_root),
+            "ZSTAGGER_CACHE_DIR": str(tmp_path / "cache"), "ZSTAGGER_METRICS_PORT": "0",
+            "ZSTAGGER_REDIS_URL": redis_server.url, "ZSTAGGER_VISIBILITY_TIMEOUT": "8",
+            "ZSTAGGER_VIDEO_SPLIT_SECONDS": "3", "ZSTAGGER_VIDEO_SAMPLE_RATE": "8", "ZSTAGGER_MEDIA_BATCH_SIZE": "1"}
+
+
 def test_a_long_video_is_split_across_workers_and_a_killed_worker_loses_nothing(tmp_path, tiny_model_dir, spec_root,
                                                                               redis_server):
     path = video(tmp_path / "long.mp4", seconds=24, fps=25, flagged=[(5.0, 7.0), (17.5, 19.0)], size=(320, 240))
-    env = {"ZSTAGGER_MODEL": str(tiny_model_dir), "ZSTAGGER_PRECISION": "fp32", "ZSTAGGER_TAXONOMY_PATH": str(spec_root),
-           "ZSTAGGER_CACHE_DIR": str(tmp_path / "cache"), "ZSTAGGER_METRICS_PORT": "0",
-           "ZSTAGGER_REDIS_URL": redis_server.url, "ZSTAGGER_VISIBILITY_TIMEOUT": "8",
-           "ZSTAGGER_VIDEO_SPLIT_SECONDS": "3", "ZSTAGGER_VIDEO_SAMPLE_RATE": "8", "ZSTAGGER_MEDIA_BATCH_SIZE": "1"}
+    env = split_env(tmp_path, tiny_model_dir, spec_root, redis_server)
     direct = run_cli("tag", str(path), "-t", "split-all", "--format", "jsonl", env=env)
     assert direct.returncode == 0, direct.stderr
     want = json.loads(direct.stdout)
@@ -104,10 +109,7 @@ def test_a_long_video_is_split_across_workers_and_a_killed_worker_loses_nothing(
 def test_a_split_video_decided_early_skips_the_later_ranges_and_equals_one_decode(tmp_path, tiny_model_dir, spec_root,
                                                                                   redis_server):
     path = video(tmp_path / "late.mp4", seconds=24, fps=25, flagged=[(2.0, 24.0)], size=(320, 240))
-    env = {"ZSTAGGER_MODEL": str(tiny_model_dir), "ZSTAGGER_PRECISION": "fp32", "ZSTAGGER_TAXONOMY_PATH": str(spec_root),
-           "ZSTAGGER_CACHE_DIR": str(tmp_path / "cache"), "ZSTAGGER_METRICS_PORT": "0",
-           "ZSTAGGER_REDIS_URL": redis_server.url, "ZSTAGGER_VISIBILITY_TIMEOUT": "8",
-           "ZSTAGGER_VIDEO_SPLIT_SECONDS": "3", "ZSTAGGER_VIDEO_SAMPLE_RATE": "8", "ZSTAGGER_MEDIA_BATCH_SIZE": "1"}
+    env = split_env(tmp_path, tiny_model_dir, spec_root, redis_server)
     direct = run_cli("tag", str(path), "-t", "split-early", "--format", "jsonl", env=env)
     assert direct.returncode == 0, direct.stderr
     want = json.loads(direct.stdout)

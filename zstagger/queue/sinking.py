@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Iterable
 from typing import Any
 
 import redis
@@ -38,12 +37,6 @@ LOCK_MS = 300_000  # how long a chunk's sink lock outlives a writer that died ho
 DIRTY_SECONDS = 7 * 86400  # a chunk's "results stored, not yet written" mark
 PENDING_SECONDS = 86400  # a chunk's "a later delivery is queued" mark (outlives any backoff chain)
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
-
-
-def origin_of(indices: Iterable[int]) -> tuple[int, int]:
-    """The origin of a chunk enqueued with these inputs: its first and last."""
-    indices = list(indices)
-    return min(indices), max(indices)
 
 
 def write_chunk(store: JobStore, url: str, job_id: str, origin: tuple[int, int], settings: Settings) -> int:
