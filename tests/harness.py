@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import io
+import json
 import os
 import pwd
 import resource
@@ -432,6 +433,98 @@ class S3Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         self.log.close()
+
+
+class _Emulator:
+    """An object-store emulator in its own process on a free loopback port; ``env`` is what a
+    process needs to reach it (``ZSTAGGER_SOURCE_OPTIONS``), ``fs`` an fsspec filesystem on it."""
+
+    scheme = ""
+    protocol = ""
+    options: dict[str, Any] = {}
+
+    def _start(self, command: list[str], directory: Path, what: str) -> None:
+        self.log = open(directory / f"{self.protocol}.log", "w")
+        self.proc = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     cwd=directory)
+        wait_for(self._up, 60, f"{what} to accept connections")
+        self.env = {"ZSTAGGER_SOURCE_OPTIONS": json.dumps({self.protocol: self.options})}
+
+    def _up(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"the emulator exited: {Path(self.log.name).read_text()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return True
+        except OSError:
+            return False
+
+    def fs(self):
+        from zstagger.sources.objectstore import _filesystem_class
+
+        return _filesystem_class(self.protocol, self.options)(skip_instance_cache=True, **self.options)
+
+    def bucket(self, name: str) -> str:
+        self.fs().mkdir(name)
+        return name
+
+    def put_many(self, bucket: str, items: dict[str, bytes]) -> None:
+        fs = self.fs()
+        fs.pipe({f"{bucket}/{key}": body for key, body in items.items()})
+
+    def read(self, bucket: str, key: str) -> bytes:
+        return self.fs().cat_file(f"{bucket}/{key}")
+
+    def keys(self, bucket: str, prefix: str) -> list[str]:
+        return sorted(path.partition("/")[2] for path in self.fs().find(f"{bucket}/{prefix}"))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()
+
+
+class GCSServer(_Emulator):
+    """gcp-storage-emulator (PyPI) speaking Google Cloud Storage's JSON API on loopback. It answers
+    a listing in one page whatever page size is asked (zstagger hands it on a page at a time)."""
+
+    scheme, protocol = "gs", "gcs"
+
+    def __init__(self, directory: Path):
+        exe = shutil.which("gcp-storage-emulator") or str(Path(sys.executable).with_name("gcp-storage-emulator"))
+        if not Path(exe).exists():
+            raise RuntimeError("gcp-storage-emulator is not installed (pip install -e '.[test]')")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.options = {"token": "anon", "project": "test", "endpoint_url": self.url}
+        self._start([exe, "start", "--host", "127.0.0.1", "--port", str(self.port), "--in-memory"], directory,
+                    "gcp-storage-emulator")
+
+
+class AzuriteServer(_Emulator):
+    """Azurite (Microsoft's Azure Storage emulator, from npm) serving blobs on loopback, with its
+    well-known development account."""
+
+    scheme, protocol = "az", "abfs"
+    KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+    def __init__(self, directory: Path, exe: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/devstoreaccount1"
+        self.options = {"connection_string": "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+                        f"AccountKey={self.KEY};BlobEndpoint={self.url};"}
+        self._start([exe, "--blobHost", "127.0.0.1", "--blobPort", str(self.port), "--location", str(directory),
+                     "--skipApiVersionCheck", "--loose", "--silent"], directory, "azurite-blob")
+
+
+def azurite_executable() -> str | None:
+    """Azurite's blob server: ``AZURITE_BLOB`` (.ci/run installs it from npm), or on PATH."""
+    found = os.environ.get("AZURITE_BLOB") or shutil.which("azurite-blob")
+    return found if found and Path(found).exists() else None
 
 
 def ctrl_c_reaches() -> None:

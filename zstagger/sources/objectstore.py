@@ -11,9 +11,11 @@ object's size is read first (one HEAD) and one over the cap is refused before it
 asked for; the body is asked for with a range that ends one byte past the cap. A key that is
 a "directory" (a prefix, or a zero-byte ``name/`` marker) is a ``not_a_file`` error.
 
-Listing (``s3://bucket/prefix/``) is paged with the store's own continuation tokens and
-``StartAfter``, so a listing of a million keys holds one page at a time. Only S3 lists here;
-``gs://`` and ``az://`` objects are read by URL.
+Listing (``s3://bucket/prefix/``, ``gs://...``, ``az://container/prefix/``) is paged with the
+store's own continuation tokens, so a listing of a million keys holds one page at a time; a
+listing that resumes after a key asks the store to start there (S3 ``StartAfter``, GCS
+``startOffset``, Azure ``startFrom``) and also drops any key at or before it itself, so a store
+that ignores the hint is slower, never wrong.
 """
 
 from __future__ import annotations
@@ -77,10 +79,24 @@ def filesystem(protocol: str, timeout: float) -> Any:
                 config.setdefault("read_timeout", timeout)
                 config.setdefault("retries", {"max_attempts": 2, "mode": "standard"})
             try:
-                _filesystems[key] = fsspec.filesystem(protocol, skip_instance_cache=True, **options)
+                _filesystems[key] = _filesystem_class(protocol, options)(skip_instance_cache=True, **options)
             except ImportError as exc:
                 raise missing_from(exc) from None
         return _filesystems[key]
+
+
+def _filesystem_class(protocol: str, options: dict[str, Any]) -> Any:
+    """fsspec's class for ``protocol``; for Google Cloud Storage at an endpoint of the user's own
+    (an emulator, a gateway: ``endpoint_url`` or ``STORAGE_EMULATOR_HOST``) gcsfs's JSON-API
+    filesystem, not its default one that first asks Google's gRPC control plane what kind of
+    bucket it is (at such an endpoint that question waits a minute per bucket, then gives up)."""
+    import fsspec
+
+    if protocol in ("gcs", "gs") and (options.get("endpoint_url") or os.environ.get("STORAGE_EMULATOR_HOST")):
+        from gcsfs.core import GCSFileSystem
+
+        return GCSFileSystem
+    return fsspec.get_filesystem_class(protocol)
 
 
 def _forget_after_fork() -> None:  # a forked worker must not share its parent's event loop and sockets
@@ -101,10 +117,14 @@ class ObjectStoreSource:
         self.protocol, self.schemes = protocol, schemes
 
     def _call(self, request: ReadRequest, method: str, *args: Any, **kwargs: Any) -> Any:
+        """The filesystem's coroutine ``method``, run on its loop within the request's time."""
+        return self._run(request, lambda fs: getattr(fs, method)(*args, **kwargs))
+
+    def _run(self, request: ReadRequest, coroutine_for: Any) -> Any:
         from fsspec.asyn import sync
 
         fs = filesystem(self.protocol, request.timeout)
-        return sync(fs.loop, getattr(fs, method), *args, timeout=request.left(), **kwargs)
+        return sync(fs.loop, lambda: coroutine_for(fs), timeout=request.left())
 
     def _info(self, url: str, request: ReadRequest) -> dict[str, Any]:
         info = self._call(request, "_info", url)
@@ -127,37 +147,99 @@ class ObjectStoreSource:
     def version(self, url: str, request: ReadRequest) -> str | None:
         info = self._info(url, request)
         tag = info.get("ETag") or info.get("generation") or info.get("etag")  # as a listing gives it
-        return f"{tag}:{info.get('size')}" if tag else None
+        return _version(tag, info.get("size"))
+
+    def list(self, prefix: str, page_size: int, start_after: str | None = None) -> Iterator[list[ObjectInfo]]:
+        """The objects under ``prefix`` (``scheme://bucket/key-prefix``), one store page at a time,
+        "directory" markers left out; after ``start_after`` (an object URL) when given."""
+        scheme, _, rest = prefix.partition("://")
+        bucket, _, key = rest.partition("/")
+        after = start_after.partition("://")[2].partition("/")[2] if start_after else None
+        request_timeout = Settings().url_timeout
+        token: str | None = None
+        while True:
+            request = ReadRequest(0, time.monotonic() + request_timeout, request_timeout)
+            found, token = self._run(request, lambda fs: self._page(fs, bucket, key, page_size, after, token))
+            objects = [ObjectInfo(f"{scheme}://{bucket}/{name}", size, _version(tag, size))
+                       for name, size, tag in found if not name.endswith("/") and (after is None or name > after)]
+            # A store that answers with more than a page (an emulator ignoring the page size) is
+            # handed on a page at a time all the same.
+            for start in range(0, max(1, len(objects)), page_size):
+                yield objects[start:start + page_size]
+            if not token:
+                return
+
+    async def _page(self, fs: Any, bucket: str, key: str, size: int, after: str | None,
+                    token: str | None) -> tuple[list[tuple[str, int | None, Any]], str | None]:
+        """One page of the store's listing: ``(name, size, ETag or generation)`` of each object,
+        and the token for the next page (None after the last)."""
+        raise NotImplementedError
+
+
+def _version(tag: Any, size: Any) -> str | None:
+    """An object version as listings and HEADs both give it (Azure quotes its ETags in one, not the other)."""
+    return f"{str(tag).strip(chr(34))}:{size}" if tag else None
+
+
+def _size(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 class S3Source(ObjectStoreSource):
-    """``s3://``: also lists a prefix, a page at a time (ListObjectsV2)."""
+    """``s3://``: lists with ListObjectsV2."""
 
     def __init__(self) -> None:
         super().__init__("s3", ("s3", "s3a"))
 
-    def list(self, prefix: str, page_size: int, start_after: str | None = None) -> Iterator[list[ObjectInfo]]:
-        scheme = prefix.split("://", 1)[0].lower()
-        bucket_and_key = prefix.split("://", 1)[1]
-        bucket, _, key = bucket_and_key.partition("/")
-        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key, "MaxKeys": page_size}
-        if start_after:
-            kwargs["StartAfter"] = start_after.split("://", 1)[1].partition("/")[2]
-        settings = Settings()
-        request_timeout = settings.url_timeout
-        while True:
-            request = ReadRequest(0, time.monotonic() + request_timeout, request_timeout)
-            answer = self._call(request, "_call_s3", "list_objects_v2", **kwargs)
-            yield [ObjectInfo(f"{scheme}://{bucket}/{item['Key']}", item.get("Size"),
-                              f"{item.get('ETag')}:{item.get('Size')}")
-                   for item in answer.get("Contents", []) if not item["Key"].endswith("/")]
-            if not answer.get("IsTruncated") or not answer.get("NextContinuationToken"):
-                return
-            kwargs["ContinuationToken"] = answer["NextContinuationToken"]
+    async def _page(self, fs, bucket, key, size, after, token):
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key, "MaxKeys": size}
+        if token:
+            kwargs["ContinuationToken"] = token
+        elif after:
+            kwargs["StartAfter"] = after
+        answer = await fs._call_s3("list_objects_v2", **kwargs)
+        found = [(item["Key"], _size(item.get("Size")), item.get("ETag")) for item in answer.get("Contents", [])]
+        return found, (answer.get("NextContinuationToken") if answer.get("IsTruncated") else None)
+
+
+class GCSSource(ObjectStoreSource):
+    """``gs://``: lists with the JSON API's objects.list; the generation is the version."""
+
+    def __init__(self) -> None:
+        super().__init__("gcs", ("gs", "gcs"))
+
+    async def _page(self, fs, bucket, key, size, after, token):
+        answer = await fs._call("GET", "b/{}/o", bucket, prefix=key or None, maxResults=size, pageToken=token,
+                                startOffset=None if token else after, json_out=True)
+        found = [(item["name"], _size(item.get("size")), item.get("generation")) for item in answer.get("items", [])]
+        return found, answer.get("nextPageToken") or None
+
+
+class AzureSource(ObjectStoreSource):
+    """``az://container/`` (``abfs://``): lists with List Blobs through adlfs's client."""
+
+    def __init__(self) -> None:
+        super().__init__("abfs", ("az", "abfs", "abfss"))
+
+    async def _page(self, fs, bucket, key, size, after, token):
+        container = fs.service_client.get_container_client(bucket.partition("@")[0])  # (container@account)
+        options: dict[str, Any] = {"name_starts_with": key or None, "results_per_page": size}
+        if after and not token:
+            options["start_from"] = after
+        pages = container.list_blobs(**options).by_page(continuation_token=token)
+        try:
+            page = await pages.__anext__()
+        except StopAsyncIteration:
+            return [], None
+        found = [(blob.name, blob.size, blob.etag) async for blob in page]
+        return found, pages.continuation_token or None
 
 
 @hookimpl
 def register_image_sources(register) -> None:
     register(S3Source())
-    register(ObjectStoreSource("gcs", ("gs", "gcs")))
-    register(ObjectStoreSource("abfs", ("az", "abfs", "abfss")))
+    register(GCSSource())
+    register(AzureSource())

@@ -1,0 +1,115 @@
+"""gs:// and az:// as image sources and result sinks, against real emulators on loopback:
+gcp-storage-emulator (Google Cloud Storage's JSON API, from PyPI) and Azurite (Microsoft's Azure
+Storage emulator, from npm; .ci/run installs it and sets ZSTAGGER_REQUIRE_AZURITE=1, so there a
+missing Azurite fails rather than skips). Listing a prefix a page at a time and resuming after
+a key, tagging a prefix from the CLI, an object's version the same from a listing and from a
+HEAD, and a prefix job through a real worker into a JSON Lines sink in the same store."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import pytest
+
+from harness import AzuriteServer, GCSServer, azurite_executable, run_cli, worker_starter
+from zstagger.images import ImagePolicy
+from zstagger.queue import enqueue
+from zstagger.settings import Settings
+from zstagger.sources import list_prefix, object_version
+from zstagger.testing import sample_image
+
+BUCKET = "photos"
+
+
+def jpeg(seed: int) -> bytes:
+    buf = io.BytesIO()
+    sample_image(seed, (40, 32)).save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module", params=["gs", "az"])
+def store(request, tmp_path_factory, monkeypatch_module):
+    """One emulator per scheme, with a bucket (container) holding 12 JPEGs under in/ (two nested)
+    and a "folder" marker; this process reaches it through ZSTAGGER_SOURCE_OPTIONS."""
+    directory = tmp_path_factory.mktemp(request.param)
+    if request.param == "gs":
+        server = GCSServer(directory)
+    else:
+        exe = azurite_executable()
+        if exe is None:
+            if os.environ.get("ZSTAGGER_REQUIRE_AZURITE") == "1":
+                pytest.fail("Azurite is not installed and ZSTAGGER_REQUIRE_AZURITE=1 (npm install azurite)")
+            pytest.skip("Azurite is not installed (npm install azurite; AZURITE_BLOB=.../azurite-blob)")
+        server = AzuriteServer(directory, exe)
+    for key, value in server.env.items():
+        monkeypatch_module.setenv(key, value)
+    server.bucket(BUCKET)
+    items = {f"in/{i:03d}.jpg": jpeg(i) for i in range(10)}
+    items.update({"in/nested/a.jpg": jpeg(20), "in/nested/b.jpg": jpeg(21), "in/folder/": b""})
+    server.put_many(BUCKET, items)
+    server.photos = sorted(f"{server.scheme}://{BUCKET}/{key}" for key in items if not key.endswith("/"))
+    yield server
+    server.close()
+
+
+def test_a_prefix_is_listed_a_page_at_a_time_and_resumes_after_a_key(store):
+    prefix = f"{store.scheme}://{BUCKET}/in/"
+    pages = list(list_prefix(prefix, ImagePolicy(), page_size=5))
+    assert [len(page) for page in pages] == [5, 5, 2]
+    assert [item.url for page in pages for item in page] == store.photos  # the folder marker left out
+    assert all(item.size == len(store.read(BUCKET, item.url.split(f"{BUCKET}/", 1)[1]))
+               for page in pages for item in page)
+    after = list(list_prefix(prefix, ImagePolicy(), page_size=100, start_after=pages[0][-1].url))
+    assert [item.url for page in after for item in page] == store.photos[5:]
+    last = list(list_prefix(prefix, ImagePolicy(), page_size=100, start_after=store.photos[-1]))
+    assert last == []
+
+
+def test_a_listed_objects_version_is_the_one_a_head_gives(store):
+    """The image cache skips an unchanged object by its version: a listing and a HEAD must say
+    the same (Azure quotes its ETag in one and not the other)."""
+    listed = [item for page in list_prefix(f"{store.scheme}://{BUCKET}/in/", ImagePolicy(), page_size=50)
+              for item in page]
+    assert all(item.version for item in listed)
+    assert [object_version(item.url) for item in listed[:3]] == [item.version for item in listed[:3]]
+    store.put_many(BUCKET, {"in/000.jpg": jpeg(99)})
+    changed = object_version(listed[0].url)
+    assert changed != listed[0].version
+    store.put_many(BUCKET, {"in/000.jpg": jpeg(0)})
+
+
+def test_the_cli_tags_a_prefix(store, tiny_model_dir):
+    env = {**store.env, "ZSTAGGER_MODEL": str(tiny_model_dir), "ZSTAGGER_PRECISION": "fp32",
+           "ZSTAGGER_SOURCE_PAGE_SIZE": "4"}
+    done = run_cli("tag", f"{store.scheme}://{BUCKET}/in/", "--labels", "cat,dog", "--format", "jsonl", env=env,
+                   timeout=180)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [line["image"] for line in lines] == store.photos
+    assert all("error" not in line or line["error"] is None for line in lines), lines
+
+
+def test_a_prefix_job_through_a_worker_into_a_sink_in_the_same_store(store, redis_server, tiny_model_dir, tmp_path,
+                                                                     monkeypatch):
+    count, page = 30, 8
+    store.put_many(BUCKET, {f"job/{i:03d}.jpg": jpeg(i) for i in range(count)})
+    keys = [f"{store.scheme}://{BUCKET}/job/{i:03d}.jpg" for i in range(count)]
+    env = {**store.env, "ZSTAGGER_REDIS_URL": redis_server.url, "ZSTAGGER_MODEL": str(tiny_model_dir),
+           "ZSTAGGER_PRECISION": "fp32", "ZSTAGGER_URL_TIMEOUT": "10"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    sink = f"{store.scheme}://{BUCKET}/results/"
+    with worker_starter(env, tmp_path) as start:
+        start("w").wait_ready()
+        job = enqueue([f"{store.scheme}://{BUCKET}/job/"], labels=["cat", "dog"], chunk_size=page, sink=sink,
+                      settings=Settings())
+        results = job.results(wait=True, timeout=180)
+    assert [r.image for r in results] == keys and all(r.error is None for r in results)
+    assert job.status()["sink"] == {"undelivered_chunks": 0, "last_error": None}
+    files = store.keys(BUCKET, f"results/{job.id}/")
+    assert len(files) == -(-count // page)  # one file per listed page
+    lines = [json.loads(line) for name in files for line in store.read(BUCKET, name).decode().splitlines()]
+    assert sorted(line["index"] for line in lines) == list(range(count))
+    assert {line["image"] for line in lines} == set(keys)
