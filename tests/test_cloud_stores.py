@@ -14,10 +14,11 @@ import os
 import pytest
 
 from harness import AzuriteServer, GCSServer, azurite_executable, run_cli, worker_starter
+from zstagger.errors import ImageLoadError
 from zstagger.images import ImagePolicy
 from zstagger.queue import enqueue
 from zstagger.settings import Settings
-from zstagger.sources import list_prefix, object_version
+from zstagger.sources import expand_prefixes, list_prefix, object_version, read_bytes
 from zstagger.testing import sample_image
 
 BUCKET = "photos"
@@ -113,3 +114,21 @@ def test_a_prefix_job_through_a_worker_into_a_sink_in_the_same_store(store, redi
     lines = [json.loads(line) for name in files for line in store.read(BUCKET, name).decode().splitlines()]
     assert sorted(line["index"] for line in lines) == list(range(count))
     assert {line["image"] for line in lines} == set(keys)
+
+
+def test_directories_and_objects_over_the_cap_are_errors_for_that_input(store):
+    for ref in (f"{store.scheme}://{BUCKET}/in/folder", f"{store.scheme}://{BUCKET}/in/nested"):
+        with pytest.raises(ImageLoadError) as caught:
+            read_bytes(ref, ImagePolicy())
+        assert caught.value.kind == "not_a_file" and "is a directory" in caught.value.message, caught.value.message
+    store.put_many(BUCKET, {"big/huge.jpg": b"\xff\xd8" + bytes(300_000)})
+    for ref in (f"{store.scheme}://{BUCKET}/big/huge.jpg",
+                *expand_prefixes(iter([f"{store.scheme}://{BUCKET}/big/"]), ImagePolicy())):
+        with pytest.raises(ImageLoadError) as caught:
+            read_bytes(ref, ImagePolicy(max_bytes=100_000))
+        assert caught.value.kind == "too_large" and "300,002 bytes" in caught.value.message
+    assert len(read_bytes(f"{store.scheme}://{BUCKET}/big/huge.jpg", ImagePolicy(max_bytes=400_000))) == 300_002
+    outside = ImagePolicy(source_allow=(f"{store.scheme}://{BUCKET}/in/",))
+    with pytest.raises(ImageLoadError) as caught:
+        read_bytes(f"{store.scheme}://{BUCKET}/big/huge.jpg", outside)
+    assert caught.value.kind == "source_refused"
