@@ -132,3 +132,30 @@ def test_broken_dist_files_are_one_line_errors(tmp_path, damage, message):
     assert len(done.stderr.strip().splitlines()) <= 2 and "Traceback" not in done.stderr  # "reading ..." then the error
     with pytest.raises(TaxonomyError):
         shopify_spec(read_dist(dist))
+
+
+def test_the_google_mapping_of_an_unreleased_version_is_found_among_older_ones(tmp_path):
+    """Shopify's main branch says 2025-01-unstable in its files while the mapping is named
+    shopify_2025-01_to_google_..., beside the mappings of earlier releases."""
+    dist = tmp_path / "en"
+    shutil.copytree(DIST, dist)
+    categories = json.loads((dist / "categories.json").read_text())
+    categories["version"] = "2025-01-unstable"
+    (dist / "categories.json").write_text(json.dumps(categories))
+    google = dist / "integrations" / "google"
+    current = next(google.glob("*.json"))
+    older = json.loads(current.read_text())
+    for mapping in older["mappings"]:
+        for rule in mapping["rules"]:
+            rule["output"]["category"][0]["id"] = "1"  # an older release's mapping: other IDs
+    (google / "shopify_2024-10_to_google_2021-09-21.json").write_text(json.dumps(older))
+    (google / "shopify_2025-04_to_google_2021-09-21.json").write_text(json.dumps(older))
+    *_, expected = source_counts()
+    spec = shopify_spec(read_dist(dist))
+    found = {meta["shopify_id"]: meta.get("google_id") for meta in spec["metadata"].values()}
+    assert {k: v for k, v in found.items() if v} == expected
+    assert spec["source"]["google_mapping"] == current.name
+    (google / current.name).unlink()  # none for this version: no IDs, said on stderr, not an older one's
+    done = run_cli("taxonomies", "import-shopify", str(dist), "--out", str(tmp_path / "t.yaml"))
+    assert done.returncode == 0 and "no Google mapping for this version" in done.stderr
+    assert json.loads(done.stdout)["google_ids"] == 0

@@ -42,6 +42,7 @@ SOURCE_NAME = "Shopify Standard Product Taxonomy"
 TEMPLATES = ["a product photo of {}.", "a photo of {} for sale."]
 DEFAULT_STOP = 0.3
 _GOOGLE_MAPPING = re.compile(r"^shopify_(.+)_to_google_(.+)\.json$")
+_RELEASE = re.compile(r"^\d{4}-\d{2}")  # 2026-11 of 2026-11-unstable or 2025-03-rc1
 _HANDLE = re.compile(r"[^A-Za-z0-9_.\-]+")
 
 
@@ -95,11 +96,19 @@ def _json(path: Path, hashes: dict[str, str]) -> Any:
 
 
 def _google_mapping_for(root: Path, version: str) -> Path | None:
-    """The Google mapping file for ``version`` (else the only one there); None without any."""
+    """The Google mapping file for ``version`` (else the only one there); None without any.
+
+    Between releases Shopify's main branch says ``2026-11-unstable`` in its files while the
+    mapping's file name says ``2026-11``, beside the mappings of earlier releases: the release
+    a version belongs to is its date part."""
     folder = root / "integrations" / "google"
     found = sorted(p for p in folder.glob("*.json") if _GOOGLE_MAPPING.match(p.name)) if folder.is_dir() else []
-    exact = [p for p in found if _GOOGLE_MAPPING.match(p.name).group(1) == version]  # type: ignore[union-attr]
-    return exact[0] if exact else (found[0] if len(found) == 1 else None)
+    named = {_GOOGLE_MAPPING.match(p.name).group(1): p for p in found}  # type: ignore[union-attr]
+    release = _RELEASE.match(version)
+    for candidate in (version, release.group(0) if release else None):
+        if candidate in named:
+            return named[candidate]
+    return found[0] if len(found) == 1 else None
 
 
 def shopify_spec(dist: Dist, *, name: str = "shopify", stop: float = DEFAULT_STOP,

@@ -118,6 +118,9 @@ def taxonomies_import_shopify(dist_dir, out, name, stop, google_mapping, licence
 
     say(f"reading {dist_dir}")
     dist = read_dist(dist_dir, google_mapping, licence)
+    if dist.google is None:
+        say("no Google mapping for this version under integrations/google/: results will carry no Google IDs "
+            "(give one with --google-mapping FILE)")
     spec = shopify_spec(dist, name=name, stop=DEFAULT_STOP if stop is None else stop, progress=say)
     target = Path(out)
     if target.suffix.lower() == ".json":
