@@ -489,8 +489,8 @@ class _Emulator:
 
 
 class GCSServer(_Emulator):
-    """gcp-storage-emulator (PyPI) speaking Google Cloud Storage's JSON API on loopback. It answers
-    a listing in one page whatever page size is asked (zstagger hands it on a page at a time)."""
+    """gcp-storage-emulator (PyPI) speaking Google Cloud Storage's JSON API on loopback, behind a
+    :class:`GCSPagingProxy` (``proxy``) that pages its listings as Google does."""
 
     scheme, protocol = "gs", "gcs"
 
@@ -499,10 +499,115 @@ class GCSServer(_Emulator):
         if not Path(exe).exists():
             raise RuntimeError("gcp-storage-emulator is not installed (pip install -e '.[test]')")
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.emulator_url = f"http://127.0.0.1:{self.port}"
+        self.proxy = GCSPagingProxy(self.emulator_url)  # GCS's paging, which the emulator lacks
+        self.url = self.proxy.url
         self.options = {"token": "anon", "project": "test", "endpoint_url": self.url}
         self._start([exe, "start", "--host", "127.0.0.1", "--port", str(self.port), "--in-memory"], directory,
                     "gcp-storage-emulator")
+
+    def close(self) -> None:
+        self.proxy.close()
+        super().close()
+
+
+class GCSPagingProxy:
+    """In front of gcp-storage-emulator on loopback: objects.list paged as Google Cloud Storage
+    pages it (``maxResults``, ``pageToken``, ``startOffset``: the emulator ignores all three and
+    answers everything at once), every other request passed through. ``misbehave`` turns the
+    listing hostile: ``"same_token"`` (the first page again and again under one token),
+    ``"same_page"`` (the first page again under new tokens), ``"empty_pages"`` (empty pages
+    with new tokens forever) or an HTTP status answered to every listing."""
+
+    def __init__(self, upstream: str):
+        from http.server import BaseHTTPRequestHandler
+        from urllib.parse import urlsplit
+
+        self.upstream = urlsplit(upstream)
+        self.misbehave: str | int | None = None
+        self.list_requests = 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                proxy._handle(self)
+
+            do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_GET
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def _handle(self, h) -> None:
+        import base64
+        import re
+        from urllib.parse import parse_qsl, urlencode, urlsplit
+
+        length = int(h.headers.get("Content-Length") or 0)
+        body = h.rfile.read(length) if length else b""
+        url = urlsplit(h.path)
+        if h.command == "GET" and re.fullmatch(r"/storage/v1/b/[^/]+/o", url.path):
+            self.list_requests += 1
+            if isinstance(self.misbehave, int):
+                error = {"error": {"code": self.misbehave, "message": "Forbidden: the caller may not list this bucket"}}
+                return self._send(h, self.misbehave, json.dumps(error).encode(), {"Content-Type": "application/json"})
+            query = dict(parse_qsl(url.query, keep_blank_values=True))
+            paging = {k: query.pop(k) for k in ("maxResults", "pageToken", "startOffset") if k in query}
+            _, _, data = self._forward("GET", f"{url.path}?{urlencode(query)}", h.headers, b"")
+            answer = json.loads(data)
+            items = answer.pop("items", [])
+            answer.pop("nextPageToken", None)
+            if "startOffset" in paging:
+                items = [i for i in items if i["name"] >= paging["startOffset"]]
+            if "pageToken" in paging and self.misbehave is None:
+                after = base64.urlsafe_b64decode(paging["pageToken"].encode()).decode()
+                items = [i for i in items if i["name"] > after]
+            size = int(paging.get("maxResults", 1000))
+            answer["items"] = items[:size]
+            if len(items) > size:
+                answer["nextPageToken"] = base64.urlsafe_b64encode(items[size - 1]["name"].encode()).decode()
+            if self.misbehave == "same_token":
+                answer["nextPageToken"] = "again"
+            elif self.misbehave == "same_page":
+                answer["nextPageToken"] = f"page-{self.list_requests}"
+            elif self.misbehave == "empty_pages":
+                answer = {"kind": "storage#objects", "nextPageToken": f"page-{self.list_requests}"}
+            return self._send(h, 200, json.dumps(answer).encode(), {"Content-Type": "application/json"})
+        status, headers, data = self._forward(h.command, h.path, h.headers, body)
+        self._send(h, status, data, headers)
+
+    def _forward(self, method: str, path: str, headers, body: bytes):
+        import http.client
+
+        connection = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=30)
+        try:
+            sent = {k: v for k, v in headers.items() if k.lower() not in ("host", "connection", "content-length")}
+            connection.request(method, path, body=body if method not in ("GET", "HEAD") else None, headers=sent)
+            answer = connection.getresponse()
+            data = answer.read()
+            return answer.status, {k: v for k, v in answer.getheaders()}, data
+        finally:
+            connection.close()
+
+    @staticmethod
+    def _send(h, status: int, data: bytes, headers: dict[str, str]) -> None:
+        h.send_response(status)
+        for key, value in headers.items():
+            if key.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
+                h.send_header(key, value)
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        if h.command != "HEAD":
+            h.wfile.write(data)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
 
 
 class AzuriteServer(_Emulator):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import threading
 
 import pytest
 
@@ -57,8 +58,11 @@ def store(request, tmp_path_factory, monkeypatch_module):
 
 def test_a_prefix_is_listed_a_page_at_a_time_and_resumes_after_a_key(store):
     prefix = f"{store.scheme}://{BUCKET}/in/"
+    before = store.proxy.list_requests if store.scheme == "gs" else 0
     pages = list(list_prefix(prefix, ImagePolicy(), page_size=5))
     assert [len(page) for page in pages] == [5, 5, 2]
+    if store.scheme == "gs":  # three pages asked of the store, each following the last one's token
+        assert store.proxy.list_requests - before == 3
     assert [item.url for page in pages for item in page] == store.photos  # the folder marker left out
     assert all(item.size == len(store.read(BUCKET, item.url.split(f"{BUCKET}/", 1)[1]))
                for page in pages for item in page)
@@ -132,3 +136,82 @@ def test_directories_and_objects_over_the_cap_are_errors_for_that_input(store):
     with pytest.raises(ImageLoadError) as caught:
         read_bytes(f"{store.scheme}://{BUCKET}/big/huge.jpg", outside)
     assert caught.value.kind == "source_refused"
+
+
+def test_names_in_the_stores_own_order_are_resumed_without_loss(store, redis_server, tiny_model_dir, tmp_path,
+                                                                 monkeypatch):
+    """Azure lists in UTF-16 order (a\U0001F600 before a\uff01, unlike Python's strings): a
+    worker re-listing a page after a key must follow the store's order, or it loses objects and
+    calls them gone. Pages of 3 put those two names on either side of a page boundary."""
+    names = ["o/a.jpg", "o/a\u00e9.jpg", "o/a\U0001F600.jpg", "o/a\uff01.jpg", "o/b.jpg", "o/z.jpg"]
+    store.put_many(BUCKET, {name: jpeg(i) for i, name in enumerate(names)})
+    listed = [item.url for page in list_prefix(f"{store.scheme}://{BUCKET}/o/", ImagePolicy(), page_size=2)
+              for item in page]
+    assert sorted(listed) == sorted(f"{store.scheme}://{BUCKET}/{name}" for name in names)
+    for cut in range(1, len(listed)):  # resuming after each key gives exactly the rest, in the store's order
+        rest = [item.url for page in list_prefix(f"{store.scheme}://{BUCKET}/o/", ImagePolicy(), page_size=2,
+                                                 start_after=listed[cut - 1]) for item in page]
+        assert rest == listed[cut:], cut
+    env = {**store.env, "ZSTAGGER_REDIS_URL": redis_server.url, "ZSTAGGER_MODEL": str(tiny_model_dir),
+           "ZSTAGGER_PRECISION": "fp32", "ZSTAGGER_URL_TIMEOUT": "10"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with worker_starter(env, tmp_path) as start:
+        start("w").wait_ready()
+        job = enqueue([f"{store.scheme}://{BUCKET}/o/"], labels=["cat", "dog"], chunk_size=2, settings=Settings())
+        results = job.results(wait=True, timeout=180)
+    assert [r.image for r in results] == listed and all(r.error is None for r in results), \
+        [(r.image, r.error) for r in results]
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    """A GCS emulator of its own, whose paging proxy can be told to misbehave."""
+    server = GCSServer(tmp_path_factory.mktemp("hostile"))
+    server.bucket(BUCKET)
+    server.put_many(BUCKET, {f"in/{i:03d}.jpg": jpeg(i) for i in range(12)})
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def misbehaving(hostile, monkeypatch):
+    for key, value in hostile.env.items():
+        monkeypatch.setenv(key, value)
+    yield hostile.proxy
+    hostile.proxy.misbehave = None
+
+
+@pytest.mark.parametrize("misbehave, said", [("same_token", "gave a continuation token it had given before"),
+                                             ("same_page", "answered with the same page again"),
+                                             ("empty_pages", "gave only empty pages for 1s")])
+def test_a_store_that_pages_without_end_is_stopped(misbehaving, misbehave, said):
+    assert [len(page) for page in list_prefix(f"gs://{BUCKET}/in/", ImagePolicy(), page_size=5)] == [5, 5, 2]
+    misbehaving.misbehave = misbehave
+    outcome: list = []
+
+    def listing() -> None:  # in a thread: a listing without end must fail this test, not hang it
+        try:
+            outcome.append(sum(len(page) for page in list_prefix(f"gs://{BUCKET}/in/", ImagePolicy(url_timeout=1),
+                                                                  page_size=5)))
+        except ImageLoadError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=listing, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert outcome, f"still listing after 30 s ({misbehaving.list_requests} listing requests)"
+    error = outcome[0]
+    assert isinstance(error, ImageLoadError) and error.kind == "source_failed" and said in error.message, error
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_listing_is_one_line_and_not_retried(hostile, misbehaving, status, tiny_model_dir):
+    misbehaving.misbehave = status
+    with pytest.raises(ImageLoadError) as caught:
+        next(iter(list_prefix(f"gs://{BUCKET}/in/", ImagePolicy(), page_size=5)))
+    assert caught.value.kind == "unreadable" and not caught.value.transient, caught.value
+    env = {**hostile.env, "ZSTAGGER_MODEL": str(tiny_model_dir), "ZSTAGGER_PRECISION": "fp32"}
+    done = run_cli("tag", f"gs://{BUCKET}/in/", "--labels", "cat,dog", env=env, timeout=120)
+    assert done.returncode == 2 and f"Error: cannot list a prefix: access denied ({status})" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and all(len(line) < 600 for line in done.stderr.splitlines()), done.stderr

@@ -50,7 +50,9 @@ def register_image_sources(register: Callable[[Any], None]) -> None:
     names it serves) and ``open(url, request)``, returning the object's bytes (or a binary
     file object) within ``request.max_bytes`` and before ``request.deadline``; optionally
     ``list(prefix, page_size, start_after)``, yielding pages of
-    :class:`zstagger.sources.ObjectInfo`, and ``version(url, request)``. zstagger applies the
+    :class:`zstagger.sources.ObjectInfo` (with ``order_key(url)`` if the store does not list in
+    the order of Python's strings: a worker re-listing a page compares keys with it), and
+    ``version(url, request)``. zstagger applies the
     size cap, time budget, allow-list and error records around every call. A scheme must be
     unique across all plugins; the built-ins (files, http(s), data:, s3, gs, az) are plugins too.
 

@@ -6,6 +6,7 @@ Machine-readable output goes to stdout, progress and errors to stderr (exit code
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
@@ -20,6 +21,7 @@ def main() -> None:
     from ..errors import PluginError, TaxonomyError, exit_code
     from ..plugins import add_commands
 
+    _library_logs_in_one_line()
     try:
         add_commands(cli)
     except (PluginError, TaxonomyError) as exc:
@@ -45,3 +47,28 @@ def _interrupted() -> int:
     click.echo("interrupted", err=True)
     return EXIT_INTERRUPTED
 
+
+
+#: Libraries that log an error zstagger also reports (as a record or a one-line error), with its traceback.
+_CHATTY = ("gcsfs", "adlfs", "s3fs", "fsspec", "aiobotocore", "botocore", "azure")
+
+
+class _NoTraceback(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg, record.args = " ".join(record.getMessage().split())[:500], ()
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+
+def _library_logs_in_one_line() -> None:
+    """Warnings of the object-store libraries on stderr as one line each: gcsfs, for one,
+    logs a traceback for a refused listing that zstagger already reports in one line."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.addFilter(_NoTraceback())
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    for name in _CHATTY:
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+            logger.propagate = False

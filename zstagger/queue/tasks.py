@@ -73,14 +73,16 @@ def _list_page(page: ListingPage, settings: Settings) -> tuple[list[list[Any]], 
     while (the store unreachable) gives the chunk back."""
     from ..errors import ImageLoadError
     from ..images import ImagePolicy
-    from ..sources import ObjectRef, list_prefix
+    from ..sources import ObjectRef, list_prefix, listing_order
 
     policy = ImagePolicy.from_settings(settings)
     urls: list[str] = []
     try:
         for objects in list_prefix(page.prefix, policy, page_size=min(1000, page.count + 16), start_after=page.after):
-            urls += [ObjectRef.of(item) for item in objects if item.url <= page.last]  # size and version known: no HEAD
-            if len(urls) >= page.count or objects[-1].url >= page.last:
+            order = listing_order(page.prefix)  # the store's order (Azure's is UTF-16's, not Python's)
+            last = order(page.last)
+            urls += [ObjectRef.of(item) for item in objects if order(item.url) <= last]  # size and version known: no HEAD
+            if len(urls) >= page.count or order(objects[-1].url) >= last:
                 break
     except ImageLoadError as exc:
         if exc.transient:

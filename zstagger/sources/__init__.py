@@ -19,11 +19,11 @@ registry: no embedder, no tagger, no queue.
 
 from .access import check_reference, is_source_url
 from .base import ImageSource, ObjectInfo, ObjectRef, ReadRequest
-from .read import expand_prefixes, is_prefix, list_prefix, object_version, read_bytes
+from .read import expand_prefixes, is_prefix, list_prefix, listing_order, object_version, read_bytes
 from .registry import is_listable, registered_sources, source_for
 
 __all__ = [
     "ImageSource", "ObjectInfo", "ObjectRef", "ReadRequest", "check_reference", "expand_prefixes", "is_listable", "is_prefix",
-    "is_source_url", "list_prefix",
+    "is_source_url", "list_prefix", "listing_order",
     "object_version", "read_bytes", "registered_sources", "source_for",
 ]

@@ -124,7 +124,13 @@ class ObjectStoreSource:
         from fsspec.asyn import sync
 
         fs = filesystem(self.protocol, request.timeout)
-        return sync(fs.loop, lambda: coroutine_for(fs), timeout=request.left())
+        try:
+            return sync(fs.loop, lambda: coroutine_for(fs), timeout=request.left())
+        except Exception as exc:
+            status = _status_of(exc)
+            if status is None:
+                raise
+            raise _status_error(status, exc) from None
 
     def _info(self, url: str, request: ReadRequest) -> dict[str, Any]:
         info = self._call(request, "_info", url)
@@ -146,22 +152,62 @@ class ObjectStoreSource:
 
     def version(self, url: str, request: ReadRequest) -> str | None:
         info = self._info(url, request)
-        tag = info.get("ETag") or info.get("generation") or info.get("etag")  # as a listing gives it
-        return _version(tag, info.get("size"))
+        return self._version(info.get("ETag") or info.get("generation") or info.get("etag"), info.get("size"))
 
-    def list(self, prefix: str, page_size: int, start_after: str | None = None) -> Iterator[list[ObjectInfo]]:
+    @staticmethod
+    def _version(tag: Any, size: Any) -> str | None:
+        """An object's version as a listing and a HEAD both give it."""
+        return f"{tag}:{size}" if tag else None
+
+    def order_key(self, url: str) -> Any:
+        """Where ``url`` comes in this store's listings (compared with another object's of the same bucket)."""
+        return self._name_order()(url.partition("://")[2].partition("/")[2])
+
+    def _name_order(self) -> Any:
+        """Key names by the store's listing order: S3 and GCS list in UTF-8 byte order, which
+        is the order of Python's strings."""
+        return str
+
+    def list(self, prefix: str, page_size: int, start_after: str | None = None,
+             timeout: float | None = None) -> Iterator[list[ObjectInfo]]:
         """The objects under ``prefix`` (``scheme://bucket/key-prefix``), one store page at a time,
-        "directory" markers left out; after ``start_after`` (an object URL) when given."""
+        "directory" markers left out; after ``start_after`` (an object URL) when given. Each call
+        to the store has ``timeout`` seconds (default ZSTAGGER_URL_TIMEOUT); a store that pages
+        without end (a token again, the same page again, empty pages for longer than that) is a
+        ``source_failed`` error."""
         scheme, _, rest = prefix.partition("://")
         bucket, _, key = rest.partition("/")
         after = start_after.partition("://")[2].partition("/")[2] if start_after else None
-        request_timeout = Settings().url_timeout
+        floor: Any = None
+        order: Any = None
+        timeout = Settings().url_timeout if timeout is None else timeout
         token: str | None = None
+        tokens: set[str] = set()
+        first_names: tuple[str | None, str | None] = (None, None)
+        empty_since: float | None = None
         while True:
-            request = ReadRequest(0, time.monotonic() + request_timeout, request_timeout)
+            request = ReadRequest(0, time.monotonic() + timeout, timeout)
             found, token = self._run(request, lambda fs: self._page(fs, bucket, key, page_size, after, token))
-            objects = [ObjectInfo(f"{scheme}://{bucket}/{name}", size, _version(tag, size))
-                       for name, size, tag in found if not name.endswith("/") and (after is None or name > after)]
+            if start_after and floor is None:
+                order = self._name_order()  # (after the first page: Azure learns its account's kind there)
+                floor = order(after)
+            if token is not None:
+                if token in tokens:
+                    raise _endless(prefix, "gave a continuation token it had given before")
+                tokens.add(token)
+                if len(tokens) > 100_000:
+                    tokens.clear()  # (memory bounded; a loop that long is caught by its repeated pages)
+            if found:
+                if found[0][0] in first_names:
+                    raise _endless(prefix, "answered with the same page again")
+                first_names, empty_since = (first_names[1], found[0][0]), None
+            elif token is not None:  # empty pages with a token are legal (Azure); forever, not
+                empty_since = empty_since or time.monotonic()
+                if time.monotonic() - empty_since > timeout:
+                    raise _endless(prefix, f"gave only empty pages for {timeout:g}s")
+            objects = [ObjectInfo(f"{scheme}://{bucket}/{name}", size, self._version(tag, size))
+                       for name, size, tag in found
+                       if not name.endswith("/") and (floor is None or order(name) > floor)]
             # A store that answers with more than a page (an emulator ignoring the page size) is
             # handed on a page at a time all the same.
             for start in range(0, max(1, len(objects)), page_size):
@@ -176,9 +222,33 @@ class ObjectStoreSource:
         raise NotImplementedError
 
 
-def _version(tag: Any, size: Any) -> str | None:
-    """An object version as listings and HEADs both give it (Azure quotes its ETags in one, not the other)."""
-    return f"{str(tag).strip(chr(34))}:{size}" if tag else None
+def _endless(prefix: str, what: str) -> ImageLoadError:
+    return ImageLoadError("source_failed", f"listing {prefix} stopped: the store {what}")
+
+
+def _status_of(exc: BaseException) -> int | None:
+    """The HTTP status a store's client error carries (gcsfs's HttpError ``code``, Azure's
+    ``status_code``, gcsfs's bare "Forbidden" OSError); None for anything else."""
+    for name in ("status_code", "code"):
+        value = getattr(exc, name, None)
+        if isinstance(value, int) and 100 <= value < 600:
+            return value
+    if type(exc) is OSError and str(exc).startswith("Forbidden"):
+        return 403
+    return None
+
+
+def _status_error(status: int, exc: BaseException) -> Exception:
+    """A store's HTTP error as zstagger reads it: refused for good (401/403: the process's
+    credentials), gone (404), or worth another try later (408, 429, 5xx)."""
+    said = " ".join(str(exc).split())[:300] or type(exc).__name__
+    if status in (401, 403):
+        return ImageLoadError("unreadable", f"access denied ({status}): {said}")
+    if status == 404:
+        return FileNotFoundError(said)
+    if status in (408, 429) or status >= 500:
+        return ImageLoadError("source_failed", f"the store answered {status}: {said}", transient=True)
+    return ImageLoadError("source_failed", f"the store answered {status}: {said}")
 
 
 def _size(value: Any) -> int | None:
@@ -219,13 +289,34 @@ class GCSSource(ObjectStoreSource):
 
 
 class AzureSource(ObjectStoreSource):
-    """``az://container/`` (``abfs://``): lists with List Blobs through adlfs's client."""
+    """``az://container/`` (``abfs://``): lists with List Blobs through adlfs's client.
+
+    Blob Storage lists names in UTF-16 order (``a😀`` before ``a！``, unlike Python's strings),
+    and an account with a hierarchical namespace (Data Lake Gen2) path segment by segment
+    (``a``, ``a/b``, ``a-c``); :meth:`order_key` follows the account's kind, asked once."""
 
     def __init__(self) -> None:
         super().__init__("abfs", ("az", "abfs", "abfss"))
+        self._hierarchical: dict[str, bool] = {}  # by ZSTAGGER_SOURCE_OPTIONS: one account per configuration
+
+    @staticmethod
+    def _version(tag: Any, size: Any) -> str | None:
+        return f"{str(tag).strip(chr(34))}:{size}" if tag else None  # quoted in a HEAD, not in a listing
+
+    def _name_order(self) -> Any:
+        if self._hierarchical.get(_source_options_text(), False):
+            return lambda name: tuple(part.encode("utf-16-be") for part in name.split("/"))
+        return lambda name: name.encode("utf-16-be")
 
     async def _page(self, fs, bucket, key, size, after, token):
-        container = fs.service_client.get_container_client(bucket.partition("@")[0])  # (container@account)
+        account = _source_options_text()
+        if account not in self._hierarchical:
+            try:
+                info = await fs.service_client.get_account_information()
+                self._hierarchical[account] = bool(info.get("is_hns_enabled"))
+            except Exception:  # (an emulator, or credentials without that right: a flat namespace is the default)
+                self._hierarchical[account] = False
+        container = fs.service_client.get_container_client(bucket)
         options: dict[str, Any] = {"name_starts_with": key or None, "results_per_page": size}
         if after and not token:
             options["start_from"] = after

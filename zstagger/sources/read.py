@@ -16,6 +16,7 @@ refused at once until some return, so a hung backend cannot pile up threads with
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 import time
@@ -85,7 +86,10 @@ def list_prefix(prefix: str, policy: ImagePolicy = DEFAULT_POLICY, *, page_size:
     source = _source(prefix, scheme, policy, trusted)
     if not is_listable(scheme):
         raise SourceRefusedError(f"the {scheme}:// source cannot list a prefix; give the objects' URLs one by one")
-    pages = iter(source.list(prefix, page_size, start_after))  # type: ignore[attr-defined]
+    listing = source.list  # type: ignore[attr-defined]
+    # The built-in object stores take the policy's time budget per call; a plugin's list may not.
+    extra = {"timeout": policy.url_timeout} if "timeout" in inspect.signature(listing).parameters else {}
+    pages = iter(listing(prefix, page_size, start_after, **extra))
     while True:
         request = request_for(policy)
         page = _bounded(source, scheme, prefix, request, lambda: next(pages, None))
@@ -93,6 +97,13 @@ def list_prefix(prefix: str, policy: ImagePolicy = DEFAULT_POLICY, *, page_size:
             return
         if page:
             yield page
+
+
+def listing_order(prefix: str) -> Callable[[str], Any]:
+    """A key for comparing two object URLs under ``prefix`` the way its source lists them
+    (a source's ``order_key``; Python's string order for sources without one)."""
+    source = source_for(scheme_of(prefix))
+    return getattr(source, "order_key", None) or str
 
 
 def is_prefix(ref: object) -> bool:
