@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -132,6 +133,34 @@ def test_worker_killed_mid_chunk_its_chunk_is_redelivered(queue_env, workers, sl
     # chunk may outlive its visibility timeout and be done a second time (at least once, by
     # design): its results replace themselves, so the count of stored results above stays 6.
     assert rescuer.chunks_done() >= 2
+
+
+def test_a_worker_killed_during_its_sweep_holds_up_redelivery_for_at_most_a_visibility_timeout(queue_env, workers,
+                                                                                                 redis_server):
+    """Every worker sweeps for abandoned chunks under a lock in Redis, about once a second; one
+    killed inside its sweep leaves the lock to expire on its own, and until then no worker
+    restores anything. The lock a real worker takes must expire within the visibility timeout
+    (kombu's default is 300 s), read off Redis's own command stream."""
+    client = redis.Redis.from_url(redis_server.url)
+    seen: list[list[str]] = []
+
+    def watch() -> None:
+        with client.monitor() as monitor:
+            for command in monitor.listen():
+                words = command["command"].split()
+                if words[:2] == ["SET", "unacked_mutex"]:
+                    seen.append(words)
+                    return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    workers("sweeper").wait_ready()
+    watcher.join(30)
+    assert seen, "no sweep seen in 30 s"
+    words = [word.upper() for word in seen[0]]
+    expiry = ([int(seen[0][words.index("EX") + 1])] if "EX" in words else []) + \
+             ([int(seen[0][words.index("PX") + 1]) / 1000] if "PX" in words else [])
+    assert expiry and expiry[0] <= int(queue_env["ZSTAGGER_VISIBILITY_TIMEOUT"]), seen[0]
 
 
 def test_redis_restart_while_workers_run(redis_server, queue_env, workers, slow_server, settings):

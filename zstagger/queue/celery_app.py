@@ -42,6 +42,10 @@ def make_app(settings: Settings | None = None) -> Celery:
             # one visibility timeout, not kombu's default 100 s on top of it.
             "unacked_restore_interval": max(1, min(10, vt // 10)),
             "unacked_restore_throttle": 1,
+            # The sweep takes a lock in Redis; a worker killed during its sweep (every second
+            # or so) leaves it held for this long, and no worker restores anything meanwhile:
+            # kombu's 300 s would add five minutes to a kill -9's recovery.
+            "unacked_mutex_expire": max(5, min(60, vt)),
             "socket_connect_timeout": 5,
             "socket_timeout": 30,
             "socket_keepalive": True,
