@@ -250,6 +250,9 @@ def _check_quickstart(output: str, scratch: Path) -> None:
     records = _jsonl(output)
     assert len(photos) >= 4 and sorted(Path(r["image"]).name for r in records) == photos, output[-3000:]
     assert all(r["error"] is None and r["taxonomy"] == "moderation" and r["verdict"] for r in records)
+    # The front page's commands print nothing a new user must wonder about (transformers' "requires torchvision,
+    # falling back" warning appeared while the tiny model was built).
+    assert "[transformers]" not in output and "Traceback" not in output and "Warning" not in output, output[-3000:]
 
 
 def _check_http_recipes(output: str, scratch: Path) -> None:

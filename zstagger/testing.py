@@ -61,6 +61,17 @@ def make_tiny_checkpoint(directory: str | Path, kind: Literal["clip", "siglip"] 
     It goes through exactly the files and code path of a real checkpoint
     (``save_pretrained`` / ``from_pretrained``); only the sizes are small.
     """
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # e.g. "requires torchvision, falling back": not the user's concern
+    try:
+        return _make_tiny_checkpoint(directory, kind, seed)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def _make_tiny_checkpoint(directory: str | Path, kind: str, seed: int) -> Path:
     import torch
     from transformers import CLIPImageProcessor, CLIPTokenizer
     from transformers.utils import logging as hf_logging
