@@ -61,18 +61,28 @@ def main() -> None:
             start("a").wait_ready(), start("b").wait_ready()
             results = job.results(wait=True, timeout=3600)
             wall = time.perf_counter() - started
-        keys = [f"s3://jobs/in/{i:06d}.jpg" for i in range(args.objects)]
-        client = s3.client()
+            keys = [f"s3://jobs/in/{i:06d}.jpg" for i in range(args.objects)]
+            client = s3.client()
+            pages = -(-args.objects // args.page)
+
+            def sink_files() -> list[str]:
+                return [item["Key"] for page in client.get_paginator("list_objects_v2").paginate(
+                        Bucket="jobs", Prefix=f"results/{job.id}/") for item in page.get("Contents", [])]
+
+            # A victim killed after storing a chunk's results and before writing its sink file
+            # leaves that file to the chunk's redelivery (after the visibility timeout): the
+            # job is done before its sink is whole, so wait (bounded) for the last file.
+            waited = time.perf_counter()
+            harness.wait_for(lambda: len(sink_files()) >= pages, 120, "every chunk's sink file")
+            sink_wait = time.perf_counter() - waited
         files, indices = 0, []
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket="jobs", Prefix=f"results/{job.id}/"):
-            for item in page.get("Contents", []):
-                files += 1
-                body = client.get_object(Bucket="jobs", Key=item["Key"])["Body"].read().decode()
-                indices += [json.loads(line)["index"] for line in body.splitlines()]
-        pages = -(-args.objects // args.page)
+        for key in sink_files():
+            files += 1
+            body = client.get_object(Bucket="jobs", Key=key)["Body"].read().decode()
+            indices += [json.loads(line)["index"] for line in body.splitlines()]
         report = {
             "objects": args.objects, "page": args.page, "killed_after_results": killed_at,
-            "enqueue_listing_s": round(listed, 2), "job_wall_s": round(wall, 1),
+            "enqueue_listing_s": round(listed, 2), "job_wall_s": round(wall, 1), "sink_wait_s": round(sink_wait, 1),
             "results_in_order_each_once": [r.image for r in results] == keys,
             "failed": sum(r.error is not None for r in results),
             "sink_files": files, "listed_pages": pages,

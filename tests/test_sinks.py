@@ -71,6 +71,10 @@ def test_a_prefix_job_survives_a_killed_worker_every_result_once_a_sink_file_per
         assert job.status()["state"] == "running"
         start("rescuer-a").wait_ready(), start("rescuer-b").wait_ready()
         results = job.results(wait=True, timeout=240)
+        # A victim killed after storing a chunk's results and before writing its sink file leaves
+        # that file to the chunk's redelivery, after the visibility timeout: wait for it (bounded).
+        wait_for(lambda: len(sink_lines(s3_server, f"results/{job.id}/")) >= count // page, 90,
+                 "every chunk's sink file")
     assert [r.image for r in results] == keys and all(r.error is None for r in results)
     assert job.status() | {"job_id": ""} == {"job_id": "", "state": "done", "total": count, "done": count, "failed": 0,
                                               "pending": 0, "sink": {"undelivered_chunks": 0, "last_error": None}}
