@@ -384,6 +384,26 @@ class WebhookReceiver:
         self.httpd.shutdown()
 
 
+def port_open(port: int) -> bool:
+    """Whether something accepts connections on the loopback ``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def stop_server(proc: subprocess.Popen, log) -> None:
+    """Stop a server started in its own session: SIGTERM to its group, SIGKILL after 10 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    log.close()
+
+
 class S3Server:
     """moto's S3-compatible server (``moto_server``) on a free loopback port, its own process,
     and ``env``: what a process needs to reach it with its own credentials (AWS_* variables)."""
@@ -402,11 +422,7 @@ class S3Server:
         wait_for(self._up, 30, "moto_server to accept connections")
 
     def _up(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return True
-        except OSError:
-            return False
+        return port_open(self.port)
 
     def client(self):
         import boto3
@@ -426,13 +442,7 @@ class S3Server:
             list(pool.map(lambda kv: client.put_object(Bucket=bucket, Key=kv[0], Body=kv[1]), items.items()))
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        self.log.close()
+        stop_server(self.proc, self.log)
 
 
 class _Emulator:
@@ -453,11 +463,7 @@ class _Emulator:
     def _up(self) -> bool:
         if self.proc.poll() is not None:
             raise RuntimeError(f"the emulator exited: {Path(self.log.name).read_text()[-2000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                return True
-        except OSError:
-            return False
+        return port_open(self.port)
 
     def fs(self):
         from zstagger.sources.objectstore import _filesystem_class
@@ -479,13 +485,7 @@ class _Emulator:
         return sorted(path.partition("/")[2] for path in self.fs().find(f"{bucket}/{prefix}"))
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        self.log.close()
+        stop_server(self.proc, self.log)
 
 
 class GCSServer(_Emulator):
