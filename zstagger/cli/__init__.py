@@ -48,7 +48,6 @@ def _interrupted() -> int:
     return EXIT_INTERRUPTED
 
 
-
 #: Libraries that log an error zstagger also reports (as a record or a one-line error), with its traceback.
 _CHATTY = ("gcsfs", "adlfs", "s3fs", "fsspec", "aiobotocore", "botocore", "azure")
 
