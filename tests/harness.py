@@ -408,15 +408,16 @@ class S3Server:
     """moto's S3-compatible server (``moto_server``) on a free loopback port, its own process,
     and ``env``: what a process needs to reach it with its own credentials (AWS_* variables)."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, tls: bool = False):
         exe = shutil.which("moto_server")
         if exe is None:
             raise RuntimeError("moto_server is not installed (pip install 'moto[server]'); the source tests need it")
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls  # https with a self-signed certificate made at start
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.log = open(directory / "moto.log", "w")
-        self.proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(self.port)], stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(self.port), *(["-s"] if tls else [])],
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         self.env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
                     "AWS_ENDPOINT_URL": self.url, "AWS_EC2_METADATA_DISABLED": "true"}
         wait_for(self._up, 30, "moto_server to accept connections")
@@ -428,7 +429,7 @@ class S3Server:
         import boto3
 
         return boto3.client("s3", endpoint_url=self.url, aws_access_key_id="testing", aws_secret_access_key="testing",
-                            region_name="us-east-1")
+                            region_name="us-east-1", verify=not self.tls)
 
     def bucket(self, name: str) -> str:
         self.client().create_bucket(Bucket=name)

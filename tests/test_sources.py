@@ -184,6 +184,149 @@ def test_an_object_store_that_never_answers_times_out(s3_server, monkeypatch):  
         silent.close()
 
 
+class HostileStore:
+    """An "S3 endpoint" on loopback that answers every GET one way: ``endless`` (200, bytes
+    without end, whatever the Range said), ``drip`` (200 for 100 kB, sent a byte every 0.1 s,
+    for 10 s at most), ``short`` (200 for 100 kB, then 64 kB and the connection closed) or
+    ``refuse`` (403). ``gets`` lists each request's path."""
+
+    def __init__(self, mode: str):
+        import http.server
+
+        gets: list[str] = []
+        self.gets = gets
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                gets.append(self.path)
+                if mode == "refuse":
+                    self.send_error(403)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(10**12) if mode == "endless" else "100000")
+                self.end_headers()
+                try:
+                    for _ in range({"drip": 100, "short": 1}.get(mode, 10**6)):
+                        self.wfile.write(b"x" if mode == "drip" else bytes(65536))
+                        self.wfile.flush()
+                        if mode == "drip":
+                            time.sleep(0.1)
+                except OSError:
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def hostile_store(s3_server, monkeypatch):  # (the S3 server's credentials)
+    stores = []
+
+    def start(mode: str) -> HostileStore:
+        store = HostileStore(mode)
+        stores.append(store)
+        monkeypatch.setenv("ZSTAGGER_SOURCE_OPTIONS", json.dumps({"s3": {"endpoint_url": store.url}}))
+        return store
+
+    yield start
+    for store in stores:
+        store.close()
+
+
+def test_a_listed_object_is_read_with_one_presigned_get(s3_server, photos):
+    from zstagger.sources import ObjectRef
+
+    before = requests_for(s3_server, r'"GET /photos/in/001\.jpg[? ]')
+    data = read_bytes(ObjectRef(f"s3://{BUCKET}/in/001.jpg", len(jpeg(1)), None), ImagePolicy())
+    assert data == jpeg(1)
+    assert requests_for(s3_server, r'"(GET|HEAD) /photos/in/001\.jpg[? ]') == before + 1  # no HEAD: the listing's size
+    assert requests_for(s3_server, r'"GET /photos/in/001\.jpg\?[^ ]*X-Amz-Signature=') >= 1  # presigned, SigV4
+
+
+def test_a_configuration_the_presigned_path_cannot_honour_reads_through_s3fs(s3_server, photos, monkeypatch):
+    from zstagger.sources import ObjectRef
+
+    monkeypatch.setenv("ZSTAGGER_SOURCE_OPTIONS", json.dumps({"s3": {"requester_pays": False}}))
+    before = requests_for(s3_server, r'"GET /photos/in/002\.jpg ')
+    assert read_bytes(ObjectRef(f"s3://{BUCKET}/in/002.jpg", len(jpeg(2)), None), ImagePolicy()) == jpeg(2)
+    assert requests_for(s3_server, r'"GET /photos/in/002\.jpg ') == before + 1  # s3fs's own signed GET, no query
+
+
+def test_a_store_ignoring_the_range_is_refused_at_the_cap(hostile_store):
+    from zstagger.sources import ObjectRef
+
+    hostile_store("endless")
+    started = time.monotonic()
+    with pytest.raises(ImageLoadError) as caught:  # the listing said 10 bytes; the store sends without end
+        read_bytes(ObjectRef(f"s3://{BUCKET}/in/x.jpg", 10, None), ImagePolicy(max_bytes=300_000, url_timeout=5))
+    assert caught.value.kind == "too_large", caught.value
+    assert time.monotonic() - started < 3
+
+
+def test_a_store_dripping_an_object_times_out_at_the_budget(hostile_store):
+    from zstagger.sources import ObjectRef
+
+    hostile_store("drip")
+    started = time.monotonic()
+    with pytest.raises(ImageLoadError) as caught:
+        read_bytes(ObjectRef(f"s3://{BUCKET}/in/x.jpg", 100_000, None), ImagePolicy(url_timeout=1.0))
+    assert caught.value.kind == "fetch_timeout", caught.value
+    assert time.monotonic() - started < 3
+
+
+def test_an_object_cut_off_by_the_store_is_a_transient_error(hostile_store):
+    from zstagger.sources import ObjectRef
+
+    hostile_store("short")
+    with pytest.raises(ImageLoadError) as caught:
+        read_bytes(ObjectRef(f"s3://{BUCKET}/in/x.jpg", 100_000, None), ImagePolicy(url_timeout=5))
+    assert caught.value.kind == "source_failed" and caught.value.transient, caught.value
+    assert "65,536 of 100,000 bytes" in str(caught.value)
+
+
+def test_an_https_store_is_read_with_the_sdks_certificate_rules(tmp_path, monkeypatch):
+    from harness import S3Server
+    from zstagger.sources import ObjectRef
+
+    server = S3Server(tmp_path, tls=True)  # a self-signed certificate
+    try:
+        for key, value in server.env.items():
+            monkeypatch.setenv(key, value)
+        server.bucket("secure")
+        server.client().put_object(Bucket="secure", Key="a.jpg", Body=jpeg(5))
+        ref = ObjectRef("s3://secure/a.jpg", len(jpeg(5)), None)
+        options = {"endpoint_url": server.url, "client_kwargs": {"verify": False}}
+        monkeypatch.setenv("ZSTAGGER_SOURCE_OPTIONS", json.dumps({"s3": options}))
+        assert read_bytes(ref, ImagePolicy()) == jpeg(5)
+        assert requests_for(server, r'"GET /secure/a\.jpg\?[^ ]*X-Amz-Signature=') == 1
+        del options["client_kwargs"]  # verified against the CA bundle: refused, as the SDK refuses it
+        monkeypatch.setenv("ZSTAGGER_SOURCE_OPTIONS", json.dumps({"s3": options}))
+        with pytest.raises(ImageLoadError) as caught:
+            read_bytes(ref, ImagePolicy(url_timeout=10))
+        assert "certificate" in str(caught.value).lower(), caught.value
+    finally:
+        server.close()
+
+
+def test_a_presigned_get_the_store_refuses_is_asked_again_through_s3fs(hostile_store):
+    from zstagger.sources import ObjectRef
+
+    store = hostile_store("refuse")
+    with pytest.raises(ImageLoadError) as caught:
+        read_bytes(ObjectRef(f"s3://{BUCKET}/in/x.jpg", 100, None), ImagePolicy(url_timeout=5))
+    assert caught.value.kind == "unreadable", caught.value  # s3fs's answer: access denied
+    assert "X-Amz-Signature=" in store.gets[0] and "?" not in store.gets[-1] and len(store.gets) >= 2
+
+
 class ManyKeys:
     """A plugin source listing a million synthetic keys, a page at a time."""
 
@@ -229,10 +372,11 @@ def test_unchanged_objects_are_not_read_again_and_a_changed_one_is(s3_server, ph
                                                                 monkeypatch):
     monkeypatch.setenv("ZSTAGGER_CACHE_DIR", str(tmp_path / "cache"))
     prefix = f"s3://{BUCKET}/in/"
-    pattern = r'"GET /photos/in/[^ ?]+\.jpg HTTP'
+    pattern = r'"GET /photos/in/[^ ?]+\.jpg[? ]'  # (a presigned GET has a query)
     with Tagger(str(tiny_model_dir), device="cpu", precision="fp32", image_cache=True) as tagger:
         first = tagger.tag([prefix], labels=["cat", "dog"])
         reads = requests_for(s3_server, pattern)
+        assert reads >= len(first)
         again = tagger.tag([prefix], labels=["cat", "dog"])
         assert requests_for(s3_server, pattern) == reads  # every object's version was hashed before: none read
         assert [r.scores for r in again] == [r.scores for r in first]

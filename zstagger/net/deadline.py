@@ -24,8 +24,9 @@ class Watch:
 
     def __init__(self, sock: socket.socket, deadline: float):
         # A duplicate descriptor: wrapping the socket in TLS detaches the original object,
-        # but shutting down any descriptor of a socket shuts the socket down.
-        self._sock = sock.dup()
+        # but shutting down any descriptor of a socket shuts the socket down (fromfd also
+        # takes a TLS socket, whose dup() is refused).
+        self._sock = socket.fromfd(sock.fileno(), sock.family, sock.type)
         self.deadline = deadline
         self.fired = False
         self._done = False

@@ -9,7 +9,9 @@ Bounded as the HTTP client is: every call to the store runs with the time that i
 (``fsspec.asyn.sync(..., timeout=)``, and the client's own connect and read timeouts); an
 object's size is read first (one HEAD) and one over the cap is refused before its body is
 asked for; the body is asked for with a range that ends one byte past the cap. A key that is
-a "directory" (a prefix, or a zero-byte ``name/`` marker) is a ``not_a_file`` error.
+a "directory" (a prefix, or a zero-byte ``name/`` marker) is a ``not_a_file`` error. An
+``s3://`` body comes through :mod:`.s3get` (a presigned GET on a pooled connection) where the
+configuration allows.
 
 Listing (``s3://bucket/prefix/``, ``gs://...``, ``az://container/prefix/``) is paged with the
 store's own continuation tokens, so a listing of a million keys holds one page at a time; a
@@ -31,6 +33,7 @@ from ..errors import ConfigurationError, ImageLoadError
 from ..extras import missing_from
 from ..hookspecs import hookimpl
 from ..settings import Settings
+from . import s3get
 from .base import ObjectInfo, ReadRequest
 
 _filesystems: dict[tuple[str, float, str], Any] = {}
@@ -78,6 +81,7 @@ def filesystem(protocol: str, timeout: float) -> Any:
                 config.setdefault("connect_timeout", timeout)
                 config.setdefault("read_timeout", timeout)
                 config.setdefault("retries", {"max_attempts": 2, "mode": "standard"})
+                config.setdefault("signature_version", "s3v4")  # (presigned GETs too: botocore presigns with SigV2 otherwise)
             try:
                 _filesystems[key] = _filesystem_class(protocol, options)(skip_instance_cache=True, **options)
             except ImportError as exc:
@@ -147,6 +151,9 @@ class ObjectStoreSource:
                                  "(ZSTAGGER_MAX_IMAGE_BYTES)")
         if size == 0:
             return b""
+        return self._body(url, request)
+
+    def _body(self, url: str, request: ReadRequest) -> bytes:
         # One byte past the cap: an object that grew since its size was read is still refused.
         return self._call(request, "_cat_file", url, start=0, end=request.max_bytes + 1)
 
@@ -263,6 +270,17 @@ class S3Source(ObjectStoreSource):
 
     def __init__(self) -> None:
         super().__init__("s3", ("s3", "s3a"))
+
+    def _body(self, url: str, request: ReadRequest) -> bytes:
+        """Through a presigned URL and a pooled GET where the configuration allows (:mod:`.s3get`:
+        a quarter of s3fs's CPU per object), else through s3fs."""
+        if s3get.plain(source_options("s3")):
+            bucket, _, key = url.partition("://")[2].partition("/")
+            presigned = self._run(request, lambda fs: s3get.presign(fs, bucket, key, request.deadline))
+            body = s3get.get(filesystem("s3", request.timeout), presigned, request.max_bytes, request.deadline)
+            if body is not None:
+                return body
+        return super()._body(url, request)
 
     async def _page(self, fs, bucket, key, size, after, token):
         kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": key, "MaxKeys": size}
