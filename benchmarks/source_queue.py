@@ -70,10 +70,10 @@ def main() -> None:
                         Bucket="jobs", Prefix=f"results/{job.id}/") for item in page.get("Contents", [])]
 
             # A victim killed after storing a chunk's results and before writing its sink file
-            # leaves that file to the chunk's redelivery (after the visibility timeout): the
-            # job is done before its sink is whole, so wait (bounded) for the last file.
+            # leaves that file to the chunk's redelivery (after the visibility timeout): the job
+            # is done before its sink is whole, and its status says so until the file is written.
             waited = time.perf_counter()
-            harness.wait_for(lambda: len(sink_files()) >= pages, 120, "every chunk's sink file")
+            harness.wait_for(lambda: job.status()["sink"]["undelivered_chunks"] == 0, 120, "every chunk in the sink")
             sink_wait = time.perf_counter() - waited
         files, indices = 0, []
         for key in sink_files():

@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from harness import AzuriteServer, GCSServer, azurite_executable, run_cli, worker_starter
+from harness import AzuriteServer, GCSServer, azurite_executable, run_cli, wait_for, worker_starter
 from zstagger.errors import ImageLoadError
 from zstagger.images import ImagePolicy
 from zstagger.queue import enqueue
@@ -111,6 +111,7 @@ def test_a_prefix_job_through_a_worker_into_a_sink_in_the_same_store(store, redi
         job = enqueue([f"{store.scheme}://{BUCKET}/job/"], labels=["cat", "dog"], chunk_size=page, sink=sink,
                       settings=Settings())
         results = job.results(wait=True, timeout=180)
+        wait_for(lambda: job.status()["sink"]["undelivered_chunks"] == 0, 60, "the last chunk's sink file")
     assert [r.image for r in results] == keys and all(r.error is None for r in results)
     assert job.status()["sink"] == {"undelivered_chunks": 0, "last_error": None}
     files = store.keys(BUCKET, f"results/{job.id}/")

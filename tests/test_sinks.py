@@ -72,9 +72,9 @@ def test_a_prefix_job_survives_a_killed_worker_every_result_once_a_sink_file_per
         start("rescuer-a").wait_ready(), start("rescuer-b").wait_ready()
         results = job.results(wait=True, timeout=240)
         # A victim killed after storing a chunk's results and before writing its sink file leaves
-        # that file to the chunk's redelivery, after the visibility timeout: wait for it (bounded).
-        wait_for(lambda: len(sink_lines(s3_server, f"results/{job.id}/")) >= count // page, 90,
-                 "every chunk's sink file")
+        # that file to the chunk's redelivery, after the visibility timeout: the status counts the
+        # chunk undelivered until then (and every file is there once it counts none).
+        wait_for(lambda: job.status()["sink"]["undelivered_chunks"] == 0, 90, "every chunk in the sink")
     assert [r.image for r in results] == keys and all(r.error is None for r in results)
     assert job.status() | {"job_id": ""} == {"job_id": "", "state": "done", "total": count, "done": count, "failed": 0,
                                               "pending": 0, "sink": {"undelivered_chunks": 0, "last_error": None}}
@@ -184,8 +184,9 @@ def test_an_input_retried_apart_rewrites_its_chunks_file_and_a_failing_sink_is_d
         failing = enqueue(refs[1:], labels=["cat", "dog"], chunk_size=5, sink=str(blocked), settings=settings)
         results = job.results(wait=True, timeout=120)
         failing.results(wait=True, timeout=120)
-        wait_for(lambda: failing.status()["sink"]["undelivered_chunks"] == 1, 30, "the failed sink write to be recorded")
+        wait_for(lambda: failing.status()["sink"]["last_error"], 30, "the failed sink write to be recorded")
         assert "failed for chunk 00000000-00000004" in failing.status()["sink"]["last_error"]
+        assert failing.status()["sink"]["undelivered_chunks"] == 1
         assert not (blocked.is_dir() and list(blocked.iterdir()))
         blocked.unlink()  # the sink is back: the chunk is delivered by a later attempt, nothing tagged again
         wait_for(lambda: failing.status()["sink"]["undelivered_chunks"] == 0, 90, "the chunk to be delivered again",
@@ -247,3 +248,49 @@ def test_a_write_under_way_never_lands_over_a_newer_one(redis_server, tmp_path):
         first.join(30)
     assert [json.loads(line)["index"] for line in sink.chunks[f"{job}/00000000-00000002"]] == [0, 1]
     assert SlowSink.writes == 2
+
+
+def test_results_stored_and_not_yet_in_the_sink_count_as_undelivered(redis_server, tmp_path):
+    """The mark is stored with the results (a worker killed before writing the file leaves it
+    set), and a write clears it only if no results of the chunk were stored after those it read."""
+    from zstagger import hookimpl
+    from zstagger.queue.jobstore import JobStore
+    from zstagger.queue.sinking import write_chunk
+    from zstagger.results import TagResult
+
+    store = JobStore(redis_server.client())
+    job, expires = "b" * 32, int(time.time()) + 600
+    store.create(job, 2, expires, sink="racesink://x")
+    settings = Settings()
+
+    def result(name: str) -> TagResult:
+        return TagResult.failed(name, "t", "invalid_image", "x")
+
+    late = []
+
+    class RacingSink(ListSink):
+        schemes = ("racesink",)
+
+        def write(self, url, job_id, chunk, lines):
+            super().write(url, job_id, chunk, lines)
+            while late:  # stored while this write was under way, by a worker killed before its own write
+                store.save(job, [late.pop()], expires, sink_chunk="00000000-00000001")
+
+    sink = RacingSink()
+
+    class Plugin:
+        @hookimpl
+        def register_result_sinks(self, register):
+            register(sink)
+
+    store.save(job, [(0, result("a.jpg")), (1, result("b.jpg"))], expires, sink_chunk="00000000-00000001")
+    assert store.status(job)["state"] == "done"
+    assert store.status(job)["sink"]["undelivered_chunks"] == 1  # done, and the file not written yet
+    with registered_plugin(Plugin(), name="racing-sink"):
+        late.append((1, result("b2.jpg")))
+        write_chunk(store, "racesink://x", job, (0, 1), settings)
+        assert store.status(job)["sink"]["undelivered_chunks"] == 1  # b2.jpg is stored and not in the file
+        assert [json.loads(line)["image"] for line in sink.chunks[f"{job}/00000000-00000001"]] == ["a.jpg", "b.jpg"]
+        write_chunk(store, "racesink://x", job, (0, 1), settings)  # (the killed worker's redelivery)
+    assert store.status(job)["sink"]["undelivered_chunks"] == 0
+    assert [json.loads(line)["image"] for line in sink.chunks[f"{job}/00000000-00000001"]] == ["a.jpg", "b2.jpg"]

@@ -122,7 +122,7 @@ class JobStore:
 
     def delete(self, job_id: str) -> None:
         """Forget a job (DEL works even when Redis refuses writes for lack of memory)."""
-        self.redis.delete(*self.keys(job_id), self.sink_key(job_id))
+        self.redis.delete(*self.keys(job_id), self.sink_key(job_id), self.unwritten_key(job_id))
 
     def mark_started(self, job_id: str) -> None:
         self.redis.hsetnx(self.keys(job_id)[0], "started", time.time())
@@ -135,14 +135,16 @@ class JobStore:
         return [i for i, value in zip(indices, stored) if value is None]
 
     def save(self, job_id: str, results: Iterable[tuple[int, TagResult]], expires_at: int,
-             counts: dict[str, int] | None = None) -> int:
+             counts: dict[str, int] | None = None, sink_chunk: str | None = None) -> int:
         """Store results by input index; ``counts`` are added to the job's record in the same transaction
-        (so a chunk redelivered after its results were saved does not count twice). Returns how
-        many inputs of the job have a result now."""
-        return self.save_lines(job_id, [(i, r.to_json(), r.error is not None) for i, r in results], expires_at, counts)
+        (so a chunk redelivered after its results were saved does not count twice), and so is
+        ``sink_chunk``'s "stored, not yet in the sink" mark (:meth:`sink_written` clears it). Returns
+        how many inputs of the job have a result now."""
+        return self.save_lines(job_id, [(i, r.to_json(), r.error is not None) for i, r in results], expires_at, counts,
+                               sink_chunk)
 
     def save_lines(self, job_id: str, results: list[tuple[int, str, bool]], expires_at: int,
-                   counts: dict[str, int] | None = None) -> int:
+                   counts: dict[str, int] | None = None, sink_chunk: str | None = None) -> int:
         """:meth:`save` for results already serialized: (index, JSON line, failed)."""
         job, results_key, failed_key = self.keys(job_id)
         if not results:
@@ -161,6 +163,9 @@ class JobStore:
                 pipe.hincrby(job, field, value)
             if counts:
                 pipe.expireat(job, expires_at)  # never a job record without an expiry (one rolled back meanwhile)
+            if sink_chunk is not None:  # a new version of the chunk's results, for its sink file
+                pipe.hincrby(self.unwritten_key(job_id), sink_chunk, 1)
+                pipe.expireat(self.unwritten_key(job_id), expires_at)
             pipe.hlen(results_key)
             return int(pipe.execute()[-1])
 
@@ -221,6 +226,26 @@ class JobStore:
     def sink_delivered(self, job_id: str, chunk: str) -> None:
         self.redis.hdel(self.sink_key(job_id), chunk)
 
+    # Each save of a chunk's results bumps the chunk's version in this hash, in the save's own
+    # transaction; a sink write clears it only if no save came after the version it read before
+    # reading the results it wrote. So "results stored, not yet in the sink" holds from the
+    # moment they are stored, through a worker killed before its write, until a write has them.
+
+    def unwritten_key(self, job_id: str) -> str:
+        return self.keys(job_id)[0] + ":sink_unwritten"
+
+    def sink_version(self, job_id: str, chunk: str) -> bytes | None:
+        """The chunk's version of stored results not yet in the sink (None: all are in it)."""
+        return self.redis.hget(self.unwritten_key(job_id), chunk)
+
+    _WRITTEN = "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0"
+
+    def sink_written(self, job_id: str, chunk: str, version: bytes | None) -> None:
+        """The sink has the chunk's results as of ``version`` (from :meth:`sink_version`, read
+        before them): the mark goes unless results were stored since."""
+        if version is not None:
+            self.redis.eval(self._WRITTEN, 1, self.unwritten_key(job_id), chunk, version)
+
     def meta(self, job_id: str) -> dict[str, str]:
         """The job's record (total, queue, taxonomy, callback settings, ...); empty if there is no such job."""
         raw = self.redis.hgetall(self.keys(job_id)[0])
@@ -250,7 +275,8 @@ class JobStore:
             pipe.hlen(results_key)
             pipe.scard(failed_key)
             pipe.hlen(self.sink_key(job_id))
-            meta, finished, failed, undelivered = pipe.execute()
+            pipe.hlen(self.unwritten_key(job_id))
+            meta, finished, failed, undelivered, unwritten = pipe.execute()
         if not meta:
             raise UnknownJobError(f"no job {job_id!r} in Redis: it never existed or its results expired (ZSTAGGER_RESULT_TTL)")
         meta = {k.decode(errors="replace"): v.decode(errors="replace") for k, v in meta.items()}
@@ -274,8 +300,10 @@ class JobStore:
         }
         if "cache_hits" in meta:  # workers with an embedding store or image cache: images neither decoded nor encoded
             status["cache_hits"] = int(meta["cache_hits"])
-        if "sink" in meta:  # chunks whose sink write failed and is to be retried (or was given up)
-            status["sink"] = {"undelivered_chunks": int(undelivered), "last_error": meta.get("sink_last_error") or None}
+        if "sink" in meta:  # chunks with stored results not yet in the sink: being written, to be retried, given up
+            # (a failed chunk is also unwritten; jobs enqueued before the marks existed have only failures)
+            status["sink"] = {"undelivered_chunks": max(int(undelivered), int(unwritten)),
+                              "last_error": meta.get("sink_last_error") or None}
         if "callback_url" in meta:
             status["webhook"] = {
                 "attempts": int(meta.get("webhook_attempts", 0)),

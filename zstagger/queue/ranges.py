@@ -41,7 +41,7 @@ from ..settings import Settings
 from .celery_app import RANGE_TASK_NAME, app
 from .messages import RangeRequest, decode_ref
 from .notify import job_finished
-from .sinking import sink_chunk
+from .sinking import sink_chunk, sink_mark
 from .taskrules import _refuse, _with_redis, task_taxonomy
 from .worker import worker_job_store, worker_settings, worker_tagger
 
@@ -138,7 +138,9 @@ def tag_range(self, *args: Any, **kwargs: Any) -> dict[str, int]:
     if len(parts) < request.parts:
         return {"range": request.part}  # another task joined them meanwhile
     result = join(tagger, spec, describe(ref), [parts[i] for i in range(request.parts)], request.top_k)
-    finished = _with_redis(lambda: store.save(job_id, [(index, result)], expires_at), "storing results", settings)
+    finished = _with_redis(lambda: store.save(job_id, [(index, result)], expires_at,
+                                              sink_chunk=sink_mark(meta, request.sink_origin)),
+                           "storing results", settings)
     _with_redis(lambda: store.drop_ranges(job_id, index), "dropping the joined ranges", settings)
     sink_chunk(self, store, meta, job_id, request.sink_origin, settings)
     if finished >= total:

@@ -60,10 +60,12 @@ def write_chunk(store: JobStore, url: str, job_id: str, origin: tuple[int, int],
             return written  # the holder writes this caller's results too (they are stored, the chunk is marked)
         try:
             while _with_redis(lambda: client.delete(dirty), "reading the chunk's mark", settings):
+                version = _with_redis(lambda: store.sink_version(job_id, name), "reading the chunk's mark", settings)
                 lines = _with_redis(lambda: [(index, line) for index, line in store.iter_results(job_id, last + 1, start=first)
                                              if line is not None], "reading results for the sink", settings)
                 if lines:
                     written = deliver_chunk(url, job_id, name, lines)
+                _with_redis(lambda: store.sink_written(job_id, name, version), "recording a sink write", settings)
         except BaseException:
             with contextlib.suppress(redis.RedisError):
                 client.set(dirty, 1, ex=DIRTY_SECONDS)  # not written: the next writer (a later delivery) must
@@ -100,6 +102,11 @@ def sink_chunk(task: Any, store: JobStore, meta: dict[str, str], job_id: str, or
     """After a task stored results of the chunk ``origin``: the chunk to the job's sink, if it has one."""
     if meta.get("sink"):
         to_sink(store, meta["sink"], job_id, origin, settings, (task.request.delivery_info or {}).get("routing_key") or None)
+
+
+def sink_mark(meta: dict[str, str], origin: tuple[int, int]) -> str | None:
+    """The chunk whose "not yet in the sink" mark a save of its results sets (None: the job has no sink)."""
+    return chunk_name(origin) if meta.get("sink") else None
 
 
 def _pending(store: JobStore, job_id: str, name: str) -> str:

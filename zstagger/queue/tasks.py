@@ -23,7 +23,7 @@ from .celery_app import TASK_NAME, app
 from ..images import describe
 from .messages import ChunkRequest, ListingPage, decode_item, decode_ref
 from .notify import job_finished
-from .sinking import sink_chunk
+from .sinking import sink_chunk, sink_mark
 from .jobstore import ENQUEUE_STALL, ENQUEUING
 from .taskrules import _refuse, _with_redis, task_taxonomy, redis_patience, retry_delay  # noqa: F401 (retry_delay: here before)
 from .worker import metrics, shutting_down, worker_job_store, worker_settings, worker_tagger
@@ -148,7 +148,8 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
             names = [str(one.get("name", "?"))[:100] for one in chunk.specs]
             refs_gone = [(index, _failed(f"{chunk.listing.prefix}#{index}", names, several, "source_refused", listed))
                          for index in chunk.listing.indices]
-            finished = _with_redis(lambda: store.save(job_id, refs_gone, int(chunk.expires_at) or int(time.time() + settings.result_ttl)),
+            finished = _with_redis(lambda: store.save(job_id, refs_gone, int(chunk.expires_at) or int(time.time() + settings.result_ttl),
+                                                      sink_chunk=sink_mark(meta, chunk.sink_origin)),
                                    "storing results", settings)
             sink_chunk(self, store, meta, job_id, chunk.sink_origin, settings)
             if finished >= total:
@@ -165,7 +166,8 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
         names = [str(one.get("name", "?"))[:100] for one in chunk.specs]
         refused = [(item[0], _failed(describe(decode_ref(item[1])), names, several, record_type(TaxonomyError),
                                      f"the job's taxonomy spec is invalid: {spec_problem}")) for item in pending]
-        finished = _with_redis(lambda: store.save(job_id, refused, int(chunk.expires_at) or int(time.time() + settings.result_ttl)),
+        finished = _with_redis(lambda: store.save(job_id, refused, int(chunk.expires_at) or int(time.time() + settings.result_ttl),
+                                                  sink_chunk=sink_mark(meta, chunk.sink_origin)),
                                "storing results", settings)
         sink_chunk(self, store, meta, job_id, chunk.sink_origin, settings)
         if finished >= total:
@@ -234,7 +236,8 @@ def tag_chunk(self, *args: Any, **kwargs: Any) -> dict[str, int]:
             final.append((index, _failed(f"{chunk.listing.prefix}#{index}", [one.name for one in specs], several,  # type: ignore[union-attr]
                                          "not_found", "an object listed when the job was enqueued is no longer there")))
     expires_at = int(chunk.expires_at) if chunk.expires_at else int(time.time() + settings.result_ttl)
-    finished = _with_redis(lambda: store.save(job_id, final, expires_at, counts), "storing results", settings)
+    finished = _with_redis(lambda: store.save(job_id, final, expires_at, counts, sink_mark(meta, chunk.sink_origin)),
+                           "storing results", settings)
     # Every stored result of the chunk's inputs, under the chunk as enqueued (its retries and
     # hand-backs write the same file again once theirs are stored).
     sink_chunk(self, store, meta, job_id, chunk.sink_origin, settings)
