@@ -7,7 +7,9 @@ images to a bucket, warms one Tagger up (model loaded, labels embedded), then al
 rounds of ``Tagger.tag(paths)`` and ``Tagger.tag(["s3://bench/images/"])`` (listed a page at
 a time, each object read with one presigned, ranged GET) and reports both throughputs and
 their ratio (goal: >= 0.9). moto is a Python server on the same cores, so the ratio is a
-pessimistic one: a real S3 or MinIO serves from elsewhere. Also reported, per image: the
+pessimistic one: a real S3 or MinIO serves from elsewhere. ``--server-core`` gives moto a
+core of its own and the tagger the others, in both paths: the same tagger, with the server's
+work off its cores, as a store elsewhere would be. Also reported, per image: the
 server's CPU time, and the CPU time the tagging process spends on an S3 image beyond a disk
 one (the reading client's cost, which is what a store elsewhere still costs the worker).
 """
@@ -28,6 +30,9 @@ def main() -> None:
     parser = options(__doc__, images=True, json_flag=True, count=256, size="640x480")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of each path")
     parser.add_argument("--loader-threads", type=int, default=0, help="ZSTAGGER_LOADER_THREADS for both paths (0: default)")
+    parser.add_argument("--server-core", action="store_true",
+                        help="give the S3 server a core of its own and the tagger the others, in both paths "
+                             "(as a store on another machine would leave the worker's cores to it)")
     args = parser.parse_args()
     images = workload(args)
     harness = servers()
@@ -36,6 +41,13 @@ def main() -> None:
     try:
         s3.bucket("bench")
         s3.put_many("bench", {f"images/{Path(p).name}": Path(p).read_bytes() for p in images})
+        cpus = sorted(os.sched_getaffinity(0))
+        if args.server_core:  # (before the tagger starts a thread: its threads keep the cores it is given)
+            if len(cpus) < 2:
+                raise SystemExit("--server-core needs at least 2 CPUs")
+            os.sched_setaffinity(s3.proc.pid, {cpus[-1]})
+            cpus = cpus[:-1]
+            os.sched_setaffinity(0, set(cpus))
         from zstagger import Tagger
 
         def server_cpu() -> float:  # moto's CPU seconds: it shares this machine's cores with the tagger
@@ -69,7 +81,8 @@ def main() -> None:
                   "disk_cpu_ms_per_image": round(1000 * statistics.median(own_seconds["disk"]) / len(images), 2),
                   "s3_client_extra_cpu_ms_per_image": round(1000 * (statistics.median(own_seconds["s3"])
                                                                     - statistics.median(own_seconds["disk"])) / len(images), 2),
-                  "loader_threads": tagger.loader_threads}
+                  "loader_threads": tagger.loader_threads, "tagger_cpus": len(cpus),
+                  "server_core_of_its_own": args.server_core}
     finally:
         s3.close()
     emit(report, args.json)

@@ -187,8 +187,8 @@ def test_an_object_store_that_never_answers_times_out(s3_server, monkeypatch):  
 class HostileStore:
     """An "S3 endpoint" on loopback that answers every GET one way: ``endless`` (200, bytes
     without end, whatever the Range said), ``drip`` (200 for 100 kB, sent a byte every 0.1 s,
-    for 10 s at most), ``short`` (200 for 100 kB, then 64 kB and the connection closed) or
-    ``refuse`` (403). ``gets`` lists each request's path."""
+    for 10 s at most), ``short`` (200 for 100 kB, then 64 kB and the connection closed),
+    ``refuse`` (403) or ``slowdown`` (503). ``gets`` lists each request's path."""
 
     def __init__(self, mode: str):
         import http.server
@@ -199,8 +199,8 @@ class HostileStore:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 gets.append(self.path)
-                if mode == "refuse":
-                    self.send_error(403)
+                if mode in ("refuse", "slowdown"):
+                    self.send_error(403 if mode == "refuse" else 503)
                     return
                 self.send_response(200)
                 self.send_header("Content-Length", str(10**12) if mode == "endless" else "100000")
@@ -315,6 +315,64 @@ def test_an_https_store_is_read_with_the_sdks_certificate_rules(tmp_path, monkey
         assert "certificate" in str(caught.value).lower(), caught.value
     finally:
         server.close()
+
+
+def test_a_store_name_that_resolves_slowly_costs_the_budget_only(s3_server, monkeypatch):
+    import socket as sockets
+
+    resolve = sockets.getaddrinfo
+
+    def slow(host, *args, **kwargs):
+        if host == "slow-dns.example":
+            time.sleep(4)  # a resolver that hangs (glibc's waits 10-30 s on a dead DNS server)
+            return resolve("127.0.0.1", *args, **kwargs)
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(sockets, "getaddrinfo", slow)
+    monkeypatch.setenv("ZSTAGGER_SOURCE_OPTIONS", json.dumps({"s3": {"endpoint_url": "http://slow-dns.example:9"}}))
+    from zstagger.sources import ObjectRef
+
+    started = time.monotonic()
+    with pytest.raises(ImageLoadError) as caught:
+        read_bytes(ObjectRef(f"s3://{BUCKET}/in/x.jpg", 100, None), ImagePolicy(url_timeout=1.0))
+    assert caught.value.kind == "fetch_timeout", caught.value
+    assert time.monotonic() - started < 2.5
+
+
+def test_a_store_refusing_connections_is_not_called_a_timeout(s3_server, monkeypatch):
+    from zstagger.sources import ObjectRef
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there: connections are refused at once
+    monkeypatch.setenv("ZSTAGGER_SOURCE_OPTIONS", json.dumps({"s3": {"endpoint_url": f"http://127.0.0.1:{port}"}}))
+    with pytest.raises(ImageLoadError) as caught:
+        read_bytes(ObjectRef(f"s3://{BUCKET}/in/x.jpg", 100, None), ImagePolicy(url_timeout=5))
+    assert caught.value.kind == "source_failed" and "connect" in str(caught.value).lower(), caught.value
+
+
+def test_presigned_gets_that_keep_failing_rest_and_say_so_once(hostile_store, caplog):
+    from zstagger.sources import ObjectRef, s3get
+
+    store = hostile_store("refuse")
+    for _ in range(s3get.RESTING_AFTER + 3):
+        with pytest.raises(ImageLoadError):
+            read_bytes(ObjectRef(f"s3://{BUCKET}/in/x.jpg", 100, None), ImagePolicy(url_timeout=5))
+    presigned = [path for path in store.gets if "X-Amz-Signature=" in path]
+    assert len(presigned) == s3get.RESTING_AFTER and len(store.gets) - len(presigned) == s3get.RESTING_AFTER + 3
+    said = [r.getMessage() for r in caplog.records if "presigned" in r.getMessage()]
+    assert len(said) == 1 and "HTTP 403" in said[0], said
+
+
+def test_a_store_answering_slow_down_is_a_transient_error_at_once(hostile_store):
+    from zstagger.sources import ObjectRef
+
+    store = hostile_store("slowdown")
+    with pytest.raises(ImageLoadError) as caught:
+        read_bytes(ObjectRef(f"s3://{BUCKET}/in/x.jpg", 100, None), ImagePolicy(url_timeout=5))
+    assert caught.value.kind == "source_failed" and caught.value.transient and "503" in str(caught.value)
+    assert len(store.gets) == 1  # the worker hands the chunk back; no second GET now
 
 
 def test_a_presigned_get_the_store_refuses_is_asked_again_through_s3fs(hostile_store):

@@ -274,12 +274,22 @@ class S3Source(ObjectStoreSource):
     def _body(self, url: str, request: ReadRequest) -> bytes:
         """Through a presigned URL and a pooled GET where the configuration allows (:mod:`.s3get`:
         a quarter of s3fs's CPU per object), else through s3fs."""
-        if s3get.plain(source_options("s3")):
-            bucket, _, key = url.partition("://")[2].partition("/")
-            presigned = self._run(request, lambda fs: s3get.presign(fs, bucket, key, request.deadline))
-            body = s3get.get(filesystem("s3", request.timeout), presigned, request.max_bytes, request.deadline)
-            if body is not None:
-                return body
+        fs = filesystem("s3", request.timeout)
+        if s3get.plain(source_options("s3")) and not s3get.resting(fs):
+            try:
+                presigned = self._run(request, lambda fs: s3get.presign(fs, url, request.deadline))
+            except (ImageLoadError, TimeoutError):
+                raise
+            except Exception:  # noqa: BLE001  (a name only s3fs's own calls take: s3fs reads it, or says why not)
+                presigned = None
+            if presigned is not None:
+                try:
+                    body = s3get.get(fs, presigned, request.max_bytes, request.deadline)
+                except s3get.StoreAnswered as exc:
+                    raise _status_error(exc.status_code, exc) from None
+                s3get.answered(fs, body is not None)
+                if body is not None:
+                    return body
         return super()._body(url, request)
 
     async def _page(self, fs, bucket, key, size, after, token):
