@@ -413,10 +413,12 @@ class S3Server:
         if exe is None:
             raise RuntimeError("moto_server is not installed (pip install 'moto[server]'); the source tests need it")
         self.port = free_port()
-        self.tls = tls  # https with a self-signed certificate made at start
+        self.tls = tls  # https, with a certificate of its own; ``ca`` is the file that trusts it
+        self.ca = _self_signed(directory) if tls else None
         self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
         self.log = open(directory / "moto.log", "w")
-        self.proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(self.port), *(["-s"] if tls else [])],
+        certificate = ["-c", str(self.ca), "-k", str(directory / "key.pem")] if tls else []
+        self.proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(self.port), *certificate],
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         self.env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
                     "AWS_ENDPOINT_URL": self.url, "AWS_EC2_METADATA_DISABLED": "true"}
@@ -429,7 +431,7 @@ class S3Server:
         import boto3
 
         return boto3.client("s3", endpoint_url=self.url, aws_access_key_id="testing", aws_secret_access_key="testing",
-                            region_name="us-east-1", verify=not self.tls)
+                            region_name="us-east-1", verify=str(self.ca) if self.ca else None)
 
     def bucket(self, name: str) -> str:
         self.client().create_bucket(Bucket=name)
@@ -444,6 +446,31 @@ class S3Server:
 
     def close(self) -> None:
         stop_server(self.proc, self.log)
+
+
+def _self_signed(directory: Path) -> Path:
+    """A certificate for 127.0.0.1 that is its own CA (``cert.pem``, key in ``key.pem``)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "zstagger-test-ca")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    (directory / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                          serialization.NoEncryption()))
+    (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return directory / "cert.pem"
 
 
 class _Emulator:

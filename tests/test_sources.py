@@ -297,21 +297,30 @@ def test_an_https_store_is_read_with_the_sdks_certificate_rules(tmp_path, monkey
     from harness import S3Server
     from zstagger.sources import ObjectRef
 
-    server = S3Server(tmp_path, tls=True)  # a self-signed certificate
+    server = S3Server(tmp_path, tls=True)  # a certificate no system bundle trusts
     try:
         for key, value in server.env.items():
             monkeypatch.setenv(key, value)
         server.bucket("secure")
         server.client().put_object(Bucket="secure", Key="a.jpg", Body=jpeg(5))
         ref = ObjectRef("s3://secure/a.jpg", len(jpeg(5)), None)
-        options = {"endpoint_url": server.url, "client_kwargs": {"verify": False}}
-        monkeypatch.setenv("ZSTAGGER_SOURCE_OPTIONS", json.dumps({"s3": options}))
-        assert read_bytes(ref, ImagePolicy()) == jpeg(5)
-        assert requests_for(server, r'"GET /secure/a\.jpg\?[^ ]*X-Amz-Signature=') == 1
-        del options["client_kwargs"]  # verified against the CA bundle: refused, as the SDK refuses it
-        monkeypatch.setenv("ZSTAGGER_SOURCE_OPTIONS", json.dumps({"s3": options}))
+        presigned, plain = r'"GET /secure/a\.jpg\?[^ ]*X-Amz-Signature=', r'"GET /secure/a\.jpg '
+
+        def read(options: dict) -> bytes:  # (each configuration its own filesystem and pool)
+            monkeypatch.setenv("ZSTAGGER_SOURCE_OPTIONS", json.dumps({"s3": {"endpoint_url": server.url, **options}}))
+            return read_bytes(ref, ImagePolicy(url_timeout=10))
+
+        assert read({"client_kwargs": {"verify": False}}) == jpeg(5)  # verification off, as asked
+        assert requests_for(server, presigned) == 1
+        config = tmp_path / "aws-config"  # the CA named in the AWS configuration, as the SDK reads it
+        config.write_text(f"[default]\nca_bundle = {server.ca}\n")
+        monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+        monkeypatch.delenv("AWS_CA_BUNDLE", raising=False)  # (it would come first)
+        assert read({"client_kwargs": {"region_name": "us-east-1"}}) == jpeg(5)
+        assert requests_for(server, presigned) == 2 and requests_for(server, plain) == 0  # not through s3fs
+        monkeypatch.delenv("AWS_CONFIG_FILE")  # verified against the default bundle: refused, as the SDK refuses it
         with pytest.raises(ImageLoadError) as caught:
-            read_bytes(ref, ImagePolicy(url_timeout=10))
+            read({})
         assert "certificate" in str(caught.value).lower(), caught.value
     finally:
         server.close()
