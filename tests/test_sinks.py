@@ -202,6 +202,28 @@ def test_an_input_retried_apart_rewrites_its_chunks_file_and_a_failing_sink_is_d
     assert list(delivered) == ["00000000-00000004.jsonl"] and [line["index"] for line in delivered["00000000-00000004.jsonl"]] == [0, 1, 2, 3, 4]
 
 
+def test_a_chunk_whose_sink_lock_a_dead_writer_holds_is_written_once_the_lock_is_free(queue_env, settings, tmp_path):
+    """A worker killed while writing a chunk's file leaves the chunk's lock behind; the chunk's
+    next writer finds it taken and must come back once it expires (a ``deliver_sink`` look),
+    or the file is never written and the status says so for ever."""
+    import uuid
+
+    from zstagger.queue.jobstore import JobStore
+
+    out, job_id = tmp_path / "out", uuid.uuid4().hex
+    with worker_starter(queue_env, tmp_path) as start:
+        worker = start("w").wait_ready()
+        store = JobStore(redis.Redis.from_url(settings.redis_url))
+        store.redis.set(f"{store.keys(job_id)[0]}:sink_lock:00000000-00000001", "a-dead-writer", px=6000)
+        job = enqueue([jpeg(1), jpeg(2)], labels=["cat", "dog"], chunk_size=2, sink=str(out), job_id=job_id,
+                      settings=settings)
+        job.results(wait=True, timeout=60)
+        assert job.status()["sink"]["undelivered_chunks"] == 1 and not (out / job_id).exists()
+        wait_for(lambda: job.status()["sink"]["undelivered_chunks"] == 0, 30, "the chunk's look once the lock expired")
+        assert "zstagger.deliver_sink" in worker.output()
+    assert [line["index"] for line in local_sink(out / job_id)["00000000-00000001.jsonl"]] == [0, 1]
+
+
 def test_a_write_under_way_never_lands_over_a_newer_one(redis_server, tmp_path):
     """Writer A is writing a chunk's file with what was stored then; meanwhile another input of
     the chunk is stored and its writer B comes: B leaves the chunk to A, which writes again,
@@ -252,7 +274,8 @@ def test_a_write_under_way_never_lands_over_a_newer_one(redis_server, tmp_path):
 
 def test_results_stored_and_not_yet_in_the_sink_count_as_undelivered(redis_server, tmp_path):
     """The mark is stored with the results (a worker killed before writing the file leaves it
-    set), and a write clears it only if no results of the chunk were stored after those it read."""
+    set), and a write clears it only if no results of the chunk were stored after those it read;
+    the writer then goes round again, even without the dirty mark of a storer killed before it."""
     from zstagger import hookimpl
     from zstagger.queue.jobstore import JobStore
     from zstagger.queue.sinking import write_chunk
@@ -266,13 +289,14 @@ def test_results_stored_and_not_yet_in_the_sink_count_as_undelivered(redis_serve
     def result(name: str) -> TagResult:
         return TagResult.failed(name, "t", "invalid_image", "x")
 
-    late = []
+    late, written = [], []
 
     class RacingSink(ListSink):
         schemes = ("racesink",)
 
         def write(self, url, job_id, chunk, lines):
             super().write(url, job_id, chunk, lines)
+            written.append([json.loads(line)["image"] for line in lines])
             while late:  # stored while this write was under way, by a worker killed before its own write
                 store.save(job, [late.pop()], expires, sink_chunk="00000000-00000001")
 
@@ -289,8 +313,55 @@ def test_results_stored_and_not_yet_in_the_sink_count_as_undelivered(redis_serve
     with registered_plugin(Plugin(), name="racing-sink"):
         late.append((1, result("b2.jpg")))
         write_chunk(store, "racesink://x", job, (0, 1), settings)
-        assert store.status(job)["sink"]["undelivered_chunks"] == 1  # b2.jpg is stored and not in the file
-        assert [json.loads(line)["image"] for line in sink.chunks[f"{job}/00000000-00000001"]] == ["a.jpg", "b.jpg"]
-        write_chunk(store, "racesink://x", job, (0, 1), settings)  # (the killed worker's redelivery)
+    assert written == [["a.jpg", "b.jpg"], ["a.jpg", "b2.jpg"]]  # b2.jpg was stored during the first write
     assert store.status(job)["sink"]["undelivered_chunks"] == 0
-    assert [json.loads(line)["image"] for line in sink.chunks[f"{job}/00000000-00000001"]] == ["a.jpg", "b2.jpg"]
+
+
+def test_a_write_whose_lock_expired_is_written_again_not_trusted(redis_server, tmp_path):
+    """Writer A's lock expires while its write of [0] hangs; B writes [0, 1]; A's stale write lands
+    last. A must not count the chunk written: it marks it again and rewrites it."""
+    import threading
+
+    from zstagger import hookimpl
+    from zstagger.queue.jobstore import JobStore
+    from zstagger.queue.sinking import write_chunk
+    from zstagger.results import TagResult
+
+    entered, go = threading.Event(), threading.Event()
+
+    class StallingSink(ListSink):
+        schemes = ("stallsink",)
+        writes = 0
+
+        def write(self, url, job_id, chunk, lines):
+            StallingSink.writes += 1
+            if StallingSink.writes == 1:
+                entered.set()
+                assert go.wait(30)
+            super().write(url, job_id, chunk, lines)
+
+    sink = StallingSink()
+
+    class Plugin:
+        @hookimpl
+        def register_result_sinks(self, register):
+            register(sink)
+
+    store = JobStore(redis_server.client())
+    job, expires = "c" * 32, int(time.time()) + 600
+    store.create(job, 2, expires, sink="stallsink://x")
+    settings = Settings()
+    name = "00000000-00000001"
+    store.save(job, [(0, TagResult.failed("a.jpg", "t", "invalid_image", "x"))], expires, sink_chunk=name)
+    with registered_plugin(Plugin(), name="stalling-sink"):
+        first = threading.Thread(target=write_chunk, args=(store, "stallsink://x", job, (0, 1), settings))
+        first.start()
+        assert entered.wait(30)
+        store.redis.delete(f"{store.keys(job)[0]}:sink_lock:{name}")  # A's lock expires
+        store.save(job, [(1, TagResult.failed("b.jpg", "t", "invalid_image", "x"))], expires, sink_chunk=name)
+        write_chunk(store, "stallsink://x", job, (0, 1), settings)  # B: the lock is free
+        assert [json.loads(line)["image"] for line in sink.chunks[f"{job}/{name}"]] == ["a.jpg", "b.jpg"]
+        go.set()  # A's write of what it read, [a.jpg], lands over B's
+        first.join(30)
+    assert [json.loads(line)["image"] for line in sink.chunks[f"{job}/{name}"]] == ["a.jpg", "b.jpg"]
+    assert store.status(job)["sink"]["undelivered_chunks"] == 0 and StallingSink.writes == 3

@@ -107,6 +107,8 @@ class JobStore:
 
     def create(self, job_id: str, total: int, expires_at: int, **meta: Any) -> None:
         job, _, _ = self.keys(job_id)
+        if meta.get("sink"):
+            meta["sink_marks"] = 1  # its chunks carry "not yet in the sink" marks (older jobs have none)
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(job, mapping={"total": total, "created": time.time(), "expires_at": expires_at, **meta})
             pipe.expireat(job, expires_at)
@@ -214,9 +216,11 @@ class JobStore:
     def sink_failed(self, job_id: str, chunk: str, error: str) -> None:
         """Chunk ``chunk`` could not be written to the sink (``error``: why), for now."""
         job, key = self.keys(job_id)[0], self.sink_key(job_id)
-        expires = self.redis.hget(job, "expires_at")
+        expires, marks = self.redis.hmget(job, ["expires_at", "sink_marks"])
         if expires is None:
             return  # no such job (deleted, expired): nothing to keep a record on
+        if marks and not self.redis.hexists(self.unwritten_key(job_id), chunk):
+            return  # another writer has written the chunk since this one failed
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, chunk, error)
             pipe.expireat(key, int(float(expires)))
@@ -237,14 +241,6 @@ class JobStore:
     def sink_version(self, job_id: str, chunk: str) -> bytes | None:
         """The chunk's version of stored results not yet in the sink (None: all are in it)."""
         return self.redis.hget(self.unwritten_key(job_id), chunk)
-
-    _WRITTEN = "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0"
-
-    def sink_written(self, job_id: str, chunk: str, version: bytes | None) -> None:
-        """The sink has the chunk's results as of ``version`` (from :meth:`sink_version`, read
-        before them): the mark goes unless results were stored since."""
-        if version is not None:
-            self.redis.eval(self._WRITTEN, 1, self.unwritten_key(job_id), chunk, version)
 
     def meta(self, job_id: str) -> dict[str, str]:
         """The job's record (total, queue, taxonomy, callback settings, ...); empty if there is no such job."""
@@ -301,8 +297,9 @@ class JobStore:
         if "cache_hits" in meta:  # workers with an embedding store or image cache: images neither decoded nor encoded
             status["cache_hits"] = int(meta["cache_hits"])
         if "sink" in meta:  # chunks with stored results not yet in the sink: being written, to be retried, given up
-            # (a failed chunk is also unwritten; jobs enqueued before the marks existed have only failures)
-            status["sink"] = {"undelivered_chunks": max(int(undelivered), int(unwritten)),
+            # (a failed chunk is also unwritten; jobs enqueued before the marks existed count failures)
+            count = int(unwritten) if meta.get("sink_marks") else max(int(undelivered), int(unwritten))
+            status["sink"] = {"undelivered_chunks": count,
                               "last_error": meta.get("sink_last_error") or None}
         if "callback_url" in meta:
             status["webhook"] = {
