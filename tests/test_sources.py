@@ -293,6 +293,7 @@ def test_an_object_cut_off_by_the_store_is_a_transient_error(hostile_store):
     assert "65,536 of 100,000 bytes" in str(caught.value)
 
 
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")  # (verification off, as asked)
 def test_an_https_store_is_read_with_the_sdks_certificate_rules(tmp_path, monkeypatch):
     from harness import S3Server
     from zstagger.sources import ObjectRef
