@@ -142,7 +142,8 @@ def _look_later(store: JobStore, job_id: str, origin: tuple[int, int], held_ms: 
                 queue: str | None) -> None:
     """Once the chunk's lock is free again: write the chunk if it is still not in the sink (a
     ``deliver_sink`` task with attempt 0; one queued per chunk at a time)."""
-    delay = held_ms / 1000 + 1
+    # (an ETA past the visibility timeout would be handed to a second worker: the look would run twice)
+    delay = min(held_ms / 1000 + 1, max(1.0, settings.visibility_timeout * 0.9))
     key = f"{store.keys(job_id)[0]}:sink_look:{chunk_name(origin)}"
     if _with_redis(lambda: store.redis.set(key, 1, nx=True, ex=int(delay) + 60), "queueing a sink look", settings):
         _with_redis(lambda: deliver_sink.apply_async(args=(job_id, origin[0], origin[1]), kwargs={"attempt": 0},

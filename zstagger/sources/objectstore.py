@@ -273,7 +273,7 @@ class S3Source(ObjectStoreSource):
 
     def _body(self, url: str, request: ReadRequest) -> bytes:
         """Through a presigned URL and a pooled GET where the configuration allows (:mod:`.s3get`:
-        a quarter of s3fs's CPU per object), else through s3fs."""
+        about 0.6 of s3fs's CPU per object), else through s3fs."""
         fs = filesystem("s3", request.timeout)
         if s3get.plain(source_options("s3")) and not s3get.resting(fs):
             try:
