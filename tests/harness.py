@@ -191,6 +191,15 @@ def worker_starter(env: dict[str, str], log_dir: Path) -> Iterator[Callable[...,
             worker.terminate(timeout=20)
 
 
+def serve_loopback(handler: type[http.server.BaseHTTPRequestHandler]) -> tuple[http.server.ThreadingHTTPServer, str]:
+    """``handler`` served on a free 127.0.0.1 port from a daemon thread (a thread per request):
+    the server (``shutdown()`` it) and its base URL."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}"
+
+
 class SlowImageServer:
     """Serves PNGs on 127.0.0.1; ``/slow/<seconds>/<name>.png`` waits before answering,
     ``/status/<code>/<name>.png`` answers with that HTTP status. ``hits`` counts requests per path."""
@@ -230,10 +239,7 @@ class SlowImageServer:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd, self.url = serve_loopback(Handler)
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -375,10 +381,8 @@ class WebhookReceiver:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/hook"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd, url = serve_loopback(Handler)
+        self.url = url + "/hook"
 
     def close(self) -> None:
         self.httpd.shutdown()
@@ -567,10 +571,7 @@ class GCSPagingProxy:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd, self.url = serve_loopback(Handler)
 
     def _handle(self, h) -> None:
         import base64

@@ -2,13 +2,13 @@
 
 import http.server
 import io
-import threading
 import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from harness import serve_loopback
 from zstagger import ImageLoadError
 from zstagger.images import ImagePolicy, describe, expand_inputs, fetch_url, load_image, to_rgb
 from zstagger.testing import sample_image
@@ -133,9 +133,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd, url = serve_loopback(Handler)
+    yield url
     httpd.shutdown()
 
 

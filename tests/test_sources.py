@@ -14,7 +14,7 @@ import tracemalloc
 
 import pytest
 
-from harness import run_cli
+from harness import run_cli, serve_loopback
 from zstagger import Tagger
 from zstagger.errors import ImageLoadError, SourceRefusedError
 from zstagger.images import ImagePolicy
@@ -217,10 +217,7 @@ class HostileStore:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd, self.url = serve_loopback(Handler)
 
     def close(self):
         self.httpd.shutdown()
