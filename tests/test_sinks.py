@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 import pytest
 import redis
@@ -147,17 +148,39 @@ class ListSink:
         self.chunks[f"{job_id}/{chunk}"] = list(lines)
 
 
-def test_a_plugin_sink_and_a_local_directory_sink(tmp_path):
-    from zstagger import hookimpl
+class HeldSink(ListSink):
+    """A plugin sink whose first write waits, once it has set ``entered``, until ``go`` is set."""
 
-    sink = ListSink()
+    schemes = ("heldsink",)
+
+    def __init__(self):
+        super().__init__()
+        self.writes = 0
+        self.entered, self.go = threading.Event(), threading.Event()
+
+    def write(self, url, job_id, chunk, lines):
+        self.writes += 1
+        if self.writes == 1:
+            self.entered.set()
+            assert self.go.wait(30)
+        super().write(url, job_id, chunk, lines)
+
+
+def registered_sink(sink, name: str):
+    """``sink`` registered as a plugin's result sink, for a ``with`` block."""
+    from zstagger import hookimpl
 
     class Plugin:
         @hookimpl
         def register_result_sinks(self, register):
             register(sink)
 
-    with registered_plugin(Plugin(), name="list-sink"):
+    return registered_plugin(Plugin(), name=name)
+
+
+def test_a_plugin_sink_and_a_local_directory_sink(tmp_path):
+    sink = ListSink()
+    with registered_sink(sink, "list-sink"):
         deliver_chunk("listsink://x", "j", "00000003-00000004", [(4, '{"image":"b"}'), (3, '{"image":"a"}')])
     assert sink.chunks == {"j/00000003-00000004": ['{"job_id":"j","index":3,"image":"a"}', '{"job_id":"j","index":4,"image":"b"}']}
     deliver_chunk(str(tmp_path / "out"), "j", "00000000-00000000", [(0, '{"image":"a"}')])
@@ -228,55 +251,32 @@ def test_a_write_under_way_never_lands_over_a_newer_one(redis_server, tmp_path):
     """Writer A is writing a chunk's file with what was stored then; meanwhile another input of
     the chunk is stored and its writer B comes: B leaves the chunk to A, which writes again,
     so the file ends with every result (a stale write of A landing after B's would lose one)."""
-    import threading
-
-    from zstagger import hookimpl
     from zstagger.queue.jobstore import JobStore
     from zstagger.queue.sinking import write_chunk
     from zstagger.results import TagResult
 
-    entered, go = threading.Event(), threading.Event()
-
-    class SlowSink(ListSink):
-        schemes = ("slowsink",)
-        writes = 0
-
-        def write(self, url, job_id, chunk, lines):
-            SlowSink.writes += 1
-            if SlowSink.writes == 1:  # the first write waits while the other result is stored
-                entered.set()
-                assert go.wait(30)
-            super().write(url, job_id, chunk, lines)
-
-    sink = SlowSink()
-
-    class Plugin:
-        @hookimpl
-        def register_result_sinks(self, register):
-            register(sink)
-
+    sink = HeldSink()  # its first write waits while the other result is stored
     store = JobStore(redis_server.client())
     job = "a" * 32
-    store.create(job, 3, int(time.time()) + 600, sink="slowsink://x")
+    store.create(job, 3, int(time.time()) + 600, sink="heldsink://x")
     settings = Settings()
     store.save(job, [(0, TagResult.failed("a.jpg", "t", "invalid_image", "x"))], int(time.time()) + 600)
-    with registered_plugin(Plugin(), name="slow-sink"):
-        first = threading.Thread(target=write_chunk, args=(store, "slowsink://x", job, (0, 2), settings))
+    with registered_sink(sink, "held-sink"):
+        first = threading.Thread(target=write_chunk, args=(store, "heldsink://x", job, (0, 2), settings))
         first.start()
-        assert entered.wait(30)
+        assert sink.entered.wait(30)
         store.save(job, [(1, TagResult.failed("b.jpg", "t", "invalid_image", "x"))], int(time.time()) + 600)
-        assert write_chunk(store, "slowsink://x", job, (0, 2), settings) == 0  # left to the writer under way
-        go.set()
+        assert write_chunk(store, "heldsink://x", job, (0, 2), settings) == 0  # left to the writer under way
+        sink.go.set()
         first.join(30)
     assert [json.loads(line)["index"] for line in sink.chunks[f"{job}/00000000-00000002"]] == [0, 1]
-    assert SlowSink.writes == 2
+    assert sink.writes == 2
 
 
 def test_results_stored_and_not_yet_in_the_sink_count_as_undelivered(redis_server, tmp_path):
     """The mark is stored with the results (a worker killed before writing the file leaves it
     set), and a write clears it only if no results of the chunk were stored after those it read;
     the writer then goes round again, even without the dirty mark of a storer killed before it."""
-    from zstagger import hookimpl
     from zstagger.queue.jobstore import JobStore
     from zstagger.queue.sinking import write_chunk
     from zstagger.results import TagResult
@@ -302,15 +302,10 @@ def test_results_stored_and_not_yet_in_the_sink_count_as_undelivered(redis_serve
 
     sink = RacingSink()
 
-    class Plugin:
-        @hookimpl
-        def register_result_sinks(self, register):
-            register(sink)
-
     store.save(job, [(0, result("a.jpg")), (1, result("b.jpg"))], expires, sink_chunk="00000000-00000001")
     assert store.status(job)["state"] == "done"
     assert store.status(job)["sink"]["undelivered_chunks"] == 1  # done, and the file not written yet
-    with registered_plugin(Plugin(), name="racing-sink"):
+    with registered_sink(sink, "racing-sink"):
         late.append((1, result("b2.jpg")))
         write_chunk(store, "racesink://x", job, (0, 1), settings)
     assert written == [["a.jpg", "b.jpg"], ["a.jpg", "b2.jpg"]]  # b2.jpg was stored during the first write
@@ -320,48 +315,26 @@ def test_results_stored_and_not_yet_in_the_sink_count_as_undelivered(redis_serve
 def test_a_write_whose_lock_expired_is_written_again_not_trusted(redis_server, tmp_path):
     """Writer A's lock expires while its write of [0] hangs; B writes [0, 1]; A's stale write lands
     last. A must not count the chunk written: it marks it again and rewrites it."""
-    import threading
-
-    from zstagger import hookimpl
     from zstagger.queue.jobstore import JobStore
     from zstagger.queue.sinking import write_chunk
     from zstagger.results import TagResult
 
-    entered, go = threading.Event(), threading.Event()
-
-    class StallingSink(ListSink):
-        schemes = ("stallsink",)
-        writes = 0
-
-        def write(self, url, job_id, chunk, lines):
-            StallingSink.writes += 1
-            if StallingSink.writes == 1:
-                entered.set()
-                assert go.wait(30)
-            super().write(url, job_id, chunk, lines)
-
-    sink = StallingSink()
-
-    class Plugin:
-        @hookimpl
-        def register_result_sinks(self, register):
-            register(sink)
-
+    sink = HeldSink()
     store = JobStore(redis_server.client())
     job, expires = "c" * 32, int(time.time()) + 600
-    store.create(job, 2, expires, sink="stallsink://x")
+    store.create(job, 2, expires, sink="heldsink://x")
     settings = Settings()
     name = "00000000-00000001"
     store.save(job, [(0, TagResult.failed("a.jpg", "t", "invalid_image", "x"))], expires, sink_chunk=name)
-    with registered_plugin(Plugin(), name="stalling-sink"):
-        first = threading.Thread(target=write_chunk, args=(store, "stallsink://x", job, (0, 1), settings))
+    with registered_sink(sink, "held-sink"):
+        first = threading.Thread(target=write_chunk, args=(store, "heldsink://x", job, (0, 1), settings))
         first.start()
-        assert entered.wait(30)
+        assert sink.entered.wait(30)
         store.redis.delete(f"{store.keys(job)[0]}:sink_lock:{name}")  # A's lock expires
         store.save(job, [(1, TagResult.failed("b.jpg", "t", "invalid_image", "x"))], expires, sink_chunk=name)
-        write_chunk(store, "stallsink://x", job, (0, 1), settings)  # B: the lock is free
+        write_chunk(store, "heldsink://x", job, (0, 1), settings)  # B: the lock is free
         assert [json.loads(line)["image"] for line in sink.chunks[f"{job}/{name}"]] == ["a.jpg", "b.jpg"]
-        go.set()  # A's write of what it read, [a.jpg], lands over B's
+        sink.go.set()  # A's write of what it read, [a.jpg], lands over B's
         first.join(30)
     assert [json.loads(line)["image"] for line in sink.chunks[f"{job}/{name}"]] == ["a.jpg", "b.jpg"]
-    assert store.status(job)["sink"]["undelivered_chunks"] == 0 and StallingSink.writes == 3
+    assert store.status(job)["sink"]["undelivered_chunks"] == 0 and sink.writes == 3
