@@ -140,7 +140,7 @@ class JobStore:
              counts: dict[str, int] | None = None, sink_chunk: str | None = None) -> int:
         """Store results by input index; ``counts`` are added to the job's record in the same transaction
         (so a chunk redelivered after its results were saved does not count twice), and so is
-        ``sink_chunk``'s "stored, not yet in the sink" mark (:meth:`sink_written` clears it). Returns
+        ``sink_chunk``'s "stored, not yet in the sink" mark (a sink write clears it). Returns
         how many inputs of the job have a result now."""
         return self.save_lines(job_id, [(i, r.to_json(), r.error is not None) for i, r in results], expires_at, counts,
                                sink_chunk)

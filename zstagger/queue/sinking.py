@@ -144,7 +144,7 @@ def _look_later(store: JobStore, job_id: str, origin: tuple[int, int], held_ms: 
     ``deliver_sink`` task with attempt 0; one queued per chunk at a time)."""
     # (an ETA past the visibility timeout would be handed to a second worker: the look would run twice)
     delay = min(held_ms / 1000 + 1, max(1.0, settings.visibility_timeout * 0.9))
-    key = f"{store.keys(job_id)[0]}:sink_look:{chunk_name(origin)}"
+    key = _look(store, job_id, chunk_name(origin))
     if _with_redis(lambda: store.redis.set(key, 1, nx=True, ex=int(delay) + 60), "queueing a sink look", settings):
         _with_redis(lambda: deliver_sink.apply_async(args=(job_id, origin[0], origin[1]), kwargs={"attempt": 0},
                                                      countdown=delay, queue=queue), "queueing a sink look", settings)
@@ -164,6 +164,10 @@ def sink_mark(meta: dict[str, str], origin: tuple[int, int]) -> str | None:
 
 def _pending(store: JobStore, job_id: str, name: str) -> str:
     return f"{store.keys(job_id)[0]}:sink_pending:{name}"
+
+
+def _look(store: JobStore, job_id: str, name: str) -> str:
+    return f"{store.keys(job_id)[0]}:sink_look:{name}"
 
 
 def _later(job_id: str, origin: tuple[int, int], attempt: int, settings: Settings, queue: str | None) -> None:
@@ -198,7 +202,7 @@ def deliver_sink(self, job_id: Any, first: Any, last: Any, attempt: Any = 1) -> 
     queue = (self.request.delivery_info or {}).get("routing_key") or None
     if attempt == 0:  # a look once a held lock is free: write the chunk only if it is still not in the sink
         with contextlib.suppress(redis.RedisError):
-            store.redis.delete(f"{store.keys(job_id)[0]}:sink_look:{name}")
+            store.redis.delete(_look(store, job_id, name))
         if not _with_redis(lambda: store.redis.hexists(store.unwritten_key(job_id), name), "reading the chunk's mark",
                            settings):
             return {"delivered": 0}

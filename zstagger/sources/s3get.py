@@ -129,7 +129,8 @@ def get(fs: Any, url: str, last_byte: int, deadline: float) -> bytes | None:
 def answered(fs: Any, read: bool) -> None:
     """Count a presigned GET handed to s3fs (``read`` False) or not: after
     :data:`RESTING_AFTER` in a row (a CA bundle this path does not see, a bucket in another
-    region, a skewed clock), reads through ``fs`` skip this path for :data:`REST_SECONDS`, said once."""
+    region, a skewed clock), reads through ``fs`` skip this path for :data:`REST_SECONDS`, with a
+    warning each time such a rest begins."""
     key = id(fs)
     if read:
         _misses.pop(key, None)
