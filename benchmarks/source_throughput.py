@@ -46,8 +46,7 @@ def main() -> None:
             if len(cpus) < 2:
                 raise SystemExit("--server-core needs at least 2 CPUs")
             os.sched_setaffinity(s3.proc.pid, {cpus[-1]})
-            cpus = cpus[:-1]
-            os.sched_setaffinity(0, set(cpus))
+            os.sched_setaffinity(0, set(cpus[:-1]))
         from zstagger import Tagger
 
         def server_cpu() -> float:  # moto's CPU seconds: it shares this machine's cores with the tagger
@@ -81,8 +80,8 @@ def main() -> None:
                   "disk_cpu_ms_per_image": round(1000 * statistics.median(own_seconds["disk"]) / len(images), 2),
                   "s3_client_extra_cpu_ms_per_image": round(1000 * (statistics.median(own_seconds["s3"])
                                                                     - statistics.median(own_seconds["disk"])) / len(images), 2),
-                  "loader_threads": tagger.loader_threads, "tagger_cpus": len(cpus),
-                  "server_core_of_its_own": args.server_core}
+                  "loader_threads": tagger.loader_threads, "tagger_cpus": len(os.sched_getaffinity(0)),
+                  "server_cpus": len(os.sched_getaffinity(s3.proc.pid))}
     finally:
         s3.close()
     emit(report, args.json)

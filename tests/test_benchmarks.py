@@ -31,7 +31,7 @@ SCRIPTS = {
     "eval_memory": (["--rows", "200", "--rounds", "10", "--per-label", "2", "--none", "2", "--json"], "distinct_images"),
     "deep_taxonomy": ([*SMALL, "--categories", "300", "--attributes", "3", "--rounds", "1", "--json"],
                       "deep_vs_flat20_throughput"),
-    "source_throughput": ([*SMALL, "--rounds", "1", "--server-core", "--json"], "\"server_core_of_its_own\": true"),
+    "source_throughput": ([*SMALL, "--rounds", "1", "--server-core", "--json"], '"server_cpus": 1'),
     "source_queue": (["--objects", "40", "--page", "8", "--json"], '"ok": true'),
 }
 # Scripts that take other arguments than --workdir: {model}, {images} (four small JPEGs) and
