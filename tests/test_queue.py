@@ -1,6 +1,7 @@
 """The queue end to end: a real redis-server, real `zstagger worker` processes, no eager mode."""
 
 import base64
+import contextlib
 import json
 import os
 import pickle
@@ -269,9 +270,14 @@ def test_scale_in_sigterm_mid_job_hands_back_at_once_nothing_lost_nothing_twice(
     results = job.results(wait=True, timeout=visibility / 2)  # JobTimeout if a chunk waits out the visibility timeout
     finished_seconds = time.monotonic() - stopped
     assert [r.image for r in results] == refs and all(r.error is None for r in results)
+
+    def tagged() -> list[int]:  # (a task's log line comes just after its results are stored: wait for it, bounded)
+        return [int(n) for log in (leaving.log_path.read_text(), staying.output()) for n in re.findall(r"'tagged': (\d+)", log)]
+
+    with contextlib.suppress(AssertionError):
+        wait_for(lambda: sum(tagged()) >= 24, 10, "the workers' last task lines")
     logs = [leaving.log_path.read_text(), staying.output()]
-    tagged = [int(n) for log in logs for n in re.findall(r"'tagged': (\d+)", log)]
-    assert sum(tagged) == 24, (tagged, logs[0][-3000:])  # every image tagged once: none lost, none twice
+    assert sum(tagged()) == 24, (tagged(), logs[0][-3000:])  # every image tagged once: none lost, none twice
     assert "handed" in logs[0] and stop_seconds < 4.5, (stop_seconds, logs[0][-3000:])
     assert finished_seconds < visibility / 3, finished_seconds
 
